@@ -1,0 +1,259 @@
+//! Confluent wire format: `0x00`, the writer schema id (4 bytes, big-endian), the Avro datum.
+//!
+//! [`Encoder`] registers every record of a [`RecordUnion`] under its TopicRecordNameStrategy
+//! subject (`<topic>-<record full name>`) once, then encodes with apache-avro's serde path.
+//! [`Decoder`] learns each writer schema id once (from the registry) and keeps a ready reader
+//! per id: when the writer schema is the current one it deserializes straight into the Rust
+//! type; when it is an older or newer version it resolves to the current schema first.
+//! Nothing is parsed or resolved per record.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+use apache_avro::{Schema, reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
+
+use crate::record::{RecordUnion, full_name};
+use crate::registry::{Registry, RegistryError};
+
+/// Magic byte of the Confluent wire format.
+pub const MAGIC: u8 = 0;
+
+/// TopicRecordNameStrategy subject of `record` on `topic`.
+pub fn subject(topic: &str, record: &str) -> String {
+    format!("{topic}-{record}")
+}
+
+/// Splits a Confluent-framed payload into schema id and datum.
+pub fn split_frame(payload: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
+    match payload {
+        [MAGIC, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        [] => Err(DecodeError::Malformed("empty payload".into())),
+        [m, ..] if *m != MAGIC => Err(DecodeError::Malformed(format!(
+            "magic byte is 0x{m:02x}, expected 0x00 (not Confluent wire format)"
+        ))),
+        _ => Err(DecodeError::Malformed(format!(
+            "{} bytes is shorter than the 5-byte header",
+            payload.len()
+        ))),
+    }
+}
+
+/// Why a payload could not be turned into a record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DecodeError {
+    /// Not Confluent-framed. Poison: dead-letter it.
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    /// The registry does not know the schema id. Poison: dead-letter it.
+    #[error("unknown schema id {0}: the registry does not have it")]
+    UnknownSchema(u32),
+    /// The schema is known but is not one of the record types of this topic. Poison.
+    #[error("schema id {id} is {name}, which does not belong on this topic")]
+    UnexpectedRecord { id: u32, name: String },
+    /// The datum does not match its writer schema. Poison.
+    #[error("invalid Avro datum for {name} (schema id {id}): {reason}")]
+    InvalidDatum { id: u32, name: String, reason: String },
+    /// The writer schema cannot be resolved to the current reader schema. Poison.
+    #[error("{name} (schema id {id}) cannot be read with the current schema: {reason}")]
+    Incompatible { id: u32, name: String, reason: String },
+    /// The id has not been learned yet; call [`Decoder::learn`]. Internal to the decoder.
+    #[error("schema id {0} is not cached")]
+    NotCached(u32),
+    /// The registry could not be asked. Transient: retry with backoff, do not dead-letter.
+    #[error(transparent)]
+    Registry(RegistryError),
+}
+
+impl DecodeError {
+    /// True when retrying later may succeed (the registry was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DecodeError::Registry(_) | DecodeError::NotCached(_))
+    }
+
+    /// Short machine-readable kind, used as the `dlq.error.kind` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnknownSchema(_) => "unknown-schema",
+            DecodeError::UnexpectedRecord { .. } => "unexpected-record",
+            DecodeError::InvalidDatum { .. } => "invalid-datum",
+            DecodeError::Incompatible { .. } => "incompatible-schema",
+            DecodeError::NotCached(_) | DecodeError::Registry(_) => "registry-unavailable",
+        }
+    }
+}
+
+/// Why a record could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {name}: {source}")]
+pub struct EncodeError {
+    name: &'static str,
+    #[source]
+    source: apache_avro::Error,
+}
+
+/// Encodes the records of `T` for one topic, with their registered schema ids.
+pub struct Encoder<T> {
+    ids: Vec<u32>,
+    writers: Vec<GenericDatumWriter<'static>>,
+    _records: PhantomData<fn(T)>,
+}
+
+impl<T: RecordUnion> Encoder<T> {
+    /// Registers every record type of `T` under `<topic>-<full name>` and prepares writers.
+    pub async fn register(registry: &Registry, topic: &str) -> Result<Self, RegistryError> {
+        let mut ids = Vec::new();
+        let mut writers = Vec::new();
+        for (schema, name) in T::schemas().iter().zip(T::names()) {
+            ids.push(registry.register(&subject(topic, name), schema).await?);
+            writers.push(
+                GenericDatumWriter::builder(schema)
+                    .build()
+                    .map_err(|e| RegistryError::InvalidSchema { id: 0, reason: e.to_string() })?,
+            );
+        }
+        Ok(Encoder { ids, writers, _records: PhantomData })
+    }
+
+    /// Writes `value` in Confluent wire format into `buf` (cleared first).
+    pub fn encode_into(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let i = value.variant();
+        buf.clear();
+        buf.push(MAGIC);
+        buf.extend_from_slice(&self.ids[i].to_be_bytes());
+        value
+            .write(&self.writers[i], buf)
+            .map(|_| ())
+            .map_err(|source| EncodeError { name: value.record_name(), source })
+    }
+
+    /// Encodes `value` in Confluent wire format.
+    pub fn encode(&self, value: &T) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = Vec::with_capacity(128);
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Registered schema id of `value`'s record type.
+    pub fn schema_id(&self, value: &T) -> u32 {
+        self.ids[value.variant()]
+    }
+}
+
+enum Known {
+    /// `resolve` is false when the writer schema equals ours: straight serde deserialization.
+    Record { index: usize, name: String, reader: GenericDatumReader<'static>, resolve: bool },
+    Unexpected(String),
+    Unknown,
+}
+
+/// Decodes Confluent-framed payloads of any registered version into `T`.
+pub struct Decoder<T> {
+    registry: Registry,
+    known: HashMap<u32, Known>,
+    _records: PhantomData<fn() -> T>,
+}
+
+impl<T: RecordUnion> Decoder<T> {
+    /// A decoder that learns writer schemas from `registry`.
+    pub fn new(registry: Registry) -> Self {
+        Decoder { registry, known: HashMap::new(), _records: PhantomData }
+    }
+
+    /// Decodes with what is already learned; [`DecodeError::NotCached`] if the id is new.
+    pub fn decode(&self, payload: &[u8]) -> Result<T, DecodeError> {
+        let (id, mut datum) = split_frame(payload)?;
+        match self.known.get(&id) {
+            None => Err(DecodeError::NotCached(id)),
+            Some(Known::Unknown) => Err(DecodeError::UnknownSchema(id)),
+            Some(Known::Unexpected(name)) => {
+                Err(DecodeError::UnexpectedRecord { id, name: name.clone() })
+            }
+            Some(Known::Record { index, name, reader, resolve }) => {
+                let invalid = |e: apache_avro::Error| DecodeError::InvalidDatum {
+                    id,
+                    name: name.clone(),
+                    reason: e.to_string(),
+                };
+                let value = if *resolve {
+                    let value = reader.read_value(&mut datum).map_err(invalid)?;
+                    T::from_resolved(*index, value).map_err(invalid)?
+                } else {
+                    T::read(*index, reader, &mut datum).map_err(invalid)?
+                };
+                if !datum.is_empty() {
+                    return Err(DecodeError::InvalidDatum {
+                        id,
+                        name: name.clone(),
+                        reason: format!("{} trailing bytes after the datum", datum.len()),
+                    });
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    /// Decodes, first learning the schema id from the registry if it is new.
+    pub async fn decode_learning(&mut self, payload: &[u8]) -> Result<T, DecodeError> {
+        match self.decode(payload) {
+            Err(DecodeError::NotCached(id)) => {
+                self.learn(id).await?;
+                self.decode(payload)
+            }
+            other => other,
+        }
+    }
+
+    /// Fetches schema `id` and prepares its reader; unknown ids are remembered as unknown.
+    pub async fn learn(&mut self, id: u32) -> Result<(), DecodeError> {
+        let known = match self.registry.schema(id).await {
+            Ok(writer) => self.prepare(id, writer)?,
+            Err(RegistryError::NotFound { .. }) => Known::Unknown,
+            Err(e) => return Err(DecodeError::Registry(e)),
+        };
+        self.known.insert(id, known);
+        Ok(())
+    }
+
+    fn prepare(&self, id: u32, writer: Schema) -> Result<Known, DecodeError> {
+        let name = full_name(&writer).unwrap_or_else(|| "<unnamed>".into());
+        let Some(index) = T::names().iter().position(|n| *n == name) else {
+            return Ok(Known::Unexpected(name));
+        };
+        let ours = &T::schemas()[index];
+        let resolve = writer.canonical_form() != ours.canonical_form();
+        // Writer schemas are few (one per registered version) and live as long as the process:
+        // leaking them lets the cached reader borrow them without self-reference.
+        let writer: &'static Schema = Box::leak(Box::new(writer));
+        let incompatible = |e: apache_avro::Error| DecodeError::Incompatible {
+            id,
+            name: name.clone(),
+            reason: e.to_string(),
+        };
+        let reader = if resolve {
+            apache_avro::schema_compatibility::SchemaCompatibility::can_read(writer, ours)
+                .map_err(|e| DecodeError::Incompatible {
+                    id,
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            GenericDatumReader::builder(writer).reader_schema(ours).build().map_err(incompatible)?
+        } else {
+            GenericDatumReader::builder(writer).build().map_err(incompatible)?
+        };
+        Ok(Known::Record { index, name, reader, resolve })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_checked_before_any_lookup() {
+        assert!(matches!(split_frame(&[]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(split_frame(b"{\"json\":1}"), Err(DecodeError::Malformed(m)) if m.contains("0x7b")));
+        assert!(matches!(split_frame(&[0, 0, 1]), Err(DecodeError::Malformed(m)) if m.contains("shorter")));
+        assert_eq!(split_frame(&[0, 0, 0, 1, 2, 42]).unwrap(), (258, &[42u8][..]));
+    }
+}

@@ -1,0 +1,281 @@
+//! Inventory service records: commands on `inventory.commands`, events on `inventory.events`,
+//! and the state snapshot on the compacted `inventory.changelog`.
+//!
+//! Field names and types mirror `schemas/avro/inventory/*.avsc`; the tests below round-trip
+//! every record through its schema, so the two cannot drift apart silently.
+
+use serde::{Deserialize, Serialize};
+
+use crate::record_union;
+
+/// Metadata carried by every command and event (see `avro/common/Metadata.avsc`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// UUID of this message (for commands, the command id).
+    pub event_id: String,
+    /// Aggregate id; also the Kafka key.
+    pub aggregate_id: String,
+    /// Events: version after this event. Commands: expected version, or -1 for any.
+    pub aggregate_version: i64,
+    /// Milliseconds since the Unix epoch.
+    pub occurred_at: i64,
+    /// Id shared by everything one business request caused.
+    pub correlation_id: String,
+    /// Id of the message that caused this one.
+    pub causation_id: Option<String>,
+    /// Saga this message belongs to, if any.
+    pub saga_id: Option<String>,
+    /// Tenant owning the data.
+    pub tenant_id: String,
+    /// Region the data must stay in.
+    pub region: String,
+}
+
+impl Metadata {
+    /// Metadata for a new command on `aggregate_id`, its own correlation root, any version.
+    pub fn command(id: &str, aggregate_id: &str, occurred_at: i64) -> Self {
+        Metadata {
+            event_id: id.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate_version: -1,
+            occurred_at,
+            correlation_id: id.to_owned(),
+            causation_id: None,
+            saga_id: None,
+            tenant_id: "default".to_owned(),
+            region: "default".to_owned(),
+        }
+    }
+}
+
+macro_rules! records {
+    ($($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? })+) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+            pub struct $name {
+                /// Message metadata.
+                pub metadata: Metadata,
+                $($(#[$fdoc])* pub $field: $ty,)*
+            }
+        )+
+    };
+}
+
+records! {
+    /// Command: goods arrived at a warehouse.
+    ReceiveStock { sku: String, warehouse: String, quantity: i64 }
+    /// Command: hold stock for an order; a reservation id acts once.
+    ReserveStock { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
+    /// Command: give back a reservation's stock.
+    ReleaseReservation { reservation_id: String, sku: String }
+    /// Command: correct on-hand stock by `delta` (damage, loss, found goods).
+    AdjustStock { sku: String, warehouse: String, delta: i64, reason: String }
+    /// Command: move stock between two warehouses of one sku.
+    TransferStock { sku: String, from_warehouse: String, to_warehouse: String, quantity: i64 }
+    /// Command: a physical count of one position.
+    AuditStock { sku: String, warehouse: String, counted: i64 }
+
+    /// Event: on-hand stock increased by a receipt.
+    InventoryReceived { sku: String, warehouse: String, quantity: i64 }
+    /// Event: stock held for a reservation.
+    InventoryReserved { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
+    /// Event: a reservation could not be made.
+    ReservationRejected {
+        reservation_id: String, sku: String, warehouse: String, quantity: i64,
+        /// Stock that was available when the reservation was refused.
+        available: i64,
+        reason: String,
+    }
+    /// Event: a reservation's stock became available again.
+    InventoryReleased { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
+    /// Event: on-hand stock corrected.
+    InventoryAdjusted { sku: String, warehouse: String, delta: i64, reason: String }
+    /// Event: stock moved between warehouses.
+    InventoryTransferred { sku: String, from_warehouse: String, to_warehouse: String, quantity: i64 }
+    /// Event: a physical count was recorded; on-hand is now the count.
+    InventoryAudited { sku: String, warehouse: String, expected: i64, counted: i64 }
+    /// Event: a well-formed command broke a business rule (other than a reservation).
+    InventoryCommandRejected {
+        sku: String,
+        /// Record name of the rejected command.
+        command: String,
+        command_id: String,
+        reason: String,
+    }
+}
+
+/// Stock of one sku at one warehouse, as kept in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockPosition {
+    pub warehouse: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+/// A reservation not yet released, as kept in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenReservation {
+    pub reservation_id: String,
+    pub warehouse: String,
+    pub quantity: i64,
+}
+
+/// Changelog record: the whole state of one sku's inventory aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventorySnapshot {
+    pub sku: String,
+    pub version: i64,
+    /// Partition of `inventory.commands` the last applied command came from.
+    pub source_partition: i32,
+    /// Offset of the last applied command; a redelivery at or below it is skipped.
+    pub source_offset: i64,
+    pub positions: Vec<StockPosition>,
+    pub reservations: Vec<OpenReservation>,
+    /// Reservation ids already released; they act once.
+    pub closed_reservations: Vec<String>,
+}
+
+record_union! {
+    /// Everything `inventory.commands` may carry.
+    InventoryCommand {
+        ReceiveStock => "../avro/inventory/ReceiveStock.avsc",
+        ReserveStock => "../avro/inventory/ReserveStock.avsc",
+        ReleaseReservation => "../avro/inventory/ReleaseReservation.avsc",
+        AdjustStock => "../avro/inventory/AdjustStock.avsc",
+        TransferStock => "../avro/inventory/TransferStock.avsc",
+        AuditStock => "../avro/inventory/AuditStock.avsc",
+    }
+}
+
+record_union! {
+    /// Everything `inventory.events` may carry.
+    InventoryEvent {
+        InventoryReceived => "../avro/inventory/InventoryReceived.avsc",
+        InventoryReserved => "../avro/inventory/InventoryReserved.avsc",
+        ReservationRejected => "../avro/inventory/ReservationRejected.avsc",
+        InventoryReleased => "../avro/inventory/InventoryReleased.avsc",
+        InventoryAdjusted => "../avro/inventory/InventoryAdjusted.avsc",
+        InventoryTransferred => "../avro/inventory/InventoryTransferred.avsc",
+        InventoryAudited => "../avro/inventory/InventoryAudited.avsc",
+        InventoryCommandRejected => "../avro/inventory/InventoryCommandRejected.avsc",
+    }
+}
+
+record_union! {
+    /// Everything `inventory.changelog` may carry.
+    InventoryChangelog {
+        InventorySnapshot => "../avro/inventory/InventorySnapshot.avsc",
+    }
+}
+
+impl InventoryCommand {
+    /// The command's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            InventoryCommand::ReceiveStock(c) => &c.metadata,
+            InventoryCommand::ReserveStock(c) => &c.metadata,
+            InventoryCommand::ReleaseReservation(c) => &c.metadata,
+            InventoryCommand::AdjustStock(c) => &c.metadata,
+            InventoryCommand::TransferStock(c) => &c.metadata,
+            InventoryCommand::AuditStock(c) => &c.metadata,
+        }
+    }
+
+    /// The aggregate (sku) the command addresses; also its Kafka key.
+    pub fn sku(&self) -> &str {
+        match self {
+            InventoryCommand::ReceiveStock(c) => &c.sku,
+            InventoryCommand::ReserveStock(c) => &c.sku,
+            InventoryCommand::ReleaseReservation(c) => &c.sku,
+            InventoryCommand::AdjustStock(c) => &c.sku,
+            InventoryCommand::TransferStock(c) => &c.sku,
+            InventoryCommand::AuditStock(c) => &c.sku,
+        }
+    }
+}
+
+impl InventoryEvent {
+    /// The event's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            InventoryEvent::InventoryReceived(e) => &e.metadata,
+            InventoryEvent::InventoryReserved(e) => &e.metadata,
+            InventoryEvent::ReservationRejected(e) => &e.metadata,
+            InventoryEvent::InventoryReleased(e) => &e.metadata,
+            InventoryEvent::InventoryAdjusted(e) => &e.metadata,
+            InventoryEvent::InventoryTransferred(e) => &e.metadata,
+            InventoryEvent::InventoryAudited(e) => &e.metadata,
+            InventoryEvent::InventoryCommandRejected(e) => &e.metadata,
+        }
+    }
+
+    /// The sku aggregate the event belongs to; also its Kafka key.
+    pub fn sku(&self) -> &str {
+        &self.metadata().aggregate_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
+
+    use super::*;
+    use crate::record::RecordUnion;
+
+    fn meta() -> Metadata {
+        Metadata {
+            causation_id: Some("c".into()),
+            saga_id: None,
+            ..Metadata::command("id", "SKU-1", 1_700_000_000_000)
+        }
+    }
+
+    fn round_trip<T: RecordUnion + std::fmt::Debug + PartialEq>(value: T) {
+        let schema = &T::schemas()[value.variant()];
+        let writer = GenericDatumWriter::builder(schema).build().unwrap();
+        let mut buf = Vec::new();
+        value.write(&writer, &mut buf).unwrap();
+        let reader = GenericDatumReader::builder(schema).build().unwrap();
+        let back = T::read(value.variant(), &reader, &mut buf.as_slice()).unwrap();
+        assert_eq!(back, value);
+        // The generic (Value) path must agree with the serde path.
+        let value_path = reader.read_value(&mut buf.as_slice()).unwrap();
+        assert_eq!(T::from_resolved(value.variant(), value_path).unwrap(), value);
+    }
+
+    #[test]
+    fn every_record_round_trips_through_its_schema() {
+        let m = meta();
+        let s = || "SKU-1".to_string();
+        let w = || "AMS".to_string();
+        let r = || "R-1".to_string();
+        round_trip(InventoryCommand::from(ReceiveStock { metadata: m.clone(), sku: s(), warehouse: w(), quantity: 3 }));
+        round_trip(InventoryCommand::from(ReserveStock { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3 }));
+        round_trip(InventoryCommand::from(ReleaseReservation { metadata: m.clone(), reservation_id: r(), sku: s() }));
+        round_trip(InventoryCommand::from(AdjustStock { metadata: m.clone(), sku: s(), warehouse: w(), delta: -2, reason: "damaged".into() }));
+        round_trip(InventoryCommand::from(TransferStock { metadata: m.clone(), sku: s(), from_warehouse: w(), to_warehouse: "BER".into(), quantity: 1 }));
+        round_trip(InventoryCommand::from(AuditStock { metadata: m.clone(), sku: s(), warehouse: w(), counted: 7 }));
+        round_trip(InventoryEvent::from(InventoryReceived { metadata: m.clone(), sku: s(), warehouse: w(), quantity: 3 }));
+        round_trip(InventoryEvent::from(InventoryReserved { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3 }));
+        round_trip(InventoryEvent::from(ReservationRejected { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3, available: 1, reason: "insufficient".into() }));
+        round_trip(InventoryEvent::from(InventoryReleased { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3 }));
+        round_trip(InventoryEvent::from(InventoryAdjusted { metadata: m.clone(), sku: s(), warehouse: w(), delta: 4, reason: "found".into() }));
+        round_trip(InventoryEvent::from(InventoryTransferred { metadata: m.clone(), sku: s(), from_warehouse: w(), to_warehouse: "BER".into(), quantity: 2 }));
+        round_trip(InventoryEvent::from(InventoryAudited { metadata: m.clone(), sku: s(), warehouse: w(), expected: 5, counted: 4 }));
+        round_trip(InventoryEvent::from(InventoryCommandRejected { metadata: m.clone(), sku: s(), command: "x".into(), command_id: "id".into(), reason: "no".into() }));
+        round_trip(InventoryChangelog::from(InventorySnapshot {
+            sku: s(), version: 9, source_partition: 2, source_offset: 41,
+            positions: vec![StockPosition { warehouse: w(), on_hand: 5, reserved: 2 }],
+            reservations: vec![OpenReservation { reservation_id: r(), warehouse: w(), quantity: 2 }],
+            closed_reservations: vec!["R-0".into()],
+        }));
+    }
+
+    #[test]
+    fn union_names_follow_the_avsc_namespaces() {
+        assert_eq!(InventoryCommand::names()[0], "supplychain.inventory.ReceiveStock");
+        assert_eq!(InventoryEvent::names().len(), 8);
+        assert_eq!(InventoryChangelog::names()[0], "supplychain.inventory.InventorySnapshot");
+    }
+}
