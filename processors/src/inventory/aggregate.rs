@@ -1,0 +1,374 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemas::inventory::*;
+use schemas::record::RecordUnion;
+use uuid::Uuid;
+
+use crate::{Aggregate, InvalidCommand};
+
+/// Stock of one sku at one warehouse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+impl Position {
+    /// Stock that can still be reserved, moved or written off.
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved
+    }
+}
+
+/// The inventory aggregate of one sku.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkuInventory {
+    sku: String,
+    version: i64,
+    positions: BTreeMap<String, Position>,
+    /// Open reservations: id → (warehouse, quantity).
+    reservations: BTreeMap<String, (String, i64)>,
+    closed: BTreeSet<String>,
+}
+
+/// Namespace of the deterministic event ids (UUID v5 of command id and event index), so a
+/// replay of the same command yields byte-identical events.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_a5e0_51d7_4a3b_9d7e_6e1b_0c0f_fee1);
+
+impl SkuInventory {
+    /// The empty aggregate of `sku`.
+    pub fn new(sku: &str) -> Self {
+        SkuInventory { sku: sku.to_owned(), ..Default::default() }
+    }
+
+    /// Sku of the aggregate.
+    pub fn sku(&self) -> &str {
+        &self.sku
+    }
+
+    /// Number of events applied.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Stock at `warehouse` (zero if never seen).
+    pub fn position(&self, warehouse: &str) -> Position {
+        self.positions.get(warehouse).copied().unwrap_or_default()
+    }
+
+    /// All positions, by warehouse.
+    pub fn positions(&self) -> impl Iterator<Item = (&str, Position)> {
+        self.positions.iter().map(|(w, p)| (w.as_str(), *p))
+    }
+
+    /// Whether reservation `id` is open.
+    pub fn is_reserved(&self, id: &str) -> bool {
+        self.reservations.contains_key(id)
+    }
+
+    /// Restores the aggregate from its changelog snapshot.
+    pub fn from_snapshot(s: &InventorySnapshot) -> Self {
+        SkuInventory {
+            sku: s.sku.clone(),
+            version: s.version,
+            positions: s
+                .positions
+                .iter()
+                .map(|p| (p.warehouse.clone(), Position { on_hand: p.on_hand, reserved: p.reserved }))
+                .collect(),
+            reservations: s
+                .reservations
+                .iter()
+                .map(|r| (r.reservation_id.clone(), (r.warehouse.clone(), r.quantity)))
+                .collect(),
+            closed: s.closed_reservations.iter().cloned().collect(),
+        }
+    }
+
+    /// The changelog snapshot of the aggregate, stamped with the last applied source record.
+    pub fn snapshot(&self, source_partition: i32, source_offset: i64) -> InventorySnapshot {
+        InventorySnapshot {
+            sku: self.sku.clone(),
+            version: self.version,
+            source_partition,
+            source_offset,
+            positions: self
+                .positions
+                .iter()
+                .map(|(w, p)| StockPosition { warehouse: w.clone(), on_hand: p.on_hand, reserved: p.reserved })
+                .collect(),
+            reservations: self
+                .reservations
+                .iter()
+                .map(|(id, (w, q))| OpenReservation {
+                    reservation_id: id.clone(),
+                    warehouse: w.clone(),
+                    quantity: *q,
+                })
+                .collect(),
+            closed_reservations: self.closed.iter().cloned().collect(),
+        }
+    }
+
+    fn position_mut(&mut self, warehouse: &str) -> &mut Position {
+        self.positions.entry(warehouse.to_owned()).or_default()
+    }
+}
+
+/// Builds events for one command: metadata derived from the command, versions consecutive.
+struct Outcome<'a> {
+    command: &'a Metadata,
+    sku: &'a str,
+    next_version: i64,
+    events: Vec<InventoryEvent>,
+}
+
+impl Outcome<'_> {
+    fn meta(&self) -> Metadata {
+        let index = self.events.len();
+        Metadata {
+            event_id: Uuid::new_v5(
+                &EVENT_ID_NAMESPACE,
+                format!("{}/{index}", self.command.event_id).as_bytes(),
+            )
+            .to_string(),
+            aggregate_id: self.sku.to_owned(),
+            aggregate_version: self.next_version + index as i64,
+            occurred_at: self.command.occurred_at,
+            correlation_id: self.command.correlation_id.clone(),
+            causation_id: Some(self.command.event_id.clone()),
+            saga_id: self.command.saga_id.clone(),
+            tenant_id: self.command.tenant_id.clone(),
+            region: self.command.region.clone(),
+        }
+    }
+
+    fn push(&mut self, build: impl FnOnce(Metadata) -> InventoryEvent) {
+        let event = build(self.meta());
+        self.events.push(event);
+    }
+
+    fn reject(&mut self, command: &'static str, reason: String) {
+        let sku = self.sku.to_owned();
+        let command_id = self.command.event_id.clone();
+        self.push(|metadata| {
+            InventoryCommandRejected { metadata, sku, command: command.to_owned(), command_id, reason }.into()
+        });
+    }
+}
+
+fn require(ok: bool, command: &'static str, reason: impl FnOnce() -> String) -> Result<(), InvalidCommand> {
+    if ok { Ok(()) } else { Err(InvalidCommand { command, reason: reason() }) }
+}
+
+fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand> {
+    let name = command.record_name();
+    let m = command.metadata();
+    require(!command.sku().is_empty(), name, || "field sku is empty".into())?;
+    require(command.sku() == sku, name, || {
+        format!("field sku is {:?} but the command was routed to aggregate {sku:?}", command.sku())
+    })?;
+    require(m.aggregate_id == command.sku(), name, || {
+        format!("metadata.aggregate_id {:?} differs from sku {:?}", m.aggregate_id, command.sku())
+    })?;
+    require(!m.event_id.is_empty(), name, || "metadata.event_id is empty".into())?;
+    let positive = |field: &str, v: i64| {
+        require(v > 0, name, || format!("field {field} must be positive, got {v}"))
+    };
+    let named = |field: &str, v: &str| require(!v.is_empty(), name, || format!("field {field} is empty"));
+    match command {
+        InventoryCommand::ReceiveStock(c) => {
+            named("warehouse", &c.warehouse)?;
+            positive("quantity", c.quantity)
+        }
+        InventoryCommand::ReserveStock(c) => {
+            named("reservation_id", &c.reservation_id)?;
+            named("warehouse", &c.warehouse)?;
+            positive("quantity", c.quantity)
+        }
+        InventoryCommand::ReleaseReservation(c) => named("reservation_id", &c.reservation_id),
+        InventoryCommand::AdjustStock(c) => {
+            named("warehouse", &c.warehouse)?;
+            require(c.delta != 0, name, || "field delta must not be zero".into())
+        }
+        InventoryCommand::TransferStock(c) => {
+            named("from_warehouse", &c.from_warehouse)?;
+            named("to_warehouse", &c.to_warehouse)?;
+            require(c.from_warehouse != c.to_warehouse, name, || {
+                format!("fields from_warehouse and to_warehouse are both {:?}", c.from_warehouse)
+            })?;
+            positive("quantity", c.quantity)
+        }
+        InventoryCommand::AuditStock(c) => {
+            named("warehouse", &c.warehouse)?;
+            require(c.counted >= 0, name, || format!("field counted must not be negative, got {}", c.counted))
+        }
+    }
+}
+
+impl Aggregate for SkuInventory {
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+
+    fn handle(&self, command: &InventoryCommand) -> Result<Vec<InventoryEvent>, InvalidCommand> {
+        validate(command, &self.sku)?;
+        let m = command.metadata();
+        let mut out = Outcome { command: m, sku: &self.sku, next_version: self.version + 1, events: Vec::new() };
+        let name = command.record_name();
+        if m.aggregate_version >= 0 && m.aggregate_version != self.version {
+            out.reject(name, format!("expected version {}, aggregate is at {}", m.aggregate_version, self.version));
+            return Ok(out.events);
+        }
+        match command {
+            InventoryCommand::ReceiveStock(c) => out.push(|metadata| {
+                InventoryReceived { metadata, sku: c.sku.clone(), warehouse: c.warehouse.clone(), quantity: c.quantity }
+                    .into()
+            }),
+            InventoryCommand::ReserveStock(c) => {
+                if self.reservations.contains_key(&c.reservation_id) || self.closed.contains(&c.reservation_id) {
+                    // Acts once: a repeated reservation id is a duplicate delivery, not a new request.
+                } else {
+                    let available = self.position(&c.warehouse).available();
+                    if available >= c.quantity {
+                        out.push(|metadata| {
+                            InventoryReserved {
+                                metadata,
+                                reservation_id: c.reservation_id.clone(),
+                                sku: c.sku.clone(),
+                                warehouse: c.warehouse.clone(),
+                                quantity: c.quantity,
+                            }
+                            .into()
+                        });
+                    } else {
+                        out.push(|metadata| {
+                            ReservationRejected {
+                                metadata,
+                                reservation_id: c.reservation_id.clone(),
+                                sku: c.sku.clone(),
+                                warehouse: c.warehouse.clone(),
+                                quantity: c.quantity,
+                                available,
+                                reason: format!("insufficient stock: {available} available, {} requested", c.quantity),
+                            }
+                            .into()
+                        });
+                    }
+                }
+            }
+            InventoryCommand::ReleaseReservation(c) => match self.reservations.get(&c.reservation_id) {
+                Some((warehouse, quantity)) => out.push(|metadata| {
+                    InventoryReleased {
+                        metadata,
+                        reservation_id: c.reservation_id.clone(),
+                        sku: c.sku.clone(),
+                        warehouse: warehouse.clone(),
+                        quantity: *quantity,
+                    }
+                    .into()
+                }),
+                None if self.closed.contains(&c.reservation_id) => {}
+                None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
+            },
+            InventoryCommand::AdjustStock(c) => {
+                let p = self.position(&c.warehouse);
+                if p.on_hand + c.delta < p.reserved {
+                    out.reject(
+                        name,
+                        format!(
+                            "adjusting by {} would leave on-hand {} below reserved {} at {}",
+                            c.delta,
+                            p.on_hand + c.delta,
+                            p.reserved,
+                            c.warehouse
+                        ),
+                    );
+                } else {
+                    out.push(|metadata| {
+                        InventoryAdjusted {
+                            metadata,
+                            sku: c.sku.clone(),
+                            warehouse: c.warehouse.clone(),
+                            delta: c.delta,
+                            reason: c.reason.clone(),
+                        }
+                        .into()
+                    });
+                }
+            }
+            InventoryCommand::TransferStock(c) => {
+                let available = self.position(&c.from_warehouse).available();
+                if available < c.quantity {
+                    out.reject(
+                        name,
+                        format!(
+                            "insufficient stock at {}: {available} available, {} requested",
+                            c.from_warehouse, c.quantity
+                        ),
+                    );
+                } else {
+                    out.push(|metadata| {
+                        InventoryTransferred {
+                            metadata,
+                            sku: c.sku.clone(),
+                            from_warehouse: c.from_warehouse.clone(),
+                            to_warehouse: c.to_warehouse.clone(),
+                            quantity: c.quantity,
+                        }
+                        .into()
+                    });
+                }
+            }
+            InventoryCommand::AuditStock(c) => {
+                let p = self.position(&c.warehouse);
+                if c.counted < p.reserved {
+                    out.reject(
+                        name,
+                        format!(
+                            "count {} at {} is below the {} reserved; release reservations first",
+                            c.counted, c.warehouse, p.reserved
+                        ),
+                    );
+                } else {
+                    out.push(|metadata| {
+                        InventoryAudited {
+                            metadata,
+                            sku: c.sku.clone(),
+                            warehouse: c.warehouse.clone(),
+                            expected: p.on_hand,
+                            counted: c.counted,
+                        }
+                        .into()
+                    });
+                }
+            }
+        }
+        Ok(out.events)
+    }
+
+    fn apply(&mut self, event: &InventoryEvent) {
+        match event {
+            InventoryEvent::InventoryReceived(e) => self.position_mut(&e.warehouse).on_hand += e.quantity,
+            InventoryEvent::InventoryReserved(e) => {
+                self.position_mut(&e.warehouse).reserved += e.quantity;
+                self.reservations.insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
+            }
+            InventoryEvent::InventoryReleased(e) => {
+                self.position_mut(&e.warehouse).reserved -= e.quantity;
+                self.reservations.remove(&e.reservation_id);
+                self.closed.insert(e.reservation_id.clone());
+            }
+            InventoryEvent::InventoryAdjusted(e) => self.position_mut(&e.warehouse).on_hand += e.delta,
+            InventoryEvent::InventoryTransferred(e) => {
+                self.position_mut(&e.from_warehouse).on_hand -= e.quantity;
+                self.position_mut(&e.to_warehouse).on_hand += e.quantity;
+            }
+            InventoryEvent::InventoryAudited(e) => self.position_mut(&e.warehouse).on_hand = e.counted,
+            InventoryEvent::ReservationRejected(_) | InventoryEvent::InventoryCommandRejected(_) => {}
+        }
+        if self.sku.is_empty() {
+            self.sku = event.sku().to_owned();
+        }
+        self.version = event.metadata().aggregate_version;
+    }
+}

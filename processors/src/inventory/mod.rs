@@ -1,0 +1,13 @@
+//! Inventory: stock per (sku, warehouse), reservations, transfers and counts.
+//!
+//! The aggregate is one sku across all its warehouses, keyed by sku, so a transfer between
+//! warehouses is one atomic decision. Invariants:
+//! - available (on-hand − reserved) is never negative at any warehouse;
+//! - a reservation id acts once: reserving or releasing it again yields no events;
+//! - releasing an unknown reservation is an `InventoryCommandRejected` event, not a panic.
+
+mod aggregate;
+#[cfg(test)]
+mod tests;
+
+pub use aggregate::{Position, SkuInventory};
