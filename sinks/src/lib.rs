@@ -1,1 +1,35 @@
-//! sinks
+//! Analytics sinks: materialized views as Parquet tables, and the DataFusion query engine
+//! analysts use over them.
+//!
+//! This crate knows Arrow and Parquet, not Kafka: the runtime folds events into rows and
+//! hands them here with the source offsets they reflect. A view's offsets are stored inside
+//! the Parquet file it writes (key-value metadata `supplystream.checkpoint`), so data and
+//! position commit together with one atomic rename; on restart the view resumes from there.
+//! Kafka consumer-group offsets of view consumers are informational only.
+//!
+//! Files are plain Parquet (Snappy), readable by DuckDB, Spark or any other engine.
+
+pub mod query;
+pub mod stock_levels;
+pub mod table;
+
+pub use query::{OutputFormat, QueryEngine};
+pub use table::SnapshotTable;
+
+/// Errors of the sinks crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("view {view}: I/O on {path}: {source}")]
+    Io { view: String, path: std::path::PathBuf, source: std::io::Error },
+    #[error("view {view}: Parquet: {source}")]
+    Parquet { view: String, source: parquet::errors::ParquetError },
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("query failed: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    #[error("view {view}: unexpected column layout: {reason}")]
+    Layout { view: String, reason: String },
+}
+
+/// Result alias of the sinks crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
