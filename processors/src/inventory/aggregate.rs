@@ -18,6 +18,40 @@ impl Position {
     pub fn available(&self) -> i64 {
         self.on_hand - self.reserved
     }
+
+    /// Applies one effect of an event.
+    pub fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::OnHand(delta) => self.on_hand += delta,
+            Effect::Reserved(delta) => self.reserved += delta,
+            Effect::Counted(count) => self.on_hand = count,
+        }
+    }
+}
+
+/// How an event changes one position; shared by the aggregate and the read models so the
+/// stock arithmetic exists once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    OnHand(i64),
+    Reserved(i64),
+    Counted(i64),
+}
+
+/// Calls `f(warehouse, effect)` for each position `event` changes.
+pub fn for_each_effect<'e>(event: &'e InventoryEvent, mut f: impl FnMut(&'e str, Effect)) {
+    match event {
+        InventoryEvent::InventoryReceived(e) => f(&e.warehouse, Effect::OnHand(e.quantity)),
+        InventoryEvent::InventoryReserved(e) => f(&e.warehouse, Effect::Reserved(e.quantity)),
+        InventoryEvent::InventoryReleased(e) => f(&e.warehouse, Effect::Reserved(-e.quantity)),
+        InventoryEvent::InventoryAdjusted(e) => f(&e.warehouse, Effect::OnHand(e.delta)),
+        InventoryEvent::InventoryTransferred(e) => {
+            f(&e.from_warehouse, Effect::OnHand(-e.quantity));
+            f(&e.to_warehouse, Effect::OnHand(e.quantity));
+        }
+        InventoryEvent::InventoryAudited(e) => f(&e.warehouse, Effect::Counted(e.counted)),
+        InventoryEvent::ReservationRejected(_) | InventoryEvent::InventoryCommandRejected(_) => {}
+    }
 }
 
 /// The inventory aggregate of one sku.
@@ -347,24 +381,16 @@ impl Aggregate for SkuInventory {
     }
 
     fn apply(&mut self, event: &InventoryEvent) {
+        for_each_effect(event, |warehouse, effect| self.position_mut(warehouse).apply(effect));
         match event {
-            InventoryEvent::InventoryReceived(e) => self.position_mut(&e.warehouse).on_hand += e.quantity,
             InventoryEvent::InventoryReserved(e) => {
-                self.position_mut(&e.warehouse).reserved += e.quantity;
                 self.reservations.insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
             }
             InventoryEvent::InventoryReleased(e) => {
-                self.position_mut(&e.warehouse).reserved -= e.quantity;
                 self.reservations.remove(&e.reservation_id);
                 self.closed.insert(e.reservation_id.clone());
             }
-            InventoryEvent::InventoryAdjusted(e) => self.position_mut(&e.warehouse).on_hand += e.delta,
-            InventoryEvent::InventoryTransferred(e) => {
-                self.position_mut(&e.from_warehouse).on_hand -= e.quantity;
-                self.position_mut(&e.to_warehouse).on_hand += e.quantity;
-            }
-            InventoryEvent::InventoryAudited(e) => self.position_mut(&e.warehouse).on_hand = e.counted,
-            InventoryEvent::ReservationRejected(_) | InventoryEvent::InventoryCommandRejected(_) => {}
+            _ => {}
         }
         if self.sku.is_empty() {
             self.sku = event.sku().to_owned();

@@ -7,7 +7,9 @@
 //! - releasing an unknown reservation is an `InventoryCommandRejected` event, not a panic.
 
 mod aggregate;
+mod projection;
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{Position, SkuInventory};
+pub use aggregate::{Effect, Position, SkuInventory, for_each_effect};
+pub use projection::{ProjectedPosition, StockLevelsProjection};
