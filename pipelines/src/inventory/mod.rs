@@ -1,0 +1,144 @@
+//! The inventory service: its topics, its command processor and its views.
+//!
+//! [`service::run`] consumes `inventory.commands`, folds each sku's aggregate (restored from
+//! the co-partitioned `inventory.changelog` when a partition is assigned), produces
+//! `inventory.events` and one snapshot per changed sku to the changelog, and commits the
+//! input offsets with them — in one Kafka transaction with exactly-once, or flush-then-commit
+//! with at-least-once. [`views::run_stock_levels`] materializes `stock_levels` from the events.
+
+pub mod service;
+pub mod views;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Cluster;
+use crate::kafka::TopicSpec;
+use crate::topics::inventory::*;
+
+/// Options of the inventory service and its views.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cluster: Cluster,
+    /// Consumer group of the command processor.
+    pub group: String,
+    /// Identity of this process among the group's instances (part of the transactional id).
+    pub instance: String,
+    /// Where views are written (`<views_dir>/<view>/part-0.parquet`).
+    pub views_dir: PathBuf,
+    /// Partitions of the inventory topics (commands and changelog must match).
+    pub partitions: i32,
+    /// Records per transaction at most.
+    pub batch_size: usize,
+    /// How often a changed view is flushed to Parquet.
+    pub view_flush: Duration,
+}
+
+impl Options {
+    /// Defaults for `cluster`, writing views under `views_dir`.
+    pub fn new(cluster: Cluster, views_dir: PathBuf) -> Self {
+        Options {
+            cluster,
+            group: GROUP.to_owned(),
+            instance: "0".to_owned(),
+            views_dir,
+            partitions: 3,
+            batch_size: 2_000,
+            view_flush: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The topics the inventory service owns.
+pub fn topics(partitions: i32) -> Vec<TopicSpec> {
+    vec![
+        TopicSpec { name: COMMANDS, partitions, compacted: false },
+        TopicSpec { name: EVENTS, partitions, compacted: false },
+        TopicSpec { name: REPLIES, partitions, compacted: false },
+        TopicSpec { name: CHANGELOG, partitions, compacted: true },
+        TopicSpec { name: DLQ, partitions: 1, compacted: false },
+    ]
+}
+
+/// The inventory service and its views running on threads of this process.
+pub struct Running {
+    stop: crate::Stop,
+    service: std::thread::JoinHandle<anyhow::Result<service::Stats>>,
+    view: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the service and the `stock_levels` view on their own threads.
+pub fn spawn(opts: &Options, rt: &tokio::runtime::Handle) -> Running {
+    let stop = crate::Stop::default();
+    let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+    let service = std::thread::Builder::new()
+        .name("inventory".into())
+        .spawn(move || service::run(&o, &r, &s))
+        .expect("spawning a thread");
+    let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+    let view = std::thread::Builder::new()
+        .name("stock_levels".into())
+        .spawn(move || views::run_stock_levels(&o, &r, &s))
+        .expect("spawning a thread");
+    Running { stop, service, view }
+}
+
+impl Running {
+    /// Whether either loop has ended (normally only after a stop, or on a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.service.is_finished() || self.view.is_finished()
+    }
+
+    /// Stops both loops after their current batch and waits for them.
+    pub fn stop(self) -> anyhow::Result<service::Stats> {
+        self.stop.stop();
+        let stats = self.service.join().map_err(|_| anyhow::anyhow!("inventory service panicked"))??;
+        self.view.join().map_err(|_| anyhow::anyhow!("stock_levels view panicked"))??;
+        Ok(stats)
+    }
+}
+
+/// Progress of the service and its view against the ends of their input topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Commands not yet committed by the service.
+    pub command_lag: i64,
+    /// Event offsets not yet in the stock_levels file (transaction markers included).
+    pub view_lag: i64,
+}
+
+impl Progress {
+    /// True when both are fully caught up.
+    pub fn caught_up(&self) -> bool {
+        self.command_lag == 0 && self.view_lag == 0
+    }
+}
+
+/// Measures [`Progress`] now.
+pub fn progress(opts: &Options) -> anyhow::Result<Progress> {
+    use rdkafka::consumer::BaseConsumer;
+    let probe: BaseConsumer = crate::kafka::client_config(&opts.cluster).create()?;
+    let lag = |ends: &std::collections::BTreeMap<i32, i64>, at: &std::collections::BTreeMap<i32, i64>| {
+        ends.iter().map(|(p, end)| (end - at.get(p).copied().unwrap_or(0)).max(0)).sum::<i64>()
+    };
+    let commands = crate::kafka::high_watermarks(&probe, COMMANDS)?;
+    let committed = crate::kafka::committed_offsets(&opts.cluster, &opts.group, COMMANDS)?;
+    let events = crate::kafka::high_watermarks(&probe, EVENTS)?;
+    let view = views::stock_levels_checkpoint(&opts.views_dir)?.unwrap_or_default();
+    Ok(Progress { command_lag: lag(&commands, &committed), view_lag: lag(&events, &view) })
+}
+
+/// Waits until [`progress`] says caught up, or fails after `timeout` with the last progress.
+pub fn wait_caught_up(opts: &Options, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let p = progress(opts)?;
+        if p.caught_up() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("not caught up after {timeout:?}: {p:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

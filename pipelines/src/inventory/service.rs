@@ -1,0 +1,290 @@
+//! The inventory command processor loop.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use processors::Aggregate;
+use processors::inventory::SkuInventory;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::codec::{DecodeError, Decoder, Encoder};
+use schemas::inventory::{InventoryChangelog, InventoryCommand, InventoryEvent};
+use schemas::Registry;
+use tokio::runtime::Handle;
+use tracing::{debug, info, info_span, warn};
+
+use super::Options;
+use crate::kafka::{self, Output, TX_TIMEOUT};
+use crate::topics::inventory::*;
+use crate::Stop;
+
+/// Counters of one run, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub commands: u64,
+    pub events: u64,
+    pub dead_letters: u64,
+    /// Redeliveries skipped because the aggregate had already applied them.
+    pub skipped: u64,
+    pub transactions: u64,
+}
+
+struct Entry {
+    aggregate: SkuInventory,
+    /// Offset of the last command applied to this sku (-1: none).
+    last_offset: i64,
+}
+
+/// State of the partitions this instance owns: sku → aggregate, per input partition.
+#[derive(Default)]
+struct Store {
+    partitions: HashMap<i32, HashMap<String, Entry>>,
+}
+
+/// Runs the command processor until `stop`. Blocking: call from a dedicated thread.
+pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
+    let span = info_span!("inventory", instance = %opts.instance);
+    let _guard = span.enter();
+    let registry = Registry::new(&opts.cluster.registry);
+    let events = rt.block_on(Encoder::<InventoryEvent>::register(&registry, EVENTS))?;
+    let snapshots = rt.block_on(Encoder::<InventoryChangelog>::register(&registry, CHANGELOG))?;
+    let mut decoder = Decoder::<InventoryCommand>::new(registry.clone());
+    let mut snapshot_decoder = Decoder::<InventoryChangelog>::new(registry);
+
+    // Initializing transactions first fences a previous incarnation and aborts its open
+    // transaction, so the changelog read below is not blocked by it.
+    let output = Output::new(&opts.cluster, "inventory", &opts.instance)?;
+    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, &opts.group).create()?;
+    consumer.subscribe(&[COMMANDS])?;
+
+    let mut store = Store::default();
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut stats = Stats::default();
+    let mut buf = Vec::with_capacity(256);
+    info!(group = %opts.group, guarantee = ?opts.cluster.guarantee, "Inventory service started.");
+
+    while !stop.is_stopped() {
+        let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
+        sync_assignment(opts, rt, &consumer, &mut owned, &mut store, &mut snapshot_decoder)?;
+        if batch.is_empty() {
+            continue;
+        }
+        let result = process_batch(
+            opts, rt, &consumer, &output, &batch, &mut store, &mut decoder, &events, &snapshots, &mut buf,
+        );
+        match result {
+            Ok(batch_stats) => {
+                stats.commands += batch_stats.commands;
+                stats.events += batch_stats.events;
+                stats.dead_letters += batch_stats.dead_letters;
+                stats.skipped += batch_stats.skipped;
+                stats.transactions += 1;
+            }
+            Err(e) if kafka::is_fenced(&e) => {
+                bail!("fenced by a newer instance of the inventory service: {e:#}");
+            }
+            Err(e) => {
+                // Nothing of the batch is committed: abort, forget in-memory state, and resume
+                // from the committed offsets and the changelog.
+                warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
+                output.abort();
+                drop(batch);
+                rewind(&consumer)?;
+                store = Store::default();
+                owned.clear();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    info!(?stats, "Inventory service stopped.");
+    Ok(stats)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process_batch(
+    opts: &Options,
+    rt: &Handle,
+    consumer: &BaseConsumer,
+    output: &Output,
+    batch: &[BorrowedMessage<'_>],
+    store: &mut Store,
+    decoder: &mut Decoder<InventoryCommand>,
+    events: &Encoder<InventoryEvent>,
+    snapshots: &Encoder<InventoryChangelog>,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<Stats> {
+    let mut stats = Stats::default();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut dirty: BTreeSet<(i32, String)> = BTreeSet::new();
+    output.begin()?;
+    for message in batch {
+        let (partition, offset) = (message.partition(), message.offset());
+        next.insert(partition, offset + 1);
+        stats.commands += 1;
+        let payload = message.payload().unwrap_or_default();
+        let command = match decode(rt, decoder, payload) {
+            Ok(c) => c,
+            Err(e) => {
+                output.dead_letter(DLQ, "inventory", message, e.kind(), &e.to_string())?;
+                stats.dead_letters += 1;
+                continue;
+            }
+        };
+        let sku = command.sku();
+        if message.key() != Some(sku.as_bytes()) {
+            let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
+            let reason = format!("record key {key:?} differs from the command's sku {sku:?}; commands must be keyed by sku");
+            output.dead_letter(DLQ, "inventory", message, "wrong-key", &reason)?;
+            stats.dead_letters += 1;
+            continue;
+        }
+        let entry = store
+            .partitions
+            .entry(partition)
+            .or_default()
+            .entry(sku.to_owned())
+            .or_insert_with(|| Entry { aggregate: SkuInventory::new(sku), last_offset: -1 });
+        if offset <= entry.last_offset {
+            stats.skipped += 1;
+            continue;
+        }
+        match entry.aggregate.handle(&command) {
+            Err(invalid) => {
+                output.dead_letter(DLQ, "inventory", message, "invalid-command", &invalid.to_string())?;
+                stats.dead_letters += 1;
+            }
+            Ok(produced) => {
+                for event in &produced {
+                    entry.aggregate.apply(event);
+                    events.encode_into(event, buf)?;
+                    output.send(EVENTS, None, sku.as_bytes(), buf, None)?;
+                }
+                stats.events += produced.len() as u64;
+                entry.last_offset = offset;
+                dirty.insert((partition, sku.to_owned()));
+            }
+        }
+    }
+    for (partition, sku) in &dirty {
+        let entry = &store.partitions[partition][sku];
+        let snapshot = entry.aggregate.snapshot(*partition, entry.last_offset);
+        snapshots.encode_into(&snapshot.into(), buf)?;
+        output.send(CHANGELOG, Some(*partition), sku.as_bytes(), buf, None)?;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (p, o) in &next {
+        offsets.add_partition_offset(COMMANDS, *p, Offset::Offset(*o))?;
+    }
+    output.commit(consumer, &offsets)?;
+    debug!(commands = stats.commands, events = stats.events, "Batch committed.");
+    let _ = opts;
+    Ok(stats)
+}
+
+/// Decodes a command, waiting out registry outages (an external error, retried with backoff)
+/// rather than dead-lettering records that are fine.
+fn decode(rt: &Handle, decoder: &mut Decoder<InventoryCommand>, payload: &[u8]) -> Result<InventoryCommand, DecodeError> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match decoder.decode(payload) {
+            Err(DecodeError::NotCached(id)) => match rt.block_on(decoder.learn(id)) {
+                Ok(()) => continue,
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, schema_id = id, "Registry unavailable; retrying.");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Restores newly assigned partitions from the changelog and forgets revoked ones.
+fn sync_assignment(
+    opts: &Options,
+    rt: &Handle,
+    consumer: &BaseConsumer,
+    owned: &mut BTreeSet<i32>,
+    store: &mut Store,
+    decoder: &mut Decoder<InventoryChangelog>,
+) -> anyhow::Result<()> {
+    let assigned: BTreeSet<i32> = consumer.assignment()?.elements().iter().map(|e| e.partition()).collect();
+    if assigned == *owned {
+        return Ok(());
+    }
+    store.partitions.retain(|p, _| assigned.contains(p));
+    for &p in assigned.difference(owned) {
+        let restored = restore_partition(opts, rt, p, decoder)?;
+        info!(partition = p, skus = restored.len(), "Restored from changelog.");
+        store.partitions.insert(p, restored);
+    }
+    *owned = assigned;
+    Ok(())
+}
+
+/// Reads changelog partition `p` to its end (read_committed): last snapshot per sku wins.
+fn restore_partition(
+    opts: &Options,
+    rt: &Handle,
+    p: i32,
+    decoder: &mut Decoder<InventoryChangelog>,
+) -> anyhow::Result<HashMap<String, Entry>> {
+    let mut config = kafka::consumer_config(&opts.cluster, &format!("{}.restore", opts.group));
+    config.set("enable.partition.eof", "true");
+    let restorer: BaseConsumer = config.create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(CHANGELOG, p, Offset::Beginning)?;
+    restorer.assign(&tpl)?;
+    let (low, high) = restorer.fetch_watermarks(CHANGELOG, p, TX_TIMEOUT)?;
+    let mut state = HashMap::new();
+    if high <= low {
+        return Ok(state);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match restorer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let Some(payload) = m.payload() else { continue }; // tombstone
+                let InventoryChangelog::InventorySnapshot(s) = decode_snapshot(rt, decoder, payload)
+                    .with_context(|| format!("changelog {CHANGELOG}/{p} offset {} is unreadable", m.offset()))?;
+                state.insert(s.sku.clone(), Entry { aggregate: SkuInventory::from_snapshot(&s), last_offset: s.source_offset });
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(state),
+            Some(Err(e)) => warn!(error = %e, partition = p, "Changelog read error."),
+            None => {}
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("restoring {CHANGELOG}/{p} did not reach the end within 120 s");
+        }
+    }
+}
+
+fn decode_snapshot(
+    rt: &Handle,
+    decoder: &mut Decoder<InventoryChangelog>,
+    payload: &[u8],
+) -> Result<InventoryChangelog, DecodeError> {
+    match decoder.decode(payload) {
+        Err(DecodeError::NotCached(_)) => rt.block_on(decoder.decode_learning(payload)),
+        other => other,
+    }
+}
+
+/// Seeks every assigned partition back to its committed offset.
+fn rewind(consumer: &BaseConsumer) -> anyhow::Result<()> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
+    }
+    Ok(())
+}

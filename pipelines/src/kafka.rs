@@ -1,0 +1,321 @@
+//! Kafka plumbing shared by the services: client configuration, topic provisioning,
+//! the output side (transactional or at-least-once) and the dead-letter queue.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::topics::dlq_headers;
+use crate::{Cluster, Guarantee};
+
+/// Timeout of transaction and flush calls.
+pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Base client configuration for `cluster`.
+pub fn client_config(cluster: &Cluster) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cluster.brokers).set("log_level", "4");
+    c
+}
+
+/// Configuration of a consumer in `group` that commits explicitly and reads only committed
+/// transactional data.
+pub fn consumer_config(cluster: &Cluster, group: &str) -> ClientConfig {
+    let mut c = client_config(cluster);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "100");
+    c
+}
+
+/// Configuration of a producer; keys hash with murmur2 like the Java client, so records
+/// produced by any client land in the same partition for the same key.
+pub fn producer_config(cluster: &Cluster) -> ClientConfig {
+    let mut c = client_config(cluster);
+    c.set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    c
+}
+
+/// A topic and how it is kept.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: &'static str,
+    pub partitions: i32,
+    /// `delete` with infinite retention for event logs, `compact` for changelogs.
+    pub compacted: bool,
+}
+
+/// Creates the topics that do not exist yet, and checks the partition count of those that do.
+pub async fn ensure_topics(cluster: &Cluster, specs: &[TopicSpec]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cluster).create()?;
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .map(|s| {
+            let t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(1));
+            if s.compacted { t.set("cleanup.policy", "compact") } else { t.set("retention.ms", "-1") }
+        })
+        .collect();
+    for result in admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(TX_TIMEOUT))).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, e)) => bail!("cannot create topic {topic}: {e}"),
+        }
+    }
+    let probe: BaseConsumer = client_config(cluster).create()?;
+    for s in specs {
+        let found = partition_count(&probe, s.name)?;
+        if found != s.partitions as usize {
+            bail!("topic {} has {found} partitions, expected {}", s.name, s.partitions);
+        }
+    }
+    Ok(())
+}
+
+/// Number of partitions of `topic` (waiting briefly for fresh metadata).
+pub fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> anyhow::Result<usize> {
+    for _ in 0..50 {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        if let Some(t) = md.topics().first()
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+        {
+            return Ok(t.partitions().len());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("topic {topic} does not exist")
+}
+
+/// High watermarks of every partition of `topic`.
+pub fn high_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let n = partition_count(consumer, topic)?;
+    (0..n as i32)
+        .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)))
+        .collect()
+}
+
+/// Committed offsets of `group` on `topic`; partitions without a commit are absent.
+pub fn committed_offsets(cluster: &Cluster, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = consumer_config(cluster, group).create()?;
+    let n = partition_count(&consumer, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Counts failed deliveries so an at-least-once commit can refuse to move offsets past them.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, topic = m.topic(), partition = m.partition(), "Delivery failed.");
+        }
+    }
+}
+
+/// The output side of a consume–process–produce loop.
+pub struct Output {
+    producer: ThreadedProducer<DeliveryCounter>,
+    guarantee: Guarantee,
+}
+
+impl Output {
+    /// A producer for `service`; with exactly-once, transactional with id
+    /// `supplystream-<service>-<instance>` and initialized (which fences older instances and
+    /// aborts their open transaction).
+    pub fn new(cluster: &Cluster, service: &str, instance: &str) -> anyhow::Result<Self> {
+        let mut config = producer_config(cluster);
+        if cluster.guarantee == Guarantee::ExactlyOnce {
+            config
+                .set("transactional.id", format!("supplystream-{service}-{instance}"))
+                .set("transaction.timeout.ms", "60000");
+        }
+        let producer: ThreadedProducer<DeliveryCounter> =
+            config.create_with_context(DeliveryCounter::default()).context("creating producer")?;
+        if cluster.guarantee == Guarantee::ExactlyOnce {
+            producer.init_transactions(TX_TIMEOUT).context("initializing transactions")?;
+        }
+        Ok(Output { producer, guarantee: cluster.guarantee })
+    }
+
+    /// Starts a unit of work.
+    pub fn begin(&self) -> anyhow::Result<()> {
+        if self.guarantee == Guarantee::ExactlyOnce {
+            self.producer.begin_transaction().context("beginning transaction")?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues one record, waiting while the local queue is full.
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> anyhow::Result<()> {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("producing to {topic}")),
+            }
+        }
+    }
+
+    /// Commits the unit of work together with the consumer's next `offsets`.
+    pub fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, offsets: &TopicPartitionList) -> anyhow::Result<()> {
+        match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                let group = consumer.group_metadata().context("consumer has no group metadata")?;
+                self.producer
+                    .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
+                    .context("sending offsets to transaction")?;
+                self.producer.commit_transaction(TX_TIMEOUT).context("committing transaction")?;
+            }
+            Guarantee::AtLeastOnce => {
+                self.flush().context("outputs not delivered; offsets not committed")?;
+                if offsets.count() > 0 {
+                    consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync).context("committing offsets")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every record sent so far is delivered (for plain producers).
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.producer.flush(TX_TIMEOUT).context("flushing")?;
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            bail!("{failed} records were not delivered");
+        }
+        Ok(())
+    }
+
+    /// Abandons the unit of work (exactly-once: aborts the transaction).
+    pub fn abort(&self) {
+        if self.guarantee == Guarantee::ExactlyOnce
+            && let Err(e) = self.producer.abort_transaction(TX_TIMEOUT)
+        {
+            tracing::warn!(error = %e, "Abort failed.");
+        }
+        self.producer.context().failed.store(0, Ordering::Relaxed);
+    }
+
+    /// Sends `message` to `dlq` with the reason and source coordinates in headers; the key,
+    /// payload and original headers are kept byte for byte.
+    pub fn dead_letter(
+        &self,
+        dlq: &str,
+        service: &str,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            use rdkafka::message::Headers;
+            for h in original.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let headers = headers
+            .insert(Header { key: dlq_headers::REASON, value: Some(reason) })
+            .insert(Header { key: dlq_headers::KIND, value: Some(kind) })
+            .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(message.topic()) })
+            .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(&partition) })
+            .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(&offset) })
+            .insert(Header { key: dlq_headers::SERVICE, value: Some(service) });
+        tracing::debug!(topic = message.topic(), partition = message.partition(), offset = message.offset(), kind, reason, "Dead-lettered.");
+        self.send(dlq, None, message.key().unwrap_or_default(), message.payload().unwrap_or_default(), Some(headers))
+    }
+}
+
+/// Polls up to `max` messages, waiting at most `wait` for the first one.
+pub fn poll_batch<'c, C: ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
+    max: usize,
+    wait: Duration,
+) -> anyhow::Result<Vec<BorrowedMessage<'c>>> {
+    let mut batch = Vec::new();
+    let mut timeout = wait;
+    while batch.len() < max {
+        match consumer.poll(timeout) {
+            None => break,
+            Some(Ok(m)) => batch.push(m),
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                if batch.is_empty() {
+                    tracing::warn!(error = %e, "Consumer error.");
+                    // Transient broker errors surface here; librdkafka retries internally.
+                    if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                break;
+            }
+        }
+        timeout = Duration::ZERO;
+    }
+    Ok(batch)
+}
+
+/// Whether a commit error means this instance was fenced (another took over).
+pub fn is_fenced(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<KafkaError>().is_some_and(|k| {
+            matches!(k.rdkafka_error_code(), Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced))
+        })
+    })
+}
