@@ -34,20 +34,31 @@ impl MockBroker {
         let host: BaseProducer = ClientConfig::new().set("log_level", "3").create()?;
         // SAFETY: `host` is a valid client for the lifetime of the cluster (field order below).
         let cluster = unsafe { rdsys::rd_kafka_mock_cluster_new(host.client().native_ptr(), 1) };
-        anyhow::ensure!(!cluster.is_null(), "librdkafka could not create a mock cluster");
+        anyhow::ensure!(
+            !cluster.is_null(),
+            "librdkafka could not create a mock cluster"
+        );
         // SAFETY: `cluster` is non-null and owned by us until drop.
         let bootstrap = unsafe {
             rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
-            CStr::from_ptr(rdsys::rd_kafka_mock_cluster_bootstraps(cluster)).to_string_lossy().into_owned()
+            CStr::from_ptr(rdsys::rd_kafka_mock_cluster_bootstraps(cluster))
+                .to_string_lossy()
+                .into_owned()
         };
-        Ok(MockBroker { _host: host, cluster, bootstrap })
+        Ok(MockBroker {
+            _host: host,
+            cluster,
+            bootstrap,
+        })
     }
 
     /// Creates a topic (the mock does not implement the CreateTopics admin API).
     pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
         let topic = std::ffi::CString::new(name)?;
         // SAFETY: `cluster` is live; librdkafka copies the name.
-        let err = unsafe { rdsys::rd_kafka_mock_topic_create(self.cluster, topic.as_ptr(), partitions, 1) };
+        let err = unsafe {
+            rdsys::rd_kafka_mock_topic_create(self.cluster, topic.as_ptr(), partitions, 1)
+        };
         anyhow::ensure!(
             err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
             "mock cluster could not create topic {name}: {err:?}"
@@ -77,12 +88,17 @@ pub struct Embedded {
 impl Embedded {
     /// Starts both.
     pub async fn start() -> anyhow::Result<Self> {
-        Ok(Embedded { broker: MockBroker::start()?, registry: EmbeddedRegistry::start().await? })
+        Ok(Embedded {
+            broker: MockBroker::start()?,
+            registry: EmbeddedRegistry::start().await?,
+        })
     }
 
     /// Creates the topics of `specs` on the mock broker.
     pub fn create_topics(&self, specs: &[crate::kafka::TopicSpec]) -> anyhow::Result<()> {
-        specs.iter().try_for_each(|s| self.broker.create_topic(s.name, s.partitions))
+        specs
+            .iter()
+            .try_for_each(|s| self.broker.create_topic(s.name, s.partitions))
     }
 
     /// How clients reach it.

@@ -23,7 +23,8 @@ pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
 /// Base client configuration for `cluster`.
 pub fn client_config(cluster: &Cluster) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cluster.brokers).set("log_level", "4");
+    c.set("bootstrap.servers", &cluster.brokers)
+        .set("log_level", "4");
     c
 }
 
@@ -36,7 +37,11 @@ pub fn consumer_config(cluster: &Cluster, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // A Rust process has no GC pauses to ride out: detect a dead instance in 10 s, not
+        // the default 45 s (6 s is the broker's minimum).
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
     c
 }
 
@@ -67,10 +72,20 @@ pub async fn ensure_topics(cluster: &Cluster, specs: &[TopicSpec]) -> anyhow::Re
         .iter()
         .map(|s| {
             let t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(1));
-            if s.compacted { t.set("cleanup.policy", "compact") } else { t.set("retention.ms", "-1") }
+            if s.compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t.set("retention.ms", "-1")
+            }
         })
         .collect();
-    for result in admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(TX_TIMEOUT))).await? {
+    for result in admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(TX_TIMEOUT)),
+        )
+        .await?
+    {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, e)) => bail!("cannot create topic {topic}: {e}"),
@@ -80,14 +95,21 @@ pub async fn ensure_topics(cluster: &Cluster, specs: &[TopicSpec]) -> anyhow::Re
     for s in specs {
         let found = partition_count(&probe, s.name)?;
         if found != s.partitions as usize {
-            bail!("topic {} has {found} partitions, expected {}", s.name, s.partitions);
+            bail!(
+                "topic {} has {found} partitions, expected {}",
+                s.name,
+                s.partitions
+            );
         }
     }
     Ok(())
 }
 
 /// Number of partitions of `topic` (waiting briefly for fresh metadata).
-pub fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> anyhow::Result<usize> {
+pub fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<usize> {
     for _ in 0..50 {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         if let Some(t) = md.topics().first()
@@ -108,12 +130,23 @@ pub fn high_watermarks<C: ConsumerContext>(
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let n = partition_count(consumer, topic)?;
     (0..n as i32)
-        .map(|p| Ok((p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)))
+        .map(|p| {
+            Ok((
+                p,
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))?
+                    .1,
+            ))
+        })
         .collect()
 }
 
 /// Committed offsets of `group` on `topic`; partitions without a commit are absent.
-pub fn committed_offsets(cluster: &Cluster, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+pub fn committed_offsets(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer = consumer_config(cluster, group).create()?;
     let n = partition_count(&consumer, topic)?;
     let mut tpl = TopicPartitionList::new();
@@ -164,21 +197,32 @@ impl Output {
         let mut config = producer_config(cluster);
         if cluster.guarantee == Guarantee::ExactlyOnce {
             config
-                .set("transactional.id", format!("supplystream-{service}-{instance}"))
+                .set(
+                    "transactional.id",
+                    format!("supplystream-{service}-{instance}"),
+                )
                 .set("transaction.timeout.ms", "60000");
         }
-        let producer: ThreadedProducer<DeliveryCounter> =
-            config.create_with_context(DeliveryCounter::default()).context("creating producer")?;
+        let producer: ThreadedProducer<DeliveryCounter> = config
+            .create_with_context(DeliveryCounter::default())
+            .context("creating producer")?;
         if cluster.guarantee == Guarantee::ExactlyOnce {
-            producer.init_transactions(TX_TIMEOUT).context("initializing transactions")?;
+            producer
+                .init_transactions(TX_TIMEOUT)
+                .context("initializing transactions")?;
         }
-        Ok(Output { producer, guarantee: cluster.guarantee })
+        Ok(Output {
+            producer,
+            guarantee: cluster.guarantee,
+        })
     }
 
     /// Starts a unit of work.
     pub fn begin(&self) -> anyhow::Result<()> {
         if self.guarantee == Guarantee::ExactlyOnce {
-            self.producer.begin_transaction().context("beginning transaction")?;
+            self.producer
+                .begin_transaction()
+                .context("beginning transaction")?;
         }
         Ok(())
     }
@@ -212,19 +256,30 @@ impl Output {
     }
 
     /// Commits the unit of work together with the consumer's next `offsets`.
-    pub fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, offsets: &TopicPartitionList) -> anyhow::Result<()> {
+    pub fn commit<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+    ) -> anyhow::Result<()> {
         match self.guarantee {
             Guarantee::ExactlyOnce => {
-                let group = consumer.group_metadata().context("consumer has no group metadata")?;
+                let group = consumer
+                    .group_metadata()
+                    .context("consumer has no group metadata")?;
                 self.producer
                     .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
                     .context("sending offsets to transaction")?;
-                self.producer.commit_transaction(TX_TIMEOUT).context("committing transaction")?;
+                self.producer
+                    .commit_transaction(TX_TIMEOUT)
+                    .context("committing transaction")?;
             }
             Guarantee::AtLeastOnce => {
-                self.flush().context("outputs not delivered; offsets not committed")?;
+                self.flush()
+                    .context("outputs not delivered; offsets not committed")?;
                 if offsets.count() > 0 {
-                    consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync).context("committing offsets")?;
+                    consumer
+                        .commit(offsets, rdkafka::consumer::CommitMode::Sync)
+                        .context("committing offsets")?;
                 }
             }
         }
@@ -267,18 +322,52 @@ impl Output {
         if let Some(original) = message.headers() {
             use rdkafka::message::Headers;
             for h in original.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
         let headers = headers
-            .insert(Header { key: dlq_headers::REASON, value: Some(reason) })
-            .insert(Header { key: dlq_headers::KIND, value: Some(kind) })
-            .insert(Header { key: dlq_headers::SOURCE_TOPIC, value: Some(message.topic()) })
-            .insert(Header { key: dlq_headers::SOURCE_PARTITION, value: Some(&partition) })
-            .insert(Header { key: dlq_headers::SOURCE_OFFSET, value: Some(&offset) })
-            .insert(Header { key: dlq_headers::SERVICE, value: Some(service) });
-        tracing::debug!(topic = message.topic(), partition = message.partition(), offset = message.offset(), kind, reason, "Dead-lettered.");
-        self.send(dlq, None, message.key().unwrap_or_default(), message.payload().unwrap_or_default(), Some(headers))
+            .insert(Header {
+                key: dlq_headers::REASON,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: dlq_headers::KIND,
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: dlq_headers::SOURCE_TOPIC,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: dlq_headers::SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: dlq_headers::SOURCE_OFFSET,
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: dlq_headers::SERVICE,
+                value: Some(service),
+            });
+        tracing::debug!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            kind,
+            reason,
+            "Dead-lettered."
+        );
+        self.send(
+            dlq,
+            None,
+            message.key().unwrap_or_default(),
+            message.payload().unwrap_or_default(),
+            Some(headers),
+        )
     }
 }
 
@@ -299,7 +388,10 @@ pub fn poll_batch<'c, C: ConsumerContext>(
                 if batch.is_empty() {
                     tracing::warn!(error = %e, "Consumer error.");
                     // Transient broker errors surface here; librdkafka retries internally.
-                    if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) {
+                    if matches!(
+                        e,
+                        KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    ) {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
@@ -315,7 +407,10 @@ pub fn poll_batch<'c, C: ConsumerContext>(
 pub fn is_fenced(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<KafkaError>().is_some_and(|k| {
-            matches!(k.rdkafka_error_code(), Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced))
+            matches!(
+                k.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+            )
         })
     })
 }

@@ -5,9 +5,9 @@
 //! the same commands, so tests can compute the expected outcome independently.
 
 use anyhow::Context;
+use schemas::Registry;
 use schemas::codec::Encoder;
 use schemas::inventory::*;
-use schemas::Registry;
 
 use crate::kafka::Output;
 use crate::topics::inventory::COMMANDS;
@@ -24,7 +24,12 @@ pub struct LoadSpec {
 
 impl Default for LoadSpec {
     fn default() -> Self {
-        LoadSpec { commands: 5_000, skus: 50, warehouses: 4, seed: 42 }
+        LoadSpec {
+            commands: 5_000,
+            skus: 50,
+            warehouses: 4,
+            seed: 42,
+        }
     }
 }
 
@@ -58,14 +63,31 @@ pub fn generate(spec: &LoadSpec) -> Vec<InventoryCommand> {
             let s = rng.below(spec.skus.max(1) as u64) as usize;
             let sku = format!("SKU-{s:05}");
             let w = warehouses[rng.below(warehouses.len() as u64) as usize].to_owned();
-            let metadata = Metadata::command(&format!("{:016x}-{i}", spec.seed), &sku, base_time + i as i64 * 10);
+            let metadata = Metadata::command(
+                &format!("{:016x}-{i}", spec.seed),
+                &sku,
+                base_time + i as i64 * 10,
+            );
             let q = rng.below(20) as i64 + 1;
             match rng.below(100) {
-                0..35 => ReceiveStock { metadata, sku, warehouse: w, quantity: q * 3 }.into(),
+                0..35 => ReceiveStock {
+                    metadata,
+                    sku,
+                    warehouse: w,
+                    quantity: q * 3,
+                }
+                .into(),
                 35..65 => {
                     let id = format!("R-{i}");
                     reservations[s].push(id.clone());
-                    ReserveStock { metadata, reservation_id: id, sku, warehouse: w, quantity: q }.into()
+                    ReserveStock {
+                        metadata,
+                        reservation_id: id,
+                        sku,
+                        warehouse: w,
+                        quantity: q,
+                    }
+                    .into()
                 }
                 65..80 => {
                     let known = &mut reservations[s];
@@ -75,28 +97,59 @@ pub fn generate(spec: &LoadSpec) -> Vec<InventoryCommand> {
                         let k = rng.below(known.len() as u64) as usize;
                         known.swap_remove(k)
                     };
-                    ReleaseReservation { metadata, reservation_id: id, sku }.into()
+                    ReleaseReservation {
+                        metadata,
+                        reservation_id: id,
+                        sku,
+                    }
+                    .into()
                 }
                 80..88 => {
                     let delta = if rng.below(2) == 0 { -q } else { q };
-                    AdjustStock { metadata, sku, warehouse: w, delta, reason: "cycle correction".into() }.into()
+                    AdjustStock {
+                        metadata,
+                        sku,
+                        warehouse: w,
+                        delta,
+                        reason: "cycle correction".into(),
+                    }
+                    .into()
                 }
                 88..95 => {
                     let to = warehouses[rng.below(warehouses.len() as u64) as usize].to_owned();
                     let to = if to == w { format!("{w}-2") } else { to };
-                    TransferStock { metadata, sku, from_warehouse: w, to_warehouse: to, quantity: q }.into()
+                    TransferStock {
+                        metadata,
+                        sku,
+                        from_warehouse: w,
+                        to_warehouse: to,
+                        quantity: q,
+                    }
+                    .into()
                 }
-                _ => AuditStock { metadata, sku, warehouse: w, counted: q * 4 }.into(),
+                _ => AuditStock {
+                    metadata,
+                    sku,
+                    warehouse: w,
+                    counted: q * 4,
+                }
+                .into(),
             }
         })
         .collect()
 }
 
 /// Produces `commands` to `inventory.commands`, keyed by sku, and waits for delivery.
-pub async fn produce_commands(cluster: &Cluster, commands: &[InventoryCommand]) -> anyhow::Result<()> {
+pub async fn produce_commands(
+    cluster: &Cluster,
+    commands: &[InventoryCommand],
+) -> anyhow::Result<()> {
     let registry = Registry::new(&cluster.registry);
     let encoder = Encoder::<InventoryCommand>::register(&registry, COMMANDS).await?;
-    let plain = Cluster { guarantee: Guarantee::AtLeastOnce, ..cluster.clone() };
+    let plain = Cluster {
+        guarantee: Guarantee::AtLeastOnce,
+        ..cluster.clone()
+    };
     let commands = commands.to_vec();
     tokio::task::spawn_blocking(move || {
         let output = Output::new(&plain, "producer", "load")?;

@@ -13,7 +13,11 @@ use pipelines::{Cluster, Guarantee, kafka, produce};
 use sinks::{OutputFormat, QueryEngine};
 
 #[derive(Parser)]
-#[command(name = "supplystream", version, about = "The data layer of a supply chain, as streams.")]
+#[command(
+    name = "supplystream",
+    version,
+    about = "The data layer of a supply chain, as streams."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +42,11 @@ impl ClusterArgs {
         Cluster {
             brokers: self.brokers.clone(),
             registry: self.registry.clone(),
-            guarantee: if self.at_least_once { Guarantee::AtLeastOnce } else { Guarantee::ExactlyOnce },
+            guarantee: if self.at_least_once {
+                Guarantee::AtLeastOnce
+            } else {
+                Guarantee::ExactlyOnce
+            },
         }
     }
 }
@@ -84,6 +92,9 @@ enum Command {
         /// Partitions of the service's topics when they are created.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// Input records per transaction at most.
+        #[arg(long, default_value_t = 2_000)]
+        batch_size: usize,
     },
     /// Produce JSON-lines commands (from FILE or stdin) as Avro to inventory.commands.
     Produce {
@@ -123,13 +134,38 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Runtime::new()?;
     match Cli::parse().command {
-        Command::Demo { commands, seed, views } => rt.block_on(demo(commands, seed, views)),
-        Command::Run { service: Service::Inventory, cluster, views, instance, partitions } => {
-            rt.block_on(run(cluster.cluster(), views, instance, partitions))
-        }
+        Command::Demo {
+            commands,
+            seed,
+            views,
+        } => rt.block_on(demo(commands, seed, views)),
+        Command::Run {
+            service: Service::Inventory,
+            cluster,
+            views,
+            instance,
+            partitions,
+            batch_size,
+        } => rt.block_on(run(
+            cluster.cluster(),
+            views,
+            instance,
+            partitions,
+            batch_size,
+        )),
         Command::Produce { cluster, file } => rt.block_on(produce_file(cluster.cluster(), file)),
-        Command::Load { cluster, commands, skus, seed } => rt.block_on(async {
-            let spec = LoadSpec { commands, skus, seed, ..LoadSpec::default() };
+        Command::Load {
+            cluster,
+            commands,
+            skus,
+            seed,
+        } => rt.block_on(async {
+            let spec = LoadSpec {
+                commands,
+                skus,
+                seed,
+                ..LoadSpec::default()
+            };
             let cluster = cluster.cluster();
             kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
             let started = Instant::now();
@@ -147,15 +183,23 @@ async fn demo(commands: usize, seed: u64, views: PathBuf) -> anyhow::Result<()> 
     }
     let embedded = Embedded::start().await?;
     let cluster = embedded.cluster();
-    eprintln!("Embedded broker at {}, schema registry at {}.", cluster.brokers, cluster.registry);
+    eprintln!(
+        "Embedded broker at {}, schema registry at {}.",
+        cluster.brokers, cluster.registry
+    );
     let opts = Options::new(cluster.clone(), views.clone());
     embedded.create_topics(&inventory::topics(opts.partitions))?;
     let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
     let started = Instant::now();
-    let spec = LoadSpec { commands, seed, ..LoadSpec::default() };
+    let spec = LoadSpec {
+        commands,
+        seed,
+        ..LoadSpec::default()
+    };
     load::produce_commands(&cluster, &load::generate(&spec)).await?;
     let wait = opts.clone();
-    tokio::task::spawn_blocking(move || inventory::wait_caught_up(&wait, Duration::from_secs(120))).await??;
+    tokio::task::spawn_blocking(move || inventory::wait_caught_up(&wait, Duration::from_secs(120)))
+        .await??;
     let stats = running.stop()?;
     eprintln!(
         "Processed {} commands into {} events ({} dead-lettered) in {:.1?}.",
@@ -171,16 +215,29 @@ async fn demo(commands: usize, seed: u64, views: PathBuf) -> anyhow::Result<()> 
     println!("{}", OutputFormat::Table.render(&engine.sql(top).await?)?);
     let totals = "SELECT count(DISTINCT sku) AS skus, count(*) AS positions, sum(on_hand) AS on_hand, \
                   sum(reserved) AS reserved, sum(available) AS available FROM stock_levels";
-    println!("{}", OutputFormat::Table.render(&engine.sql(totals).await?)?);
-    println!("Query it yourself: supplystream query --views {} \"SELECT * FROM stock_levels LIMIT 5\"", views.display());
+    println!(
+        "{}",
+        OutputFormat::Table.render(&engine.sql(totals).await?)?
+    );
+    println!(
+        "Query it yourself: supplystream query --views {} \"SELECT * FROM stock_levels LIMIT 5\"",
+        views.display()
+    );
     Ok(())
 }
 
-async fn run(cluster: Cluster, views: PathBuf, instance: String, partitions: i32) -> anyhow::Result<()> {
+async fn run(
+    cluster: Cluster,
+    views: PathBuf,
+    instance: String,
+    partitions: i32,
+    batch_size: usize,
+) -> anyhow::Result<()> {
     kafka::ensure_topics(&cluster, &inventory::topics(partitions)).await?;
     let mut opts = Options::new(cluster, views);
     opts.instance = instance;
     opts.partitions = partitions;
+    opts.batch_size = batch_size;
     let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
     loop {
         tokio::select! {
@@ -196,22 +253,33 @@ async fn run(cluster: Cluster, views: PathBuf, instance: String, partitions: i32
 async fn produce_file(cluster: Cluster, file: Option<PathBuf>) -> anyhow::Result<()> {
     let mut text = String::new();
     match file.filter(|f| f.as_os_str() != "-") {
-        Some(path) => text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+        }
         None => {
             std::io::stdin().read_to_string(&mut text)?;
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let commands = produce::parse_lines(&text, now)?;
     kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
     load::produce_commands(&cluster, &commands).await?;
-    eprintln!("Produced {} commands to inventory.commands.", commands.len());
+    eprintln!(
+        "Produced {} commands to inventory.commands.",
+        commands.len()
+    );
     Ok(())
 }
 
 async fn query(sql: &str, views: &std::path::Path, format: Format) -> anyhow::Result<()> {
     let engine = QueryEngine::open(views).await?;
-    let batches = engine.sql(sql).await.with_context(|| format!("views in {}: {:?}", views.display(), engine.tables()))?;
+    let batches = engine
+        .sql(sql)
+        .await
+        .with_context(|| format!("views in {}: {:?}", views.display(), engine.tables()))?;
     let format = match format {
         Format::Table => OutputFormat::Table,
         Format::Csv => OutputFormat::Csv,

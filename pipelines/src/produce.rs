@@ -17,18 +17,32 @@ use serde_json::Value;
 /// Parses one JSON line into a command; `now_ms` stamps generated metadata.
 pub fn parse_command(line: &str, now_ms: i64) -> anyhow::Result<InventoryCommand> {
     let mut value: Value = serde_json::from_str(line).context("not a JSON object")?;
-    let object = value.as_object_mut().ok_or_else(|| anyhow!("not a JSON object"))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("not a JSON object"))?;
     let kind = object
         .remove("type")
         .and_then(|t| t.as_str().map(str::to_owned))
         .ok_or_else(|| anyhow!("field \"type\" (the record name) is missing"))?;
-    let kind = kind.strip_prefix("supplychain.inventory.").unwrap_or(&kind).to_owned();
+    let kind = kind
+        .strip_prefix("supplychain.inventory.")
+        .unwrap_or(&kind)
+        .to_owned();
     if !object.contains_key("metadata") {
-        let sku = object.get("sku").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let sku = object
+            .get("sku")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let id = uuid::Uuid::new_v4().to_string();
-        object.insert("metadata".into(), serde_json::to_value(Metadata::command(&id, &sku, now_ms))?);
+        object.insert(
+            "metadata".into(),
+            serde_json::to_value(Metadata::command(&id, &sku, now_ms))?,
+        );
     }
-    fn build<T: DeserializeOwned + Into<InventoryCommand>>(v: Value) -> anyhow::Result<InventoryCommand> {
+    fn build<T: DeserializeOwned + Into<InventoryCommand>>(
+        v: Value,
+    ) -> anyhow::Result<InventoryCommand> {
         Ok(serde_json::from_value::<T>(v)?.into())
     }
     match kind.as_str() {
@@ -60,9 +74,22 @@ mod tests {
 
     #[test]
     fn metadata_is_filled_in_when_absent() {
-        let c = parse_command(r#"{"type":"ReceiveStock","sku":"S","warehouse":"AMS","quantity":2}"#, 5).unwrap();
-        let InventoryCommand::ReceiveStock(r) = c else { panic!() };
-        assert_eq!((r.quantity, r.metadata.aggregate_id.as_str(), r.metadata.occurred_at), (2, "S", 5));
+        let c = parse_command(
+            r#"{"type":"ReceiveStock","sku":"S","warehouse":"AMS","quantity":2}"#,
+            5,
+        )
+        .unwrap();
+        let InventoryCommand::ReceiveStock(r) = c else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                r.quantity,
+                r.metadata.aggregate_id.as_str(),
+                r.metadata.occurred_at
+            ),
+            (2, "S", 5)
+        );
         assert_eq!(r.metadata.aggregate_version, -1);
     }
 
@@ -72,7 +99,10 @@ mod tests {
         let e = format!("{:#}", parse_lines(text, 0).unwrap_err());
         assert!(e.starts_with("line 3"), "{e}");
         assert!(e.contains("missing field `reservation_id`"), "{e}");
-        let e = format!("{:#}", parse_command(r#"{"type":"Teleport"}"#, 0).unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse_command(r#"{"type":"Teleport"}"#, 0).unwrap_err()
+        );
         assert!(e.contains("unknown command type \"Teleport\""), "{e}");
         let e = format!("{:#}", parse_command(r#"{"sku":"S"}"#, 0).unwrap_err());
         assert!(e.contains("\"type\""), "{e}");

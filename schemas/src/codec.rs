@@ -52,10 +52,18 @@ pub enum DecodeError {
     UnexpectedRecord { id: u32, name: String },
     /// The datum does not match its writer schema. Poison.
     #[error("invalid Avro datum for {name} (schema id {id}): {reason}")]
-    InvalidDatum { id: u32, name: String, reason: String },
+    InvalidDatum {
+        id: u32,
+        name: String,
+        reason: String,
+    },
     /// The writer schema cannot be resolved to the current reader schema. Poison.
     #[error("{name} (schema id {id}) cannot be read with the current schema: {reason}")]
-    Incompatible { id: u32, name: String, reason: String },
+    Incompatible {
+        id: u32,
+        name: String,
+        reason: String,
+    },
     /// The id has not been learned yet; call [`Decoder::learn`]. Internal to the decoder.
     #[error("schema id {0} is not cached")]
     NotCached(u32),
@@ -106,13 +114,18 @@ impl<T: RecordUnion> Encoder<T> {
         let mut writers = Vec::new();
         for (schema, name) in T::schemas().iter().zip(T::names()) {
             ids.push(registry.register(&subject(topic, name), schema).await?);
-            writers.push(
-                GenericDatumWriter::builder(schema)
-                    .build()
-                    .map_err(|e| RegistryError::InvalidSchema { id: 0, reason: e.to_string() })?,
-            );
+            writers.push(GenericDatumWriter::builder(schema).build().map_err(|e| {
+                RegistryError::InvalidSchema {
+                    id: 0,
+                    reason: e.to_string(),
+                }
+            })?);
         }
-        Ok(Encoder { ids, writers, _records: PhantomData })
+        Ok(Encoder {
+            ids,
+            writers,
+            _records: PhantomData,
+        })
     }
 
     /// Writes `value` in Confluent wire format into `buf` (cleared first).
@@ -124,7 +137,10 @@ impl<T: RecordUnion> Encoder<T> {
         value
             .write(&self.writers[i], buf)
             .map(|_| ())
-            .map_err(|source| EncodeError { name: value.record_name(), source })
+            .map_err(|source| EncodeError {
+                name: value.record_name(),
+                source,
+            })
     }
 
     /// Encodes `value` in Confluent wire format.
@@ -142,7 +158,12 @@ impl<T: RecordUnion> Encoder<T> {
 
 enum Known {
     /// `resolve` is false when the writer schema equals ours: straight serde deserialization.
-    Record { index: usize, name: String, reader: GenericDatumReader<'static>, resolve: bool },
+    Record {
+        index: usize,
+        name: String,
+        reader: GenericDatumReader<'static>,
+        resolve: bool,
+    },
     Unexpected(String),
     Unknown,
 }
@@ -157,7 +178,11 @@ pub struct Decoder<T> {
 impl<T: RecordUnion> Decoder<T> {
     /// A decoder that learns writer schemas from `registry`.
     pub fn new(registry: Registry) -> Self {
-        Decoder { registry, known: HashMap::new(), _records: PhantomData }
+        Decoder {
+            registry,
+            known: HashMap::new(),
+            _records: PhantomData,
+        }
     }
 
     /// Decodes with what is already learned; [`DecodeError::NotCached`] if the id is new.
@@ -166,10 +191,16 @@ impl<T: RecordUnion> Decoder<T> {
         match self.known.get(&id) {
             None => Err(DecodeError::NotCached(id)),
             Some(Known::Unknown) => Err(DecodeError::UnknownSchema(id)),
-            Some(Known::Unexpected(name)) => {
-                Err(DecodeError::UnexpectedRecord { id, name: name.clone() })
-            }
-            Some(Known::Record { index, name, reader, resolve }) => {
+            Some(Known::Unexpected(name)) => Err(DecodeError::UnexpectedRecord {
+                id,
+                name: name.clone(),
+            }),
+            Some(Known::Record {
+                index,
+                name,
+                reader,
+                resolve,
+            }) => {
                 let invalid = |e: apache_avro::Error| DecodeError::InvalidDatum {
                     id,
                     name: name.clone(),
@@ -237,11 +268,21 @@ impl<T: RecordUnion> Decoder<T> {
                     name: name.clone(),
                     reason: e.to_string(),
                 })?;
-            GenericDatumReader::builder(writer).reader_schema(ours).build().map_err(incompatible)?
+            GenericDatumReader::builder(writer)
+                .reader_schema(ours)
+                .build()
+                .map_err(incompatible)?
         } else {
-            GenericDatumReader::builder(writer).build().map_err(incompatible)?
+            GenericDatumReader::builder(writer)
+                .build()
+                .map_err(incompatible)?
         };
-        Ok(Known::Record { index, name, reader, resolve })
+        Ok(Known::Record {
+            index,
+            name,
+            reader,
+            resolve,
+        })
     }
 }
 
@@ -252,8 +293,15 @@ mod tests {
     #[test]
     fn frames_are_checked_before_any_lookup() {
         assert!(matches!(split_frame(&[]), Err(DecodeError::Malformed(_))));
-        assert!(matches!(split_frame(b"{\"json\":1}"), Err(DecodeError::Malformed(m)) if m.contains("0x7b")));
-        assert!(matches!(split_frame(&[0, 0, 1]), Err(DecodeError::Malformed(m)) if m.contains("shorter")));
-        assert_eq!(split_frame(&[0, 0, 0, 1, 2, 42]).unwrap(), (258, &[42u8][..]));
+        assert!(
+            matches!(split_frame(b"{\"json\":1}"), Err(DecodeError::Malformed(m)) if m.contains("0x7b"))
+        );
+        assert!(
+            matches!(split_frame(&[0, 0, 1]), Err(DecodeError::Malformed(m)) if m.contains("shorter"))
+        );
+        assert_eq!(
+            split_frame(&[0, 0, 0, 1, 2, 42]).unwrap(),
+            (258, &[42u8][..])
+        );
     }
 }

@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(back, value);
         // The generic (Value) path must agree with the serde path.
         let value_path = reader.read_value(&mut buf.as_slice()).unwrap();
-        assert_eq!(T::from_resolved(value.variant(), value_path).unwrap(), value);
+        assert_eq!(
+            T::from_resolved(value.variant(), value_path).unwrap(),
+            value
+        );
     }
 
     #[test]
@@ -250,32 +253,130 @@ mod tests {
         let s = || "SKU-1".to_string();
         let w = || "AMS".to_string();
         let r = || "R-1".to_string();
-        round_trip(InventoryCommand::from(ReceiveStock { metadata: m.clone(), sku: s(), warehouse: w(), quantity: 3 }));
-        round_trip(InventoryCommand::from(ReserveStock { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3 }));
-        round_trip(InventoryCommand::from(ReleaseReservation { metadata: m.clone(), reservation_id: r(), sku: s() }));
-        round_trip(InventoryCommand::from(AdjustStock { metadata: m.clone(), sku: s(), warehouse: w(), delta: -2, reason: "damaged".into() }));
-        round_trip(InventoryCommand::from(TransferStock { metadata: m.clone(), sku: s(), from_warehouse: w(), to_warehouse: "BER".into(), quantity: 1 }));
-        round_trip(InventoryCommand::from(AuditStock { metadata: m.clone(), sku: s(), warehouse: w(), counted: 7 }));
-        round_trip(InventoryEvent::from(InventoryReceived { metadata: m.clone(), sku: s(), warehouse: w(), quantity: 3 }));
-        round_trip(InventoryEvent::from(InventoryReserved { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3 }));
-        round_trip(InventoryEvent::from(ReservationRejected { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3, available: 1, reason: "insufficient".into() }));
-        round_trip(InventoryEvent::from(InventoryReleased { metadata: m.clone(), reservation_id: r(), sku: s(), warehouse: w(), quantity: 3 }));
-        round_trip(InventoryEvent::from(InventoryAdjusted { metadata: m.clone(), sku: s(), warehouse: w(), delta: 4, reason: "found".into() }));
-        round_trip(InventoryEvent::from(InventoryTransferred { metadata: m.clone(), sku: s(), from_warehouse: w(), to_warehouse: "BER".into(), quantity: 2 }));
-        round_trip(InventoryEvent::from(InventoryAudited { metadata: m.clone(), sku: s(), warehouse: w(), expected: 5, counted: 4 }));
-        round_trip(InventoryEvent::from(InventoryCommandRejected { metadata: m.clone(), sku: s(), command: "x".into(), command_id: "id".into(), reason: "no".into() }));
+        round_trip(InventoryCommand::from(ReceiveStock {
+            metadata: m.clone(),
+            sku: s(),
+            warehouse: w(),
+            quantity: 3,
+        }));
+        round_trip(InventoryCommand::from(ReserveStock {
+            metadata: m.clone(),
+            reservation_id: r(),
+            sku: s(),
+            warehouse: w(),
+            quantity: 3,
+        }));
+        round_trip(InventoryCommand::from(ReleaseReservation {
+            metadata: m.clone(),
+            reservation_id: r(),
+            sku: s(),
+        }));
+        round_trip(InventoryCommand::from(AdjustStock {
+            metadata: m.clone(),
+            sku: s(),
+            warehouse: w(),
+            delta: -2,
+            reason: "damaged".into(),
+        }));
+        round_trip(InventoryCommand::from(TransferStock {
+            metadata: m.clone(),
+            sku: s(),
+            from_warehouse: w(),
+            to_warehouse: "BER".into(),
+            quantity: 1,
+        }));
+        round_trip(InventoryCommand::from(AuditStock {
+            metadata: m.clone(),
+            sku: s(),
+            warehouse: w(),
+            counted: 7,
+        }));
+        round_trip(InventoryEvent::from(InventoryReceived {
+            metadata: m.clone(),
+            sku: s(),
+            warehouse: w(),
+            quantity: 3,
+        }));
+        round_trip(InventoryEvent::from(InventoryReserved {
+            metadata: m.clone(),
+            reservation_id: r(),
+            sku: s(),
+            warehouse: w(),
+            quantity: 3,
+        }));
+        round_trip(InventoryEvent::from(ReservationRejected {
+            metadata: m.clone(),
+            reservation_id: r(),
+            sku: s(),
+            warehouse: w(),
+            quantity: 3,
+            available: 1,
+            reason: "insufficient".into(),
+        }));
+        round_trip(InventoryEvent::from(InventoryReleased {
+            metadata: m.clone(),
+            reservation_id: r(),
+            sku: s(),
+            warehouse: w(),
+            quantity: 3,
+        }));
+        round_trip(InventoryEvent::from(InventoryAdjusted {
+            metadata: m.clone(),
+            sku: s(),
+            warehouse: w(),
+            delta: 4,
+            reason: "found".into(),
+        }));
+        round_trip(InventoryEvent::from(InventoryTransferred {
+            metadata: m.clone(),
+            sku: s(),
+            from_warehouse: w(),
+            to_warehouse: "BER".into(),
+            quantity: 2,
+        }));
+        round_trip(InventoryEvent::from(InventoryAudited {
+            metadata: m.clone(),
+            sku: s(),
+            warehouse: w(),
+            expected: 5,
+            counted: 4,
+        }));
+        round_trip(InventoryEvent::from(InventoryCommandRejected {
+            metadata: m.clone(),
+            sku: s(),
+            command: "x".into(),
+            command_id: "id".into(),
+            reason: "no".into(),
+        }));
         round_trip(InventoryChangelog::from(InventorySnapshot {
-            sku: s(), version: 9, source_partition: 2, source_offset: 41,
-            positions: vec![StockPosition { warehouse: w(), on_hand: 5, reserved: 2 }],
-            reservations: vec![OpenReservation { reservation_id: r(), warehouse: w(), quantity: 2 }],
+            sku: s(),
+            version: 9,
+            source_partition: 2,
+            source_offset: 41,
+            positions: vec![StockPosition {
+                warehouse: w(),
+                on_hand: 5,
+                reserved: 2,
+            }],
+            reservations: vec![OpenReservation {
+                reservation_id: r(),
+                warehouse: w(),
+                quantity: 2,
+            }],
             closed_reservations: vec!["R-0".into()],
         }));
     }
 
     #[test]
     fn union_names_follow_the_avsc_namespaces() {
-        assert_eq!(InventoryCommand::names()[0], "supplychain.inventory.ReceiveStock");
+        assert_eq!(
+            InventoryCommand::names()[0],
+            "supplychain.inventory.ReceiveStock"
+        );
         assert_eq!(InventoryEvent::names().len(), 8);
-        assert_eq!(InventoryChangelog::names()[0], "supplychain.inventory.InventorySnapshot");
+        assert_eq!(
+            InventoryChangelog::names()[0],
+            "supplychain.inventory.InventorySnapshot"
+        );
     }
 }

@@ -20,9 +20,16 @@ pub use table::SnapshotTable;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("view {view}: I/O on {path}: {source}")]
-    Io { view: String, path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        view: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("view {view}: Parquet: {source}")]
-    Parquet { view: String, source: parquet::errors::ParquetError },
+    Parquet {
+        view: String,
+        source: parquet::errors::ParquetError,
+    },
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("query failed: {0}")]

@@ -34,16 +34,27 @@ impl QueryEngine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
         }
-        .map_err(|source| Error::Io { view: "*".into(), path: views_dir.into(), source })?;
+        .map_err(|source| Error::Io {
+            view: "*".into(),
+            path: views_dir.into(),
+            source,
+        })?;
         for entry in entries {
             let path = entry.path();
             let has_parquet = std::fs::read_dir(&path)
-                .map(|files| files.flatten().any(|f| f.path().extension().is_some_and(|e| e == "parquet")))
+                .map(|files| {
+                    files
+                        .flatten()
+                        .any(|f| f.path().extension().is_some_and(|e| e == "parquet"))
+                })
                 .unwrap_or(false);
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
             if has_parquet {
                 let url = format!("{}/", path.display());
-                ctx.register_parquet(name, &url, ParquetReadOptions::default()).await?;
+                ctx.register_parquet(name, &url, ParquetReadOptions::default())
+                    .await?;
                 tables.push(name.to_owned());
             }
         }
@@ -78,7 +89,9 @@ impl OutputFormat {
     /// Renders batches as text.
     pub fn render(self, batches: &[RecordBatch]) -> Result<String> {
         match self {
-            OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string()),
+            OutputFormat::Table => {
+                Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string())
+            }
             OutputFormat::Csv => {
                 let mut out = Vec::new();
                 {
@@ -120,7 +133,10 @@ mod tests {
                 updated_at: 0,
             })
             .collect();
-        SnapshotTable::open(dir.path(), VIEW).unwrap().replace(&to_batch(&rows).unwrap(), "").unwrap();
+        SnapshotTable::open(dir.path(), VIEW)
+            .unwrap()
+            .replace(&to_batch(&rows).unwrap(), "")
+            .unwrap();
         let engine = QueryEngine::open(dir.path()).await.unwrap();
         assert_eq!(engine.tables(), ["stock_levels"]);
         let batches = engine
@@ -129,17 +145,32 @@ mod tests {
             .unwrap();
         let csv = OutputFormat::Csv.render(&batches).unwrap();
         // SKU-0: i = 0,3,6,9 → on_hand 18, reserved 0+1+3+4 = 8
-        assert_eq!(csv, "sku,on_hand,available\nSKU-0,18,10\nSKU-1,12,7\nSKU-2,15,8\n");
+        assert_eq!(
+            csv,
+            "sku,on_hand,available\nSKU-0,18,10\nSKU-1,12,7\nSKU-2,15,8\n"
+        );
         let json = OutputFormat::Json.render(&batches).unwrap();
-        assert!(json.starts_with("{\"sku\":\"SKU-0\",\"on_hand\":18,\"available\":10}"), "{json}");
-        assert!(OutputFormat::Table.render(&batches).unwrap().contains("| SKU-1 | 12"));
+        assert!(
+            json.starts_with("{\"sku\":\"SKU-0\",\"on_hand\":18,\"available\":10}"),
+            "{json}"
+        );
+        assert!(
+            OutputFormat::Table
+                .render(&batches)
+                .unwrap()
+                .contains("| SKU-1 | 12")
+        );
     }
 
     #[tokio::test]
     async fn an_unknown_table_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let engine = QueryEngine::open(dir.path()).await.unwrap();
-        let err = engine.sql("SELECT * FROM nope").await.unwrap_err().to_string();
+        let err = engine
+            .sql("SELECT * FROM nope")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 }

@@ -35,7 +35,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("reserved", DataType::Int64, false),
         Field::new("available", DataType::Int64, false),
         Field::new("version", DataType::Int64, false),
-        Field::new("updated_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "updated_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
     ]))
 });
 
@@ -50,12 +54,21 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a StockLevel>) -> Result<Re
     rows.sort_by(|a, b| (&a.sku, &a.warehouse).cmp(&(&b.sku, &b.warehouse)));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.sku))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.warehouse))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &r.warehouse),
+        )),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.on_hand))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.reserved))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.on_hand - r.reserved))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.reserved),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.on_hand - r.reserved),
+        )),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.version))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.updated_at)).with_timezone("UTC")),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.updated_at))
+                .with_timezone("UTC"),
+        ),
     ];
     batch(schema(), columns)
 }
@@ -64,13 +77,29 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a StockLevel>) -> Result<Re
 pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<StockLevel>> {
     let mut rows = Vec::new();
     for b in batches {
-        let layout = |reason: String| Error::Layout { view: VIEW.into(), reason };
+        let layout = |reason: String| Error::Layout {
+            view: VIEW.into(),
+            reason,
+        };
         if b.schema().fields() != schema().fields() {
-            return Err(layout(format!("schema {:?} is not the current one", b.schema())));
+            return Err(layout(format!(
+                "schema {:?} is not the current one",
+                b.schema()
+            )));
         }
         let col = |i: usize| b.column(i);
-        let s = |i| col(i).as_any().downcast_ref::<StringArray>().ok_or_else(|| layout(format!("column {i}")));
-        let n = |i| col(i).as_any().downcast_ref::<Int64Array>().ok_or_else(|| layout(format!("column {i}")));
+        let s = |i| {
+            col(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| layout(format!("column {i}")))
+        };
+        let n = |i| {
+            col(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| layout(format!("column {i}")))
+        };
         let (sku, warehouse, on_hand, reserved, version) = (s(0)?, s(1)?, n(2)?, n(3)?, n(5)?);
         let updated = col(6)
             .as_any()
@@ -96,7 +125,14 @@ mod tests {
     use crate::table::SnapshotTable;
 
     fn row(sku: &str, warehouse: &str, on_hand: i64, reserved: i64) -> StockLevel {
-        StockLevel { sku: sku.into(), warehouse: warehouse.into(), on_hand, reserved, version: 3, updated_at: 1_700_000_000_000 }
+        StockLevel {
+            sku: sku.into(),
+            warehouse: warehouse.into(),
+            on_hand,
+            reserved,
+            version: 3,
+            updated_at: 1_700_000_000_000,
+        }
     }
 
     #[test]
@@ -104,12 +140,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let table = SnapshotTable::open(dir.path(), VIEW).unwrap();
         assert!(table.load().unwrap().is_none());
-        let rows = [row("B", "AMS", 5, 1), row("A", "BER", 2, 0), row("A", "AMS", 7, 7)];
-        table.replace(&to_batch(&rows).unwrap(), "{\"0\":12}").unwrap();
+        let rows = [
+            row("B", "AMS", 5, 1),
+            row("A", "BER", 2, 0),
+            row("A", "AMS", 7, 7),
+        ];
+        table
+            .replace(&to_batch(&rows).unwrap(), "{\"0\":12}")
+            .unwrap();
         let (batches, checkpoint) = table.load().unwrap().unwrap();
         assert_eq!(checkpoint, "{\"0\":12}");
         let back = from_batches(&batches).unwrap();
-        assert_eq!(back, vec![rows[2].clone(), rows[1].clone(), rows[0].clone()]);
+        assert_eq!(
+            back,
+            vec![rows[2].clone(), rows[1].clone(), rows[0].clone()]
+        );
         assert!(!dir.path().join(VIEW).join("part-0.parquet.tmp").exists());
     }
 }

@@ -33,8 +33,15 @@ impl SnapshotTable {
     /// The table of `view` under `views_dir` (created if missing).
     pub fn open(views_dir: &Path, view: &str) -> Result<Self> {
         let dir = views_dir.join(view);
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { view: view.into(), path: dir.clone(), source })?;
-        Ok(SnapshotTable { view: view.into(), dir })
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            view: view.into(),
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(SnapshotTable {
+            view: view.into(),
+            dir,
+        })
     }
 
     /// Path of the live file.
@@ -44,11 +51,18 @@ impl SnapshotTable {
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         let path = path.to_path_buf();
-        move |source| Error::Io { view: self.view.clone(), path, source }
+        move |source| Error::Io {
+            view: self.view.clone(),
+            path,
+            source,
+        }
     }
 
     fn parquet(&self) -> impl FnOnce(parquet::errors::ParquetError) -> Error + '_ {
-        move |source| Error::Parquet { view: self.view.clone(), source }
+        move |source| Error::Parquet {
+            view: self.view.clone(),
+            source,
+        }
     }
 
     /// Replaces the table with `batch`, recording `checkpoint` (opaque text) with it.
@@ -57,9 +71,13 @@ impl SnapshotTable {
         let file = File::create(&tmp).map_err(self.io(&tmp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_key_value_metadata(Some(vec![KeyValue::new(CHECKPOINT_KEY.into(), checkpoint.to_owned())]))
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                CHECKPOINT_KEY.into(),
+                checkpoint.to_owned(),
+            )]))
             .build();
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(self.parquet())?;
+        let mut writer =
+            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(self.parquet())?;
         writer.write(batch).map_err(self.parquet())?;
         let file = writer.into_inner().map_err(self.parquet())?;
         file.sync_all().map_err(self.io(&tmp))?;
@@ -97,6 +115,9 @@ impl SnapshotTable {
 }
 
 /// Shorthand used by view modules.
-pub(crate) fn batch(schema: Arc<arrow::datatypes::Schema>, columns: Vec<arrow::array::ArrayRef>) -> Result<RecordBatch> {
+pub(crate) fn batch(
+    schema: Arc<arrow::datatypes::Schema>,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -1,1 +1,12 @@
-//! Integration tests live in tests/tests/.
+//! Integration scenarios of supplystream, run by two tiers:
+//! - `tests/embedded.rs`: on the embedded broker and registry, inside `cargo test`;
+//! - `tests/real_kafka.rs`: on Apache Kafka (KRaft) and Apicurio started by
+//!   `scripts/stack.sh`, run by `.ci/run` (set `SUPPLYSTREAM_REAL_KAFKA=1`).
+//!
+//! Expected outcomes come from [`model`], an independent re-statement of the inventory rules
+//! that shares no code with `processors`.
+
+pub mod model;
+pub mod scenario;
+pub mod stack;
+pub mod topic;

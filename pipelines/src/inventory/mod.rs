@@ -52,11 +52,31 @@ impl Options {
 /// The topics the inventory service owns.
 pub fn topics(partitions: i32) -> Vec<TopicSpec> {
     vec![
-        TopicSpec { name: COMMANDS, partitions, compacted: false },
-        TopicSpec { name: EVENTS, partitions, compacted: false },
-        TopicSpec { name: REPLIES, partitions, compacted: false },
-        TopicSpec { name: CHANGELOG, partitions, compacted: true },
-        TopicSpec { name: DLQ, partitions: 1, compacted: false },
+        TopicSpec {
+            name: COMMANDS,
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: EVENTS,
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: REPLIES,
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
+            name: CHANGELOG,
+            partitions,
+            compacted: true,
+        },
+        TopicSpec {
+            name: DLQ,
+            partitions: 1,
+            compacted: false,
+        },
     ]
 }
 
@@ -80,7 +100,11 @@ pub fn spawn(opts: &Options, rt: &tokio::runtime::Handle) -> Running {
         .name("stock_levels".into())
         .spawn(move || views::run_stock_levels(&o, &r, &s))
         .expect("spawning a thread");
-    Running { stop, service, view }
+    Running {
+        stop,
+        service,
+        view,
+    }
 }
 
 impl Running {
@@ -92,8 +116,13 @@ impl Running {
     /// Stops both loops after their current batch and waits for them.
     pub fn stop(self) -> anyhow::Result<service::Stats> {
         self.stop.stop();
-        let stats = self.service.join().map_err(|_| anyhow::anyhow!("inventory service panicked"))??;
-        self.view.join().map_err(|_| anyhow::anyhow!("stock_levels view panicked"))??;
+        let stats = self
+            .service
+            .join()
+            .map_err(|_| anyhow::anyhow!("inventory service panicked"))??;
+        self.view
+            .join()
+            .map_err(|_| anyhow::anyhow!("stock_levels view panicked"))??;
         Ok(stats)
     }
 }
@@ -114,31 +143,73 @@ impl Progress {
     }
 }
 
-/// Measures [`Progress`] now.
+/// Measures [`Progress`] repeatedly with long-lived clients (cheap enough to poll).
+pub struct ProgressProbe {
+    opts: Options,
+    watermarks: rdkafka::consumer::BaseConsumer,
+    group: rdkafka::consumer::BaseConsumer,
+}
+
+impl ProgressProbe {
+    /// Clients for `opts`' cluster and group.
+    pub fn new(opts: &Options) -> anyhow::Result<Self> {
+        Ok(ProgressProbe {
+            opts: opts.clone(),
+            watermarks: crate::kafka::client_config(&opts.cluster).create()?,
+            group: crate::kafka::consumer_config(&opts.cluster, &opts.group).create()?,
+        })
+    }
+
+    /// Progress now.
+    pub fn progress(&self) -> anyhow::Result<Progress> {
+        use rdkafka::consumer::Consumer;
+        let lag = |ends: &std::collections::BTreeMap<i32, i64>,
+                   at: &std::collections::BTreeMap<i32, i64>| {
+            ends.iter()
+                .map(|(p, end)| (end - at.get(p).copied().unwrap_or(0)).max(0))
+                .sum::<i64>()
+        };
+        let commands = crate::kafka::high_watermarks(&self.watermarks, COMMANDS)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in commands.keys() {
+            tpl.add_partition(COMMANDS, *p);
+        }
+        let committed: std::collections::BTreeMap<i32, i64> = self
+            .group
+            .committed_offsets(tpl, crate::kafka::TX_TIMEOUT)?
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        let events = crate::kafka::high_watermarks(&self.watermarks, EVENTS)?;
+        let view = views::stock_levels_checkpoint(&self.opts.views_dir)?.unwrap_or_default();
+        Ok(Progress {
+            command_lag: lag(&commands, &committed),
+            view_lag: lag(&events, &view),
+        })
+    }
+}
+
+/// Measures [`Progress`] once.
 pub fn progress(opts: &Options) -> anyhow::Result<Progress> {
-    use rdkafka::consumer::BaseConsumer;
-    let probe: BaseConsumer = crate::kafka::client_config(&opts.cluster).create()?;
-    let lag = |ends: &std::collections::BTreeMap<i32, i64>, at: &std::collections::BTreeMap<i32, i64>| {
-        ends.iter().map(|(p, end)| (end - at.get(p).copied().unwrap_or(0)).max(0)).sum::<i64>()
-    };
-    let commands = crate::kafka::high_watermarks(&probe, COMMANDS)?;
-    let committed = crate::kafka::committed_offsets(&opts.cluster, &opts.group, COMMANDS)?;
-    let events = crate::kafka::high_watermarks(&probe, EVENTS)?;
-    let view = views::stock_levels_checkpoint(&opts.views_dir)?.unwrap_or_default();
-    Ok(Progress { command_lag: lag(&commands, &committed), view_lag: lag(&events, &view) })
+    ProgressProbe::new(opts)?.progress()
 }
 
 /// Waits until [`progress`] says caught up, or fails after `timeout` with the last progress.
 pub fn wait_caught_up(opts: &Options, timeout: Duration) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;
+    let probe = ProgressProbe::new(opts)?;
     loop {
-        let p = progress(opts)?;
+        let p = probe.progress()?;
         if p.caught_up() {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!("not caught up after {timeout:?}: {p:?}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -10,16 +10,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
 use schemas::codec::{DecodeError, Decoder, Encoder};
 use schemas::inventory::{InventoryChangelog, InventoryCommand, InventoryEvent};
-use schemas::Registry;
 use tokio::runtime::Handle;
 use tracing::{debug, info, info_span, warn};
 
 use super::Options;
+use crate::Stop;
 use crate::kafka::{self, Output, TX_TIMEOUT};
 use crate::topics::inventory::*;
-use crate::Stop;
 
 /// Counters of one run, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +50,26 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     let _guard = span.enter();
     let registry = Registry::new(&opts.cluster.registry);
     let events = rt.block_on(Encoder::<InventoryEvent>::register(&registry, EVENTS))?;
-    let snapshots = rt.block_on(Encoder::<InventoryChangelog>::register(&registry, CHANGELOG))?;
+    let snapshots = rt.block_on(Encoder::<InventoryChangelog>::register(
+        &registry, CHANGELOG,
+    ))?;
     let mut decoder = Decoder::<InventoryCommand>::new(registry.clone());
     let mut snapshot_decoder = Decoder::<InventoryChangelog>::new(registry);
 
     // Initializing transactions first fences a previous incarnation and aborts its open
     // transaction, so the changelog read below is not blocked by it.
     let output = Output::new(&opts.cluster, "inventory", &opts.instance)?;
-    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, &opts.group).create()?;
+    let mut config = kafka::consumer_config(&opts.cluster, &opts.group);
+    // Static membership: a restarted instance takes its partitions back at once instead of
+    // waiting for the old member's session to time out. The mock broker does not replace
+    // static members (a restart would wait out the whole session), so only on real brokers.
+    if opts.cluster.guarantee == crate::Guarantee::ExactlyOnce {
+        config.set(
+            "group.instance.id",
+            format!("{}-{}", opts.group, opts.instance),
+        );
+    }
+    let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(&[COMMANDS])?;
 
     let mut store = Store::default();
@@ -68,12 +80,27 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
 
     while !stop.is_stopped() {
         let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
-        sync_assignment(opts, rt, &consumer, &mut owned, &mut store, &mut snapshot_decoder)?;
+        sync_assignment(
+            opts,
+            rt,
+            &consumer,
+            &mut owned,
+            &mut store,
+            &mut snapshot_decoder,
+        )?;
         if batch.is_empty() {
             continue;
         }
         let result = process_batch(
-            opts, rt, &consumer, &output, &batch, &mut store, &mut decoder, &events, &snapshots, &mut buf,
+            rt,
+            &consumer,
+            &output,
+            &batch,
+            &mut store,
+            &mut decoder,
+            &events,
+            &snapshots,
+            &mut buf,
         );
         match result {
             Ok(batch_stats) => {
@@ -105,7 +132,6 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
 
 #[allow(clippy::too_many_arguments)]
 fn process_batch(
-    opts: &Options,
     rt: &Handle,
     consumer: &BaseConsumer,
     output: &Output,
@@ -135,8 +161,13 @@ fn process_batch(
         };
         let sku = command.sku();
         if message.key() != Some(sku.as_bytes()) {
-            let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
-            let reason = format!("record key {key:?} differs from the command's sku {sku:?}; commands must be keyed by sku");
+            let key = message
+                .key()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let reason = format!(
+                "record key {key:?} differs from the command's sku {sku:?}; commands must be keyed by sku"
+            );
             output.dead_letter(DLQ, "inventory", message, "wrong-key", &reason)?;
             stats.dead_letters += 1;
             continue;
@@ -146,14 +177,23 @@ fn process_batch(
             .entry(partition)
             .or_default()
             .entry(sku.to_owned())
-            .or_insert_with(|| Entry { aggregate: SkuInventory::new(sku), last_offset: -1 });
+            .or_insert_with(|| Entry {
+                aggregate: SkuInventory::new(sku),
+                last_offset: -1,
+            });
         if offset <= entry.last_offset {
             stats.skipped += 1;
             continue;
         }
         match entry.aggregate.handle(&command) {
             Err(invalid) => {
-                output.dead_letter(DLQ, "inventory", message, "invalid-command", &invalid.to_string())?;
+                output.dead_letter(
+                    DLQ,
+                    "inventory",
+                    message,
+                    "invalid-command",
+                    &invalid.to_string(),
+                )?;
                 stats.dead_letters += 1;
             }
             Ok(produced) => {
@@ -179,14 +219,21 @@ fn process_batch(
         offsets.add_partition_offset(COMMANDS, *p, Offset::Offset(*o))?;
     }
     output.commit(consumer, &offsets)?;
-    debug!(commands = stats.commands, events = stats.events, "Batch committed.");
-    let _ = opts;
+    debug!(
+        commands = stats.commands,
+        events = stats.events,
+        "Batch committed."
+    );
     Ok(stats)
 }
 
 /// Decodes a command, waiting out registry outages (an external error, retried with backoff)
 /// rather than dead-lettering records that are fine.
-fn decode(rt: &Handle, decoder: &mut Decoder<InventoryCommand>, payload: &[u8]) -> Result<InventoryCommand, DecodeError> {
+fn decode(
+    rt: &Handle,
+    decoder: &mut Decoder<InventoryCommand>,
+    payload: &[u8],
+) -> Result<InventoryCommand, DecodeError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match decoder.decode(payload) {
@@ -213,14 +260,23 @@ fn sync_assignment(
     store: &mut Store,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<()> {
-    let assigned: BTreeSet<i32> = consumer.assignment()?.elements().iter().map(|e| e.partition()).collect();
+    let assigned: BTreeSet<i32> = consumer
+        .assignment()?
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
     if assigned == *owned {
         return Ok(());
     }
     store.partitions.retain(|p, _| assigned.contains(p));
     for &p in assigned.difference(owned) {
         let restored = restore_partition(opts, rt, p, decoder)?;
-        info!(partition = p, skus = restored.len(), "Restored from changelog.");
+        info!(
+            partition = p,
+            skus = restored.len(),
+            "Restored from changelog."
+        );
         store.partitions.insert(p, restored);
     }
     *owned = assigned;
@@ -250,9 +306,20 @@ fn restore_partition(
         match restorer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let Some(payload) = m.payload() else { continue }; // tombstone
-                let InventoryChangelog::InventorySnapshot(s) = decode_snapshot(rt, decoder, payload)
-                    .with_context(|| format!("changelog {CHANGELOG}/{p} offset {} is unreadable", m.offset()))?;
-                state.insert(s.sku.clone(), Entry { aggregate: SkuInventory::from_snapshot(&s), last_offset: s.source_offset });
+                let InventoryChangelog::InventorySnapshot(s) =
+                    decode_snapshot(rt, decoder, payload).with_context(|| {
+                        format!(
+                            "changelog {CHANGELOG}/{p} offset {} is unreadable",
+                            m.offset()
+                        )
+                    })?;
+                state.insert(
+                    s.sku.clone(),
+                    Entry {
+                        aggregate: SkuInventory::from_snapshot(&s),
+                        last_offset: s.source_offset,
+                    },
+                );
             }
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(state),
             Some(Err(e)) => warn!(error = %e, partition = p, "Changelog read error."),

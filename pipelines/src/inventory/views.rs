@@ -11,9 +11,9 @@ use processors::inventory::{Position, ProjectedPosition, StockLevelsProjection};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
 use schemas::codec::{DecodeError, Decoder};
 use schemas::inventory::InventoryEvent;
-use schemas::Registry;
 use sinks::SnapshotTable;
 use sinks::stock_levels::{self, StockLevel};
 use tokio::runtime::Handle;
@@ -31,7 +31,9 @@ pub type Checkpoint = BTreeMap<i32, i64>;
 pub fn stock_levels_checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
     let table = SnapshotTable::open(views_dir, stock_levels::VIEW)?;
     Ok(match table.load()? {
-        Some((_, text)) if !text.is_empty() => Some(serde_json::from_str(&text).context("stock_levels checkpoint")?),
+        Some((_, text)) if !text.is_empty() => {
+            Some(serde_json::from_str(&text).context("stock_levels checkpoint")?)
+        }
         _ => None,
     })
 }
@@ -45,24 +47,45 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
     let mut checkpoint: Checkpoint = BTreeMap::new();
     if let Some((batches, text)) = table.load()? {
         for row in stock_levels::from_batches(&batches)? {
-            let position = Position { on_hand: row.on_hand, reserved: row.reserved };
-            projection.restore(row.sku, row.warehouse, ProjectedPosition { position, version: row.version, updated_at: row.updated_at });
+            let position = Position {
+                on_hand: row.on_hand,
+                reserved: row.reserved,
+            };
+            projection.restore(
+                row.sku,
+                row.warehouse,
+                ProjectedPosition {
+                    position,
+                    version: row.version,
+                    updated_at: row.updated_at,
+                },
+            );
         }
         if !text.is_empty() {
             checkpoint = serde_json::from_str(&text).context("stock_levels checkpoint")?;
         }
     }
-    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, &format!("{}.views", opts.group)).create()?;
+    let consumer: BaseConsumer =
+        kafka::consumer_config(&opts.cluster, &format!("{}.views", opts.group)).create()?;
     let partitions = kafka::partition_count(&consumer, EVENTS)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        let offset = checkpoint.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        let offset = checkpoint
+            .get(&p)
+            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
         tpl.add_partition_offset(EVENTS, p, offset)?;
     }
     consumer.assign(&tpl)?;
     // Dead letters of the view are rare (the events topic is written by this service) and
     // need no transaction.
-    let dlq = Output::new(&crate::Cluster { guarantee: Guarantee::AtLeastOnce, ..opts.cluster.clone() }, "inventory-views", &opts.instance)?;
+    let dlq = Output::new(
+        &crate::Cluster {
+            guarantee: Guarantee::AtLeastOnce,
+            ..opts.cluster.clone()
+        },
+        "inventory-views",
+        &opts.instance,
+    )?;
     let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&opts.cluster.registry));
     info!(resume = ?checkpoint, "View started.");
 
@@ -82,7 +105,12 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
                 Err(e) if e.is_transient() => {
                     // Registry down: re-read this record later rather than dead-letter it.
                     warn!(error = %e, "Registry unavailable; rewinding view.");
-                    consumer.seek(message.topic(), message.partition(), Offset::Offset(message.offset()), kafka::TX_TIMEOUT)?;
+                    consumer.seek(
+                        message.topic(),
+                        message.partition(),
+                        Offset::Offset(message.offset()),
+                        kafka::TX_TIMEOUT,
+                    )?;
                     std::thread::sleep(Duration::from_secs(1));
                     break;
                 }
@@ -115,7 +143,11 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
     }
 }
 
-fn flush(table: &SnapshotTable, projection: &StockLevelsProjection, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+fn flush(
+    table: &SnapshotTable,
+    projection: &StockLevelsProjection,
+    checkpoint: &Checkpoint,
+) -> anyhow::Result<()> {
     let rows: Vec<StockLevel> = projection
         .rows()
         .map(|(sku, warehouse, r)| StockLevel {
@@ -127,6 +159,9 @@ fn flush(table: &SnapshotTable, projection: &StockLevelsProjection, checkpoint: 
             updated_at: r.updated_at,
         })
         .collect();
-    table.replace(&stock_levels::to_batch(&rows)?, &serde_json::to_string(checkpoint)?)?;
+    table.replace(
+        &stock_levels::to_batch(&rows)?,
+        &serde_json::to_string(checkpoint)?,
+    )?;
     Ok(())
 }

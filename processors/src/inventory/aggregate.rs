@@ -72,7 +72,10 @@ const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_a5e0_51d7_4a3b_9d7e_6e1b
 impl SkuInventory {
     /// The empty aggregate of `sku`.
     pub fn new(sku: &str) -> Self {
-        SkuInventory { sku: sku.to_owned(), ..Default::default() }
+        SkuInventory {
+            sku: sku.to_owned(),
+            ..Default::default()
+        }
     }
 
     /// Sku of the aggregate.
@@ -108,7 +111,15 @@ impl SkuInventory {
             positions: s
                 .positions
                 .iter()
-                .map(|p| (p.warehouse.clone(), Position { on_hand: p.on_hand, reserved: p.reserved }))
+                .map(|p| {
+                    (
+                        p.warehouse.clone(),
+                        Position {
+                            on_hand: p.on_hand,
+                            reserved: p.reserved,
+                        },
+                    )
+                })
                 .collect(),
             reservations: s
                 .reservations
@@ -129,7 +140,11 @@ impl SkuInventory {
             positions: self
                 .positions
                 .iter()
-                .map(|(w, p)| StockPosition { warehouse: w.clone(), on_hand: p.on_hand, reserved: p.reserved })
+                .map(|(w, p)| StockPosition {
+                    warehouse: w.clone(),
+                    on_hand: p.on_hand,
+                    reserved: p.reserved,
+                })
                 .collect(),
             reservations: self
                 .reservations
@@ -186,30 +201,62 @@ impl Outcome<'_> {
         let sku = self.sku.to_owned();
         let command_id = self.command.event_id.clone();
         self.push(|metadata| {
-            InventoryCommandRejected { metadata, sku, command: command.to_owned(), command_id, reason }.into()
+            InventoryCommandRejected {
+                metadata,
+                sku,
+                command: command.to_owned(),
+                command_id,
+                reason,
+            }
+            .into()
         });
     }
 }
 
-fn require(ok: bool, command: &'static str, reason: impl FnOnce() -> String) -> Result<(), InvalidCommand> {
-    if ok { Ok(()) } else { Err(InvalidCommand { command, reason: reason() }) }
+fn require(
+    ok: bool,
+    command: &'static str,
+    reason: impl FnOnce() -> String,
+) -> Result<(), InvalidCommand> {
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidCommand {
+            command,
+            reason: reason(),
+        })
+    }
 }
 
 fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand> {
     let name = command.record_name();
     let m = command.metadata();
-    require(!command.sku().is_empty(), name, || "field sku is empty".into())?;
+    require(!command.sku().is_empty(), name, || {
+        "field sku is empty".into()
+    })?;
     require(command.sku() == sku, name, || {
-        format!("field sku is {:?} but the command was routed to aggregate {sku:?}", command.sku())
+        format!(
+            "field sku is {:?} but the command was routed to aggregate {sku:?}",
+            command.sku()
+        )
     })?;
     require(m.aggregate_id == command.sku(), name, || {
-        format!("metadata.aggregate_id {:?} differs from sku {:?}", m.aggregate_id, command.sku())
+        format!(
+            "metadata.aggregate_id {:?} differs from sku {:?}",
+            m.aggregate_id,
+            command.sku()
+        )
     })?;
-    require(!m.event_id.is_empty(), name, || "metadata.event_id is empty".into())?;
+    require(!m.event_id.is_empty(), name, || {
+        "metadata.event_id is empty".into()
+    })?;
     let positive = |field: &str, v: i64| {
-        require(v > 0, name, || format!("field {field} must be positive, got {v}"))
+        require(v > 0, name, || {
+            format!("field {field} must be positive, got {v}")
+        })
     };
-    let named = |field: &str, v: &str| require(!v.is_empty(), name, || format!("field {field} is empty"));
+    let named =
+        |field: &str, v: &str| require(!v.is_empty(), name, || format!("field {field} is empty"));
     match command {
         InventoryCommand::ReceiveStock(c) => {
             named("warehouse", &c.warehouse)?;
@@ -229,13 +276,18 @@ fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand>
             named("from_warehouse", &c.from_warehouse)?;
             named("to_warehouse", &c.to_warehouse)?;
             require(c.from_warehouse != c.to_warehouse, name, || {
-                format!("fields from_warehouse and to_warehouse are both {:?}", c.from_warehouse)
+                format!(
+                    "fields from_warehouse and to_warehouse are both {:?}",
+                    c.from_warehouse
+                )
             })?;
             positive("quantity", c.quantity)
         }
         InventoryCommand::AuditStock(c) => {
             named("warehouse", &c.warehouse)?;
-            require(c.counted >= 0, name, || format!("field counted must not be negative, got {}", c.counted))
+            require(c.counted >= 0, name, || {
+                format!("field counted must not be negative, got {}", c.counted)
+            })
         }
     }
 }
@@ -247,19 +299,37 @@ impl Aggregate for SkuInventory {
     fn handle(&self, command: &InventoryCommand) -> Result<Vec<InventoryEvent>, InvalidCommand> {
         validate(command, &self.sku)?;
         let m = command.metadata();
-        let mut out = Outcome { command: m, sku: &self.sku, next_version: self.version + 1, events: Vec::new() };
+        let mut out = Outcome {
+            command: m,
+            sku: &self.sku,
+            next_version: self.version + 1,
+            events: Vec::new(),
+        };
         let name = command.record_name();
         if m.aggregate_version >= 0 && m.aggregate_version != self.version {
-            out.reject(name, format!("expected version {}, aggregate is at {}", m.aggregate_version, self.version));
+            out.reject(
+                name,
+                format!(
+                    "expected version {}, aggregate is at {}",
+                    m.aggregate_version, self.version
+                ),
+            );
             return Ok(out.events);
         }
         match command {
             InventoryCommand::ReceiveStock(c) => out.push(|metadata| {
-                InventoryReceived { metadata, sku: c.sku.clone(), warehouse: c.warehouse.clone(), quantity: c.quantity }
-                    .into()
+                InventoryReceived {
+                    metadata,
+                    sku: c.sku.clone(),
+                    warehouse: c.warehouse.clone(),
+                    quantity: c.quantity,
+                }
+                .into()
             }),
             InventoryCommand::ReserveStock(c) => {
-                if self.reservations.contains_key(&c.reservation_id) || self.closed.contains(&c.reservation_id) {
+                if self.reservations.contains_key(&c.reservation_id)
+                    || self.closed.contains(&c.reservation_id)
+                {
                     // Acts once: a repeated reservation id is a duplicate delivery, not a new request.
                 } else {
                     let available = self.position(&c.warehouse).available();
@@ -283,27 +353,32 @@ impl Aggregate for SkuInventory {
                                 warehouse: c.warehouse.clone(),
                                 quantity: c.quantity,
                                 available,
-                                reason: format!("insufficient stock: {available} available, {} requested", c.quantity),
+                                reason: format!(
+                                    "insufficient stock: {available} available, {} requested",
+                                    c.quantity
+                                ),
                             }
                             .into()
                         });
                     }
                 }
             }
-            InventoryCommand::ReleaseReservation(c) => match self.reservations.get(&c.reservation_id) {
-                Some((warehouse, quantity)) => out.push(|metadata| {
-                    InventoryReleased {
-                        metadata,
-                        reservation_id: c.reservation_id.clone(),
-                        sku: c.sku.clone(),
-                        warehouse: warehouse.clone(),
-                        quantity: *quantity,
-                    }
-                    .into()
-                }),
-                None if self.closed.contains(&c.reservation_id) => {}
-                None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
-            },
+            InventoryCommand::ReleaseReservation(c) => {
+                match self.reservations.get(&c.reservation_id) {
+                    Some((warehouse, quantity)) => out.push(|metadata| {
+                        InventoryReleased {
+                            metadata,
+                            reservation_id: c.reservation_id.clone(),
+                            sku: c.sku.clone(),
+                            warehouse: warehouse.clone(),
+                            quantity: *quantity,
+                        }
+                        .into()
+                    }),
+                    None if self.closed.contains(&c.reservation_id) => {}
+                    None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
+                }
+            }
             InventoryCommand::AdjustStock(c) => {
                 let p = self.position(&c.warehouse);
                 if p.on_hand + c.delta < p.reserved {
@@ -381,10 +456,13 @@ impl Aggregate for SkuInventory {
     }
 
     fn apply(&mut self, event: &InventoryEvent) {
-        for_each_effect(event, |warehouse, effect| self.position_mut(warehouse).apply(effect));
+        for_each_effect(event, |warehouse, effect| {
+            self.position_mut(warehouse).apply(effect)
+        });
         match event {
             InventoryEvent::InventoryReserved(e) => {
-                self.reservations.insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
+                self.reservations
+                    .insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
             }
             InventoryEvent::InventoryReleased(e) => {
                 self.reservations.remove(&e.reservation_id);

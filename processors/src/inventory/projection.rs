@@ -32,7 +32,10 @@ impl StockLevelsProjection {
         let m = event.metadata();
         let sku = event.sku();
         for_each_effect(event, |warehouse, effect| {
-            let row = self.rows.entry((sku.to_owned(), warehouse.to_owned())).or_default();
+            let row = self
+                .rows
+                .entry((sku.to_owned(), warehouse.to_owned()))
+                .or_default();
             row.position.apply(effect);
             row.version = m.aggregate_version;
             row.updated_at = m.occurred_at;
@@ -46,7 +49,9 @@ impl StockLevelsProjection {
 
     /// All rows, ordered by (sku, warehouse).
     pub fn rows(&self) -> impl Iterator<Item = (&str, &str, &ProjectedPosition)> {
-        self.rows.iter().map(|((s, w), r)| (s.as_str(), w.as_str(), r))
+        self.rows
+            .iter()
+            .map(|((s, w), r)| (s.as_str(), w.as_str(), r))
     }
 }
 
@@ -64,12 +69,50 @@ mod tests {
         let mut view = StockLevelsProjection::default();
         let m = |id: &str| Metadata::command(id, "S", 7);
         let commands: Vec<InventoryCommand> = vec![
-            ReceiveStock { metadata: m("1"), sku: "S".into(), warehouse: "A".into(), quantity: 9 }.into(),
-            ReserveStock { metadata: m("2"), reservation_id: "R".into(), sku: "S".into(), warehouse: "A".into(), quantity: 4 }.into(),
-            TransferStock { metadata: m("3"), sku: "S".into(), from_warehouse: "A".into(), to_warehouse: "B".into(), quantity: 5 }.into(),
-            ReleaseReservation { metadata: m("4"), reservation_id: "R".into(), sku: "S".into() }.into(),
-            AuditStock { metadata: m("5"), sku: "S".into(), warehouse: "B".into(), counted: 3 }.into(),
-            AdjustStock { metadata: m("6"), sku: "S".into(), warehouse: "A".into(), delta: -1, reason: "x".into() }.into(),
+            ReceiveStock {
+                metadata: m("1"),
+                sku: "S".into(),
+                warehouse: "A".into(),
+                quantity: 9,
+            }
+            .into(),
+            ReserveStock {
+                metadata: m("2"),
+                reservation_id: "R".into(),
+                sku: "S".into(),
+                warehouse: "A".into(),
+                quantity: 4,
+            }
+            .into(),
+            TransferStock {
+                metadata: m("3"),
+                sku: "S".into(),
+                from_warehouse: "A".into(),
+                to_warehouse: "B".into(),
+                quantity: 5,
+            }
+            .into(),
+            ReleaseReservation {
+                metadata: m("4"),
+                reservation_id: "R".into(),
+                sku: "S".into(),
+            }
+            .into(),
+            AuditStock {
+                metadata: m("5"),
+                sku: "S".into(),
+                warehouse: "B".into(),
+                counted: 3,
+            }
+            .into(),
+            AdjustStock {
+                metadata: m("6"),
+                sku: "S".into(),
+                warehouse: "A".into(),
+                delta: -1,
+                reason: "x".into(),
+            }
+            .into(),
         ];
         for c in &commands {
             for e in agg.handle(c).unwrap() {
@@ -77,10 +120,22 @@ mod tests {
                 view.apply(&e);
             }
         }
-        let rows: Vec<_> = view.rows().map(|(s, w, r)| (s.to_owned(), w.to_owned(), r.position)).collect();
-        let expected: Vec<_> = agg.positions().map(|(w, p)| ("S".to_owned(), w.to_owned(), p)).collect();
+        let rows: Vec<_> = view
+            .rows()
+            .map(|(s, w, r)| (s.to_owned(), w.to_owned(), r.position))
+            .collect();
+        let expected: Vec<_> = agg
+            .positions()
+            .map(|(w, p)| ("S".to_owned(), w.to_owned(), p))
+            .collect();
         assert_eq!(rows, expected);
-        assert_eq!(rows[0].2, Position { on_hand: 3, reserved: 0 });
+        assert_eq!(
+            rows[0].2,
+            Position {
+                on_hand: 3,
+                reserved: 0
+            }
+        );
         assert_eq!(view.rows().next().unwrap().2.version, agg.version());
     }
 }

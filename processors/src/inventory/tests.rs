@@ -13,7 +13,10 @@ struct Given {
 }
 
 fn given() -> Given {
-    Given { state: SkuInventory::new(SKU), next: 0 }
+    Given {
+        state: SkuInventory::new(SKU),
+        next: 0,
+    }
 }
 
 impl Given {
@@ -32,7 +35,9 @@ impl Given {
 
     fn invalid(&mut self, build: impl FnOnce(Metadata) -> InventoryCommand) -> InvalidCommand {
         let command = build(self.meta());
-        self.state.handle(&command).expect_err("command should be invalid")
+        self.state
+            .handle(&command)
+            .expect_err("command should be invalid")
     }
 
     fn received(mut self, warehouse: &str, quantity: i64) -> Self {
@@ -48,16 +53,33 @@ impl Given {
 }
 
 fn receive(metadata: Metadata, warehouse: &str, quantity: i64) -> InventoryCommand {
-    ReceiveStock { metadata, sku: SKU.into(), warehouse: warehouse.into(), quantity }.into()
+    ReceiveStock {
+        metadata,
+        sku: SKU.into(),
+        warehouse: warehouse.into(),
+        quantity,
+    }
+    .into()
 }
 
 fn reserve(metadata: Metadata, id: &str, warehouse: &str, quantity: i64) -> InventoryCommand {
-    ReserveStock { metadata, reservation_id: id.into(), sku: SKU.into(), warehouse: warehouse.into(), quantity }
-        .into()
+    ReserveStock {
+        metadata,
+        reservation_id: id.into(),
+        sku: SKU.into(),
+        warehouse: warehouse.into(),
+        quantity,
+    }
+    .into()
 }
 
 fn release(metadata: Metadata, id: &str) -> InventoryCommand {
-    ReleaseReservation { metadata, reservation_id: id.into(), sku: SKU.into() }.into()
+    ReleaseReservation {
+        metadata,
+        reservation_id: id.into(),
+        sku: SKU.into(),
+    }
+    .into()
 }
 
 fn rejection(events: &[InventoryEvent]) -> &str {
@@ -72,14 +94,26 @@ fn receiving_adds_on_hand_stock() {
     let mut g = given().received("AMS", 5);
     let events = g.when(|m| receive(m, "AMS", 3));
     assert!(matches!(&events[..], [InventoryEvent::InventoryReceived(e)] if e.quantity == 3));
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 8, reserved: 0 });
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 8,
+            reserved: 0
+        }
+    );
     assert_eq!(g.state.version(), 2);
 }
 
 #[test]
 fn reserving_holds_available_stock() {
     let g = given().received("AMS", 5).reserved("R1", "AMS", 3);
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 5, reserved: 3 });
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 5,
+            reserved: 3
+        }
+    );
     assert_eq!(g.state.position("AMS").available(), 2);
     assert!(g.state.is_reserved("R1"));
 }
@@ -95,7 +129,13 @@ fn reserving_more_than_available_is_rejected_and_changes_nothing() {
         }
         other => panic!("expected ReservationRejected, got {other:?}"),
     }
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 5, reserved: 4 });
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 5,
+            reserved: 4
+        }
+    );
     assert!(!g.state.is_reserved("R2"));
 }
 
@@ -109,20 +149,43 @@ fn reserving_at_an_unknown_warehouse_is_rejected() {
 #[test]
 fn a_reservation_id_acts_once() {
     let mut g = given().received("AMS", 10).reserved("R1", "AMS", 3);
-    assert!(g.when(|m| reserve(m, "R1", "AMS", 3)).is_empty(), "duplicate reserve");
+    assert!(
+        g.when(|m| reserve(m, "R1", "AMS", 3)).is_empty(),
+        "duplicate reserve"
+    );
     assert_eq!(g.state.position("AMS").reserved, 3);
     g.when(|m| release(m, "R1"));
     assert!(g.when(|m| release(m, "R1")).is_empty(), "duplicate release");
-    assert!(g.when(|m| reserve(m, "R1", "AMS", 3)).is_empty(), "reserve after release");
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 10, reserved: 0 });
+    assert!(
+        g.when(|m| reserve(m, "R1", "AMS", 3)).is_empty(),
+        "reserve after release"
+    );
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 10,
+            reserved: 0
+        }
+    );
 }
 
 #[test]
 fn releasing_returns_the_reserved_quantity_at_its_warehouse() {
-    let mut g = given().received("AMS", 10).received("BER", 4).reserved("R1", "BER", 4);
+    let mut g = given()
+        .received("AMS", 10)
+        .received("BER", 4)
+        .reserved("R1", "BER", 4);
     let events = g.when(|m| release(m, "R1"));
-    assert!(matches!(&events[..], [InventoryEvent::InventoryReleased(e)] if e.warehouse == "BER" && e.quantity == 4));
-    assert_eq!(g.state.position("BER"), Position { on_hand: 4, reserved: 0 });
+    assert!(
+        matches!(&events[..], [InventoryEvent::InventoryReleased(e)] if e.warehouse == "BER" && e.quantity == 4)
+    );
+    assert_eq!(
+        g.state.position("BER"),
+        Position {
+            on_hand: 4,
+            reserved: 0
+        }
+    );
 }
 
 #[test]
@@ -130,38 +193,96 @@ fn releasing_an_unknown_reservation_is_a_rejection_event() {
     let mut g = given().received("AMS", 1);
     let events = g.when(|m| release(m, "nope"));
     assert!(rejection(&events).contains("unknown reservation"));
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 1, reserved: 0 });
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 1,
+            reserved: 0
+        }
+    );
 }
 
 #[test]
 fn adjusting_cannot_take_on_hand_below_reserved() {
     let mut g = given().received("AMS", 5).reserved("R1", "AMS", 3);
-    let adjust = |m, delta| AdjustStock { metadata: m, sku: SKU.into(), warehouse: "AMS".into(), delta, reason: "damaged".into() }.into();
+    let adjust = |m, delta| {
+        AdjustStock {
+            metadata: m,
+            sku: SKU.into(),
+            warehouse: "AMS".into(),
+            delta,
+            reason: "damaged".into(),
+        }
+        .into()
+    };
     assert!(rejection(&g.when(|m| adjust(m, -3))).contains("below reserved"));
     let events = g.when(|m| adjust(m, -2));
     assert!(matches!(&events[..], [InventoryEvent::InventoryAdjusted(e)] if e.delta == -2));
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 3, reserved: 3 });
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 3,
+            reserved: 3
+        }
+    );
     assert_eq!(g.state.position("AMS").available(), 0);
 }
 
 #[test]
 fn transferring_moves_available_stock_only() {
     let mut g = given().received("AMS", 5).reserved("R1", "AMS", 2);
-    let transfer = |m, q| TransferStock { metadata: m, sku: SKU.into(), from_warehouse: "AMS".into(), to_warehouse: "BER".into(), quantity: q }.into();
+    let transfer = |m, q| {
+        TransferStock {
+            metadata: m,
+            sku: SKU.into(),
+            from_warehouse: "AMS".into(),
+            to_warehouse: "BER".into(),
+            quantity: q,
+        }
+        .into()
+    };
     assert!(rejection(&g.when(|m| transfer(m, 4))).contains("insufficient stock at AMS"));
     g.when(|m| transfer(m, 3));
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 2, reserved: 2 });
-    assert_eq!(g.state.position("BER"), Position { on_hand: 3, reserved: 0 });
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 2,
+            reserved: 2
+        }
+    );
+    assert_eq!(
+        g.state.position("BER"),
+        Position {
+            on_hand: 3,
+            reserved: 0
+        }
+    );
 }
 
 #[test]
 fn auditing_sets_on_hand_to_the_count_but_not_below_reserved() {
     let mut g = given().received("AMS", 5).reserved("R1", "AMS", 2);
-    let audit = |m, counted| AuditStock { metadata: m, sku: SKU.into(), warehouse: "AMS".into(), counted }.into();
+    let audit = |m, counted| {
+        AuditStock {
+            metadata: m,
+            sku: SKU.into(),
+            warehouse: "AMS".into(),
+            counted,
+        }
+        .into()
+    };
     assert!(rejection(&g.when(|m| audit(m, 1))).contains("below the 2 reserved"));
     let events = g.when(|m| audit(m, 4));
-    assert!(matches!(&events[..], [InventoryEvent::InventoryAudited(e)] if e.expected == 5 && e.counted == 4));
-    assert_eq!(g.state.position("AMS"), Position { on_hand: 4, reserved: 2 });
+    assert!(
+        matches!(&events[..], [InventoryEvent::InventoryAudited(e)] if e.expected == 5 && e.counted == 4)
+    );
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 4,
+            reserved: 2
+        }
+    );
 }
 
 #[test]
@@ -176,17 +297,47 @@ fn an_expected_version_mismatch_is_rejected() {
         m.aggregate_version = 2; // the rejection above is version 2
         receive(m, "AMS", 1)
     });
-    assert!(matches!(&events[..], [InventoryEvent::InventoryReceived(_)]));
+    assert!(matches!(
+        &events[..],
+        [InventoryEvent::InventoryReceived(_)]
+    ));
 }
 
 #[test]
 fn invalid_commands_name_the_field() {
     let mut g = given();
-    assert_eq!(g.invalid(|m| receive(m, "AMS", 0)).reason, "field quantity must be positive, got 0");
-    assert_eq!(g.invalid(|m| receive(m, "", 1)).reason, "field warehouse is empty");
-    let e = g.invalid(|m| ReceiveStock { metadata: m, sku: "OTHER".into(), warehouse: "AMS".into(), quantity: 1 }.into());
-    assert!(e.reason.contains("routed to aggregate \"SKU-1\""), "{}", e.reason);
-    let e = g.invalid(|m| TransferStock { metadata: m, sku: SKU.into(), from_warehouse: "A".into(), to_warehouse: "A".into(), quantity: 1 }.into());
+    assert_eq!(
+        g.invalid(|m| receive(m, "AMS", 0)).reason,
+        "field quantity must be positive, got 0"
+    );
+    assert_eq!(
+        g.invalid(|m| receive(m, "", 1)).reason,
+        "field warehouse is empty"
+    );
+    let e = g.invalid(|m| {
+        ReceiveStock {
+            metadata: m,
+            sku: "OTHER".into(),
+            warehouse: "AMS".into(),
+            quantity: 1,
+        }
+        .into()
+    });
+    assert!(
+        e.reason.contains("routed to aggregate \"SKU-1\""),
+        "{}",
+        e.reason
+    );
+    let e = g.invalid(|m| {
+        TransferStock {
+            metadata: m,
+            sku: SKU.into(),
+            from_warehouse: "A".into(),
+            to_warehouse: "A".into(),
+            quantity: 1,
+        }
+        .into()
+    });
     assert!(e.reason.contains("both \"A\""));
     assert_eq!(e.command, "supplychain.inventory.TransferStock");
 }
@@ -194,9 +345,21 @@ fn invalid_commands_name_the_field() {
 #[test]
 fn events_are_deterministic_and_carry_causation() {
     let g = given().received("AMS", 5);
-    let command = reserve(Metadata { saga_id: Some("S1".into()), ..Metadata::command("c9", SKU, 42) }, "R1", "AMS", 1);
+    let command = reserve(
+        Metadata {
+            saga_id: Some("S1".into()),
+            ..Metadata::command("c9", SKU, 42)
+        },
+        "R1",
+        "AMS",
+        1,
+    );
     let first = g.state.handle(&command).unwrap();
-    assert_eq!(first, g.state.handle(&command).unwrap(), "same command, same events");
+    assert_eq!(
+        first,
+        g.state.handle(&command).unwrap(),
+        "same command, same events"
+    );
     let m = first[0].metadata();
     assert_eq!(m.causation_id.as_deref(), Some("c9"));
     assert_eq!(m.correlation_id, "c9");
@@ -223,9 +386,29 @@ fn available_never_goes_negative_under_any_command_sequence() {
             0 => receive(m, w, q),
             1 => reserve(m, &id, w, q),
             2 => release(m, &id),
-            3 => AdjustStock { metadata: m, sku: SKU.into(), warehouse: w.into(), delta: -q, reason: "r".into() }.into(),
-            4 => TransferStock { metadata: m, sku: SKU.into(), from_warehouse: w.into(), to_warehouse: warehouses[(wi + 1) % 3].into(), quantity: q }.into(),
-            _ => AuditStock { metadata: m, sku: SKU.into(), warehouse: w.into(), counted: q * 2 }.into(),
+            3 => AdjustStock {
+                metadata: m,
+                sku: SKU.into(),
+                warehouse: w.into(),
+                delta: -q,
+                reason: "r".into(),
+            }
+            .into(),
+            4 => TransferStock {
+                metadata: m,
+                sku: SKU.into(),
+                from_warehouse: w.into(),
+                to_warehouse: warehouses[(wi + 1) % 3].into(),
+                quantity: q,
+            }
+            .into(),
+            _ => AuditStock {
+                metadata: m,
+                sku: SKU.into(),
+                warehouse: w.into(),
+                counted: q * 2,
+            }
+            .into(),
         });
         for (w, p) in g.state.positions() {
             assert!(p.available() >= 0 && p.reserved >= 0, "step {i}: {w} {p:?}");
@@ -235,7 +418,11 @@ fn available_never_goes_negative_under_any_command_sequence() {
 
 #[test]
 fn snapshot_restores_the_same_state() {
-    let mut g = given().received("AMS", 10).received("BER", 4).reserved("R1", "AMS", 3).reserved("R2", "BER", 1);
+    let mut g = given()
+        .received("AMS", 10)
+        .received("BER", 4)
+        .reserved("R1", "AMS", 3)
+        .reserved("R2", "BER", 1);
     g.when(|m| release(m, "R2"));
     let snapshot = g.state.snapshot(2, 99);
     assert_eq!((snapshot.source_partition, snapshot.source_offset), (2, 99));

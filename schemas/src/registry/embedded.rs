@@ -75,7 +75,11 @@ impl Compatibility {
             Self::Full => (true, true, false),
             Self::FullTransitive => (true, true, true),
         };
-        let first = if transitive { 0 } else { existing.len().saturating_sub(1) };
+        let first = if transitive {
+            0
+        } else {
+            existing.len().saturating_sub(1)
+        };
         for (i, old) in existing.iter().enumerate().skip(first) {
             let version = i + 1;
             if backward {
@@ -115,7 +119,11 @@ impl Store {
     fn versions(&self, subject: &str) -> Vec<&Schema> {
         self.subjects
             .get(subject)
-            .map(|ids| ids.iter().map(|id| &self.schemas[*id as usize - 1].1).collect())
+            .map(|ids| {
+                ids.iter()
+                    .map(|id| &self.schemas[*id as usize - 1].1)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -157,12 +165,21 @@ impl Drop for EmbeddedRegistry {
 fn router(store: Shared) -> Router {
     Router::new()
         .route("/subjects", get(list_subjects))
-        .route("/subjects/{subject}/versions", post(register).get(list_versions))
+        .route(
+            "/subjects/{subject}/versions",
+            post(register).get(list_versions),
+        )
         .route("/subjects/{subject}/versions/{version}", get(get_version))
         .route("/schemas/ids/{id}", get(get_by_id))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(check_compatibility))
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_compatibility),
+        )
         .route("/config", get(get_config).put(put_config))
-        .route("/config/{subject}", get(get_subject_config).put(put_subject_config))
+        .route(
+            "/config/{subject}",
+            get(get_subject_config).put(put_subject_config),
+        )
         .with_state(store)
 }
 
@@ -170,14 +187,20 @@ struct ApiError(StatusCode, u32, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error_code": self.1, "message": self.2}))).into_response()
+        (
+            self.0,
+            Json(json!({"error_code": self.1, "message": self.2})),
+        )
+            .into_response()
     }
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
 fn lock(store: &Shared) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Deserialize)]
@@ -196,12 +219,18 @@ fn parse_body(body: &SchemaBody) -> Result<Schema, ApiError> {
         ));
     }
     Schema::parse_str(&body.schema).map_err(|e| {
-        ApiError(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("invalid Avro schema: {e}"))
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("invalid Avro schema: {e}"),
+        )
     })
 }
 
 async fn list_subjects(State(store): State<Shared>) -> ApiResult {
-    Ok(Json(json!(lock(&store).subjects.keys().collect::<Vec<_>>())))
+    Ok(Json(json!(
+        lock(&store).subjects.keys().collect::<Vec<_>>()
+    )))
 }
 
 async fn register(
@@ -213,13 +242,22 @@ async fn register(
     let canonical = schema.canonical_form();
     let mut store = lock(&store);
     let existing = store.versions(&subject);
-    if let Some(pos) = existing.iter().position(|s| s.canonical_form() == canonical) {
+    if let Some(pos) = existing
+        .iter()
+        .position(|s| s.canonical_form() == canonical)
+    {
         return Ok(Json(json!({"id": store.subjects[&subject][pos]})));
     }
     store
         .level_of(&subject)
         .check(&existing, &schema)
-        .map_err(|reason| ApiError(StatusCode::CONFLICT, 409, format!("incompatible schema: {reason}")))?;
+        .map_err(|reason| {
+            ApiError(
+                StatusCode::CONFLICT,
+                409,
+                format!("incompatible schema: {reason}"),
+            )
+        })?;
     let id = match store.schemas.iter().position(|(c, _)| *c == canonical) {
         Some(i) => i as u32 + 1,
         None => {
@@ -233,18 +271,29 @@ async fn register(
 
 async fn list_versions(State(store): State<Shared>, Path(subject): Path<String>) -> ApiResult {
     let store = lock(&store);
-    let ids = store.subjects.get(&subject).ok_or_else(|| subject_not_found(&subject))?;
+    let ids = store
+        .subjects
+        .get(&subject)
+        .ok_or_else(|| subject_not_found(&subject))?;
     Ok(Json(json!((1..=ids.len()).collect::<Vec<_>>())))
 }
 
 fn subject_not_found(subject: &str) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, 40401, format!("subject {subject} not found"))
+    ApiError(
+        StatusCode::NOT_FOUND,
+        40401,
+        format!("subject {subject} not found"),
+    )
 }
 
 fn version_index(ids: &[u32], version: &str) -> Option<usize> {
     match version {
         "latest" | "-1" => ids.len().checked_sub(1),
-        v => v.parse::<usize>().ok().filter(|v| (1..=ids.len()).contains(v)).map(|v| v - 1),
+        v => v
+            .parse::<usize>()
+            .ok()
+            .filter(|v| (1..=ids.len()).contains(v))
+            .map(|v| v - 1),
     }
 }
 
@@ -253,9 +302,16 @@ async fn get_version(
     Path((subject, version)): Path<(String, String)>,
 ) -> ApiResult {
     let store = lock(&store);
-    let ids = store.subjects.get(&subject).ok_or_else(|| subject_not_found(&subject))?;
+    let ids = store
+        .subjects
+        .get(&subject)
+        .ok_or_else(|| subject_not_found(&subject))?;
     let i = version_index(ids, &version).ok_or_else(|| {
-        ApiError(StatusCode::NOT_FOUND, 40402, format!("version {version} of {subject} not found"))
+        ApiError(
+            StatusCode::NOT_FOUND,
+            40402,
+            format!("version {version} of {subject} not found"),
+        )
     })?;
     let id = ids[i];
     Ok(Json(json!({
@@ -269,7 +325,13 @@ async fn get_by_id(State(store): State<Shared>, Path(id): Path<u32>) -> ApiResul
     let (text, _) = id
         .checked_sub(1)
         .and_then(|i| store.schemas.get(i as usize))
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, 40403, format!("schema {id} not found")))?;
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                40403,
+                format!("schema {id} not found"),
+            )
+        })?;
     Ok(Json(json!({"schema": text})))
 }
 
@@ -280,13 +342,14 @@ async fn check_compatibility(
 ) -> ApiResult {
     let schema = parse_body(&body)?;
     let store = lock(&store);
-    let ids = store.subjects.get(&subject).ok_or_else(|| subject_not_found(&subject))?;
+    let ids = store
+        .subjects
+        .get(&subject)
+        .ok_or_else(|| subject_not_found(&subject))?;
     let existing = store.versions(&subject);
     // "latest" checks against what the level says; a numbered version checks just that one.
     let result = match version_index(ids, &version) {
-        Some(i) if version != "latest" => {
-            Compatibility::Backward.check(&existing[i..=i], &schema)
-        }
+        Some(i) if version != "latest" => Compatibility::Backward.check(&existing[i..=i], &schema),
         Some(_) => store.level_of(&subject).check(&existing, &schema),
         None => return Err(subject_not_found(&subject)),
     };
@@ -312,7 +375,9 @@ fn parse_level(body: &ConfigBody) -> Result<Compatibility, ApiError> {
 }
 
 async fn get_config(State(store): State<Shared>) -> ApiResult {
-    let level = lock(&store).level.unwrap_or(Compatibility::BackwardTransitive);
+    let level = lock(&store)
+        .level
+        .unwrap_or(Compatibility::BackwardTransitive);
     Ok(Json(json!({"compatibilityLevel": level.name()})))
 }
 

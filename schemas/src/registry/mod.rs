@@ -48,7 +48,10 @@ impl Registry {
     /// `http://127.0.0.1:8080/apis/ccompat/v7`).
     pub fn new(url: &str) -> Self {
         let url = url.trim_end_matches('/').to_owned();
-        Registry { settings: SrSettings::new(url.clone()), url }
+        Registry {
+            settings: SrSettings::new(url.clone()),
+            url,
+        }
     }
 
     /// Base URL of the registry.
@@ -61,9 +64,15 @@ impl Registry {
         if text.contains("status 404") {
             RegistryError::NotFound { what }
         } else if text.contains("status 409") || text.contains("status 422") {
-            RegistryError::Rejected { subject: what, reason: text }
+            RegistryError::Rejected {
+                subject: what,
+                reason: text,
+            }
         } else {
-            RegistryError::Unavailable { url: self.url.clone(), reason: text }
+            RegistryError::Unavailable {
+                url: self.url.clone(),
+                reason: text,
+            }
         }
     }
 
@@ -82,13 +91,19 @@ impl Registry {
         let registered = get_schema_by_id(id, &self.settings)
             .await
             .map_err(|e| self.classify(format!("schema id {id}"), e))?;
-        Schema::parse_str(&registered.schema)
-            .map_err(|e| RegistryError::InvalidSchema { id, reason: e.to_string() })
+        Schema::parse_str(&registered.schema).map_err(|e| RegistryError::InvalidSchema {
+            id,
+            reason: e.to_string(),
+        })
     }
 
     /// Whether `schema` may be registered under `subject` under the subject's compatibility
     /// level. A subject that does not exist yet accepts anything.
-    pub async fn is_compatible(&self, subject: &str, schema: &Schema) -> Result<bool, RegistryError> {
+    pub async fn is_compatible(
+        &self,
+        subject: &str,
+        schema: &Schema,
+    ) -> Result<bool, RegistryError> {
         let text = serde_json::to_string(schema).expect("a parsed schema serializes");
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, text);
         match is_compatible_schema(&self.settings, subject.to_owned(), supplied).await {
