@@ -252,7 +252,8 @@ impl<T: RecordUnion> Decoder<T> {
             return Ok(Known::Unexpected(name));
         };
         let ours = &T::schemas()[index];
-        let resolve = writer.canonical_form() != ours.canonical_form();
+        // Schema equality ignores docs and defaults, which do not change how a datum is read.
+        let resolve = writer != *ours;
         // Writer schemas are few (one per registered version) and live as long as the process:
         // leaking them lets the cached reader borrow them without self-reference.
         let writer: &'static Schema = Box::leak(Box::new(writer));

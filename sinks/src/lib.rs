@@ -7,13 +7,20 @@
 //! position commit together with one atomic rename; on restart the view resumes from there.
 //! Kafka consumer-group offsets of view consumers are informational only.
 //!
+//! The DataFusion engine is the `query` feature (default): writers such as benchmarks can
+//! leave it out.
+//!
 //! Files are plain Parquet (Snappy), readable by DuckDB, Spark or any other engine.
 
+pub mod format;
+#[cfg(feature = "query")]
 pub mod query;
 pub mod stock_levels;
 pub mod table;
 
-pub use query::{OutputFormat, QueryEngine};
+pub use format::OutputFormat;
+#[cfg(feature = "query")]
+pub use query::QueryEngine;
 pub use table::SnapshotTable;
 
 /// Errors of the sinks crate.
@@ -32,6 +39,7 @@ pub enum Error {
     },
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[cfg(feature = "query")]
     #[error("query failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
     #[error("view {view}: unexpected column layout: {reason}")]

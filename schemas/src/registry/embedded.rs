@@ -99,8 +99,9 @@ impl Compatibility {
 
 #[derive(Default)]
 struct Store {
-    /// Schema text by global id - 1.
-    schemas: Vec<(String, Schema)>,
+    /// By global id - 1: canonical form (identity), the text as registered (served back: the
+    /// canonical form drops defaults and logical types), the parsed schema.
+    schemas: Vec<(String, String, Schema)>,
     /// Global ids by subject, in version order.
     subjects: BTreeMap<String, Vec<u32>>,
     subject_levels: BTreeMap<String, Compatibility>,
@@ -121,7 +122,7 @@ impl Store {
             .get(subject)
             .map(|ids| {
                 ids.iter()
-                    .map(|id| &self.schemas[*id as usize - 1].1)
+                    .map(|id| &self.schemas[*id as usize - 1].2)
                     .collect()
             })
             .unwrap_or_default()
@@ -174,6 +175,10 @@ fn router(store: Shared) -> Router {
         .route(
             "/compatibility/subjects/{subject}/versions/{version}",
             post(check_compatibility),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_compatibility_all),
         )
         .route("/config", get(get_config).put(put_config))
         .route(
@@ -258,10 +263,10 @@ async fn register(
                 format!("incompatible schema: {reason}"),
             )
         })?;
-    let id = match store.schemas.iter().position(|(c, _)| *c == canonical) {
+    let id = match store.schemas.iter().position(|(c, _, _)| *c == canonical) {
         Some(i) => i as u32 + 1,
         None => {
-            store.schemas.push((canonical, schema));
+            store.schemas.push((canonical, body.schema, schema));
             store.schemas.len() as u32
         }
     };
@@ -316,13 +321,13 @@ async fn get_version(
     let id = ids[i];
     Ok(Json(json!({
         "subject": subject, "version": i + 1, "id": id,
-        "schema": store.schemas[id as usize - 1].0,
+        "schema": store.schemas[id as usize - 1].1,
     })))
 }
 
 async fn get_by_id(State(store): State<Shared>, Path(id): Path<u32>) -> ApiResult {
     let store = lock(&store);
-    let (text, _) = id
+    let (_, text, _) = id
         .checked_sub(1)
         .and_then(|i| store.schemas.get(i as usize))
         .ok_or_else(|| {
@@ -357,6 +362,15 @@ async fn check_compatibility(
         Ok(()) => json!({"is_compatible": true}),
         Err(reason) => json!({"is_compatible": false, "messages": [reason]}),
     }))
+}
+
+/// Checks against the versions the subject's level names (Confluent 7+ form, no version).
+async fn check_compatibility_all(
+    store: State<Shared>,
+    Path(subject): Path<String>,
+    body: Json<SchemaBody>,
+) -> ApiResult {
+    check_compatibility(store, Path((subject, "latest".to_owned())), body).await
 }
 
 #[derive(Deserialize)]
@@ -400,4 +414,156 @@ async fn put_subject_config(
     let level = parse_level(&body)?;
     lock(&store).subject_levels.insert(subject, level);
     Ok(Json(json!({"compatibility": level.name()})))
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::Schema;
+
+    use super::*;
+    use crate::codec::{DecodeError, Decoder, Encoder};
+    use crate::inventory::{InventoryCommand, Metadata, ReceiveStock};
+    use crate::record::RecordUnion;
+    use crate::registry::{Registry, RegistryError};
+
+    const V1: &str = r#"{"type":"record","name":"ReceiveStock","namespace":"supplychain.inventory","fields":[
+        {"name":"metadata","type":"supplychain.common.Metadata"},
+        {"name":"sku","type":"string"},{"name":"warehouse","type":"string"},{"name":"quantity","type":"long"},
+        {"name":"note","type":"string","default":""}]}"#;
+
+    #[tokio::test]
+    async fn registers_fetches_and_refuses_incompatible_changes() {
+        let server = EmbeddedRegistry::start().await.unwrap();
+        let registry = Registry::new(server.url());
+        let schema = &InventoryCommand::schemas()[0];
+        let id = registry
+            .register("t-supplychain.inventory.ReceiveStock", schema)
+            .await
+            .unwrap();
+        assert_eq!(
+            registry
+                .register("t-supplychain.inventory.ReceiveStock", schema)
+                .await
+                .unwrap(),
+            id,
+            "idempotent"
+        );
+        assert_eq!(
+            registry.schema(id).await.unwrap().canonical_form(),
+            schema.canonical_form()
+        );
+        assert!(matches!(
+            registry.schema(999).await,
+            Err(RegistryError::NotFound { .. })
+        ));
+
+        // A new required field without default cannot read old data: BACKWARD_TRANSITIVE refuses.
+        let breaking = Schema::parse_str(&schema_with_extra_field(
+            schema,
+            r#"{"name":"lot","type":"string"}"#,
+        ))
+        .unwrap();
+        assert!(
+            !registry
+                .is_compatible("t-supplychain.inventory.ReceiveStock", &breaking)
+                .await
+                .unwrap()
+        );
+        match registry
+            .register("t-supplychain.inventory.ReceiveStock", &breaking)
+            .await
+        {
+            Err(RegistryError::Rejected { reason, .. }) => {
+                assert!(reason.contains("version 1"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The same field with a default is a compatible evolution.
+        let compatible = Schema::parse_str(&schema_with_extra_field(
+            schema,
+            r#"{"name":"lot","type":"string","default":"-"}"#,
+        ))
+        .unwrap();
+        assert!(
+            registry
+                .is_compatible("t-supplychain.inventory.ReceiveStock", &compatible)
+                .await
+                .unwrap()
+        );
+        assert_ne!(
+            registry
+                .register("t-supplychain.inventory.ReceiveStock", &compatible)
+                .await
+                .unwrap(),
+            id
+        );
+    }
+
+    fn schema_with_extra_field(schema: &Schema, field: &str) -> String {
+        let text = serde_json::to_string(schema).unwrap();
+        let at = text.rfind(']').unwrap();
+        format!("{},{field}{}", &text[..at], &text[at..])
+    }
+
+    #[tokio::test]
+    async fn decodes_other_writer_versions_and_names_bad_input() {
+        let server = EmbeddedRegistry::start().await.unwrap();
+        let registry = Registry::new(server.url());
+        // A producer still on a version with an extra field writes with that schema.
+        let v1 = crate::record::parse_avsc(V1);
+        let old_id = registry
+            .register("x-supplychain.inventory.ReceiveStock", &v1)
+            .await
+            .unwrap();
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&v1)
+            .build()
+            .unwrap();
+        let mut record = apache_avro::types::Record::new(&v1).unwrap();
+        let meta = apache_avro::to_value(Metadata::command("c1", "S", 5)).unwrap();
+        record.put("metadata", meta.resolve(&v1_metadata(&v1)).unwrap());
+        record.put("sku", "S");
+        record.put("warehouse", "AMS");
+        record.put("quantity", 4i64);
+        record.put("note", "old producer");
+        let mut payload = vec![0];
+        payload.extend(old_id.to_be_bytes());
+        writer.write_value(&mut payload, record).unwrap();
+
+        let current = Encoder::<InventoryCommand>::register(&registry, "x")
+            .await
+            .unwrap();
+        let mut decoder = Decoder::<InventoryCommand>::new(registry.clone());
+        let decoded = decoder.decode_learning(&payload).await.unwrap();
+        let InventoryCommand::ReceiveStock(r) = &decoded else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!((r.sku.as_str(), r.quantity), ("S", 4));
+        // Current-version records take the serde path and round-trip.
+        let now: InventoryCommand = ReceiveStock {
+            metadata: Metadata::command("c2", "S", 6),
+            sku: "S".into(),
+            warehouse: "AMS".into(),
+            quantity: 2,
+        }
+        .into();
+        let bytes = current.encode(&now).unwrap();
+        assert_eq!(decoder.decode_learning(&bytes).await.unwrap(), now);
+        // Bad input is named, not panicked on.
+        assert!(matches!(
+            decoder.decode_learning(&[0, 0, 0, 0, 77, 1]).await,
+            Err(DecodeError::UnknownSchema(77))
+        ));
+        let mut trailing = bytes.clone();
+        trailing.push(9);
+        assert!(
+            matches!(decoder.decode(&trailing), Err(DecodeError::InvalidDatum { reason, .. }) if reason.contains("trailing"))
+        );
+    }
+
+    fn v1_metadata(v1: &Schema) -> Schema {
+        let Schema::Record(r) = v1 else {
+            unreachable!()
+        };
+        r.fields[0].schema.clone()
+    }
 }

@@ -1,0 +1,152 @@
+//! Throughput of the inventory pipeline against a bare librdkafka consumer, on one real
+//! broker and one pre-filled topic, measured in the same run.
+//!
+//! - B0: a `BaseConsumer` loop over `inventory.commands` (read_committed), touching each
+//!   payload: the ceiling of any consumer on this machine.
+//! - B1: B0 plus Avro decoding of every command (Confluent framing, cached reader, serde path).
+//! - Pipeline: the inventory service end to end (decode, fold, encode, produce events and
+//!   changelog snapshots, commit in Kafka transactions) plus the `stock_levels` view until
+//!   both have caught up with the topic.
+//!
+//! Run with `scripts/bench.sh` (starts Kafka + Apicurio, runs this, stops them). Needs
+//! `SUPPLYSTREAM_BROKERS` and `SUPPLYSTREAM_REGISTRY`; `BENCH_COMMANDS` (default 1,000,000).
+
+use std::time::{Duration, Instant};
+
+use pipelines::inventory::{self, Options, ProgressProbe};
+use pipelines::kafka;
+use pipelines::load::{self, LoadSpec};
+use pipelines::topics::inventory::COMMANDS;
+use pipelines::{Cluster, Guarantee};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
+use schemas::codec::Decoder;
+use schemas::inventory::InventoryCommand;
+
+fn consume_all(
+    cluster: &Cluster,
+    total: i64,
+    rt: &tokio::runtime::Runtime,
+    decode: bool,
+) -> anyhow::Result<Duration> {
+    let consumer: BaseConsumer =
+        kafka::consumer_config(cluster, &format!("bench-b-{decode}")).create()?;
+    let partitions = kafka::partition_count(&consumer, COMMANDS)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(COMMANDS, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut decoder = Decoder::<InventoryCommand>::new(Registry::new(&cluster.registry));
+    let (mut seen, mut bytes, mut quantity) = (0i64, 0usize, 0i64);
+    let started = Instant::now();
+    while seen < total {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let payload = m.payload().unwrap_or_default();
+            bytes += payload.len();
+            if decode {
+                let command = match decoder.decode(payload) {
+                    Err(schemas::DecodeError::NotCached(_)) => {
+                        rt.block_on(decoder.decode_learning(payload))?
+                    }
+                    other => other?,
+                };
+                quantity += command.metadata().occurred_at & 1;
+            }
+            seen += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    std::hint::black_box((bytes, quantity));
+    Ok(elapsed)
+}
+
+fn main() -> anyhow::Result<()> {
+    let (Ok(brokers), Ok(registry)) = (
+        std::env::var("SUPPLYSTREAM_BROKERS"),
+        std::env::var("SUPPLYSTREAM_REGISTRY"),
+    ) else {
+        println!(
+            "inventory bench not run: use scripts/bench.sh (needs SUPPLYSTREAM_BROKERS and SUPPLYSTREAM_REGISTRY)"
+        );
+        return Ok(());
+    };
+    let n: usize = std::env::var("BENCH_COMMANDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let cluster = Cluster {
+        brokers,
+        registry,
+        guarantee: Guarantee::ExactlyOnce,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
+
+    let probe: BaseConsumer = kafka::client_config(&cluster).create()?;
+    let mut total: i64 = kafka::high_watermarks(&probe, COMMANDS)?.values().sum();
+    if total < n as i64 {
+        let fill = Instant::now();
+        let chunk = 100_000;
+        for (i, start) in (total as usize..n).step_by(chunk).enumerate() {
+            let spec = LoadSpec {
+                commands: chunk.min(n - start),
+                skus: 1_000,
+                warehouses: 4,
+                seed: 1_000 + i as u64,
+            };
+            rt.block_on(load::produce_commands(&cluster, &load::generate(&spec)))?;
+        }
+        total = kafka::high_watermarks(&probe, COMMANDS)?.values().sum();
+        eprintln!(
+            "filled {COMMANDS} to {total} commands in {:.1?}",
+            fill.elapsed()
+        );
+    }
+
+    let b0 = consume_all(&cluster, total, &rt, false)?;
+    let b1 = consume_all(&cluster, total, &rt, true)?;
+
+    let views = tempfile::tempdir()?;
+    let mut opts = Options::new(cluster.clone(), views.path().to_path_buf());
+    opts.group = format!("bench-inventory-{}", std::process::id());
+    let progress = ProgressProbe::new(&opts)?;
+    let started = Instant::now();
+    let running = inventory::spawn(&opts, rt.handle());
+    loop {
+        let p = progress.progress()?;
+        if p.caught_up() {
+            break;
+        }
+        anyhow::ensure!(!running.is_finished(), "the pipeline stopped early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pipeline = started.elapsed();
+    let stats = running.stop()?;
+
+    let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    println!(
+        "| measure ({total} commands, 3 partitions, real Kafka) | time | records/s | ratio to B0 |"
+    );
+    println!("|---|---|---|---|");
+    for (name, d) in [
+        ("B0 bare BaseConsumer", b0),
+        ("B1 consume + Avro decode", b1),
+        ("inventory pipeline end to end", pipeline),
+    ] {
+        println!(
+            "| {name} | {:.2} s | {:.0} | {:.3} |",
+            d.as_secs_f64(),
+            rate(d),
+            b0.as_secs_f64() / d.as_secs_f64()
+        );
+    }
+    println!(
+        "pipeline: {} events, {} transactions, {} dead letters",
+        stats.events, stats.transactions, stats.dead_letters
+    );
+    Ok(())
+}
