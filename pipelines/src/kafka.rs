@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::topics::dlq_headers;
@@ -110,17 +110,23 @@ pub fn partition_count<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
 ) -> anyhow::Result<usize> {
-    for _ in 0..50 {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        if let Some(t) = md.topics().first()
-            && t.error().is_none()
-            && !t.partitions().is_empty()
-        {
-            return Ok(t.partitions().len());
+    // Right after creation a topic may report no partitions or NotLeaderForPartition until
+    // its leaders are elected: retry for a while before calling it missing.
+    let mut last = String::from("no metadata");
+    for _ in 0..100 {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Ok(md) => match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    return Ok(t.partitions().len());
+                }
+                Some(t) => last = format!("{:?}", t.error()),
+                None => {}
+            },
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("topic {topic} does not exist")
+    bail!("topic {topic} is not available: {last}")
 }
 
 /// High watermarks of every partition of `topic`.
@@ -183,10 +189,15 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// The output side of a consume–process–produce loop.
+/// The output side of a consume–process–produce loop, used from one thread.
+///
+/// A `BaseProducer` polled by that thread, not a `ThreadedProducer`: with a background
+/// poller, `flush` (and so every transaction commit) waited for its 100 ms poll tick to see
+/// the last delivery reports.
 pub struct Output {
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: BaseProducer<DeliveryCounter>,
     guarantee: Guarantee,
+    unpolled: std::cell::Cell<u32>,
 }
 
 impl Output {
@@ -203,7 +214,7 @@ impl Output {
                 )
                 .set("transaction.timeout.ms", "60000");
         }
-        let producer: ThreadedProducer<DeliveryCounter> = config
+        let producer: BaseProducer<DeliveryCounter> = config
             .create_with_context(DeliveryCounter::default())
             .context("creating producer")?;
         if cluster.guarantee == Guarantee::ExactlyOnce {
@@ -214,6 +225,7 @@ impl Output {
         Ok(Output {
             producer,
             guarantee: cluster.guarantee,
+            unpolled: std::cell::Cell::new(0),
         })
     }
 
@@ -243,12 +255,20 @@ impl Output {
         if let Some(h) = headers {
             record = record.headers(h);
         }
+        // Serve delivery reports now and then so the local queue keeps moving.
+        let unpolled = self.unpolled.get() + 1;
+        if unpolled >= 1_000 {
+            self.producer.poll(Duration::ZERO);
+            self.unpolled.set(0);
+        } else {
+            self.unpolled.set(unpolled);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    std::thread::sleep(Duration::from_millis(1));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e).with_context(|| format!("producing to {topic}")),
             }
@@ -266,6 +286,9 @@ impl Output {
                 let group = consumer
                     .group_metadata()
                     .context("consumer has no group metadata")?;
+                // Flush first: commit_transaction flushes too, but without serving the
+                // delivery reports this thread is responsible for.
+                self.flush().context("outputs not delivered")?;
                 self.producer
                     .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
                     .context("sending offsets to transaction")?;
@@ -288,7 +311,18 @@ impl Output {
 
     /// Waits until every record sent so far is delivered (for plain producers).
     pub fn flush(&self) -> anyhow::Result<()> {
-        self.producer.flush(TX_TIMEOUT).context("flushing")?;
+        // rdkafka's `flush` polls in 100 ms slices and `poll` always waits out its timeout,
+        // so a flush took at least 100 ms; short polls until nothing is in flight instead.
+        let deadline = std::time::Instant::now() + TX_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} records still undelivered after {TX_TIMEOUT:?}",
+                    self.producer.in_flight_count()
+                );
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             bail!("{failed} records were not delivered");

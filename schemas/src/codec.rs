@@ -224,6 +224,18 @@ impl<T: RecordUnion> Decoder<T> {
         }
     }
 
+    /// Schema ids learned so far whose writer schema differs from ours (read by resolution,
+    /// the slower path); for diagnostics.
+    pub fn resolving_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .known
+            .iter()
+            .filter_map(|(id, k)| matches!(k, Known::Record { resolve: true, .. }).then_some(*id))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Decodes, first learning the schema id from the registry if it is new.
     pub async fn decode_learning(&mut self, payload: &[u8]) -> Result<T, DecodeError> {
         match self.decode(payload) {

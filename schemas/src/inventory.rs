@@ -113,15 +113,7 @@ pub struct StockPosition {
     pub reserved: i64,
 }
 
-/// A reservation not yet released, as kept in the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenReservation {
-    pub reservation_id: String,
-    pub warehouse: String,
-    pub quantity: i64,
-}
-
-/// Changelog record: the whole state of one sku's inventory aggregate.
+/// Changelog record: version, last applied command and positions of one sku's aggregate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventorySnapshot {
     pub sku: String,
@@ -131,9 +123,25 @@ pub struct InventorySnapshot {
     /// Offset of the last applied command; a redelivery at or below it is skipped.
     pub source_offset: i64,
     pub positions: Vec<StockPosition>,
-    pub reservations: Vec<OpenReservation>,
-    /// Reservation ids already released; they act once.
-    pub closed_reservations: Vec<String>,
+}
+
+/// Changelog record: one reservation of a sku, open or closed (closed ids act once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationState {
+    pub sku: String,
+    pub reservation_id: String,
+    pub warehouse: String,
+    pub quantity: i64,
+    pub open: bool,
+    /// Aggregate version after the event that opened or closed it.
+    pub version: i64,
+}
+
+impl ReservationState {
+    /// Its key on the changelog: the latest state per reservation survives compaction.
+    pub fn changelog_key(&self) -> String {
+        format!("{}/{}", self.sku, self.reservation_id)
+    }
 }
 
 record_union! {
@@ -166,6 +174,7 @@ record_union! {
     /// Everything `inventory.changelog` may carry.
     InventoryChangelog {
         InventorySnapshot => "../avro/inventory/InventorySnapshot.avsc",
+        ReservationState => "../avro/inventory/ReservationState.avsc",
     }
 }
 
@@ -358,12 +367,14 @@ mod tests {
                 on_hand: 5,
                 reserved: 2,
             }],
-            reservations: vec![OpenReservation {
-                reservation_id: r(),
-                warehouse: w(),
-                quantity: 2,
-            }],
-            closed_reservations: vec!["R-0".into()],
+        }));
+        round_trip(InventoryChangelog::from(ReservationState {
+            sku: s(),
+            reservation_id: r(),
+            warehouse: w(),
+            quantity: 2,
+            open: true,
+            version: 8,
         }));
     }
 

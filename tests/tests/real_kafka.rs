@@ -25,11 +25,17 @@ fn binary() -> std::path::PathBuf {
 fn killed_mid_stream(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let views = tempfile::tempdir()?;
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
+    // Logs of the killed and restarted processes outlive the run, for post-mortems.
+    let logs = binary()
+        .parent()
+        .expect("target dir")
+        .join("real-kafka-logs");
+    std::fs::create_dir_all(&logs)?;
     let mut runner = ChildProcess::new(
         binary(),
         stack.cluster.clone(),
         views.path().to_path_buf(),
-        stack.dir().join("inventory"),
+        logs.join("inventory"),
     );
     rt.block_on(inventory_end_to_end(
         &stack.cluster,

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use processors::Aggregate;
-use processors::inventory::SkuInventory;
+use processors::inventory::{SkuInventory, reservation_changes};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::Registry;
 use schemas::codec::{DecodeError, Decoder, Encoder};
-use schemas::inventory::{InventoryChangelog, InventoryCommand, InventoryEvent};
+use schemas::inventory::{
+    InventoryChangelog, InventoryCommand, InventoryEvent, InventorySnapshot, ReservationState,
+};
 use tokio::runtime::Handle;
 use tracing::{debug, info, info_span, warn};
 
@@ -30,6 +31,11 @@ pub struct Stats {
     /// Redeliveries skipped because the aggregate had already applied them.
     pub skipped: u64,
     pub transactions: u64,
+    /// Time spent waiting in poll, processing records (decode, fold, encode, enqueue) and
+    /// committing (flush, offsets, end of transaction).
+    pub poll_time: Duration,
+    pub process_time: Duration,
+    pub commit_time: Duration,
 }
 
 struct Entry {
@@ -79,7 +85,9 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     info!(group = %opts.group, guarantee = ?opts.cluster.guarantee, "Inventory service started.");
 
     while !stop.is_stopped() {
+        let polled = std::time::Instant::now();
         let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
+        stats.poll_time += polled.elapsed();
         sync_assignment(
             opts,
             rt,
@@ -109,6 +117,8 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
                 stats.dead_letters += batch_stats.dead_letters;
                 stats.skipped += batch_stats.skipped;
                 stats.transactions += 1;
+                stats.process_time += batch_stats.process_time;
+                stats.commit_time += batch_stats.commit_time;
             }
             Err(e) if kafka::is_fenced(&e) => {
                 bail!("fenced by a newer instance of the inventory service: {e:#}");
@@ -126,6 +136,9 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
             }
         }
     }
+    // Leave the group now rather than when the session times out, so a successor (or the
+    // same instance restarted) gets the partitions at once.
+    consumer.unsubscribe();
     info!(?stats, "Inventory service stopped.");
     Ok(stats)
 }
@@ -142,6 +155,7 @@ fn process_batch(
     snapshots: &Encoder<InventoryChangelog>,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<Stats> {
+    let started = std::time::Instant::now();
     let mut stats = Stats::default();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut dirty: BTreeSet<(i32, String)> = BTreeSet::new();
@@ -202,6 +216,13 @@ fn process_batch(
                     events.encode_into(event, buf)?;
                     output.send(EVENTS, None, sku.as_bytes(), buf, None)?;
                 }
+                // Reservations go to the changelog as they change (keyed sku/id), so the
+                // per-sku snapshot below stays small however many a sku has seen.
+                for change in reservation_changes(&produced) {
+                    let key = change.changelog_key();
+                    snapshots.encode_into(&change.into(), buf)?;
+                    output.send(CHANGELOG, Some(partition), key.as_bytes(), buf, None)?;
+                }
                 stats.events += produced.len() as u64;
                 entry.last_offset = offset;
                 dirty.insert((partition, sku.to_owned()));
@@ -218,7 +239,10 @@ fn process_batch(
     for (p, o) in &next {
         offsets.add_partition_offset(COMMANDS, *p, Offset::Offset(*o))?;
     }
+    let committing = std::time::Instant::now();
+    stats.process_time = committing - started;
     output.commit(consumer, &offsets)?;
+    stats.commit_time = committing.elapsed();
     debug!(
         commands = stats.commands,
         events = stats.events,
@@ -290,45 +314,73 @@ fn restore_partition(
     p: i32,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<HashMap<String, Entry>> {
-    let mut config = kafka::consumer_config(&opts.cluster, &format!("{}.restore", opts.group));
-    config.set("enable.partition.eof", "true");
-    let restorer: BaseConsumer = config.create()?;
+    let restorer: BaseConsumer =
+        kafka::consumer_config(&opts.cluster, &format!("{}.restore", opts.group)).create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(CHANGELOG, p, Offset::Beginning)?;
     restorer.assign(&tpl)?;
+    // Our producer is initialized, so no transaction of an older incarnation is still open:
+    // read_committed reaches the high watermark (its position steps over commit markers).
     let (low, high) = restorer.fetch_watermarks(CHANGELOG, p, TX_TIMEOUT)?;
     let mut state = HashMap::new();
     if high <= low {
         return Ok(state);
     }
+    // Records of a sku may come in any order (compaction keeps the latest per key).
+    let mut latest: HashMap<String, InventorySnapshot> = HashMap::new();
+    let mut reservations: HashMap<String, Vec<ReservationState>> = HashMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        match restorer.poll(Duration::from_millis(500)) {
+    let position = |c: &BaseConsumer| -> anyhow::Result<i64> {
+        Ok(
+            match c
+                .position()?
+                .find_partition(CHANGELOG, p)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => o,
+                _ => low,
+            },
+        )
+    };
+    while position(&restorer)? < high {
+        match restorer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let Some(payload) = m.payload() else { continue }; // tombstone
-                let InventoryChangelog::InventorySnapshot(s) =
-                    decode_snapshot(rt, decoder, payload).with_context(|| {
-                        format!(
-                            "changelog {CHANGELOG}/{p} offset {} is unreadable",
-                            m.offset()
-                        )
-                    })?;
-                state.insert(
-                    s.sku.clone(),
-                    Entry {
-                        aggregate: SkuInventory::from_snapshot(&s),
-                        last_offset: s.source_offset,
-                    },
-                );
+                match decode_snapshot(rt, decoder, payload).with_context(|| {
+                    format!(
+                        "changelog {CHANGELOG}/{p} offset {} is unreadable",
+                        m.offset()
+                    )
+                })? {
+                    InventoryChangelog::InventorySnapshot(s) => {
+                        latest.insert(s.sku.clone(), s);
+                    }
+                    InventoryChangelog::ReservationState(r) => {
+                        reservations.entry(r.sku.clone()).or_default().push(r)
+                    }
+                }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(state),
             Some(Err(e)) => warn!(error = %e, partition = p, "Changelog read error."),
             None => {}
         }
         if std::time::Instant::now() > deadline {
-            bail!("restoring {CHANGELOG}/{p} did not reach the end within 120 s");
+            bail!("restoring {CHANGELOG}/{p} did not reach offset {high} within 120 s");
         }
     }
+    // Reservation records without a snapshot belong to a batch whose snapshot never landed
+    // (at-least-once only): its commands are redelivered.
+    for (sku, snapshot) in latest {
+        let aggregate =
+            SkuInventory::restore(&snapshot, reservations.get(&sku).into_iter().flatten());
+        state.insert(
+            sku,
+            Entry {
+                aggregate,
+                last_offset: snapshot.source_offset,
+            },
+        );
+    }
+    Ok(state)
 }
 
 fn decode_snapshot(

@@ -103,12 +103,18 @@ impl SkuInventory {
         self.reservations.contains_key(id)
     }
 
-    /// Restores the aggregate from its changelog snapshot.
-    pub fn from_snapshot(s: &InventorySnapshot) -> Self {
-        SkuInventory {
-            sku: s.sku.clone(),
-            version: s.version,
-            positions: s
+    /// Restores the aggregate from its changelog records: the sku's snapshot and its
+    /// reservation records, in any order. Reservation records newer than the snapshot come
+    /// from a batch whose snapshot never landed (possible only at-least-once); the command
+    /// that made them is redelivered and makes them again, so they are ignored.
+    pub fn restore<'a>(
+        snapshot: &InventorySnapshot,
+        reservations: impl IntoIterator<Item = &'a ReservationState>,
+    ) -> Self {
+        let mut state = SkuInventory {
+            sku: snapshot.sku.clone(),
+            version: snapshot.version,
+            positions: snapshot
                 .positions
                 .iter()
                 .map(|p| {
@@ -121,16 +127,25 @@ impl SkuInventory {
                     )
                 })
                 .collect(),
-            reservations: s
-                .reservations
-                .iter()
-                .map(|r| (r.reservation_id.clone(), (r.warehouse.clone(), r.quantity)))
-                .collect(),
-            closed: s.closed_reservations.iter().cloned().collect(),
+            ..Default::default()
+        };
+        for r in reservations
+            .into_iter()
+            .filter(|r| r.version <= snapshot.version)
+        {
+            if r.open {
+                state
+                    .reservations
+                    .insert(r.reservation_id.clone(), (r.warehouse.clone(), r.quantity));
+            } else {
+                state.closed.insert(r.reservation_id.clone());
+            }
         }
+        state
     }
 
-    /// The changelog snapshot of the aggregate, stamped with the last applied source record.
+    /// The changelog snapshot (version, positions), stamped with the last applied source
+    /// record. Reservations go to the changelog as separate records: [`reservation_changes`].
     pub fn snapshot(&self, source_partition: i32, source_offset: i64) -> InventorySnapshot {
         InventorySnapshot {
             sku: self.sku.clone(),
@@ -146,22 +161,37 @@ impl SkuInventory {
                     reserved: p.reserved,
                 })
                 .collect(),
-            reservations: self
-                .reservations
-                .iter()
-                .map(|(id, (w, q))| OpenReservation {
-                    reservation_id: id.clone(),
-                    warehouse: w.clone(),
-                    quantity: *q,
-                })
-                .collect(),
-            closed_reservations: self.closed.iter().cloned().collect(),
         }
     }
 
     fn position_mut(&mut self, warehouse: &str) -> &mut Position {
         self.positions.entry(warehouse.to_owned()).or_default()
     }
+}
+
+/// The changelog records of the reservations `events` opened or closed.
+pub fn reservation_changes(
+    events: &[InventoryEvent],
+) -> impl Iterator<Item = ReservationState> + '_ {
+    events.iter().filter_map(|e| {
+        let (r, open) = match e {
+            InventoryEvent::InventoryReserved(r) => {
+                ((&r.sku, &r.reservation_id, &r.warehouse, r.quantity), true)
+            }
+            InventoryEvent::InventoryReleased(r) => {
+                ((&r.sku, &r.reservation_id, &r.warehouse, r.quantity), false)
+            }
+            _ => return None,
+        };
+        Some(ReservationState {
+            sku: r.0.clone(),
+            reservation_id: r.1.clone(),
+            warehouse: r.2.clone(),
+            quantity: r.3,
+            open,
+            version: e.metadata().aggregate_version,
+        })
+    })
 }
 
 /// Builds events for one command: metadata derived from the command, versions consecutive.

@@ -11,5 +11,5 @@ mod projection;
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{Effect, Position, SkuInventory, for_each_effect};
+pub use aggregate::{Effect, Position, SkuInventory, for_each_effect, reservation_changes};
 pub use projection::{ProjectedPosition, StockLevelsProjection};
