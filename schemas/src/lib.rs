@@ -11,7 +11,8 @@
 //! - a registry client ([`registry::Registry`], over schema_registry_converter) and an
 //!   in-process registry that speaks the same REST subset ([`registry::embedded`]).
 //!
-//! It must not touch Kafka: it turns records into bytes and back, nothing more.
+//! It must not touch Kafka: it turns records into bytes and back, nothing more. The codec
+//! and registry are the default `registry` feature; the record types alone need neither.
 //!
 //! ```
 //! use schemas::inventory::{InventoryCommand, ReceiveStock, Metadata};
@@ -23,10 +24,14 @@
 //! assert_eq!(cmd.record_name(), "supplychain.inventory.ReceiveStock");
 //! ```
 
+#[cfg(feature = "registry")]
 pub mod codec;
 pub mod inventory;
 pub mod record;
+#[cfg(feature = "registry")]
 pub mod registry;
 
+#[cfg(feature = "registry")]
 pub use codec::{DecodeError, Decoder, Encoder};
+#[cfg(feature = "registry")]
 pub use registry::{Registry, RegistryError};
