@@ -303,6 +303,34 @@ impl<T: RecordUnion> Decoder<T> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_unreachable_registry_is_transient_not_poison() {
+        // Bind and drop a listener: nothing answers on that port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut decoder = Decoder::<crate::inventory::InventoryCommand>::new(Registry::new(
+            &format!("http://127.0.0.1:{port}"),
+        ));
+        let e = decoder
+            .decode_learning(&[0, 0, 0, 0, 1, 2])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, DecodeError::Registry(RegistryError::Unavailable { .. })),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+        assert_eq!(e.kind(), "registry-unavailable");
+        // Nothing was remembered: once the registry is back, the id is looked up again.
+        assert!(matches!(
+            decoder.decode(&[0, 0, 0, 0, 1, 2]),
+            Err(DecodeError::NotCached(1))
+        ));
+    }
+
     #[test]
     fn frames_are_checked_before_any_lookup() {
         assert!(matches!(split_frame(&[]), Err(DecodeError::Malformed(_))));

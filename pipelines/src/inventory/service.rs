@@ -38,6 +38,14 @@ pub struct Stats {
     pub commit_time: Duration,
 }
 
+/// The wire side of the service: decoder of commands, encoders of its outputs, a buffer.
+struct Codecs {
+    commands: Decoder<InventoryCommand>,
+    events: Encoder<InventoryEvent>,
+    changelog: Encoder<InventoryChangelog>,
+    buf: Vec<u8>,
+}
+
 struct Entry {
     aggregate: SkuInventory,
     /// Offset of the last command applied to this sku (-1: none).
@@ -55,11 +63,12 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     let span = info_span!("inventory", instance = %opts.instance);
     let _guard = span.enter();
     let registry = Registry::new(&opts.cluster.registry);
-    let events = rt.block_on(Encoder::<InventoryEvent>::register(&registry, EVENTS))?;
-    let snapshots = rt.block_on(Encoder::<InventoryChangelog>::register(
-        &registry, CHANGELOG,
-    ))?;
-    let mut decoder = Decoder::<InventoryCommand>::new(registry.clone());
+    let mut codecs = Codecs {
+        commands: Decoder::new(registry.clone()),
+        events: rt.block_on(Encoder::register(&registry, EVENTS))?,
+        changelog: rt.block_on(Encoder::register(&registry, CHANGELOG))?,
+        buf: Vec::with_capacity(256),
+    };
     let mut snapshot_decoder = Decoder::<InventoryChangelog>::new(registry);
 
     // Initializing transactions first fences a previous incarnation and aborts its open
@@ -81,7 +90,6 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     let mut store = Store::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
-    let mut buf = Vec::with_capacity(256);
     info!(group = %opts.group, guarantee = ?opts.cluster.guarantee, "Inventory service started.");
 
     while !stop.is_stopped() {
@@ -105,10 +113,8 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
             &output,
             &batch,
             &mut store,
-            &mut decoder,
-            &events,
-            &snapshots,
-            &mut buf,
+            &mut codecs,
+            stop,
         );
         match result {
             Ok(batch_stats) => {
@@ -143,18 +149,21 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn process_batch(
     rt: &Handle,
     consumer: &BaseConsumer,
     output: &Output,
     batch: &[BorrowedMessage<'_>],
     store: &mut Store,
-    decoder: &mut Decoder<InventoryCommand>,
-    events: &Encoder<InventoryEvent>,
-    snapshots: &Encoder<InventoryChangelog>,
-    buf: &mut Vec<u8>,
+    codecs: &mut Codecs,
+    stop: &Stop,
 ) -> anyhow::Result<Stats> {
+    let Codecs {
+        commands: decoder,
+        events,
+        changelog: snapshots,
+        buf,
+    } = codecs;
     let started = std::time::Instant::now();
     let mut stats = Stats::default();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
@@ -165,8 +174,10 @@ fn process_batch(
         next.insert(partition, offset + 1);
         stats.commands += 1;
         let payload = message.payload().unwrap_or_default();
-        let command = match decode(rt, decoder, payload) {
+        let command = match decode(rt, decoder, payload, stop) {
             Ok(c) => c,
+            // Never dead-letter a good record because the registry is down: abandon the batch.
+            Err(e) if e.is_transient() => bail!("stopping while the registry is unavailable: {e}"),
             Err(e) => {
                 output.dead_letter(DLQ, "inventory", message, e.kind(), &e.to_string())?;
                 stats.dead_letters += 1;
@@ -253,16 +264,19 @@ fn process_batch(
 
 /// Decodes a command, waiting out registry outages (an external error, retried with backoff)
 /// rather than dead-lettering records that are fine.
+/// Gives up (with the transient error) only when asked to stop.
 fn decode(
     rt: &Handle,
     decoder: &mut Decoder<InventoryCommand>,
     payload: &[u8],
+    stop: &Stop,
 ) -> Result<InventoryCommand, DecodeError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match decoder.decode(payload) {
             Err(DecodeError::NotCached(id)) => match rt.block_on(decoder.learn(id)) {
                 Ok(()) => continue,
+                Err(e) if e.is_transient() && stop.is_stopped() => return Err(e),
                 Err(e) if e.is_transient() => {
                     warn!(error = %e, schema_id = id, "Registry unavailable; retrying.");
                     std::thread::sleep(backoff);
