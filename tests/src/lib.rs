@@ -6,6 +6,7 @@
 //! Expected outcomes come from [`model`], an independent re-statement of the inventory rules
 //! that shares no code with `processors`.
 
+pub mod duckdb;
 pub mod model;
 pub mod scenario;
 pub mod stack;

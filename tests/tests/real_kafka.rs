@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use integration::duckdb;
 use integration::scenario::{ChildProcess, inventory_end_to_end};
 use integration::stack::{Stack, repo_root};
 use pipelines::inventory;
@@ -42,6 +43,14 @@ fn killed_mid_stream(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Res
         views.path(),
         &mut runner,
         3,
+    ))?;
+    // The view is plain Parquet: an independent engine reads it and agrees with ours.
+    rt.block_on(duckdb::same_answers(
+        views.path(),
+        &[
+            "SELECT sku, warehouse, on_hand, reserved, available FROM stock_levels ORDER BY sku, warehouse",
+            "SELECT warehouse, sum(on_hand) AS on_hand, sum(available) AS available, count(*) AS n FROM stock_levels GROUP BY warehouse ORDER BY warehouse",
+        ],
     ))
 }
 
