@@ -6,61 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record_union;
+use crate::{record_union, records, union_metadata};
 
-/// Metadata carried by every command and event (see `avro/common/Metadata.avsc`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Metadata {
-    /// UUID of this message (for commands, the command id).
-    pub event_id: String,
-    /// Aggregate id; also the Kafka key.
-    pub aggregate_id: String,
-    /// Events: version after this event. Commands: expected version, or -1 for any.
-    pub aggregate_version: i64,
-    /// Milliseconds since the Unix epoch.
-    pub occurred_at: i64,
-    /// Id shared by everything one business request caused.
-    pub correlation_id: String,
-    /// Id of the message that caused this one.
-    pub causation_id: Option<String>,
-    /// Saga this message belongs to, if any.
-    pub saga_id: Option<String>,
-    /// Tenant owning the data.
-    pub tenant_id: String,
-    /// Region the data must stay in.
-    pub region: String,
-}
-
-impl Metadata {
-    /// Metadata for a new command on `aggregate_id`, its own correlation root, any version.
-    pub fn command(id: &str, aggregate_id: &str, occurred_at: i64) -> Self {
-        Metadata {
-            event_id: id.to_owned(),
-            aggregate_id: aggregate_id.to_owned(),
-            aggregate_version: -1,
-            occurred_at,
-            correlation_id: id.to_owned(),
-            causation_id: None,
-            saga_id: None,
-            tenant_id: "default".to_owned(),
-            region: "default".to_owned(),
-        }
-    }
-}
-
-macro_rules! records {
-    ($($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? })+) => {
-        $(
-            $(#[$doc])*
-            #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-            pub struct $name {
-                /// Message metadata.
-                pub metadata: Metadata,
-                $($(#[$fdoc])* pub $field: $ty,)*
-            }
-        )+
-    };
-}
+pub use crate::common::Metadata;
 
 records! {
     /// Command: goods arrived at a warehouse.
@@ -178,19 +126,16 @@ record_union! {
     }
 }
 
-impl InventoryCommand {
-    /// The command's metadata.
-    pub fn metadata(&self) -> &Metadata {
-        match self {
-            InventoryCommand::ReceiveStock(c) => &c.metadata,
-            InventoryCommand::ReserveStock(c) => &c.metadata,
-            InventoryCommand::ReleaseReservation(c) => &c.metadata,
-            InventoryCommand::AdjustStock(c) => &c.metadata,
-            InventoryCommand::TransferStock(c) => &c.metadata,
-            InventoryCommand::AuditStock(c) => &c.metadata,
-        }
-    }
+union_metadata!(InventoryCommand {
+    ReceiveStock,
+    ReserveStock,
+    ReleaseReservation,
+    AdjustStock,
+    TransferStock,
+    AuditStock,
+});
 
+impl InventoryCommand {
     /// The aggregate (sku) the command addresses; also its Kafka key.
     pub fn sku(&self) -> &str {
         match self {
@@ -204,25 +149,78 @@ impl InventoryCommand {
     }
 }
 
-impl InventoryEvent {
-    /// The event's metadata.
-    pub fn metadata(&self) -> &Metadata {
-        match self {
-            InventoryEvent::InventoryReceived(e) => &e.metadata,
-            InventoryEvent::InventoryReserved(e) => &e.metadata,
-            InventoryEvent::ReservationRejected(e) => &e.metadata,
-            InventoryEvent::InventoryReleased(e) => &e.metadata,
-            InventoryEvent::InventoryAdjusted(e) => &e.metadata,
-            InventoryEvent::InventoryTransferred(e) => &e.metadata,
-            InventoryEvent::InventoryAudited(e) => &e.metadata,
-            InventoryEvent::InventoryCommandRejected(e) => &e.metadata,
-        }
-    }
+union_metadata!(InventoryEvent {
+    InventoryReceived,
+    InventoryReserved,
+    ReservationRejected,
+    InventoryReleased,
+    InventoryAdjusted,
+    InventoryTransferred,
+    InventoryAudited,
+    InventoryCommandRejected,
+});
 
+impl InventoryEvent {
     /// The sku aggregate the event belongs to; also its Kafka key.
     pub fn sku(&self) -> &str {
         &self.metadata().aggregate_id
     }
+}
+
+records! {
+    /// Saga reply on `inventory.replies`: every line of the order is reserved.
+    StockReserved { order: crate::orders::OrderContext }
+    /// Saga reply: some line could not be reserved; nothing stays reserved.
+    StockReservationFailed { order_id: String, reason: String }
+    /// Saga reply (compensation): the order's reservations were released; `lines_released`
+    /// is 0 when nothing was held.
+    StockReleased { order_id: String, lines_released: i32 }
+}
+
+/// One line of an order's reservation, as the inventory saga participant tracks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineReservation {
+    pub reservation_id: String,
+    pub sku: String,
+    pub warehouse: String,
+    pub quantity: i64,
+    /// Pending, Reserved, Rejected, Released.
+    pub status: String,
+}
+
+/// Changelog record (keyed by order id): the inventory saga participant's reservation of one
+/// order's lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderReservation {
+    pub order_id: String,
+    pub version: i64,
+    /// Reserving, Reserved, Failed, Released, Compensated.
+    pub status: String,
+    pub lines: Vec<LineReservation>,
+    pub order: Option<crate::orders::OrderContext>,
+    /// A compensation arrived while lines were still pending: release them as they land.
+    pub release_pending: bool,
+    pub reason: Option<String>,
+    pub steps: Vec<String>,
+}
+
+record_union! {
+    /// Everything `inventory.replies` may carry.
+    InventoryReply {
+        StockReserved => "../avro/inventory/StockReserved.avsc",
+        StockReservationFailed => "../avro/inventory/StockReservationFailed.avsc",
+        StockReleased => "../avro/inventory/StockReleased.avsc",
+    }
+}
+union_metadata!(InventoryReply {
+    StockReserved,
+    StockReservationFailed,
+    StockReleased
+});
+
+record_union! {
+    /// Everything `inventory.saga-changelog` may carry.
+    InventorySagaChangelog { OrderReservation => "../avro/inventory/OrderReservation.avsc" }
 }
 
 #[cfg(test)]

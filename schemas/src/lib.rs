@@ -26,12 +26,20 @@
 
 #[cfg(feature = "registry")]
 pub mod codec;
+pub mod common;
 pub mod inventory;
+pub mod notifications;
+pub mod orders;
+pub mod payments;
 pub mod record;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod saga;
+pub mod shipping;
 
 #[cfg(feature = "registry")]
 pub use codec::{DecodeError, Decoder, Encoder};
 #[cfg(feature = "registry")]
 pub use registry::{Registry, RegistryError};
+
+pub use common::Metadata;

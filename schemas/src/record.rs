@@ -11,17 +11,34 @@ use apache_avro::{
     writer::datum::GenericDatumWriter,
 };
 
-/// The shared metadata record, inlined wherever a schema names `supplychain.common.Metadata`.
-const METADATA_AVSC: &str = include_str!("../avro/common/Metadata.avsc");
-const METADATA_REF: &str = "\"supplychain.common.Metadata\"";
+/// Named records shared between schemas, inlined on load (first mention defines, later mentions
+/// refer by name), in dependency order: a record is inlined before the records it mentions.
+const SHARED: &[(&str, &str)] = &[
+    (
+        "\"supplychain.common.Metadata\"",
+        include_str!("../avro/common/Metadata.avsc"),
+    ),
+    (
+        "\"supplychain.orders.OrderContext\"",
+        include_str!("../avro/orders/OrderContext.avsc"),
+    ),
+    (
+        "\"supplychain.orders.OrderLine\"",
+        include_str!("../avro/orders/OrderLine.avsc"),
+    ),
+];
 
-/// Parses an `.avsc` text, inlining the shared metadata record.
+/// Parses an `.avsc` text, inlining the shared records it names (see `SHARED`), so every
+/// registered schema is self-contained.
 ///
 /// # Panics
 /// On an invalid schema: the schemas are compiled into the binary and tested, so this is a
 /// programming error, not bad input.
 pub fn parse_avsc(text: &str) -> Schema {
-    let inlined = text.replacen(METADATA_REF, METADATA_AVSC, 1);
+    let mut inlined = text.to_owned();
+    for (reference, definition) in SHARED {
+        inlined = inlined.replacen(reference, definition, 1);
+    }
     Schema::parse_str(&inlined).unwrap_or_else(|e| panic!("invalid bundled schema: {e}\n{text}"))
 }
 
@@ -104,6 +121,35 @@ macro_rules! record_union {
                 let mut i = 0usize;
                 $(if index == i { return apache_avro::from_value::<$variant>(&value).map($union::$variant); } i += 1;)+
                 unreachable!("variant {index} of {i}")
+            }
+        }
+    };
+}
+
+/// Declares record structs that carry [`Metadata`](crate::common::Metadata) first.
+#[macro_export]
+macro_rules! records {
+    ($($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident : $ty:ty),* $(,)? })+) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+            pub struct $name {
+                /// Message metadata.
+                pub metadata: $crate::common::Metadata,
+                $($(#[$fdoc])* pub $field: $ty,)*
+            }
+        )+
+    };
+}
+
+/// Adds `metadata()` to a union whose records all carry metadata.
+#[macro_export]
+macro_rules! union_metadata {
+    ($union:ident { $($variant:ident),+ $(,)? }) => {
+        impl $union {
+            /// The record's metadata.
+            pub fn metadata(&self) -> &$crate::common::Metadata {
+                match self { $($union::$variant(r) => &r.metadata),+ }
             }
         }
     };

@@ -1,0 +1,214 @@
+//! What each participant of the order-fulfilment saga reads and writes.
+//!
+//! A participant consumes several topics; its input union lists every record it accepts from
+//! any of them (the writer schema id says which record a message is, the topic does not), and
+//! [`expected_topic`] says where each may come from, so a record on the wrong topic is
+//! refused rather than acted on.
+
+use crate::inventory::{
+    InventoryReleased, InventoryReserved, ReleaseReservation, ReservationRejected, ReserveStock,
+    StockReleased, StockReservationFailed, StockReserved,
+};
+use crate::orders::{
+    CancelOrder, OrderCancelled, OrderCancelling, OrderConfirmed, OrderPlaced, PlaceOrder,
+};
+use crate::payments::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
+use crate::record::RecordUnion;
+use crate::shipping::{ShipmentCancelled, ShipmentCreated, ShipmentFailed};
+use crate::{record_union, union_metadata};
+
+/// Topics of the saga (database per service: each is written by its owner only).
+pub mod topics {
+    pub const ORDER_COMMANDS: &str = "orders.commands";
+    pub const ORDER_EVENTS: &str = "orders.events";
+    pub const INVENTORY_COMMANDS: &str = "inventory.commands";
+    pub const INVENTORY_REPLIES: &str = "inventory.replies";
+    /// Inventory-internal: per-line outcomes of saga reservations, keyed by saga id
+    /// (the reply topic named in the `reply-to` header of the saga's `ReserveStock` commands).
+    pub const INVENTORY_RESERVATIONS: &str = "inventory.reservations";
+    pub const PAYMENT_REPLIES: &str = "payments.replies";
+    pub const SHIPPING_REPLIES: &str = "shipping.replies";
+    pub const NOTIFICATION_EVENTS: &str = "notifications.events";
+}
+
+/// The topic a record of the saga travels on (`None`: not a saga record).
+pub fn expected_topic(record_name: &str) -> Option<&'static str> {
+    use topics::*;
+    let short = record_name.rsplit('.').next().unwrap_or(record_name);
+    Some(match short {
+        "PlaceOrder" | "CancelOrder" => ORDER_COMMANDS,
+        "OrderPlaced"
+        | "OrderConfirmed"
+        | "OrderCancelling"
+        | "OrderCancelled"
+        | "OrderCancellationRejected" => ORDER_EVENTS,
+        "ReserveStock" | "ReleaseReservation" => INVENTORY_COMMANDS,
+        "StockReserved" | "StockReservationFailed" | "StockReleased" => INVENTORY_REPLIES,
+        "InventoryReserved" | "ReservationRejected" | "InventoryReleased" => INVENTORY_RESERVATIONS,
+        "PaymentCaptured" | "PaymentDeclined" | "PaymentRefunded" => PAYMENT_REPLIES,
+        "ShipmentCreated" | "ShipmentFailed" | "ShipmentCancelled" => SHIPPING_REPLIES,
+        "NotificationSent" => NOTIFICATION_EVENTS,
+        _ => return None,
+    })
+}
+
+/// Whether `value` may arrive on `topic`.
+pub fn on_expected_topic<T: RecordUnion>(value: &T, topic: &str) -> bool {
+    expected_topic(value.record_name()) == Some(topic)
+}
+
+record_union! {
+    /// What the orders service (the saga's initiator) reads.
+    OrdersIn {
+        PlaceOrder => "../avro/orders/PlaceOrder.avsc",
+        CancelOrder => "../avro/orders/CancelOrder.avsc",
+        StockReserved => "../avro/inventory/StockReserved.avsc",
+        StockReservationFailed => "../avro/inventory/StockReservationFailed.avsc",
+        StockReleased => "../avro/inventory/StockReleased.avsc",
+        PaymentCaptured => "../avro/payments/PaymentCaptured.avsc",
+        PaymentDeclined => "../avro/payments/PaymentDeclined.avsc",
+        PaymentRefunded => "../avro/payments/PaymentRefunded.avsc",
+        ShipmentCreated => "../avro/shipping/ShipmentCreated.avsc",
+        ShipmentFailed => "../avro/shipping/ShipmentFailed.avsc",
+        ShipmentCancelled => "../avro/shipping/ShipmentCancelled.avsc",
+    }
+}
+union_metadata!(OrdersIn {
+    PlaceOrder,
+    CancelOrder,
+    StockReserved,
+    StockReservationFailed,
+    StockReleased,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRefunded,
+    ShipmentCreated,
+    ShipmentFailed,
+    ShipmentCancelled,
+});
+
+record_union! {
+    /// What inventory's saga participant reads: orders to reserve, payment outcomes that
+    /// call for a release, and the per-line outcomes of its own reservation commands.
+    InventorySagaIn {
+        OrderPlaced => "../avro/orders/OrderPlaced.avsc",
+        PaymentDeclined => "../avro/payments/PaymentDeclined.avsc",
+        PaymentRefunded => "../avro/payments/PaymentRefunded.avsc",
+        InventoryReserved => "../avro/inventory/InventoryReserved.avsc",
+        ReservationRejected => "../avro/inventory/ReservationRejected.avsc",
+        InventoryReleased => "../avro/inventory/InventoryReleased.avsc",
+    }
+}
+union_metadata!(InventorySagaIn {
+    OrderPlaced,
+    PaymentDeclined,
+    PaymentRefunded,
+    InventoryReserved,
+    ReservationRejected,
+    InventoryReleased,
+});
+
+record_union! {
+    /// What inventory's saga participant writes: per-sku commands and saga replies.
+    InventorySagaOut {
+        ReserveStock => "../avro/inventory/ReserveStock.avsc",
+        ReleaseReservation => "../avro/inventory/ReleaseReservation.avsc",
+        StockReserved => "../avro/inventory/StockReserved.avsc",
+        StockReservationFailed => "../avro/inventory/StockReservationFailed.avsc",
+        StockReleased => "../avro/inventory/StockReleased.avsc",
+    }
+}
+union_metadata!(InventorySagaOut {
+    ReserveStock,
+    ReleaseReservation,
+    StockReserved,
+    StockReservationFailed,
+    StockReleased,
+});
+
+record_union! {
+    /// What payments reads: reserved orders to charge, shipping outcomes that call for a refund.
+    PaymentsIn {
+        StockReserved => "../avro/inventory/StockReserved.avsc",
+        ShipmentFailed => "../avro/shipping/ShipmentFailed.avsc",
+        ShipmentCancelled => "../avro/shipping/ShipmentCancelled.avsc",
+    }
+}
+union_metadata!(PaymentsIn {
+    StockReserved,
+    ShipmentFailed,
+    ShipmentCancelled
+});
+
+record_union! {
+    /// What shipping reads: paid orders to ship, cancellations to compensate.
+    ShippingIn {
+        PaymentCaptured => "../avro/payments/PaymentCaptured.avsc",
+        OrderCancelling => "../avro/orders/OrderCancelling.avsc",
+    }
+}
+union_metadata!(ShippingIn {
+    PaymentCaptured,
+    OrderCancelling
+});
+
+record_union! {
+    /// What notifications reads: saga outcomes.
+    NotificationsIn {
+        OrderConfirmed => "../avro/orders/OrderConfirmed.avsc",
+        OrderCancelled => "../avro/orders/OrderCancelled.avsc",
+    }
+}
+union_metadata!(NotificationsIn {
+    OrderConfirmed,
+    OrderCancelled
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{InventoryReply, InventorySagaChangelog};
+    use crate::notifications::{NotificationChangelog, NotificationEvent};
+    use crate::orders::{OrderChangelog, OrderCommand, OrderEvent};
+    use crate::payments::{PaymentChangelog, PaymentReply};
+    use crate::shipping::{ShipmentChangelog, ShipmentReply};
+
+    fn names<T: RecordUnion>() -> Vec<&'static str> {
+        T::names().iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn every_saga_schema_parses_and_every_message_has_a_topic() {
+        // schemas() parses (and panics on an invalid bundled schema).
+        let messages = [
+            names::<OrderCommand>(),
+            names::<OrderEvent>(),
+            names::<InventoryReply>(),
+            names::<InventorySagaOut>(),
+            names::<InventorySagaIn>(),
+            names::<PaymentReply>(),
+            names::<ShipmentReply>(),
+            names::<NotificationEvent>(),
+            names::<OrdersIn>(),
+            names::<PaymentsIn>(),
+            names::<ShippingIn>(),
+            names::<NotificationsIn>(),
+        ];
+        for name in messages.iter().flatten() {
+            assert!(expected_topic(name).is_some(), "{name} has no topic");
+        }
+        for state in [
+            names::<OrderChangelog>(),
+            names::<InventorySagaChangelog>(),
+            names::<PaymentChangelog>(),
+            names::<ShipmentChangelog>(),
+            names::<NotificationChangelog>(),
+        ] {
+            assert_eq!(state.len(), 1);
+        }
+        assert_eq!(
+            expected_topic("supplychain.orders.PlaceOrder"),
+            Some(topics::ORDER_COMMANDS)
+        );
+    }
+}
