@@ -21,6 +21,7 @@
 //! ```
 
 pub mod inventory;
+pub mod saga;
 
 /// An event-sourced aggregate: state = fold of its events.
 pub trait Aggregate {
