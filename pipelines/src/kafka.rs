@@ -289,9 +289,11 @@ impl Output {
                 // Flush first: commit_transaction flushes too, but without serving the
                 // delivery reports this thread is responsible for.
                 self.flush().context("outputs not delivered")?;
-                self.producer
-                    .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
-                    .context("sending offsets to transaction")?;
+                if offsets.count() > 0 {
+                    self.producer
+                        .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
+                        .context("sending offsets to transaction")?;
+                }
                 self.producer
                     .commit_transaction(TX_TIMEOUT)
                     .context("committing transaction")?;
@@ -447,4 +449,48 @@ pub fn is_fenced(e: &anyhow::Error) -> bool {
             )
         })
     })
+}
+
+/// Reads partition `p` of `topic` from its beginning to its high watermark (read_committed),
+/// handing each record to `f`; used to restore state stores from changelogs.
+///
+/// Call it after the service's transactional producer is initialized: that fences and aborts
+/// any open transaction of an older incarnation, so the committed end is reachable (the
+/// consumer's position steps over commit markers up to the high watermark).
+pub fn read_partition_to_end(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    p: i32,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let reader: BaseConsumer = consumer_config(cluster, group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    reader.assign(&tpl)?;
+    let (low, high) = reader.fetch_watermarks(topic, p, TX_TIMEOUT)?;
+    if high <= low {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let position = |c: &BaseConsumer| -> anyhow::Result<i64> {
+        Ok(
+            match c.position()?.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => low,
+            },
+        )
+    };
+    while position(&reader)? < high {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => f(&m)?,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, topic, partition = p, "Read error."),
+            None => {}
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("reading {topic}/{p} did not reach offset {high} within 120 s");
+        }
+    }
+    Ok(())
 }

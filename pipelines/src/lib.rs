@@ -16,7 +16,9 @@ pub mod inventory;
 pub mod kafka;
 pub mod load;
 pub mod produce;
+pub mod saga;
 pub mod topics;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,12 +8,30 @@ pub mod inventory {
     pub const EVENTS: &str = "inventory.events";
     /// Replies to saga steps.
     pub const REPLIES: &str = "inventory.replies";
+    /// Per-line answers of the sku aggregates to the saga participant's commands, keyed by
+    /// saga id (the `reply-to` of its `ReserveStock` commands).
+    pub const RESERVATIONS: &str = "inventory.reservations";
     /// State snapshots per sku (compacted), co-partitioned with `COMMANDS`.
     pub const CHANGELOG: &str = "inventory.changelog";
     /// Dead letters with reasons in headers.
     pub const DLQ: &str = "inventory.dlq";
     /// Consumer group of the service.
     pub const GROUP: &str = "inventory";
+}
+
+/// Topics of the order-fulfilment saga besides the inventory ones (the shared names of
+/// saga messages are in `schemas::saga::topics`).
+pub mod saga {
+    pub const ORDERS_CHANGELOG: &str = "orders.changelog";
+    pub const ORDERS_DLQ: &str = "orders.dlq";
+    /// State of inventory's saga participant (per order), beside the per-sku changelog.
+    pub const INVENTORY_SAGA_CHANGELOG: &str = "inventory.saga-changelog";
+    pub const PAYMENTS_CHANGELOG: &str = "payments.changelog";
+    pub const PAYMENTS_DLQ: &str = "payments.dlq";
+    pub const SHIPPING_CHANGELOG: &str = "shipping.changelog";
+    pub const SHIPPING_DLQ: &str = "shipping.dlq";
+    pub const NOTIFICATIONS_CHANGELOG: &str = "notifications.changelog";
+    pub const NOTIFICATIONS_DLQ: &str = "notifications.dlq";
 }
 
 /// Headers written on dead letters.
@@ -24,4 +42,23 @@ pub mod dlq_headers {
     pub const SOURCE_PARTITION: &str = "dlq.source.partition";
     pub const SOURCE_OFFSET: &str = "dlq.source.offset";
     pub const SERVICE: &str = "dlq.service";
+}
+
+/// Headers on saga messages (transport details; the same ids are in the record's metadata).
+pub mod saga_headers {
+    pub const SAGA_ID: &str = "saga-id";
+    pub const CORRELATION_ID: &str = "correlation-id";
+    pub const CAUSATION_ID: &str = "causation-id";
+    /// The topic the answer to this message is expected on.
+    pub const REPLY_TO: &str = "reply-to";
+}
+
+/// The value of header `name` on `message`, if present and UTF-8.
+pub fn header<'m>(message: &'m impl rdkafka::message::Message, name: &str) -> Option<&'m str> {
+    use rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
 }

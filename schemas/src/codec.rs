@@ -93,16 +93,22 @@ impl DecodeError {
 
 /// Why a record could not be encoded.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot encode {name}: {source}")]
-pub struct EncodeError {
-    name: &'static str,
-    #[source]
-    source: apache_avro::Error,
+pub enum EncodeError {
+    #[error("cannot encode {name}: {source}")]
+    Avro {
+        name: &'static str,
+        #[source]
+        source: apache_avro::Error,
+    },
+    /// A programming error: the record does not travel on the encoder's topic.
+    #[error("{name} is not registered for this topic: it does not travel there")]
+    NotRegistered { name: &'static str },
 }
 
 /// Encodes the records of `T` for one topic, with their registered schema ids.
 pub struct Encoder<T> {
-    ids: Vec<u32>,
+    /// Schema id per variant; `None` for variants not registered for this topic.
+    ids: Vec<Option<u32>>,
     writers: Vec<GenericDatumWriter<'static>>,
     _records: PhantomData<fn(T)>,
 }
@@ -110,10 +116,24 @@ pub struct Encoder<T> {
 impl<T: RecordUnion> Encoder<T> {
     /// Registers every record type of `T` under `<topic>-<full name>` and prepares writers.
     pub async fn register(registry: &Registry, topic: &str) -> Result<Self, RegistryError> {
+        Self::register_where(registry, topic, |_| true).await
+    }
+
+    /// Registers the record types of `T` whose full name `keep` accepts (the ones that travel
+    /// on `topic`); encoding any other is an error.
+    pub async fn register_where(
+        registry: &Registry,
+        topic: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Self, RegistryError> {
         let mut ids = Vec::new();
         let mut writers = Vec::new();
         for (schema, name) in T::schemas().iter().zip(T::names()) {
-            ids.push(registry.register(&subject(topic, name), schema).await?);
+            ids.push(if keep(name) {
+                Some(registry.register(&subject(topic, name), schema).await?)
+            } else {
+                None
+            });
             writers.push(GenericDatumWriter::builder(schema).build().map_err(|e| {
                 RegistryError::InvalidSchema {
                     id: 0,
@@ -131,13 +151,18 @@ impl<T: RecordUnion> Encoder<T> {
     /// Writes `value` in Confluent wire format into `buf` (cleared first).
     pub fn encode_into(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
         let i = value.variant();
+        let Some(id) = self.ids[i] else {
+            return Err(EncodeError::NotRegistered {
+                name: value.record_name(),
+            });
+        };
         buf.clear();
         buf.push(MAGIC);
-        buf.extend_from_slice(&self.ids[i].to_be_bytes());
+        buf.extend_from_slice(&id.to_be_bytes());
         value
             .write(&self.writers[i], buf)
             .map(|_| ())
-            .map_err(|source| EncodeError {
+            .map_err(|source| EncodeError::Avro {
                 name: value.record_name(),
                 source,
             })
@@ -151,7 +176,7 @@ impl<T: RecordUnion> Encoder<T> {
     }
 
     /// Registered schema id of `value`'s record type.
-    pub fn schema_id(&self, value: &T) -> u32 {
+    pub fn schema_id(&self, value: &T) -> Option<u32> {
         self.ids[value.variant()]
     }
 }

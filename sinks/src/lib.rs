@@ -15,6 +15,7 @@
 pub mod format;
 #[cfg(feature = "query")]
 pub mod query;
+pub mod sagas;
 pub mod stock_levels;
 pub mod table;
 

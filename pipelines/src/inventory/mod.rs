@@ -68,6 +68,11 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
             compacted: false,
         },
         TopicSpec {
+            name: RESERVATIONS,
+            partitions,
+            compacted: false,
+        },
+        TopicSpec {
             name: CHANGELOG,
             partitions,
             compacted: true,

@@ -43,6 +43,8 @@ struct Codecs {
     commands: Decoder<InventoryCommand>,
     events: Encoder<InventoryEvent>,
     changelog: Encoder<InventoryChangelog>,
+    /// Per-line answers to saga commands, on the reply topic they name (keyed by saga id).
+    replies: Encoder<InventoryEvent>,
     buf: Vec<u8>,
 }
 
@@ -67,6 +69,9 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
         commands: Decoder::new(registry.clone()),
         events: rt.block_on(Encoder::register(&registry, EVENTS))?,
         changelog: rt.block_on(Encoder::register(&registry, CHANGELOG))?,
+        replies: rt.block_on(Encoder::register_where(&registry, RESERVATIONS, |name| {
+            schemas::saga::expected_topic(name) == Some(RESERVATIONS)
+        }))?,
         buf: Vec::with_capacity(256),
     };
     let mut snapshot_decoder = Decoder::<InventoryChangelog>::new(registry);
@@ -162,6 +167,7 @@ fn process_batch(
         commands: decoder,
         events,
         changelog: snapshots,
+        replies,
         buf,
     } = codecs;
     let started = std::time::Instant::now();
@@ -174,7 +180,7 @@ fn process_batch(
         next.insert(partition, offset + 1);
         stats.commands += 1;
         let payload = message.payload().unwrap_or_default();
-        let command = match decode(rt, decoder, payload, stop) {
+        let command = match crate::wire::decode(rt, decoder, payload, stop) {
             Ok(c) => c,
             // Never dead-letter a good record because the registry is down: abandon the batch.
             Err(e) if e.is_transient() => bail!("stopping while the registry is unavailable: {e}"),
@@ -227,6 +233,18 @@ fn process_batch(
                     events.encode_into(event, buf)?;
                     output.send(EVENTS, None, sku.as_bytes(), buf, None)?;
                 }
+                // A saga's command names its reply topic: answer there too, keyed by saga.
+                if let (Some(RESERVATIONS), Some(saga)) = (
+                    crate::topics::header(message, crate::topics::saga_headers::REPLY_TO),
+                    command.metadata().saga_id.as_deref(),
+                ) {
+                    for event in &produced {
+                        if schemas::saga::on_expected_topic(event, RESERVATIONS) {
+                            replies.encode_into(event, buf)?;
+                            output.send(RESERVATIONS, None, saga.as_bytes(), buf, None)?;
+                        }
+                    }
+                }
                 // Reservations go to the changelog as they change (keyed sku/id), so the
                 // per-sku snapshot below stays small however many a sku has seen.
                 for change in reservation_changes(&produced) {
@@ -260,33 +278,6 @@ fn process_batch(
         "Batch committed."
     );
     Ok(stats)
-}
-
-/// Decodes a command, waiting out registry outages (an external error, retried with backoff)
-/// rather than dead-lettering records that are fine.
-/// Gives up (with the transient error) only when asked to stop.
-fn decode(
-    rt: &Handle,
-    decoder: &mut Decoder<InventoryCommand>,
-    payload: &[u8],
-    stop: &Stop,
-) -> Result<InventoryCommand, DecodeError> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match decoder.decode(payload) {
-            Err(DecodeError::NotCached(id)) => match rt.block_on(decoder.learn(id)) {
-                Ok(()) => continue,
-                Err(e) if e.is_transient() && stop.is_stopped() => return Err(e),
-                Err(e) if e.is_transient() => {
-                    warn!(error = %e, schema_id = id, "Registry unavailable; retrying.");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e),
-            },
-            other => return other,
-        }
-    }
 }
 
 /// Restores newly assigned partitions from the changelog and forgets revoked ones.
@@ -328,59 +319,27 @@ fn restore_partition(
     p: i32,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<HashMap<String, Entry>> {
-    let restorer: BaseConsumer =
-        kafka::consumer_config(&opts.cluster, &format!("{}.restore", opts.group)).create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(CHANGELOG, p, Offset::Beginning)?;
-    restorer.assign(&tpl)?;
-    // Our producer is initialized, so no transaction of an older incarnation is still open:
-    // read_committed reaches the high watermark (its position steps over commit markers).
-    let (low, high) = restorer.fetch_watermarks(CHANGELOG, p, TX_TIMEOUT)?;
     let mut state = HashMap::new();
-    if high <= low {
-        return Ok(state);
-    }
     // Records of a sku may come in any order (compaction keeps the latest per key).
     let mut latest: HashMap<String, InventorySnapshot> = HashMap::new();
     let mut reservations: HashMap<String, Vec<ReservationState>> = HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let position = |c: &BaseConsumer| -> anyhow::Result<i64> {
-        Ok(
-            match c
-                .position()?
-                .find_partition(CHANGELOG, p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => o,
-                _ => low,
-            },
-        )
-    };
-    while position(&restorer)? < high {
-        match restorer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let Some(payload) = m.payload() else { continue }; // tombstone
-                match decode_snapshot(rt, decoder, payload).with_context(|| {
-                    format!(
-                        "changelog {CHANGELOG}/{p} offset {} is unreadable",
-                        m.offset()
-                    )
-                })? {
-                    InventoryChangelog::InventorySnapshot(s) => {
-                        latest.insert(s.sku.clone(), s);
-                    }
-                    InventoryChangelog::ReservationState(r) => {
-                        reservations.entry(r.sku.clone()).or_default().push(r)
-                    }
-                }
+    let group = format!("{}.restore", opts.group);
+    kafka::read_partition_to_end(&opts.cluster, &group, CHANGELOG, p, |m| {
+        let Some(payload) = m.payload() else {
+            return Ok(()); // tombstone
+        };
+        match decode_snapshot(rt, decoder, payload).with_context(|| {
+            format!("changelog {CHANGELOG}/{p} offset {} is unreadable", m.offset())
+        })? {
+            InventoryChangelog::InventorySnapshot(s) => {
+                latest.insert(s.sku.clone(), s);
             }
-            Some(Err(e)) => warn!(error = %e, partition = p, "Changelog read error."),
-            None => {}
+            InventoryChangelog::ReservationState(r) => {
+                reservations.entry(r.sku.clone()).or_default().push(r)
+            }
         }
-        if std::time::Instant::now() > deadline {
-            bail!("restoring {CHANGELOG}/{p} did not reach offset {high} within 120 s");
-        }
-    }
+        Ok(())
+    })?;
     // Reservation records without a snapshot belong to a batch whose snapshot never landed
     // (at-least-once only): its commands are redelivered.
     for (sku, snapshot) in latest {

@@ -1,0 +1,169 @@
+//! The order-fulfilment saga: its participants (orders, inventory's saga participant,
+//! payments, shipping, notifications) on the generic [`runtime`], their topics, and the
+//! `sagas` / `saga_steps` views.
+//!
+//! The per-sku inventory service ([`crate::inventory`]) must run too: it executes the
+//! reservations the inventory participant fans out.
+
+pub mod runtime;
+pub mod simulate;
+pub mod views;
+mod wiring;
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use processors::saga::{
+    inventory::InventorySaga, notifications::Notifications, orders::Orders, payments::Payments,
+    shipping::Shipping,
+};
+use schemas::saga::topics::*;
+
+use crate::kafka::TopicSpec;
+use crate::topics::saga::*;
+use crate::{Cluster, Stop};
+
+pub use runtime::{Stats, Wiring};
+
+/// Options of the saga participants and views.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cluster: Cluster,
+    /// Identity of this process among each group's instances (part of transactional ids).
+    pub instance: String,
+    /// Where the `sagas` and `saga_steps` views are written.
+    pub views_dir: PathBuf,
+    /// Partitions of every saga topic (inputs and changelogs must match).
+    pub partitions: i32,
+    /// Records per transaction at most.
+    pub batch_size: usize,
+    /// Deadline of each saga step and of each compensation round.
+    pub step_timeout: Duration,
+    /// How often changed views are flushed to Parquet.
+    pub view_flush: Duration,
+    /// Fault injection for tests: publish every output twice.
+    pub duplicate_outputs: bool,
+}
+
+impl Options {
+    pub fn new(cluster: Cluster, views_dir: PathBuf) -> Self {
+        Options {
+            cluster,
+            instance: "0".to_owned(),
+            views_dir,
+            partitions: 3,
+            batch_size: 500,
+            step_timeout: Duration::from_secs(30),
+            view_flush: Duration::from_millis(500),
+            duplicate_outputs: false,
+        }
+    }
+}
+
+/// The participants, by the name `supplystream run` knows them.
+pub const PARTICIPANTS: &[&str] = &["orders", "inventory-saga", "payments", "shipping", "notifications"];
+
+/// Topics of the saga besides the inventory service's own.
+pub fn topics(partitions: i32) -> Vec<TopicSpec> {
+    let log = |name| TopicSpec { name, partitions, compacted: false };
+    let compacted = |name| TopicSpec { name, partitions, compacted: true };
+    let dlq = |name| TopicSpec { name, partitions: 1, compacted: false };
+    vec![
+        log(ORDER_COMMANDS),
+        log(ORDER_EVENTS),
+        compacted(ORDERS_CHANGELOG),
+        dlq(ORDERS_DLQ),
+        compacted(INVENTORY_SAGA_CHANGELOG),
+        log(PAYMENT_REPLIES),
+        compacted(PAYMENTS_CHANGELOG),
+        dlq(PAYMENTS_DLQ),
+        log(SHIPPING_REPLIES),
+        compacted(SHIPPING_CHANGELOG),
+        dlq(SHIPPING_DLQ),
+        log(NOTIFICATION_EVENTS),
+        compacted(NOTIFICATIONS_CHANGELOG),
+        dlq(NOTIFICATIONS_DLQ),
+    ]
+}
+
+/// Consumer groups of the participants with their input topics (for lag).
+pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        (<Orders as Wiring>::NAME, <Orders as Wiring>::INPUTS),
+        (<InventorySaga as Wiring>::NAME, <InventorySaga as Wiring>::INPUTS),
+        (<Payments as Wiring>::NAME, <Payments as Wiring>::INPUTS),
+        (<Shipping as Wiring>::NAME, <Shipping as Wiring>::INPUTS),
+        (<Notifications as Wiring>::NAME, <Notifications as Wiring>::INPUTS),
+    ]
+}
+
+type Handle = JoinHandle<anyhow::Result<()>>;
+
+/// Participants (and views) running on threads of this process.
+pub struct Running {
+    stop: Stop,
+    threads: Vec<(String, Handle)>,
+}
+
+fn spawn_one<W: Wiring>(w: W, opts: &Options, rt: &tokio::runtime::Handle, stop: &Stop) -> (String, Handle) {
+    let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+    let name = W::NAME.to_owned();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || runtime::run(&w, &o, &r, &s).map(|_| ()))
+        .expect("spawning a thread");
+    (name, handle)
+}
+
+/// Starts the named participants (all of [`PARTICIPANTS`] if `names` is empty) and, with
+/// `views`, the saga views.
+pub fn spawn(opts: &Options, rt: &tokio::runtime::Handle, names: &[&str], views: bool) -> anyhow::Result<Running> {
+    let stop = Stop::default();
+    let mut threads = Vec::new();
+    let names: Vec<&str> = if names.is_empty() { PARTICIPANTS.to_vec() } else { names.to_vec() };
+    for name in names {
+        threads.push(match name {
+            "orders" => spawn_one(
+                Orders { step_timeout_ms: opts.step_timeout.as_millis() as i64 },
+                opts,
+                rt,
+                &stop,
+            ),
+            "inventory-saga" => spawn_one(InventorySaga, opts, rt, &stop),
+            "payments" => spawn_one(Payments, opts, rt, &stop),
+            "shipping" => spawn_one(Shipping, opts, rt, &stop),
+            "notifications" => spawn_one(Notifications, opts, rt, &stop),
+            other => anyhow::bail!("unknown saga participant {other:?}; known: {PARTICIPANTS:?}"),
+        });
+    }
+    if views {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("saga-views".into())
+            .spawn(move || views::run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push(("saga-views".to_owned(), handle));
+    }
+    Ok(Running { stop, threads })
+}
+
+impl Running {
+    /// Whether any thread has ended (normally only after a stop, or on a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().any(|(_, t)| t.is_finished())
+    }
+
+    /// Stops every loop after its current batch and waits; the first error wins.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.stop.stop();
+        let mut result = Ok(());
+        for (name, t) in self.threads {
+            let r = t.join().map_err(|_| anyhow::anyhow!("{name} panicked")).and_then(|r| r);
+            if let (Err(e), true) = (r, result.is_ok()) {
+                result = Err(e.context(format!("{name} failed")));
+            }
+        }
+        result
+    }
+}

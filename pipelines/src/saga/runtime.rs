@@ -1,0 +1,365 @@
+//! The runtime of a saga participant: consume its input topics, fold each saga's state with
+//! the pure participant, publish what it emits, keep the state in a co-partitioned changelog,
+//! fire the initiator's deadlines — per batch in one Kafka transaction (exactly-once) or
+//! flush-then-commit (at-least-once, where the participants' dedup absorbs redeliveries).
+//!
+//! Every input topic of a participant is keyed by saga id and has the same partition count as
+//! its changelog, and the consumer uses the range assignor, so partition `p` of every input
+//! and of the changelog land on the same instance: its store holds exactly the sagas it sees.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use processors::saga::{Participant, Reaction};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Metadata;
+use schemas::Registry;
+use schemas::codec::{Decoder, Encoder};
+use schemas::record::RecordUnion;
+use schemas::saga::expected_topic;
+use tokio::runtime::Handle;
+use tracing::{debug, debug_span, info, info_span, warn};
+
+use super::Options;
+use crate::kafka::{self, Output, TX_TIMEOUT};
+use crate::topics::saga_headers;
+use crate::{Guarantee, Stop, wire};
+
+/// How a participant is wired to Kafka: its name, its topics, its store.
+pub trait Wiring:
+    Participant<Input: RecordUnion, Output: RecordUnion, State: Clone + Send + 'static>
+    + Send
+    + Sync
+    + 'static
+{
+    /// Consumer group, transactional id and log span of this processor.
+    const NAME: &'static str;
+    /// The service that owns it (and every topic it writes).
+    const SERVICE: &'static str;
+    /// Topics it reads, all keyed by saga id.
+    const INPUTS: &'static [&'static str];
+    /// Topics it writes (its own: database per service).
+    const OUTPUTS: &'static [&'static str];
+    /// Its state, one record per saga (compacted), co-partitioned with the inputs.
+    const CHANGELOG: &'static str;
+    /// Where records it cannot act on go, with the reason in headers.
+    const DLQ: &'static str;
+
+    /// The changelog's record union.
+    type Changelog: RecordUnion;
+    fn to_changelog(state: &Self::State) -> Self::Changelog;
+    fn from_changelog(record: Self::Changelog) -> Self::State;
+    fn state_key(state: &Self::State) -> &str;
+    fn input_metadata(input: &Self::Input) -> &Metadata;
+    fn output_metadata(output: &Self::Output) -> &Metadata;
+    /// Where the answer to `output` is expected (its `reply-to` header).
+    fn reply_to(output: &Self::Output) -> Option<&'static str>;
+}
+
+/// Counters of one run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub messages: u64,
+    pub emitted: u64,
+    pub dead_letters: u64,
+    pub expired: u64,
+    pub transactions: u64,
+}
+
+/// An error that rewinding cannot fix: the process must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fatal(String);
+
+struct Codecs<W: Wiring> {
+    input: Decoder<W::Input>,
+    outputs: HashMap<&'static str, Encoder<W::Output>>,
+    changelog: Encoder<W::Changelog>,
+    buf: Vec<u8>,
+}
+
+type Store<S> = HashMap<i32, HashMap<String, S>>;
+
+/// Runs participant `w` until `stop`. Blocking: call from a dedicated thread.
+pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
+    let span = info_span!("participant", name = W::NAME, instance = %opts.instance);
+    let _guard = span.enter();
+    let registry = Registry::new(&opts.cluster.registry);
+    let mut outputs = HashMap::new();
+    for &topic in W::OUTPUTS {
+        let encoder = rt.block_on(Encoder::register_where(&registry, topic, |name| {
+            expected_topic(name) == Some(topic)
+        }))?;
+        outputs.insert(topic, encoder);
+    }
+    let mut codecs = Codecs::<W> {
+        input: Decoder::new(registry.clone()),
+        outputs,
+        changelog: rt.block_on(Encoder::register(&registry, W::CHANGELOG))?,
+        buf: Vec::with_capacity(512),
+    };
+    let mut changelog_decoder = Decoder::<W::Changelog>::new(registry);
+
+    let output = Output::new(&opts.cluster, W::NAME, &opts.instance)?;
+    let mut config = kafka::consumer_config(&opts.cluster, W::NAME);
+    // Co-partitioning needs the same partition of every input on one instance: range does it.
+    config.set("partition.assignment.strategy", "range");
+    if opts.cluster.guarantee == Guarantee::ExactlyOnce {
+        config.set("group.instance.id", format!("{}-{}", W::NAME, opts.instance));
+    }
+    let consumer: BaseConsumer = config.create()?;
+    consumer.subscribe(W::INPUTS)?;
+
+    let mut store: Store<W::State> = HashMap::new();
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut stats = Stats::default();
+    let mut last_scan = Instant::now();
+    info!(group = W::NAME, inputs = ?W::INPUTS, "Participant started.");
+
+    while !stop.is_stopped() {
+        let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
+        sync_assignment::<W>(opts, rt, &consumer, &mut owned, &mut store, &mut changelog_decoder)?;
+        let now = wire::now_ms();
+        let due = if last_scan.elapsed() >= Duration::from_millis(200) {
+            last_scan = Instant::now();
+            due_deadlines(w, &store, now)
+        } else {
+            Vec::new()
+        };
+        if batch.is_empty() && due.is_empty() {
+            continue;
+        }
+        match process::<W>(w, opts, rt, &consumer, &output, &batch, &due, &mut store, &mut codecs, now, stop) {
+            Ok(s) => {
+                stats.messages += s.messages;
+                stats.emitted += s.emitted;
+                stats.dead_letters += s.dead_letters;
+                stats.expired += s.expired;
+                stats.transactions += 1;
+            }
+            Err(e) if kafka::is_fenced(&e) => bail!("fenced by a newer instance of {}: {e:#}", W::NAME),
+            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
+                output.abort();
+                drop(batch);
+                rewind(&consumer)?;
+                store.clear();
+                owned.clear();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    consumer.unsubscribe();
+    info!(?stats, "Participant stopped.");
+    Ok(stats)
+}
+
+fn due_deadlines<W: Wiring>(w: &W, store: &Store<W::State>, now: i64) -> Vec<(i32, String)> {
+    let mut due = Vec::new();
+    for (p, states) in store {
+        for (key, s) in states {
+            if w.deadline(s).is_some_and(|d| d <= now) {
+                due.push((*p, key.clone()));
+            }
+        }
+    }
+    due
+}
+
+#[allow(clippy::too_many_arguments)]
+fn process<W: Wiring>(
+    w: &W,
+    opts: &Options,
+    rt: &Handle,
+    consumer: &BaseConsumer,
+    output: &Output,
+    batch: &[BorrowedMessage<'_>],
+    due: &[(i32, String)],
+    store: &mut Store<W::State>,
+    codecs: &mut Codecs<W>,
+    now: i64,
+    stop: &Stop,
+) -> anyhow::Result<Stats> {
+    let mut stats = Stats::default();
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut dirty: BTreeSet<(i32, String)> = BTreeSet::new();
+    output.begin()?;
+    for message in batch {
+        let (partition, offset) = (message.partition(), message.offset());
+        next.insert((message.topic().to_owned(), partition), offset + 1);
+        stats.messages += 1;
+        let dead = |kind: &str, reason: &str| output.dead_letter(W::DLQ, W::SERVICE, message, kind, reason);
+        let payload = message.payload().unwrap_or_default();
+        let input = match wire::decode(rt, &mut codecs.input, payload, stop) {
+            Ok(i) => i,
+            Err(e) if e.is_transient() => bail!("stopping while the registry is unavailable: {e}"),
+            Err(e) => {
+                dead(e.kind(), &e.to_string())?;
+                stats.dead_letters += 1;
+                continue;
+            }
+        };
+        if expected_topic(input.record_name()) != Some(message.topic()) {
+            let reason = format!(
+                "{} does not belong on {}; it travels on {}",
+                input.record_name(),
+                message.topic(),
+                expected_topic(input.record_name()).unwrap_or("no saga topic")
+            );
+            dead("unexpected-record", &reason)?;
+            stats.dead_letters += 1;
+            continue;
+        }
+        let meta = W::input_metadata(&input);
+        let saga = meta.saga_id.as_deref().unwrap_or(&meta.aggregate_id).to_owned();
+        if message.key() != Some(saga.as_bytes()) {
+            let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
+            let reason = format!("record key {key:?} differs from its saga id {saga:?}; saga messages are keyed by saga id");
+            dead("wrong-key", &reason)?;
+            stats.dead_letters += 1;
+            continue;
+        }
+        let step = debug_span!("step", saga_id = %saga, record = input.record_name(), offset);
+        let _step = step.enter();
+        let states = store.entry(partition).or_default();
+        match w.handle(states.get(&saga), &input, now) {
+            Err(invalid) => {
+                dead("invalid-command", &invalid.to_string())?;
+                stats.dead_letters += 1;
+            }
+            Ok(reaction) => {
+                stats.emitted += reaction.emit.len() as u64;
+                apply::<W>(opts, output, codecs, states, partition, &saga, reaction, &mut dirty)?;
+                debug!("Handled.");
+            }
+        }
+    }
+    for (partition, saga) in due {
+        let states = store.entry(*partition).or_default();
+        let Some(state) = states.get(saga) else { continue };
+        let reaction = w.expire(state, now);
+        if reaction.state.is_some() {
+            stats.expired += 1;
+            info!(saga_id = %saga, "Step deadline passed.");
+        }
+        stats.emitted += reaction.emit.len() as u64;
+        apply::<W>(opts, output, codecs, states, *partition, saga, reaction, &mut dirty)?;
+    }
+    for (partition, saga) in &dirty {
+        let state = &store[partition][saga];
+        codecs.changelog.encode_into(&W::to_changelog(state), &mut codecs.buf)?;
+        output.send(W::CHANGELOG, Some(*partition), saga.as_bytes(), &codecs.buf, None)?;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, p), o) in &next {
+        offsets.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+    }
+    output.commit(consumer, &offsets)?;
+    Ok(stats)
+}
+
+/// Publishes a reaction's messages and keeps its new state.
+#[allow(clippy::too_many_arguments)]
+fn apply<W: Wiring>(
+    opts: &Options,
+    output: &Output,
+    codecs: &mut Codecs<W>,
+    states: &mut HashMap<String, W::State>,
+    partition: i32,
+    saga: &str,
+    reaction: Reaction<W::State, W::Output>,
+    dirty: &mut BTreeSet<(i32, String)>,
+) -> anyhow::Result<()> {
+    for out in &reaction.emit {
+        let topic = expected_topic(out.record_name())
+            .filter(|t| W::OUTPUTS.contains(t))
+            .ok_or_else(|| {
+                Fatal(format!(
+                    "{} may not publish {}: it travels on {:?}, which {} does not own (it owns {:?})",
+                    W::NAME,
+                    out.record_name(),
+                    expected_topic(out.record_name()),
+                    W::SERVICE,
+                    W::OUTPUTS
+                ))
+            })?;
+        let meta = W::output_metadata(out);
+        codecs.outputs[topic].encode_into(out, &mut codecs.buf)?;
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: saga_headers::SAGA_ID, value: Some(saga) })
+            .insert(Header { key: saga_headers::CORRELATION_ID, value: Some(&meta.correlation_id) });
+        if let Some(cause) = &meta.causation_id {
+            headers = headers.insert(Header { key: saga_headers::CAUSATION_ID, value: Some(cause) });
+        }
+        if let Some(reply_to) = W::reply_to(out) {
+            headers = headers.insert(Header { key: saga_headers::REPLY_TO, value: Some(reply_to) });
+        }
+        let copies = if opts.duplicate_outputs { 2 } else { 1 };
+        for _ in 0..copies {
+            output.send(topic, None, meta.aggregate_id.as_bytes(), &codecs.buf, Some(headers.clone()))?;
+        }
+    }
+    if let Some(state) = reaction.state {
+        debug_assert_eq!(W::state_key(&state), saga);
+        states.insert(saga.to_owned(), state);
+        dirty.insert((partition, saga.to_owned()));
+    }
+    Ok(())
+}
+
+/// Restores newly assigned partitions from the changelog and forgets revoked ones.
+fn sync_assignment<W: Wiring>(
+    opts: &Options,
+    rt: &Handle,
+    consumer: &BaseConsumer,
+    owned: &mut BTreeSet<i32>,
+    store: &mut Store<W::State>,
+    decoder: &mut Decoder<W::Changelog>,
+) -> anyhow::Result<()> {
+    let assigned: BTreeSet<i32> = consumer
+        .assignment()?
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    if assigned == *owned {
+        return Ok(());
+    }
+    store.retain(|p, _| assigned.contains(p));
+    for &p in assigned.difference(owned) {
+        let mut states = HashMap::new();
+        kafka::read_partition_to_end(&opts.cluster, &format!("{}.restore", W::NAME), W::CHANGELOG, p, |m| {
+            let Some(payload) = m.payload() else { return Ok(()) };
+            let record = match decoder.decode(payload) {
+                Err(schemas::DecodeError::NotCached(_)) => rt.block_on(decoder.decode_learning(payload)),
+                other => other,
+            }
+            .with_context(|| format!("changelog {}/{p} offset {} is unreadable", W::CHANGELOG, m.offset()))?;
+            let state = W::from_changelog(record);
+            states.insert(W::state_key(&state).to_owned(), state);
+            Ok(())
+        })?;
+        info!(partition = p, sagas = states.len(), "Restored from changelog.");
+        store.insert(p, states);
+    }
+    *owned = assigned;
+    Ok(())
+}
+
+/// Seeks every assigned partition back to its committed offset.
+fn rewind(consumer: &BaseConsumer) -> anyhow::Result<()> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
+    }
+    Ok(())
+}

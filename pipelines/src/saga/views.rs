@@ -1,0 +1,318 @@
+//! The `sagas` and `saga_steps` views: every message of the saga topics, folded into one row
+//! per saga and one row per step.
+//!
+//! The views are rebuilt from the beginning of the topics when the process starts (a replay:
+//! the topics are the source of truth), then kept current; both tables are replaced together
+//! at most every `view_flush`, each carrying the topic positions it reflects.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
+use schemas::codec::Decoder;
+use schemas::inventory::InventoryReply;
+use schemas::notifications::NotificationEvent;
+use schemas::orders::OrderEvent;
+use schemas::payments::PaymentReply;
+use schemas::record::RecordUnion;
+use schemas::saga::topics::*;
+use schemas::shipping::ShipmentReply;
+use sinks::SnapshotTable;
+use sinks::sagas::{SAGA_STEPS, SAGAS, Saga, SagaStep, sagas_batch, steps_batch};
+use tokio::runtime::Handle;
+use tracing::{info, info_span, warn};
+
+use super::Options;
+use crate::{Stop, kafka, wire};
+
+/// Topics the saga views read.
+pub const TOPICS: &[&str] = &[
+    ORDER_EVENTS,
+    INVENTORY_REPLIES,
+    PAYMENT_REPLIES,
+    SHIPPING_REPLIES,
+    NOTIFICATION_EVENTS,
+];
+
+/// Positions per topic and partition.
+pub type Checkpoint = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// The checkpoint stored with the `saga_steps` table under `views_dir`, if any.
+pub fn checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
+    let table = SnapshotTable::open(views_dir, SAGA_STEPS)?;
+    Ok(match table.load()? {
+        Some((_, text)) if !text.is_empty() => {
+            Some(serde_json::from_str(&text).context("saga_steps checkpoint")?)
+        }
+        _ => None,
+    })
+}
+
+struct Decoders {
+    orders: Decoder<OrderEvent>,
+    inventory: Decoder<InventoryReply>,
+    payments: Decoder<PaymentReply>,
+    shipping: Decoder<ShipmentReply>,
+    notifications: Decoder<NotificationEvent>,
+}
+
+/// A decoded saga message, reduced to what the views keep.
+struct Seen {
+    saga_id: String,
+    event_id: String,
+    causation_id: Option<String>,
+    occurred_at: i64,
+    service: &'static str,
+    step: &'static str,
+    detail: String,
+    effect: Effect,
+}
+
+enum Effect {
+    None,
+    Started { customer_id: String, total_cents: i64 },
+    Compensating { attempt: i64 },
+    Ended { status: &'static str, outcome: Option<String> },
+    Compensated,
+}
+
+fn short(name: &'static str) -> &'static str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+fn decode(
+    d: &mut Decoders,
+    rt: &Handle,
+    stop: &Stop,
+    m: &BorrowedMessage<'_>,
+) -> Result<Seen, schemas::DecodeError> {
+    let payload = m.payload().unwrap_or_default();
+    macro_rules! seen {
+        ($record:expr, $service:expr, $detail:expr, $effect:expr) => {{
+            let r = $record;
+            let meta = r.metadata();
+            Seen {
+                saga_id: meta.saga_id.clone().unwrap_or_else(|| meta.aggregate_id.clone()),
+                event_id: meta.event_id.clone(),
+                causation_id: meta.causation_id.clone(),
+                occurred_at: meta.occurred_at,
+                service: $service,
+                step: short(r.record_name()),
+                detail: $detail(&r),
+                effect: $effect(&r),
+            }
+        }};
+    }
+    Ok(match m.topic() {
+        ORDER_EVENTS => {
+            let e = wire::decode(rt, &mut d.orders, payload, stop)?;
+            seen!(
+                e,
+                "orders",
+                |e: &OrderEvent| match e {
+                    OrderEvent::OrderPlaced(p) =>
+                        format!("{} lines, {} cents", p.order.lines.len(), p.order.total_cents),
+                    OrderEvent::OrderConfirmed(c) => format!("{} via {}", c.shipment_id, c.carrier),
+                    OrderEvent::OrderCancelling(c) =>
+                        format!("attempt {} at {}: {}", c.attempt, c.step, c.reason),
+                    OrderEvent::OrderCancelled(c) => c.reason.clone(),
+                    OrderEvent::OrderCancellationRejected(c) => c.reason.clone(),
+                },
+                |e: &OrderEvent| match e {
+                    OrderEvent::OrderPlaced(p) => Effect::Started {
+                        customer_id: p.order.customer_id.clone(),
+                        total_cents: p.order.total_cents
+                    },
+                    OrderEvent::OrderConfirmed(_) => Effect::Ended { status: "Confirmed", outcome: None },
+                    OrderEvent::OrderCancelling(c) => Effect::Compensating { attempt: c.attempt.into() },
+                    OrderEvent::OrderCancelled(c) =>
+                        Effect::Ended { status: "Cancelled", outcome: Some(c.reason.clone()) },
+                    OrderEvent::OrderCancellationRejected(_) => Effect::None,
+                }
+            )
+        }
+        INVENTORY_REPLIES => {
+            let r = wire::decode(rt, &mut d.inventory, payload, stop)?;
+            seen!(
+                r,
+                "inventory",
+                |r: &InventoryReply| match r {
+                    InventoryReply::StockReserved(s) => format!("{} lines", s.order.lines.len()),
+                    InventoryReply::StockReservationFailed(f) => f.reason.clone(),
+                    InventoryReply::StockReleased(s) => format!("{} lines released", s.lines_released),
+                },
+                |r: &InventoryReply| match r {
+                    InventoryReply::StockReleased(s) if s.lines_released > 0 => Effect::Compensated,
+                    _ => Effect::None,
+                }
+            )
+        }
+        PAYMENT_REPLIES => {
+            let r = wire::decode(rt, &mut d.payments, payload, stop)?;
+            seen!(
+                r,
+                "payments",
+                |r: &PaymentReply| match r {
+                    PaymentReply::PaymentCaptured(c) => format!("{} cents captured", c.amount_cents),
+                    PaymentReply::PaymentDeclined(c) => c.reason.clone(),
+                    PaymentReply::PaymentRefunded(c) => format!("{} cents refunded", c.amount_cents),
+                },
+                |r: &PaymentReply| match r {
+                    PaymentReply::PaymentRefunded(c) if c.amount_cents > 0 => Effect::Compensated,
+                    _ => Effect::None,
+                }
+            )
+        }
+        SHIPPING_REPLIES => {
+            let r = wire::decode(rt, &mut d.shipping, payload, stop)?;
+            seen!(
+                r,
+                "shipping",
+                |r: &ShipmentReply| match r {
+                    ShipmentReply::ShipmentCreated(c) => format!("{} via {}", c.shipment_id, c.carrier),
+                    ShipmentReply::ShipmentFailed(f) => f.reason.clone(),
+                    ShipmentReply::ShipmentCancelled(c) =>
+                        c.shipment_id.clone().map_or("nothing to cancel".into(), |s| format!("{s} cancelled")),
+                },
+                |r: &ShipmentReply| match r {
+                    ShipmentReply::ShipmentCancelled(c) if c.shipment_id.is_some() => Effect::Compensated,
+                    _ => Effect::None,
+                }
+            )
+        }
+        _ => {
+            let n = wire::decode(rt, &mut d.notifications, payload, stop)?;
+            seen!(
+                n,
+                "notifications",
+                |n: &NotificationEvent| match n {
+                    NotificationEvent::NotificationSent(s) => format!("{}: {}", s.kind, s.text),
+                },
+                |_: &NotificationEvent| Effect::None
+            )
+        }
+    })
+}
+
+#[derive(Default)]
+struct Fold {
+    sagas: HashMap<String, Saga>,
+    steps: Vec<SagaStep>,
+    seen: HashSet<String>,
+}
+
+impl Fold {
+    fn add(&mut self, m: &BorrowedMessage<'_>, s: Seen) {
+        // Duplicate deliveries carry the same event id: one step each.
+        if !self.seen.insert(s.event_id.clone()) {
+            return;
+        }
+        let saga = self.sagas.entry(s.saga_id.clone()).or_insert_with(|| Saga {
+            saga_id: s.saga_id.clone(),
+            status: "Running".into(),
+            started_at: s.occurred_at,
+            ..Saga::default()
+        });
+        saga.steps += 1;
+        saga.current_step = s.step.to_owned();
+        saga.updated_at = saga.updated_at.max(s.occurred_at);
+        saga.started_at = saga.started_at.min(s.occurred_at);
+        match s.effect {
+            Effect::None => {}
+            Effect::Started { customer_id, total_cents } => {
+                saga.customer_id = Some(customer_id);
+                saga.total_cents = total_cents;
+            }
+            Effect::Compensating { attempt } => {
+                if saga.status == "Running" {
+                    saga.status = "Compensating".into();
+                }
+                saga.compensation_attempts = saga.compensation_attempts.max(attempt);
+            }
+            Effect::Ended { status, outcome } => {
+                saga.status = status.into();
+                saga.outcome = outcome;
+            }
+            Effect::Compensated => saga.compensations += 1,
+        }
+        self.steps.push(SagaStep {
+            saga_id: s.saga_id,
+            seq: saga.steps,
+            occurred_at: s.occurred_at,
+            service: s.service.to_owned(),
+            step: s.step.to_owned(),
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            event_id: s.event_id,
+            causation_id: s.causation_id,
+            detail: s.detail,
+        });
+    }
+}
+
+/// Runs the saga views until `stop`, flushing once more on the way out. Blocking.
+pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
+    let span = info_span!("view", name = "sagas");
+    let _guard = span.enter();
+    let sagas = SnapshotTable::open(&opts.views_dir, SAGAS)?;
+    let steps = SnapshotTable::open(&opts.views_dir, SAGA_STEPS)?;
+    let registry = Registry::new(&opts.cluster.registry);
+    let mut decoders = Decoders {
+        orders: Decoder::new(registry.clone()),
+        inventory: Decoder::new(registry.clone()),
+        payments: Decoder::new(registry.clone()),
+        shipping: Decoder::new(registry.clone()),
+        notifications: Decoder::new(registry),
+    };
+    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, "saga-views").create()?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in TOPICS {
+        for p in 0..kafka::partition_count(&consumer, topic)? as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut fold = Fold::default();
+    let mut checkpoint = Checkpoint::new();
+    let mut dirty = true;
+    let mut last_flush = Instant::now();
+    info!("Saga views started (rebuilding from the beginning of the topics).");
+    loop {
+        let stopping = stop.is_stopped();
+        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
+            match decode(&mut decoders, rt, stop, &m) {
+                Ok(seen) => fold.add(&m, seen),
+                Err(e) if e.is_transient() => return Err(e).context("registry unavailable"),
+                // The topics are written by their owners with registered schemas; a record
+                // that does not decode is left out of the views and reported.
+                Err(e) => warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "Undecodable saga message skipped by the views."),
+            }
+            dirty = true;
+        }
+        for e in consumer.position()?.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let at = checkpoint.entry(e.topic().to_owned()).or_default();
+                if at.insert(e.partition(), o) != Some(o) {
+                    dirty = true;
+                }
+            }
+        }
+        if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
+            let text = serde_json::to_string(&checkpoint)?;
+            sagas.replace(&sagas_batch(fold.sagas.values())?, &text)?;
+            // Written last: its checkpoint says both tables are complete up to it.
+            steps.replace(&steps_batch(&fold.steps)?, &text)?;
+            dirty = false;
+            last_flush = Instant::now();
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Each saga participant wired to its topics and store (database per service: a participant
+//! writes only its service's topics; `runtime::apply` refuses anything else).
+
+use processors::saga::{
+    inventory::InventorySaga, notifications::Notifications, orders::Orders, payments::Payments,
+    shipping::Shipping,
+};
+use schemas::Metadata;
+use schemas::inventory::{InventorySagaChangelog, OrderReservation};
+use schemas::notifications::{NotificationChangelog, NotificationEvent, NotificationState};
+use schemas::orders::{OrderChangelog, OrderEvent, OrderState};
+use schemas::payments::{PaymentChangelog, PaymentReply, PaymentState};
+use schemas::saga::topics::*;
+use schemas::saga::{InventorySagaIn, InventorySagaOut, NotificationsIn, OrdersIn, PaymentsIn, ShippingIn};
+use schemas::shipping::{ShipmentChangelog, ShipmentReply, ShipmentState};
+
+use super::runtime::Wiring;
+use crate::topics::saga::*;
+
+impl Wiring for Orders {
+    const NAME: &'static str = "orders";
+    const SERVICE: &'static str = "orders";
+    const INPUTS: &'static [&'static str] =
+        &[ORDER_COMMANDS, INVENTORY_REPLIES, PAYMENT_REPLIES, SHIPPING_REPLIES];
+    const OUTPUTS: &'static [&'static str] = &[ORDER_EVENTS];
+    const CHANGELOG: &'static str = ORDERS_CHANGELOG;
+    const DLQ: &'static str = ORDERS_DLQ;
+    type Changelog = OrderChangelog;
+    fn to_changelog(state: &OrderState) -> OrderChangelog {
+        state.clone().into()
+    }
+    fn from_changelog(OrderChangelog::OrderState(s): OrderChangelog) -> OrderState {
+        s
+    }
+    fn state_key(state: &OrderState) -> &str {
+        &state.order_id
+    }
+    fn input_metadata(input: &OrdersIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &OrderEvent) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(output: &OrderEvent) -> Option<&'static str> {
+        match output {
+            OrderEvent::OrderPlaced(_) => Some(INVENTORY_REPLIES),
+            OrderEvent::OrderCancelling(_) => Some(SHIPPING_REPLIES),
+            _ => None,
+        }
+    }
+}
+
+impl Wiring for InventorySaga {
+    const NAME: &'static str = "inventory-saga";
+    const SERVICE: &'static str = "inventory";
+    const INPUTS: &'static [&'static str] = &[ORDER_EVENTS, PAYMENT_REPLIES, INVENTORY_RESERVATIONS];
+    const OUTPUTS: &'static [&'static str] = &[INVENTORY_COMMANDS, INVENTORY_REPLIES];
+    const CHANGELOG: &'static str = INVENTORY_SAGA_CHANGELOG;
+    const DLQ: &'static str = crate::topics::inventory::DLQ;
+    type Changelog = InventorySagaChangelog;
+    fn to_changelog(state: &OrderReservation) -> InventorySagaChangelog {
+        state.clone().into()
+    }
+    fn from_changelog(
+        InventorySagaChangelog::OrderReservation(s): InventorySagaChangelog,
+    ) -> OrderReservation {
+        s
+    }
+    fn state_key(state: &OrderReservation) -> &str {
+        &state.order_id
+    }
+    fn input_metadata(input: &InventorySagaIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &InventorySagaOut) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(output: &InventorySagaOut) -> Option<&'static str> {
+        match output {
+            InventorySagaOut::ReserveStock(_) | InventorySagaOut::ReleaseReservation(_) => {
+                Some(INVENTORY_RESERVATIONS)
+            }
+            InventorySagaOut::StockReserved(_) => Some(PAYMENT_REPLIES),
+            _ => None,
+        }
+    }
+}
+
+impl Wiring for Payments {
+    const NAME: &'static str = "payments";
+    const SERVICE: &'static str = "payments";
+    const INPUTS: &'static [&'static str] = &[INVENTORY_REPLIES, SHIPPING_REPLIES];
+    const OUTPUTS: &'static [&'static str] = &[PAYMENT_REPLIES];
+    const CHANGELOG: &'static str = PAYMENTS_CHANGELOG;
+    const DLQ: &'static str = PAYMENTS_DLQ;
+    type Changelog = PaymentChangelog;
+    fn to_changelog(state: &PaymentState) -> PaymentChangelog {
+        state.clone().into()
+    }
+    fn from_changelog(PaymentChangelog::PaymentState(s): PaymentChangelog) -> PaymentState {
+        s
+    }
+    fn state_key(state: &PaymentState) -> &str {
+        &state.order_id
+    }
+    fn input_metadata(input: &PaymentsIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &PaymentReply) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(output: &PaymentReply) -> Option<&'static str> {
+        match output {
+            PaymentReply::PaymentCaptured(_) => Some(SHIPPING_REPLIES),
+            _ => Some(INVENTORY_REPLIES),
+        }
+    }
+}
+
+impl Wiring for Shipping {
+    const NAME: &'static str = "shipping";
+    const SERVICE: &'static str = "shipping";
+    const INPUTS: &'static [&'static str] = &[PAYMENT_REPLIES, ORDER_EVENTS];
+    const OUTPUTS: &'static [&'static str] = &[SHIPPING_REPLIES];
+    const CHANGELOG: &'static str = SHIPPING_CHANGELOG;
+    const DLQ: &'static str = SHIPPING_DLQ;
+    type Changelog = ShipmentChangelog;
+    fn to_changelog(state: &ShipmentState) -> ShipmentChangelog {
+        state.clone().into()
+    }
+    fn from_changelog(ShipmentChangelog::ShipmentState(s): ShipmentChangelog) -> ShipmentState {
+        s
+    }
+    fn state_key(state: &ShipmentState) -> &str {
+        &state.order_id
+    }
+    fn input_metadata(input: &ShippingIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &ShipmentReply) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(output: &ShipmentReply) -> Option<&'static str> {
+        match output {
+            ShipmentReply::ShipmentCreated(_) => None,
+            _ => Some(PAYMENT_REPLIES),
+        }
+    }
+}
+
+impl Wiring for Notifications {
+    const NAME: &'static str = "notifications";
+    const SERVICE: &'static str = "notifications";
+    const INPUTS: &'static [&'static str] = &[ORDER_EVENTS];
+    const OUTPUTS: &'static [&'static str] = &[NOTIFICATION_EVENTS];
+    const CHANGELOG: &'static str = NOTIFICATIONS_CHANGELOG;
+    const DLQ: &'static str = NOTIFICATIONS_DLQ;
+    type Changelog = NotificationChangelog;
+    fn to_changelog(state: &NotificationState) -> NotificationChangelog {
+        state.clone().into()
+    }
+    fn from_changelog(
+        NotificationChangelog::NotificationState(s): NotificationChangelog,
+    ) -> NotificationState {
+        s
+    }
+    fn state_key(state: &NotificationState) -> &str {
+        &state.order_id
+    }
+    fn input_metadata(input: &NotificationsIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &NotificationEvent) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(_: &NotificationEvent) -> Option<&'static str> {
+        None
+    }
+}
