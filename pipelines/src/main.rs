@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pipelines::embedded::Embedded;
 use pipelines::inventory::{self, Options};
 use pipelines::load::{self, LoadSpec};
-use pipelines::{Cluster, Guarantee, kafka, produce};
+use pipelines::{Cluster, Guarantee, kafka, produce, saga};
 use sinks::{OutputFormat, QueryEngine};
 
 #[derive(Parser)]
@@ -58,9 +58,74 @@ enum Format {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Service {
+    /// The per-sku inventory service and its stock_levels view.
     Inventory,
+    /// The order-fulfilment saga's participants and the sagas/saga_steps views.
+    Saga,
+}
+
+/// Options of `run saga`.
+#[derive(clap::Args, Clone)]
+struct SagaArgs {
+    /// Participants to run (comma-separated); all when absent:
+    /// orders, inventory-saga, payments, shipping, notifications.
+    #[arg(long, value_delimiter = ',')]
+    participants: Vec<String>,
+    /// Deadline of each saga step (and each compensation round), in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    step_timeout_ms: u64,
+    /// Do not run the sagas/saga_steps views in this process.
+    #[arg(long)]
+    no_views: bool,
+    /// Fault injection for tests: publish every output twice.
+    #[arg(long, hide = true)]
+    chaos_duplicate_outputs: bool,
+}
+
+/// What `simulate` generates.
+#[derive(clap::Args, Clone)]
+struct SimArgs {
+    #[arg(long, default_value_t = 2_000)]
+    orders: usize,
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    #[arg(long, default_value_t = 40)]
+    skus: usize,
+    /// Shares of orders (0 to 1) forced to fail each way.
+    #[arg(long, default_value_t = 0.10)]
+    stockouts: f64,
+    #[arg(long, default_value_t = 0.10)]
+    declines: f64,
+    #[arg(long, default_value_t = 0.05)]
+    ship_failures: f64,
+    #[arg(long, default_value_t = 0.05)]
+    cancellations: f64,
+}
+
+impl SimArgs {
+    fn spec(&self) -> saga::simulate::SimSpec {
+        saga::simulate::SimSpec {
+            orders: self.orders,
+            skus: self.skus,
+            seed: self.seed,
+            stockouts: self.stockouts,
+            declines: self.declines,
+            ship_failures: self.ship_failures,
+            cancellations: self.cancellations,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SagaCommand {
+    /// The timeline of one saga across services, from the saga_steps view.
+    Show {
+        saga_id: String,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +141,9 @@ enum Command {
         /// Where the views are written (wiped first: the embedded broker starts empty).
         #[arg(long, default_value = "data/demo/views")]
         views: PathBuf,
+        /// Orders to run through the fulfilment saga.
+        #[arg(long, default_value_t = 500)]
+        orders: usize,
     },
     /// Run a service (and its views) against a real cluster until Ctrl-C.
     Run {
@@ -95,6 +163,23 @@ enum Command {
         /// Input records per transaction at most.
         #[arg(long, default_value_t = 2_000)]
         batch_size: usize,
+        #[command(flatten)]
+        saga: SagaArgs,
+    },
+    /// Place simulated orders (seeded) with a mix of failures, after stocking the shelves.
+    Simulate {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Orders per second; as fast as possible when absent.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Inspect sagas.
+    Saga {
+        #[command(subcommand)]
+        command: SagaCommand,
     },
     /// Produce JSON-lines commands (from FILE or stdin) as Avro to inventory.commands.
     Produce {
@@ -138,7 +223,8 @@ fn main() -> anyhow::Result<()> {
             commands,
             seed,
             views,
-        } => rt.block_on(demo(commands, seed, views)),
+            orders,
+        } => rt.block_on(demo(commands, seed, views, orders)),
         Command::Run {
             service: Service::Inventory,
             cluster,
@@ -146,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             instance,
             partitions,
             batch_size,
+            saga: _,
         } => rt.block_on(run(
             cluster.cluster(),
             views,
@@ -153,6 +240,36 @@ fn main() -> anyhow::Result<()> {
             partitions,
             batch_size,
         )),
+        Command::Run {
+            service: Service::Saga,
+            cluster,
+            views,
+            instance,
+            partitions,
+            batch_size,
+            saga,
+        } => {
+            let mut opts = saga::Options::new(cluster.cluster(), views);
+            opts.instance = instance;
+            opts.partitions = partitions;
+            opts.batch_size = batch_size;
+            opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
+            opts.duplicate_outputs = saga.chaos_duplicate_outputs;
+            rt.block_on(run_saga(opts, saga.participants, !saga.no_views))
+        }
+        Command::Simulate { cluster, sim, rate } => rt.block_on(async {
+            let cluster = cluster.cluster();
+            kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
+            kafka::ensure_topics(&cluster, &saga::topics(3)).await?;
+            let simulation = saga::simulate::generate(&sim.spec());
+            let started = Instant::now();
+            saga::simulate::produce(&cluster, &simulation, rate).await?;
+            eprintln!("Placed {} orders in {:.1?}.", sim.orders, started.elapsed());
+            Ok(())
+        }),
+        Command::Saga {
+            command: SagaCommand::Show { saga_id, views },
+        } => rt.block_on(saga_show(&saga_id, &views)),
         Command::Produce { cluster, file } => rt.block_on(produce_file(cluster.cluster(), file)),
         Command::Load {
             cluster,
@@ -177,7 +294,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn demo(commands: usize, seed: u64, views: PathBuf) -> anyhow::Result<()> {
+async fn demo(commands: usize, seed: u64, views: PathBuf, orders: usize) -> anyhow::Result<()> {
     if views.exists() {
         std::fs::remove_dir_all(&views).with_context(|| format!("clearing {}", views.display()))?;
     }
@@ -200,12 +317,8 @@ async fn demo(commands: usize, seed: u64, views: PathBuf) -> anyhow::Result<()> 
     let wait = opts.clone();
     tokio::task::spawn_blocking(move || inventory::wait_caught_up(&wait, Duration::from_secs(120)))
         .await??;
-    let stats = running.stop()?;
     eprintln!(
-        "Processed {} commands into {} events ({} dead-lettered) in {:.1?}.",
-        stats.commands,
-        stats.events,
-        stats.dead_letters,
+        "Processed {commands} commands in {:.1?}.",
         started.elapsed()
     );
     let engine = QueryEngine::open(&views).await?;
@@ -219,9 +332,131 @@ async fn demo(commands: usize, seed: u64, views: PathBuf) -> anyhow::Result<()> 
         "{}",
         OutputFormat::Table.render(&engine.sql(totals).await?)?
     );
+    // The inventory service keeps running: the saga's reservations go through it (and the
+    // mock broker stalls a group that is left and re-joined quickly).
+    if orders > 0 {
+        demo_saga(&embedded, &views, orders).await?;
+    }
+    let stats = running.stop()?;
+    eprintln!(
+        "Inventory service: {} commands, {} events, {} dead-lettered.",
+        stats.commands, stats.events, stats.dead_letters
+    );
     println!(
         "Query it yourself: supplystream query --views {} \"SELECT * FROM stock_levels LIMIT 5\"",
         views.display()
+    );
+    Ok(())
+}
+
+/// The order-fulfilment saga on the embedded broker: simulated orders with failures.
+async fn demo_saga(
+    embedded: &Embedded,
+    views: &std::path::Path,
+    orders: usize,
+) -> anyhow::Result<()> {
+    let cluster = embedded.cluster();
+    embedded.create_topics(&saga::topics(3))?;
+    let opts = saga::Options::new(cluster.clone(), views.to_path_buf());
+    let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &[], true)?;
+    let started = Instant::now();
+    let spec = saga::simulate::SimSpec {
+        orders,
+        ..saga::simulate::SimSpec::default()
+    };
+    saga::simulate::produce(&cluster, &saga::simulate::generate(&spec), None).await?;
+    let views_dir = views.to_path_buf();
+    let ended = tokio::task::spawn_blocking(move || {
+        wait_sagas_ended(&views_dir, orders, Duration::from_secs(120))
+    })
+    .await?;
+    running.stop()?;
+    ended?;
+    eprintln!("Ran {orders} order sagas in {:.1?}.", started.elapsed());
+    let engine = QueryEngine::open(views).await?;
+    let outcomes = "SELECT status, count(*) AS sagas, sum(compensations) AS compensations, \
+                    min(outcome) AS example_outcome FROM sagas GROUP BY status ORDER BY status";
+    println!("sagas by outcome:");
+    println!(
+        "{}",
+        OutputFormat::Table.render(&engine.sql(outcomes).await?)?
+    );
+    println!(
+        "Explain one: supplystream saga show --views {} O-11-000003",
+        views.display()
+    );
+    Ok(())
+}
+
+/// Waits until the sagas view holds `n` sagas, all ended.
+fn wait_sagas_ended(views: &std::path::Path, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    loop {
+        let engine = rt.block_on(QueryEngine::open(views))?;
+        let sql = "SELECT count(*) FILTER (WHERE status IN ('Confirmed', 'Cancelled')) AS ended FROM sagas";
+        let ended = rt
+            .block_on(engine.sql(sql))
+            .ok()
+            .and_then(|b| OutputFormat::Csv.render(&b).ok())
+            .and_then(|csv| {
+                csv.lines()
+                    .nth(1)
+                    .and_then(|l| l.trim().parse::<usize>().ok())
+            })
+            .unwrap_or(0);
+        if ended >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{ended} of {n} sagas ended after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+async fn run_saga(
+    opts: saga::Options,
+    participants: Vec<String>,
+    views: bool,
+) -> anyhow::Result<()> {
+    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
+    kafka::ensure_topics(&opts.cluster, &saga::topics(opts.partitions)).await?;
+    let names: Vec<&str> = participants.iter().map(String::as_str).collect();
+    let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &names, views)?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => if running.is_finished() { break },
+        }
+    }
+    tokio::task::spawn_blocking(move || running.stop()).await??;
+    eprintln!("Stopped.");
+    Ok(())
+}
+
+async fn saga_show(saga_id: &str, views: &std::path::Path) -> anyhow::Result<()> {
+    let engine = QueryEngine::open(views).await?;
+    let quoted = saga_id.replace('\'', "''");
+    let summary = format!(
+        "SELECT saga_id, status, current_step, outcome, compensations, compensation_attempts, \
+         started_at, updated_at FROM sagas WHERE saga_id = '{quoted}'"
+    );
+    let summary = engine.sql(&summary).await?;
+    if summary.iter().map(|b| b.num_rows()).sum::<usize>() == 0 {
+        anyhow::bail!(
+            "no saga {saga_id:?} in the sagas view under {}",
+            views.display()
+        );
+    }
+    println!("{}", OutputFormat::Table.render(&summary)?);
+    let steps = format!(
+        "SELECT seq, occurred_at, service, step, detail, topic, \"partition\", \"offset\" \
+         FROM saga_steps WHERE saga_id = '{quoted}' ORDER BY seq"
+    );
+    println!(
+        "{}",
+        OutputFormat::Table.render(&engine.sql(&steps).await?)?
     );
     Ok(())
 }

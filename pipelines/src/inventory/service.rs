@@ -329,7 +329,10 @@ fn restore_partition(
             return Ok(()); // tombstone
         };
         match decode_snapshot(rt, decoder, payload).with_context(|| {
-            format!("changelog {CHANGELOG}/{p} offset {} is unreadable", m.offset())
+            format!(
+                "changelog {CHANGELOG}/{p} offset {} is unreadable",
+                m.offset()
+            )
         })? {
             InventoryChangelog::InventorySnapshot(s) => {
                 latest.insert(s.sku.clone(), s);

@@ -62,13 +62,31 @@ impl Options {
 }
 
 /// The participants, by the name `supplystream run` knows them.
-pub const PARTICIPANTS: &[&str] = &["orders", "inventory-saga", "payments", "shipping", "notifications"];
+pub const PARTICIPANTS: &[&str] = &[
+    "orders",
+    "inventory-saga",
+    "payments",
+    "shipping",
+    "notifications",
+];
 
 /// Topics of the saga besides the inventory service's own.
 pub fn topics(partitions: i32) -> Vec<TopicSpec> {
-    let log = |name| TopicSpec { name, partitions, compacted: false };
-    let compacted = |name| TopicSpec { name, partitions, compacted: true };
-    let dlq = |name| TopicSpec { name, partitions: 1, compacted: false };
+    let log = |name| TopicSpec {
+        name,
+        partitions,
+        compacted: false,
+    };
+    let compacted = |name| TopicSpec {
+        name,
+        partitions,
+        compacted: true,
+    };
+    let dlq = |name| TopicSpec {
+        name,
+        partitions: 1,
+        compacted: false,
+    };
     vec![
         log(ORDER_COMMANDS),
         log(ORDER_EVENTS),
@@ -91,10 +109,16 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
 pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
     vec![
         (<Orders as Wiring>::NAME, <Orders as Wiring>::INPUTS),
-        (<InventorySaga as Wiring>::NAME, <InventorySaga as Wiring>::INPUTS),
+        (
+            <InventorySaga as Wiring>::NAME,
+            <InventorySaga as Wiring>::INPUTS,
+        ),
         (<Payments as Wiring>::NAME, <Payments as Wiring>::INPUTS),
         (<Shipping as Wiring>::NAME, <Shipping as Wiring>::INPUTS),
-        (<Notifications as Wiring>::NAME, <Notifications as Wiring>::INPUTS),
+        (
+            <Notifications as Wiring>::NAME,
+            <Notifications as Wiring>::INPUTS,
+        ),
     ]
 }
 
@@ -106,7 +130,12 @@ pub struct Running {
     threads: Vec<(String, Handle)>,
 }
 
-fn spawn_one<W: Wiring>(w: W, opts: &Options, rt: &tokio::runtime::Handle, stop: &Stop) -> (String, Handle) {
+fn spawn_one<W: Wiring>(
+    w: W,
+    opts: &Options,
+    rt: &tokio::runtime::Handle,
+    stop: &Stop,
+) -> (String, Handle) {
     let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
     let name = W::NAME.to_owned();
     let handle = std::thread::Builder::new()
@@ -118,14 +147,25 @@ fn spawn_one<W: Wiring>(w: W, opts: &Options, rt: &tokio::runtime::Handle, stop:
 
 /// Starts the named participants (all of [`PARTICIPANTS`] if `names` is empty) and, with
 /// `views`, the saga views.
-pub fn spawn(opts: &Options, rt: &tokio::runtime::Handle, names: &[&str], views: bool) -> anyhow::Result<Running> {
+pub fn spawn(
+    opts: &Options,
+    rt: &tokio::runtime::Handle,
+    names: &[&str],
+    views: bool,
+) -> anyhow::Result<Running> {
     let stop = Stop::default();
     let mut threads = Vec::new();
-    let names: Vec<&str> = if names.is_empty() { PARTICIPANTS.to_vec() } else { names.to_vec() };
+    let names: Vec<&str> = if names.is_empty() {
+        PARTICIPANTS.to_vec()
+    } else {
+        names.to_vec()
+    };
     for name in names {
         threads.push(match name {
             "orders" => spawn_one(
-                Orders { step_timeout_ms: opts.step_timeout.as_millis() as i64 },
+                Orders {
+                    step_timeout_ms: opts.step_timeout.as_millis() as i64,
+                },
                 opts,
                 rt,
                 &stop,
@@ -159,11 +199,111 @@ impl Running {
         self.stop.stop();
         let mut result = Ok(());
         for (name, t) in self.threads {
-            let r = t.join().map_err(|_| anyhow::anyhow!("{name} panicked")).and_then(|r| r);
+            let r = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("{name} panicked"))
+                .and_then(|r| r);
             if let (Err(e), true) = (r, result.is_ok()) {
                 result = Err(e.context(format!("{name} failed")));
             }
         }
         result
+    }
+}
+
+/// How far the saga's processors and views are behind the ends of their input topics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Uncommitted input records per consumer group (participants and the sku service).
+    pub lag: std::collections::BTreeMap<&'static str, i64>,
+    /// Offsets of the saga topics not yet in the views.
+    pub view_lag: i64,
+}
+
+impl Progress {
+    pub fn caught_up(&self) -> bool {
+        self.view_lag == 0 && self.lag.values().all(|l| *l == 0)
+    }
+}
+
+/// Measures [`Progress`] repeatedly with long-lived clients.
+pub struct ProgressProbe {
+    views_dir: PathBuf,
+    watermarks: rdkafka::consumer::BaseConsumer,
+    groups: Vec<(
+        &'static str,
+        &'static [&'static str],
+        rdkafka::consumer::BaseConsumer,
+    )>,
+}
+
+impl ProgressProbe {
+    pub fn new(opts: &Options) -> anyhow::Result<Self> {
+        let mut groups = groups();
+        groups.push((
+            crate::topics::inventory::GROUP,
+            &[crate::topics::inventory::COMMANDS],
+        ));
+        Ok(ProgressProbe {
+            views_dir: opts.views_dir.clone(),
+            watermarks: crate::kafka::client_config(&opts.cluster).create()?,
+            groups: groups
+                .into_iter()
+                .map(|(g, t)| {
+                    Ok((
+                        g,
+                        t,
+                        crate::kafka::consumer_config(&opts.cluster, g).create()?,
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+
+    pub fn progress(&self) -> anyhow::Result<Progress> {
+        use rdkafka::consumer::Consumer;
+        let mut ends = std::collections::BTreeMap::new();
+        let mut end =
+            |topic: &'static str| -> anyhow::Result<std::collections::BTreeMap<i32, i64>> {
+                if let Some(e) = ends.get(topic) {
+                    return Ok(std::collections::BTreeMap::clone(e));
+                }
+                let e = crate::kafka::high_watermarks(&self.watermarks, topic)?;
+                ends.insert(topic, e.clone());
+                Ok(e)
+            };
+        let mut progress = Progress::default();
+        for (group, topics, consumer) in &self.groups {
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            let mut wanted = Vec::new();
+            for topic in topics.iter() {
+                for (p, hw) in end(topic)? {
+                    tpl.add_partition(topic, p);
+                    wanted.push((*topic, p, hw));
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, crate::kafka::TX_TIMEOUT)?;
+            let mut lag = 0;
+            for (topic, p, hw) in wanted {
+                let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                lag += (hw - at).max(0);
+            }
+            progress.lag.insert(group, lag);
+        }
+        let checkpoint = views::checkpoint(&self.views_dir)?.unwrap_or_default();
+        for topic in views::TOPICS {
+            for (p, hw) in end(topic)? {
+                let at = checkpoint
+                    .get(*topic)
+                    .and_then(|c| c.get(&p))
+                    .copied()
+                    .unwrap_or(0);
+                progress.view_lag += (hw - at).max(0);
+            }
+        }
+        Ok(progress)
     }
 }

@@ -65,6 +65,8 @@ pub struct Stats {
     pub messages: u64,
     pub emitted: u64,
     pub dead_letters: u64,
+    /// Records of an input topic meant for other readers.
+    pub skipped: u64,
     pub expired: u64,
     pub transactions: u64,
 }
@@ -108,7 +110,10 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     // Co-partitioning needs the same partition of every input on one instance: range does it.
     config.set("partition.assignment.strategy", "range");
     if opts.cluster.guarantee == Guarantee::ExactlyOnce {
-        config.set("group.instance.id", format!("{}-{}", W::NAME, opts.instance));
+        config.set(
+            "group.instance.id",
+            format!("{}-{}", W::NAME, opts.instance),
+        );
     }
     let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(W::INPUTS)?;
@@ -121,7 +126,14 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
 
     while !stop.is_stopped() {
         let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
-        sync_assignment::<W>(opts, rt, &consumer, &mut owned, &mut store, &mut changelog_decoder)?;
+        sync_assignment::<W>(
+            opts,
+            rt,
+            &consumer,
+            &mut owned,
+            &mut store,
+            &mut changelog_decoder,
+        )?;
         let now = wire::now_ms();
         let due = if last_scan.elapsed() >= Duration::from_millis(200) {
             last_scan = Instant::now();
@@ -132,15 +144,30 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
         if batch.is_empty() && due.is_empty() {
             continue;
         }
-        match process::<W>(w, opts, rt, &consumer, &output, &batch, &due, &mut store, &mut codecs, now, stop) {
+        match process::<W>(
+            w,
+            opts,
+            rt,
+            &consumer,
+            &output,
+            &batch,
+            &due,
+            &mut store,
+            &mut codecs,
+            now,
+            stop,
+        ) {
             Ok(s) => {
                 stats.messages += s.messages;
                 stats.emitted += s.emitted;
                 stats.dead_letters += s.dead_letters;
+                stats.skipped += s.skipped;
                 stats.expired += s.expired;
                 stats.transactions += 1;
             }
-            Err(e) if kafka::is_fenced(&e) => bail!("fenced by a newer instance of {}: {e:#}", W::NAME),
+            Err(e) if kafka::is_fenced(&e) => {
+                bail!("fenced by a newer instance of {}: {e:#}", W::NAME)
+            }
             Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
@@ -192,11 +219,21 @@ fn process<W: Wiring>(
         let (partition, offset) = (message.partition(), message.offset());
         next.insert((message.topic().to_owned(), partition), offset + 1);
         stats.messages += 1;
-        let dead = |kind: &str, reason: &str| output.dead_letter(W::DLQ, W::SERVICE, message, kind, reason);
+        let dead = |kind: &str, reason: &str| {
+            output.dead_letter(W::DLQ, W::SERVICE, message, kind, reason)
+        };
         let payload = message.payload().unwrap_or_default();
         let input = match wire::decode(rt, &mut codecs.input, payload, stop) {
             Ok(i) => i,
             Err(e) if e.is_transient() => bail!("stopping while the registry is unavailable: {e}"),
+            // A record that belongs on this topic but is not for this participant (the
+            // topic is shared with other readers): not ours to act on, nothing wrong with it.
+            Err(schemas::DecodeError::UnexpectedRecord { name, .. })
+                if expected_topic(&name) == Some(message.topic()) =>
+            {
+                stats.skipped += 1;
+                continue;
+            }
             Err(e) => {
                 dead(e.kind(), &e.to_string())?;
                 stats.dead_letters += 1;
@@ -215,10 +252,19 @@ fn process<W: Wiring>(
             continue;
         }
         let meta = W::input_metadata(&input);
-        let saga = meta.saga_id.as_deref().unwrap_or(&meta.aggregate_id).to_owned();
+        let saga = meta
+            .saga_id
+            .as_deref()
+            .unwrap_or(&meta.aggregate_id)
+            .to_owned();
         if message.key() != Some(saga.as_bytes()) {
-            let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
-            let reason = format!("record key {key:?} differs from its saga id {saga:?}; saga messages are keyed by saga id");
+            let key = message
+                .key()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let reason = format!(
+                "record key {key:?} differs from its saga id {saga:?}; saga messages are keyed by saga id"
+            );
             dead("wrong-key", &reason)?;
             stats.dead_letters += 1;
             continue;
@@ -233,26 +279,40 @@ fn process<W: Wiring>(
             }
             Ok(reaction) => {
                 stats.emitted += reaction.emit.len() as u64;
-                apply::<W>(opts, output, codecs, states, partition, &saga, reaction, &mut dirty)?;
+                apply::<W>(
+                    opts, output, codecs, states, partition, &saga, reaction, &mut dirty,
+                )?;
                 debug!("Handled.");
             }
         }
     }
     for (partition, saga) in due {
         let states = store.entry(*partition).or_default();
-        let Some(state) = states.get(saga) else { continue };
+        let Some(state) = states.get(saga) else {
+            continue;
+        };
         let reaction = w.expire(state, now);
         if reaction.state.is_some() {
             stats.expired += 1;
             info!(saga_id = %saga, "Step deadline passed.");
         }
         stats.emitted += reaction.emit.len() as u64;
-        apply::<W>(opts, output, codecs, states, *partition, saga, reaction, &mut dirty)?;
+        apply::<W>(
+            opts, output, codecs, states, *partition, saga, reaction, &mut dirty,
+        )?;
     }
     for (partition, saga) in &dirty {
         let state = &store[partition][saga];
-        codecs.changelog.encode_into(&W::to_changelog(state), &mut codecs.buf)?;
-        output.send(W::CHANGELOG, Some(*partition), saga.as_bytes(), &codecs.buf, None)?;
+        codecs
+            .changelog
+            .encode_into(&W::to_changelog(state), &mut codecs.buf)?;
+        output.send(
+            W::CHANGELOG,
+            Some(*partition),
+            saga.as_bytes(),
+            &codecs.buf,
+            None,
+        )?;
     }
     let mut offsets = TopicPartitionList::new();
     for ((topic, p), o) in &next {
@@ -290,17 +350,35 @@ fn apply<W: Wiring>(
         let meta = W::output_metadata(out);
         codecs.outputs[topic].encode_into(out, &mut codecs.buf)?;
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: saga_headers::SAGA_ID, value: Some(saga) })
-            .insert(Header { key: saga_headers::CORRELATION_ID, value: Some(&meta.correlation_id) });
+            .insert(Header {
+                key: saga_headers::SAGA_ID,
+                value: Some(saga),
+            })
+            .insert(Header {
+                key: saga_headers::CORRELATION_ID,
+                value: Some(&meta.correlation_id),
+            });
         if let Some(cause) = &meta.causation_id {
-            headers = headers.insert(Header { key: saga_headers::CAUSATION_ID, value: Some(cause) });
+            headers = headers.insert(Header {
+                key: saga_headers::CAUSATION_ID,
+                value: Some(cause),
+            });
         }
         if let Some(reply_to) = W::reply_to(out) {
-            headers = headers.insert(Header { key: saga_headers::REPLY_TO, value: Some(reply_to) });
+            headers = headers.insert(Header {
+                key: saga_headers::REPLY_TO,
+                value: Some(reply_to),
+            });
         }
         let copies = if opts.duplicate_outputs { 2 } else { 1 };
         for _ in 0..copies {
-            output.send(topic, None, meta.aggregate_id.as_bytes(), &codecs.buf, Some(headers.clone()))?;
+            output.send(
+                topic,
+                None,
+                meta.aggregate_id.as_bytes(),
+                &codecs.buf,
+                Some(headers.clone()),
+            )?;
         }
     }
     if let Some(state) = reaction.state {
@@ -332,18 +410,38 @@ fn sync_assignment<W: Wiring>(
     store.retain(|p, _| assigned.contains(p));
     for &p in assigned.difference(owned) {
         let mut states = HashMap::new();
-        kafka::read_partition_to_end(&opts.cluster, &format!("{}.restore", W::NAME), W::CHANGELOG, p, |m| {
-            let Some(payload) = m.payload() else { return Ok(()) };
-            let record = match decoder.decode(payload) {
-                Err(schemas::DecodeError::NotCached(_)) => rt.block_on(decoder.decode_learning(payload)),
-                other => other,
-            }
-            .with_context(|| format!("changelog {}/{p} offset {} is unreadable", W::CHANGELOG, m.offset()))?;
-            let state = W::from_changelog(record);
-            states.insert(W::state_key(&state).to_owned(), state);
-            Ok(())
-        })?;
-        info!(partition = p, sagas = states.len(), "Restored from changelog.");
+        kafka::read_partition_to_end(
+            &opts.cluster,
+            &format!("{}.restore", W::NAME),
+            W::CHANGELOG,
+            p,
+            |m| {
+                let Some(payload) = m.payload() else {
+                    return Ok(());
+                };
+                let record = match decoder.decode(payload) {
+                    Err(schemas::DecodeError::NotCached(_)) => {
+                        rt.block_on(decoder.decode_learning(payload))
+                    }
+                    other => other,
+                }
+                .with_context(|| {
+                    format!(
+                        "changelog {}/{p} offset {} is unreadable",
+                        W::CHANGELOG,
+                        m.offset()
+                    )
+                })?;
+                let state = W::from_changelog(record);
+                states.insert(W::state_key(&state).to_owned(), state);
+                Ok(())
+            },
+        )?;
+        info!(
+            partition = p,
+            sagas = states.len(),
+            "Restored from changelog."
+        );
         store.insert(p, states);
     }
     *owned = assigned;

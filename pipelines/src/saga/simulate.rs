@@ -160,7 +160,8 @@ pub fn generate(spec: &SimSpec) -> Simulation {
 /// possible). Plain idempotent producer: these are inputs from outside the system.
 pub async fn produce(cluster: &Cluster, sim: &Simulation, rate: Option<f64>) -> anyhow::Result<()> {
     let registry = Registry::new(&cluster.registry);
-    let stock_encoder = Encoder::<InventoryCommand>::register(&registry, INVENTORY_COMMANDS).await?;
+    let stock_encoder =
+        Encoder::<InventoryCommand>::register(&registry, INVENTORY_COMMANDS).await?;
     let order_encoder = Encoder::<OrderCommand>::register(&registry, ORDER_COMMANDS).await?;
     let plain = Cluster {
         guarantee: Guarantee::AtLeastOnce,

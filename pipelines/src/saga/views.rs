@@ -75,9 +75,17 @@ struct Seen {
 
 enum Effect {
     None,
-    Started { customer_id: String, total_cents: i64 },
-    Compensating { attempt: i64 },
-    Ended { status: &'static str, outcome: Option<String> },
+    Started {
+        customer_id: String,
+        total_cents: i64,
+    },
+    Compensating {
+        attempt: i64,
+    },
+    Ended {
+        status: &'static str,
+        outcome: Option<String>,
+    },
     Compensated,
 }
 
@@ -97,7 +105,10 @@ fn decode(
             let r = $record;
             let meta = r.metadata();
             Seen {
-                saga_id: meta.saga_id.clone().unwrap_or_else(|| meta.aggregate_id.clone()),
+                saga_id: meta
+                    .saga_id
+                    .clone()
+                    .unwrap_or_else(|| meta.aggregate_id.clone()),
                 event_id: meta.event_id.clone(),
                 causation_id: meta.causation_id.clone(),
                 occurred_at: meta.occurred_at,
@@ -115,8 +126,11 @@ fn decode(
                 e,
                 "orders",
                 |e: &OrderEvent| match e {
-                    OrderEvent::OrderPlaced(p) =>
-                        format!("{} lines, {} cents", p.order.lines.len(), p.order.total_cents),
+                    OrderEvent::OrderPlaced(p) => format!(
+                        "{} lines, {} cents",
+                        p.order.lines.len(),
+                        p.order.total_cents
+                    ),
                     OrderEvent::OrderConfirmed(c) => format!("{} via {}", c.shipment_id, c.carrier),
                     OrderEvent::OrderCancelling(c) =>
                         format!("attempt {} at {}: {}", c.attempt, c.step, c.reason),
@@ -128,10 +142,17 @@ fn decode(
                         customer_id: p.order.customer_id.clone(),
                         total_cents: p.order.total_cents
                     },
-                    OrderEvent::OrderConfirmed(_) => Effect::Ended { status: "Confirmed", outcome: None },
-                    OrderEvent::OrderCancelling(c) => Effect::Compensating { attempt: c.attempt.into() },
-                    OrderEvent::OrderCancelled(c) =>
-                        Effect::Ended { status: "Cancelled", outcome: Some(c.reason.clone()) },
+                    OrderEvent::OrderConfirmed(_) => Effect::Ended {
+                        status: "Confirmed",
+                        outcome: None
+                    },
+                    OrderEvent::OrderCancelling(c) => Effect::Compensating {
+                        attempt: c.attempt.into()
+                    },
+                    OrderEvent::OrderCancelled(c) => Effect::Ended {
+                        status: "Cancelled",
+                        outcome: Some(c.reason.clone())
+                    },
                     OrderEvent::OrderCancellationRejected(_) => Effect::None,
                 }
             )
@@ -144,7 +165,8 @@ fn decode(
                 |r: &InventoryReply| match r {
                     InventoryReply::StockReserved(s) => format!("{} lines", s.order.lines.len()),
                     InventoryReply::StockReservationFailed(f) => f.reason.clone(),
-                    InventoryReply::StockReleased(s) => format!("{} lines released", s.lines_released),
+                    InventoryReply::StockReleased(s) =>
+                        format!("{} lines released", s.lines_released),
                 },
                 |r: &InventoryReply| match r {
                     InventoryReply::StockReleased(s) if s.lines_released > 0 => Effect::Compensated,
@@ -158,9 +180,11 @@ fn decode(
                 r,
                 "payments",
                 |r: &PaymentReply| match r {
-                    PaymentReply::PaymentCaptured(c) => format!("{} cents captured", c.amount_cents),
+                    PaymentReply::PaymentCaptured(c) =>
+                        format!("{} cents captured", c.amount_cents),
                     PaymentReply::PaymentDeclined(c) => c.reason.clone(),
-                    PaymentReply::PaymentRefunded(c) => format!("{} cents refunded", c.amount_cents),
+                    PaymentReply::PaymentRefunded(c) =>
+                        format!("{} cents refunded", c.amount_cents),
                 },
                 |r: &PaymentReply| match r {
                     PaymentReply::PaymentRefunded(c) if c.amount_cents > 0 => Effect::Compensated,
@@ -174,13 +198,17 @@ fn decode(
                 r,
                 "shipping",
                 |r: &ShipmentReply| match r {
-                    ShipmentReply::ShipmentCreated(c) => format!("{} via {}", c.shipment_id, c.carrier),
+                    ShipmentReply::ShipmentCreated(c) =>
+                        format!("{} via {}", c.shipment_id, c.carrier),
                     ShipmentReply::ShipmentFailed(f) => f.reason.clone(),
-                    ShipmentReply::ShipmentCancelled(c) =>
-                        c.shipment_id.clone().map_or("nothing to cancel".into(), |s| format!("{s} cancelled")),
+                    ShipmentReply::ShipmentCancelled(c) => c
+                        .shipment_id
+                        .clone()
+                        .map_or("nothing to cancel".into(), |s| format!("{s} cancelled")),
                 },
                 |r: &ShipmentReply| match r {
-                    ShipmentReply::ShipmentCancelled(c) if c.shipment_id.is_some() => Effect::Compensated,
+                    ShipmentReply::ShipmentCancelled(c) if c.shipment_id.is_some() =>
+                        Effect::Compensated,
                     _ => Effect::None,
                 }
             )
@@ -224,7 +252,10 @@ impl Fold {
         saga.started_at = saga.started_at.min(s.occurred_at);
         match s.effect {
             Effect::None => {}
-            Effect::Started { customer_id, total_cents } => {
+            Effect::Started {
+                customer_id,
+                total_cents,
+            } => {
                 saga.customer_id = Some(customer_id);
                 saga.total_cents = total_cents;
             }
@@ -291,7 +322,9 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
                 Err(e) if e.is_transient() => return Err(e).context("registry unavailable"),
                 // The topics are written by their owners with registered schemas; a record
                 // that does not decode is left out of the views and reported.
-                Err(e) => warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "Undecodable saga message skipped by the views."),
+                Err(e) => {
+                    warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "Undecodable saga message skipped by the views.")
+                }
             }
             dirty = true;
         }

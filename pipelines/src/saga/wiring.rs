@@ -11,7 +11,9 @@ use schemas::notifications::{NotificationChangelog, NotificationEvent, Notificat
 use schemas::orders::{OrderChangelog, OrderEvent, OrderState};
 use schemas::payments::{PaymentChangelog, PaymentReply, PaymentState};
 use schemas::saga::topics::*;
-use schemas::saga::{InventorySagaIn, InventorySagaOut, NotificationsIn, OrdersIn, PaymentsIn, ShippingIn};
+use schemas::saga::{
+    InventorySagaIn, InventorySagaOut, NotificationsIn, OrdersIn, PaymentsIn, ShippingIn,
+};
 use schemas::shipping::{ShipmentChangelog, ShipmentReply, ShipmentState};
 
 use super::runtime::Wiring;
@@ -20,8 +22,12 @@ use crate::topics::saga::*;
 impl Wiring for Orders {
     const NAME: &'static str = "orders";
     const SERVICE: &'static str = "orders";
-    const INPUTS: &'static [&'static str] =
-        &[ORDER_COMMANDS, INVENTORY_REPLIES, PAYMENT_REPLIES, SHIPPING_REPLIES];
+    const INPUTS: &'static [&'static str] = &[
+        ORDER_COMMANDS,
+        INVENTORY_REPLIES,
+        PAYMENT_REPLIES,
+        SHIPPING_REPLIES,
+    ];
     const OUTPUTS: &'static [&'static str] = &[ORDER_EVENTS];
     const CHANGELOG: &'static str = ORDERS_CHANGELOG;
     const DLQ: &'static str = ORDERS_DLQ;
@@ -53,7 +59,8 @@ impl Wiring for Orders {
 impl Wiring for InventorySaga {
     const NAME: &'static str = "inventory-saga";
     const SERVICE: &'static str = "inventory";
-    const INPUTS: &'static [&'static str] = &[ORDER_EVENTS, PAYMENT_REPLIES, INVENTORY_RESERVATIONS];
+    const INPUTS: &'static [&'static str] =
+        &[ORDER_EVENTS, PAYMENT_REPLIES, INVENTORY_RESERVATIONS];
     const OUTPUTS: &'static [&'static str] = &[INVENTORY_COMMANDS, INVENTORY_REPLIES];
     const CHANGELOG: &'static str = INVENTORY_SAGA_CHANGELOG;
     const DLQ: &'static str = crate::topics::inventory::DLQ;
