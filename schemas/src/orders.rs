@@ -82,6 +82,8 @@ pub struct OrderState {
     /// Saga steps already handled (dedup).
     pub steps: Vec<String>,
     pub late_replies: i32,
+    /// Inventory answered `StockReleased`: the last compensation of every chain is done.
+    pub released: bool,
     pub shipment_id: Option<String>,
     pub carrier: Option<String>,
 }

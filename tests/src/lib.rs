@@ -8,6 +8,7 @@
 
 pub mod duckdb;
 pub mod model;
+pub mod saga;
 pub mod scenario;
 pub mod stack;
 pub mod topic;

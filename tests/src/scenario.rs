@@ -67,6 +67,10 @@ impl Runner for InProcess {
 
 /// Runs `supplystream run inventory` as a child process; interruptions are SIGKILL.
 pub struct ChildProcess {
+    /// `supplystream run <args…>`; `["inventory"]` by default.
+    pub args: Vec<String>,
+    /// Records per transaction (small: many transactions, so kills land mid-stream).
+    pub batch_size: usize,
     pub binary: PathBuf,
     pub cluster: Cluster,
     pub views: PathBuf,
@@ -78,6 +82,8 @@ pub struct ChildProcess {
 impl ChildProcess {
     pub fn new(binary: PathBuf, cluster: Cluster, views: PathBuf, log: PathBuf) -> Self {
         ChildProcess {
+            args: vec!["inventory".to_owned()],
+            batch_size: 10,
             binary,
             cluster,
             views,
@@ -94,9 +100,9 @@ impl Runner for ChildProcess {
         let log = std::fs::File::create(self.log.with_extension(format!("{}.log", self.starts)))?;
         let mut command = Command::new(&self.binary);
         command
+            .arg("run")
+            .args(&self.args)
             .args([
-                "run",
-                "inventory",
                 "--brokers",
                 &self.cluster.brokers,
                 "--registry",
@@ -104,7 +110,7 @@ impl Runner for ChildProcess {
             ])
             .arg("--views")
             .arg(&self.views)
-            .args(["--batch-size", "10"])
+            .args(["--batch-size", &self.batch_size.to_string()])
             .env("RUST_BACKTRACE", "0")
             .stdout(log.try_clone()?)
             .stderr(log);

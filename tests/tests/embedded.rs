@@ -1,8 +1,20 @@
 //! The inventory scenario on the embedded broker and registry (fast tier, no installs).
 
+use integration::saga::{InProcessSaga, participant_down_past_deadline, saga_end_to_end};
 use integration::scenario::{InProcess, inventory_end_to_end};
 use pipelines::embedded::Embedded;
 use pipelines::inventory::{self, Options};
+use pipelines::saga::{self, simulate::SimSpec};
+
+/// Logs to stderr when `SUPPLYSTREAM_LOG` is set (e.g. `info`).
+fn logs() {
+    if let Ok(filter) = std::env::var("SUPPLYSTREAM_LOG") {
+        let _already = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .try_init();
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_walking_skeleton_on_the_embedded_broker() -> anyhow::Result<()> {
@@ -15,4 +27,76 @@ async fn inventory_walking_skeleton_on_the_embedded_broker() -> anyhow::Result<(
         tokio::runtime::Handle::current(),
     );
     inventory_end_to_end(&cluster, views.path(), &mut runner, 1).await
+}
+
+async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()> {
+    logs();
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    embedded.create_topics(&saga::topics(3))?;
+    let views = tempfile::tempdir()?;
+    let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
+    runner.saga.duplicate_outputs = duplicate_outputs;
+    let spec = SimSpec {
+        orders: 300,
+        seed,
+        ..SimSpec::default()
+    };
+    let endings = saga_end_to_end(&cluster, views.path(), &mut runner, &spec, 0).await?;
+    assert_eq!(endings.len(), 300);
+    Ok(())
+}
+
+/// The order-fulfilment saga with forced failures on the embedded broker. Not interrupted:
+/// the mock broker stalls re-joining groups for ~30-40 s, past the saga deadlines; restarts
+/// (SIGKILL) are proven on real Kafka (tests/real_kafka.rs). Each test has its own mock
+/// cluster for the same reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_sagas_end_as_their_failures_say_on_the_embedded_broker() -> anyhow::Result<()> {
+    saga_scenario(3, false).await
+}
+
+/// The same mix with every output published twice: every consumer must act once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_sagas_with_every_message_delivered_twice() -> anyhow::Result<()> {
+    saga_scenario(4, true).await
+}
+
+/// Payments stays down past the deadline: sagas time out, compensations wait for it, and
+/// its late replies do not resurrect any saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_time_out_while_payments_is_down() -> anyhow::Result<()> {
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    embedded.create_topics(&saga::topics(3))?;
+    let views = tempfile::tempdir()?;
+    let rt = tokio::runtime::Handle::current();
+    let timeout = std::time::Duration::from_secs(2);
+    let mut rest = InProcessSaga::new(&cluster, views.path(), rt.clone());
+    rest.saga.step_timeout = timeout;
+    rest.participants = vec!["orders", "inventory-saga", "shipping", "notifications"];
+    let mut payments = InProcessSaga::new(&cluster, views.path(), rt);
+    payments.participants = vec!["payments"];
+    payments.with_inventory = false;
+    payments.saga.step_timeout = timeout;
+    let spec = SimSpec {
+        orders: 20,
+        seed: 5,
+        stockouts: 0.0,
+        declines: 0.0,
+        ship_failures: 0.0,
+        cancellations: 0.0,
+        ..SimSpec::default()
+    };
+    participant_down_past_deadline(
+        &cluster,
+        views.path(),
+        &mut rest,
+        &mut payments,
+        &spec,
+        timeout,
+    )
+    .await
 }

@@ -70,8 +70,9 @@ pub struct Simulation {
     pub orders: Vec<(OrderCommand, Intent)>,
 }
 
-fn sku(i: u64) -> String {
-    format!("SKU-{i:04}")
+/// Sku `i` of the simulation with `seed` (each seed stocks its own skus).
+pub fn sku(seed: u64, i: u64) -> String {
+    format!("SKU-{seed}-{i:04}")
 }
 
 /// Generates the workload of `spec`.
@@ -84,8 +85,8 @@ pub fn generate(spec: &SimSpec) -> Simulation {
             let id = format!("sim-{}-stock-{s}-{w}", spec.seed);
             stock.push(
                 ReceiveStock {
-                    metadata: Metadata::command(&id, &sku(s), base_time),
-                    sku: sku(s),
+                    metadata: Metadata::command(&id, &sku(spec.seed, s), base_time),
+                    sku: sku(spec.seed, s),
                     warehouse: (*w).into(),
                     quantity: STOCK_PER_POSITION,
                 }
@@ -115,7 +116,7 @@ pub fn generate(spec: &SimSpec) -> Simulation {
         let line_count = 1 + rng.below(3) as usize;
         let mut lines: Vec<OrderLine> = (0..line_count)
             .map(|_| OrderLine {
-                sku: sku(rng.below(spec.skus as u64)),
+                sku: sku(spec.seed, rng.below(spec.skus as u64)),
                 warehouse: WAREHOUSES[rng.below(WAREHOUSE_COUNT as u64) as usize].into(),
                 quantity: 1 + rng.below(3) as i64,
                 unit_price_cents: 100 * (1 + rng.below(50) as i64),

@@ -122,17 +122,66 @@ impl Orders {
         .into()
     }
 
-    /// Moves a saga waiting in `from` one step forward (the reply it waited for came).
-    fn advance(&self, s: &mut OrderState, from: &str, to: &str, now: i64) -> bool {
-        if s.status != from {
-            s.late_replies += 1;
-            return false;
+    /// A forward reply implies every step before it (shipping only ships what payments
+    /// captured, payments only charges what inventory reserved), and replies arrive on
+    /// different topics in any order: move to the furthest step known, never back.
+    fn forward(&self, s: &mut OrderState, implied: &str, now: i64) -> bool {
+        let rank = |status: &str| match status {
+            PLACED => Some(0),
+            RESERVED => Some(1),
+            PAID => Some(2),
+            CONFIRMED => Some(3),
+            _ => None,
+        };
+        match (rank(&s.status), rank(implied)) {
+            (Some(current), Some(next)) if current < 3 => {
+                if next > current {
+                    s.status = implied.into();
+                    s.deadline_at = now + self.step_timeout_ms;
+                    s.version += 1;
+                    return true;
+                }
+                false
+            }
+            _ => {
+                s.late_replies += 1;
+                false
+            }
         }
-        s.status = to.into();
+    }
+
+    /// A participant failed after reserving: compensations run without us (payments or
+    /// inventory heard the failure); unless inventory already said it released everything.
+    fn failed(
+        &self,
+        s: &mut OrderState,
+        cause: &Metadata,
+        reason: String,
+        now: i64,
+    ) -> Vec<OrderEvent> {
+        if !is_in_flight(&s.status) {
+            if s.status != COMPENSATING {
+                s.late_replies += 1;
+            }
+            return Vec::new();
+        }
+        s.reason = Some(reason);
+        if s.released {
+            return vec![Self::cancelled(s, cause, now)];
+        }
+        s.status = COMPENSATING.into();
         s.deadline_at = now + self.step_timeout_ms;
         s.version += 1;
-        true
+        Vec::new()
     }
+}
+
+fn is_in_flight(status: &str) -> bool {
+    matches!(status, PLACED | RESERVED | PAID)
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, CONFIRMED | CANCELLED)
 }
 
 impl Participant for Orders {
@@ -176,6 +225,7 @@ impl Participant for Orders {
                 compensations: Vec::new(),
                 steps: vec![cause.event_id.clone()],
                 late_replies: 0,
+                released: false,
                 shipment_id: None,
                 carrier: None,
             };
@@ -239,13 +289,13 @@ impl Participant for Orders {
                 _ => {} // already compensating or cancelled
             },
             OrdersIn::StockReserved(_) => {
-                self.advance(&mut s, PLACED, RESERVED, now);
+                self.forward(&mut s, RESERVED, now);
             }
             OrdersIn::PaymentCaptured(_) => {
-                self.advance(&mut s, RESERVED, PAID, now);
+                self.forward(&mut s, PAID, now);
             }
             OrdersIn::ShipmentCreated(r) => {
-                if self.advance(&mut s, PAID, CONFIRMED, now) {
+                if self.forward(&mut s, CONFIRMED, now) {
                     s.deadline_at = 0;
                     s.shipment_id = Some(r.shipment_id.clone());
                     s.carrier = Some(r.carrier.clone());
@@ -271,67 +321,61 @@ impl Participant for Orders {
                 }
             }
             OrdersIn::StockReservationFailed(r) => {
-                if s.status == PLACED {
+                if is_in_flight(&s.status) {
                     // Nothing was reserved, charged or shipped: no compensation to run.
                     s.reason = Some(format!("out of stock: {}", r.reason));
                     emit.push(Self::cancelled(&mut s, cause, now));
-                } else {
+                } else if s.status != COMPENSATING {
                     s.late_replies += 1;
                 }
             }
+            // Inventory hears a decline and releases; payments hears a failed shipment and
+            // refunds, then inventory releases: we wait for the StockReleased that ends both.
             OrdersIn::PaymentDeclined(r) => {
-                if s.status == RESERVED {
-                    // Inventory hears the decline and releases; we wait for its StockReleased.
-                    s.status = COMPENSATING.into();
-                    s.reason = Some(format!("payment declined: {}", r.reason));
-                    s.deadline_at = now + self.step_timeout_ms;
-                    s.version += 1;
-                } else {
-                    s.late_replies += 1;
-                }
+                emit = self.failed(
+                    &mut s,
+                    cause,
+                    format!("payment declined: {}", r.reason),
+                    now,
+                );
             }
             OrdersIn::ShipmentFailed(r) => {
-                if s.status == PAID {
-                    // Payments hears the failure and refunds, then inventory releases.
-                    s.status = COMPENSATING.into();
-                    s.reason = Some(format!("shipment failed: {}", r.reason));
-                    s.deadline_at = now + self.step_timeout_ms;
-                    s.version += 1;
-                } else {
-                    s.late_replies += 1;
-                }
+                emit = self.failed(&mut s, cause, format!("shipment failed: {}", r.reason), now);
             }
+            // Compensation replies may overtake the failure that caused them: record them in
+            // any state but a final one.
             OrdersIn::ShipmentCancelled(r) => {
-                if s.status == COMPENSATING {
-                    if let Some(id) = &r.shipment_id {
-                        s.compensations.push(format!("shipment {id} cancelled"));
-                    }
-                    s.deadline_at = now + self.step_timeout_ms;
-                } else {
+                if is_final(&s.status) {
                     s.late_replies += 1;
+                } else if let Some(id) = &r.shipment_id {
+                    s.compensations.push(format!("shipment {id} cancelled"));
+                    s.version += 1;
                 }
             }
             OrdersIn::PaymentRefunded(r) => {
-                if s.status == COMPENSATING {
-                    if r.amount_cents > 0 {
-                        s.compensations
-                            .push(format!("refunded {} cents", r.amount_cents));
-                    }
-                    s.deadline_at = now + self.step_timeout_ms;
-                } else {
+                if is_final(&s.status) {
                     s.late_replies += 1;
+                } else if r.amount_cents > 0 {
+                    s.compensations
+                        .push(format!("refunded {} cents", r.amount_cents));
+                    s.version += 1;
                 }
             }
             OrdersIn::StockReleased(r) => {
-                if s.status == COMPENSATING {
-                    // Inventory is the last compensation of every chain.
+                if is_final(&s.status) {
+                    s.late_replies += 1;
+                } else {
+                    // Inventory is the last compensation of every chain: nothing is held,
+                    // charged or shipped any more.
                     if r.lines_released > 0 {
                         s.compensations
                             .push(format!("released {} lines", r.lines_released));
                     }
-                    emit.push(Self::cancelled(&mut s, cause, now));
-                } else {
-                    s.late_replies += 1;
+                    s.released = true;
+                    s.version += 1;
+                    if s.status == COMPENSATING {
+                        emit.push(Self::cancelled(&mut s, cause, now));
+                    }
                 }
             }
         }

@@ -39,6 +39,9 @@ struct Bus {
     queue: VecDeque<(Option<&'static str>, Msg)>,
     /// Deliver every message twice.
     duplicate: bool,
+    /// Interleave topics at random (seeded), keeping each topic's order, as consumers of
+    /// several topics see them.
+    shuffle: Option<u64>,
     /// Participants that are down: their messages wait in `held`.
     down: Vec<&'static str>,
     held: Vec<(&'static str, Msg)>,
@@ -111,8 +114,39 @@ impl Bus {
         }
     }
 
+    /// The topic a message travels on (order is kept per topic, not across).
+    fn lane(m: &Msg) -> u8 {
+        match m {
+            Msg::OrderCmd(_) => 0,
+            Msg::OrderEvt(_) => 1,
+            Msg::InvCmd(_) => 2,
+            Msg::InvLine(_) => 3,
+            Msg::InvReply(_) => 4,
+            Msg::Pay(_) => 5,
+            Msg::Ship(_) => 6,
+        }
+    }
+
+    fn next(&mut self) -> Option<(Option<&'static str>, Msg)> {
+        let Some(seed) = self.shuffle.as_mut() else {
+            return self.queue.pop_front();
+        };
+        let mut lanes: Vec<u8> = self.queue.iter().map(|(_, m)| Self::lane(m)).collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        if lanes.is_empty() {
+            return None;
+        }
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let lane = lanes[(*seed % lanes.len() as u64) as usize];
+        let at = self.queue.iter().position(|(_, m)| Self::lane(m) == lane)?;
+        self.queue.remove(at)
+    }
+
     fn drain(&mut self) {
-        while let Some((only, m)) = self.queue.pop_front() {
+        while let Some((only, m)) = self.next() {
             if let (Msg::Pay(r), None) = (&m, only) {
                 self.payment_replies.push(r.clone());
             }
@@ -617,4 +651,38 @@ fn a_repeated_charge_request_charges_once() {
     let again = p.handle(Some(&state), &request("b"), 0).unwrap();
     assert!(again.emit.is_empty());
     assert_eq!(again.state.unwrap().captured_cents, 100);
+}
+
+#[test]
+fn replies_arriving_in_any_order_across_topics_end_the_same() {
+    let scenario = |shuffle: Option<u64>| {
+        let mut bus = Bus::new();
+        bus.shuffle = shuffle;
+        let cards = ["visa", "declined", "visa", "visa", "visa"];
+        let countries = ["NL", "NL", "XX", "DE", "FR"];
+        for (i, (card, country)) in cards.iter().zip(countries).enumerate() {
+            let qty = if i == 3 { [1, 20] } else { [1, 1] };
+            bus.place(&format!("O-{i}"), qty, card, country);
+        }
+        bus.cancel("O-4");
+        bus.drain();
+        let endings: Vec<(String, Option<String>)> = (0..5)
+            .map(|i| {
+                let s = &bus.orders[&format!("O-{i}")];
+                (
+                    s.status.clone(),
+                    s.reason.clone().map(|r| r[..10].to_owned()),
+                )
+            })
+            .collect();
+        let notified: Vec<usize> = (0..5)
+            .map(|i| bus.notification_kinds(&format!("O-{i}")).len())
+            .collect();
+        (endings, notified, bus.reserved(), bus.net_charged())
+    };
+    let ordered = scenario(None);
+    assert_eq!(ordered.1, [1; 5]);
+    for seed in 1..200 {
+        assert_eq!(scenario(Some(seed)), ordered, "interleaving {seed}");
+    }
 }

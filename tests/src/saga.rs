@@ -1,0 +1,543 @@
+//! The order-fulfilment saga end to end: simulated orders with forced failures, processed
+//! while the services are interrupted, then checked from the topics themselves (not from the
+//! services' own state) and from the views:
+//! - every saga ends Confirmed or Cancelled, as its forced failure says;
+//! - stock is conserved: a confirmed order holds exactly its lines, a cancelled one nothing;
+//! - captured − refunded = the revenue of confirmed orders, per order and in total;
+//! - exactly one notification per order, of the right kind;
+//! - nothing was dead-lettered.
+//!
+//! Duplicates (the fault injection publishes every output twice) are recognized by event id,
+//! as every consumer must.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use pipelines::saga::simulate::{self, Intent, SimSpec, Simulation};
+use pipelines::saga::{self, ProgressProbe};
+use pipelines::{Cluster, inventory};
+use schemas::Registry;
+use schemas::codec::Decoder;
+use schemas::inventory::InventoryEvent;
+use schemas::notifications::NotificationEvent;
+use schemas::orders::{OrderCommand, OrderEvent};
+use schemas::payments::PaymentReply;
+use schemas::record::RecordUnion;
+use schemas::saga::topics::*;
+use sinks::{OutputFormat, QueryEngine};
+
+use crate::scenario::Runner;
+use crate::topic;
+
+/// Runs the saga participants (and the per-sku inventory service) on threads of the test.
+pub struct InProcessSaga {
+    pub inventory: inventory::Options,
+    pub saga: saga::Options,
+    /// Participants to run (all when empty); views run with the first of them.
+    pub participants: Vec<&'static str>,
+    /// Whether this runner also runs the per-sku inventory service.
+    pub with_inventory: bool,
+    pub rt: tokio::runtime::Handle,
+    running: Option<(Option<inventory::Running>, saga::Running)>,
+}
+
+impl InProcessSaga {
+    pub fn new(cluster: &Cluster, views: &Path, rt: tokio::runtime::Handle) -> Self {
+        InProcessSaga {
+            inventory: inventory::Options::new(cluster.clone(), views.to_path_buf()),
+            saga: saga::Options::new(cluster.clone(), views.to_path_buf()),
+            participants: Vec::new(),
+            with_inventory: true,
+            rt,
+            running: None,
+        }
+    }
+}
+
+impl Runner for InProcessSaga {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let inventory = self
+            .with_inventory
+            .then(|| inventory::spawn(&self.inventory, &self.rt));
+        let saga = saga::spawn(
+            &self.saga,
+            &self.rt,
+            &self.participants,
+            self.with_inventory,
+        )?;
+        self.running = Some((inventory, saga));
+        Ok(())
+    }
+    fn interrupt(&mut self) -> anyhow::Result<()> {
+        self.stop()
+    }
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some((inventory, saga)) = self.running.take() {
+            saga.stop()?;
+            if let Some(inventory) = inventory {
+                inventory.stop()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Several runners as one (e.g. the `run inventory` and `run saga` child processes).
+pub struct Together(pub Vec<Box<dyn Runner>>);
+
+impl Runner for Together {
+    fn start(&mut self) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.start())
+    }
+    fn interrupt(&mut self) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.interrupt())
+    }
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.stop())
+    }
+}
+
+/// How one order ended, as read from the topics.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ending {
+    Confirmed,
+    /// Cancelled, with the kind of reason (`out of stock`, `payment declined`, …).
+    Cancelled(String),
+}
+
+fn reason_kind(reason: &str) -> String {
+    for kind in [
+        "out of stock",
+        "payment declined",
+        "shipment failed",
+        "cancelled by customer",
+        "timed out",
+    ] {
+        if reason.starts_with(kind) {
+            return kind.to_owned();
+        }
+    }
+    reason.to_owned()
+}
+
+/// What the forced failure of `intent` must end in.
+pub fn expected_ending(intent: Intent) -> Ending {
+    match intent {
+        Intent::Confirm => Ending::Confirmed,
+        Intent::StockOut => Ending::Cancelled("out of stock".into()),
+        Intent::Decline => Ending::Cancelled("payment declined".into()),
+        Intent::ShipFailure => Ending::Cancelled("shipment failed".into()),
+        Intent::Cancel => Ending::Cancelled("cancelled by customer".into()),
+    }
+}
+
+/// Order number (position in the simulation) → ending: comparable across runs.
+pub type Endings = BTreeMap<usize, Ending>;
+
+/// The order ids of a simulation with their intents, in order.
+fn placed(sim: &Simulation) -> Vec<(String, Intent, i64)> {
+    sim.orders
+        .iter()
+        .filter_map(|(c, intent)| match c {
+            OrderCommand::PlaceOrder(p) => Some((
+                p.order_id.clone(),
+                *intent,
+                p.lines
+                    .iter()
+                    .map(|l| l.quantity * l.unit_price_cents)
+                    .sum(),
+            )),
+            OrderCommand::CancelOrder(_) => None,
+        })
+        .collect()
+}
+
+/// Produces `sim` in `chunks`, interrupting `runner` mid-stream after each but the last,
+/// then waits until every saga has ended.
+pub async fn run_simulation(
+    cluster: &Cluster,
+    views: &Path,
+    runner: &mut dyn Runner,
+    sim: &Simulation,
+    interruptions: usize,
+) -> anyhow::Result<()> {
+    let opts = saga::Options::new(cluster.clone(), views.to_path_buf());
+    let probe = std::sync::Arc::new(ProgressProbe::new(&opts)?);
+    let started = Instant::now();
+    let chunk_len = sim.orders.len().div_ceil(interruptions + 1);
+    for (i, chunk) in sim.orders.chunks(chunk_len).enumerate() {
+        let part = Simulation {
+            stock: if i == 0 {
+                sim.stock.clone()
+            } else {
+                Vec::new()
+            },
+            orders: chunk.to_vec(),
+        };
+        simulate::produce(cluster, &part, None).await?;
+        if i * chunk_len + chunk.len() >= sim.orders.len() {
+            break;
+        }
+        // Interrupt once the orders service has committed some of the chunk, not all.
+        let p = probe.clone();
+        let lag = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let lag = p.progress()?.lag.values().sum::<i64>();
+                if lag < chunk_len as i64 || Instant::now() > deadline {
+                    return Ok(lag);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await??;
+        // librdkafka's mock broker stalls a group for ~30 s when its members stop and start
+        // again within about a second (docs/notes.md): let the group settle first.
+        let settled = started + Duration::from_secs(3);
+        if let Some(wait) = settled.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        eprintln!(
+            "{:>6.1?} interrupting the saga with {lag} input records uncommitted",
+            started.elapsed()
+        );
+        runner.interrupt()?;
+        runner.start()?;
+    }
+    let ids: Vec<String> = placed(sim).into_iter().map(|(id, _, _)| id).collect();
+    wait_ended(views, &ids, Duration::from_secs(240)).await?;
+    let p = probe.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let progress = p.progress()?;
+            if progress.caught_up() {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "not caught up: {progress:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await??;
+    eprintln!("{:>6.1?} every saga ended", started.elapsed());
+    Ok(())
+}
+
+/// Statuses of `ids` in the `sagas` view.
+pub async fn view_statuses(
+    views: &Path,
+    ids: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let engine = QueryEngine::open(views).await?;
+    let csv = OutputFormat::Csv.render(&engine.sql("SELECT saga_id, status FROM sagas").await?)?;
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    Ok(csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .filter(|(id, _)| wanted.contains(id))
+        .map(|(id, s)| (id.to_owned(), s.to_owned()))
+        .collect())
+}
+
+/// Waits until the `sagas` view shows every one of `ids` ended.
+pub async fn wait_ended(views: &Path, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let statuses = view_statuses(views, ids).await.unwrap_or_default();
+        let ended = statuses
+            .values()
+            .filter(|s| *s == "Confirmed" || *s == "Cancelled")
+            .count();
+        if ended == ids.len() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{ended} of {} sagas ended after {timeout:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Records of `topic` decoded as `T`, each event id once.
+async fn read_unique<T: RecordUnion>(
+    cluster: &Cluster,
+    topic: &str,
+    id: impl Fn(&T) -> String,
+) -> anyhow::Result<Vec<T>> {
+    let mut decoder = Decoder::<T>::new(Registry::new(&cluster.registry));
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for r in topic::read_all(cluster, topic)? {
+        let value = match decoder.decode_learning(&r.payload).await {
+            Ok(v) => v,
+            // Shared topics carry records of other unions (e.g. inventory.events).
+            Err(schemas::DecodeError::UnexpectedRecord { .. }) => continue,
+            Err(e) => return Err(e).with_context(|| format!("{topic} offset {}", r.offset)),
+        };
+        if seen.insert(id(&value)) {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every invariant of a finished simulation; returns each order's ending.
+pub async fn check(
+    cluster: &Cluster,
+    views: &Path,
+    sim: &Simulation,
+    expect: impl Fn(Intent) -> Ending,
+) -> anyhow::Result<Endings> {
+    let orders = placed(sim);
+    let index: BTreeMap<&str, usize> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _, _))| (id.as_str(), i))
+        .collect();
+
+    // Endings, from orders.events.
+    let mut endings: BTreeMap<usize, Vec<Ending>> = BTreeMap::new();
+    for e in
+        read_unique::<OrderEvent>(cluster, ORDER_EVENTS, |e| e.metadata().event_id.clone()).await?
+    {
+        let (id, ending) = match &e {
+            OrderEvent::OrderConfirmed(c) => (&c.order_id, Ending::Confirmed),
+            OrderEvent::OrderCancelled(c) => {
+                (&c.order_id, Ending::Cancelled(reason_kind(&c.reason)))
+            }
+            _ => continue,
+        };
+        if let Some(i) = index.get(id.as_str()) {
+            endings.entry(*i).or_default().push(ending);
+        }
+    }
+    let mut result = Endings::new();
+    for (i, (id, intent, _)) in orders.iter().enumerate() {
+        let ends = endings.remove(&i).unwrap_or_default();
+        ensure!(
+            ends.len() == 1,
+            "order {id} ({intent:?}) ended {} times: {ends:?}",
+            ends.len()
+        );
+        ensure!(
+            ends[0] == expect(*intent),
+            "order {id} was meant to {intent:?} but ended {:?}",
+            ends[0]
+        );
+        result.insert(i, ends[0].clone());
+    }
+
+    // Stock: per order, what its reservations still hold.
+    let mut held: BTreeMap<usize, i64> = BTreeMap::new();
+    for e in read_unique::<InventoryEvent>(cluster, pipelines::topics::inventory::EVENTS, |e| {
+        e.metadata().event_id.clone()
+    })
+    .await?
+    {
+        let (rid, delta) = match &e {
+            InventoryEvent::InventoryReserved(r) => (&r.reservation_id, r.quantity),
+            InventoryEvent::InventoryReleased(r) => (&r.reservation_id, -r.quantity),
+            _ => continue,
+        };
+        let order = rid.rsplit_once('/').map_or(rid.as_str(), |(o, _)| o);
+        if let Some(i) = index.get(order) {
+            *held.entry(*i).or_default() += delta;
+        }
+    }
+    for (i, (id, _, _)) in orders.iter().enumerate() {
+        let want = match result[&i] {
+            Ending::Confirmed => sim
+                .orders
+                .iter()
+                .find_map(|(c, _)| match c {
+                    OrderCommand::PlaceOrder(p) if &p.order_id == id => {
+                        Some(p.lines.iter().map(|l| l.quantity).sum::<i64>())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            Ending::Cancelled(_) => 0,
+        };
+        let got = held.get(&i).copied().unwrap_or(0);
+        ensure!(
+            got == want,
+            "order {id} ({:?}) holds {got} units of stock, expected {want}",
+            result[&i]
+        );
+    }
+
+    // Money: captured − refunded per order = its total if confirmed, else 0.
+    let mut net: BTreeMap<usize, i64> = BTreeMap::new();
+    for r in
+        read_unique::<PaymentReply>(cluster, PAYMENT_REPLIES, |r| r.metadata().event_id.clone())
+            .await?
+    {
+        let (id, amount) = match &r {
+            PaymentReply::PaymentCaptured(c) => (&c.order.order_id, c.amount_cents),
+            PaymentReply::PaymentRefunded(c) => (&c.order_id, -c.amount_cents),
+            PaymentReply::PaymentDeclined(_) => continue,
+        };
+        if let Some(i) = index.get(id.as_str()) {
+            *net.entry(*i).or_default() += amount;
+        }
+    }
+    let mut revenue = 0;
+    for (i, (id, _, total)) in orders.iter().enumerate() {
+        let want = if result[&i] == Ending::Confirmed {
+            *total
+        } else {
+            0
+        };
+        revenue += want;
+        let got = net.get(&i).copied().unwrap_or(0);
+        ensure!(
+            got == want,
+            "order {id} ({:?}): captured − refunded = {got}, expected {want}",
+            result[&i]
+        );
+    }
+    ensure!(
+        net.values().sum::<i64>() == revenue,
+        "captured − refunded ≠ revenue"
+    );
+
+    // Notifications: one per order, of the kind of its ending.
+    let mut kinds: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for NotificationEvent::NotificationSent(n) in
+        read_unique::<NotificationEvent>(cluster, NOTIFICATION_EVENTS, |n| {
+            n.metadata().event_id.clone()
+        })
+        .await?
+    {
+        if let Some(i) = index.get(n.order_id.as_str()) {
+            kinds.entry(*i).or_default().push(n.kind);
+        }
+    }
+    for (i, (id, _, _)) in orders.iter().enumerate() {
+        let want = if result[&i] == Ending::Confirmed {
+            "confirmation"
+        } else {
+            "cancellation"
+        };
+        let got = kinds.remove(&i).unwrap_or_default();
+        ensure!(
+            got == [want],
+            "order {id}: notifications {got:?}, expected one {want}"
+        );
+    }
+
+    // The views agree with the topics.
+    let ids: Vec<String> = orders.iter().map(|(id, _, _)| id.clone()).collect();
+    let statuses = view_statuses(views, &ids).await?;
+    for (i, id) in ids.iter().enumerate() {
+        let want = if result[&i] == Ending::Confirmed {
+            "Confirmed"
+        } else {
+            "Cancelled"
+        };
+        ensure!(
+            statuses.get(id).map(String::as_str) == Some(want),
+            "sagas view says {:?} for {id}, topics say {want}",
+            statuses.get(id)
+        );
+    }
+
+    // Nothing was dead-lettered.
+    for dlq in [
+        "orders.dlq",
+        "payments.dlq",
+        "shipping.dlq",
+        "notifications.dlq",
+        "inventory.dlq",
+    ] {
+        let dead = topic::read_all(cluster, dlq)?;
+        let reasons: BTreeSet<&str> = dead.iter().filter_map(|r| r.header("dlq.reason")).collect();
+        ensure!(
+            dead.is_empty(),
+            "{} records in {dlq}: {reasons:?}",
+            dead.len()
+        );
+    }
+    let confirmed = result.values().filter(|e| **e == Ending::Confirmed).count();
+    eprintln!(
+        "{} orders: {confirmed} confirmed, {} cancelled; revenue {revenue} cents",
+        orders.len(),
+        orders.len() - confirmed
+    );
+    Ok(result)
+}
+
+/// The saga scenario: `spec`'s orders with `interruptions`, then every check.
+pub async fn saga_end_to_end(
+    cluster: &Cluster,
+    views: &Path,
+    runner: &mut dyn Runner,
+    spec: &SimSpec,
+    interruptions: usize,
+) -> anyhow::Result<Endings> {
+    let sim = simulate::generate(spec);
+    runner.start()?;
+    let ran = run_simulation(cluster, views, runner, &sim, interruptions).await;
+    runner.stop()?;
+    ran?;
+    check(cluster, views, &sim, expected_ending).await
+}
+
+/// A participant down past the deadline: its sagas time out and compensate, and its late
+/// replies do not resurrect them when it comes back. `start_missing` brings it back.
+pub async fn participant_down_past_deadline(
+    cluster: &Cluster,
+    views: &Path,
+    runner: &mut dyn Runner,
+    start_missing: &mut dyn Runner,
+    spec: &SimSpec,
+    step_timeout: Duration,
+) -> anyhow::Result<()> {
+    let sim = simulate::generate(spec);
+    let ids: Vec<String> = placed(&sim).into_iter().map(|(id, _, _)| id).collect();
+    runner.start()?;
+    simulate::produce(cluster, &sim, None).await?;
+    // Past two deadlines: every saga timed out, and its compensation is stuck (the missing
+    // participant must refund) and retried.
+    let deadline = Instant::now() + step_timeout * 2 + Duration::from_secs(60);
+    loop {
+        let engine = QueryEngine::open(views).await;
+        let stuck = match engine {
+            Ok(engine) => {
+                let sql = "SELECT saga_id FROM sagas WHERE status = 'Compensating' AND compensation_attempts >= 2";
+                let csv = OutputFormat::Csv.render(&engine.sql(sql).await.unwrap_or_default())?;
+                let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+                csv.lines().filter(|l| wanted.contains(l)).count()
+            }
+            Err(_) => 0,
+        };
+        if stuck == ids.len() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{stuck} of {} sagas stuck compensating",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "all {} sagas timed out and are stuck compensating; starting the missing participant",
+        ids.len()
+    );
+    start_missing.start()?;
+    let ended = wait_ended(views, &ids, Duration::from_secs(120)).await;
+    start_missing.stop()?;
+    runner.stop()?;
+    ended?;
+    check(cluster, views, &sim, |_| {
+        Ending::Cancelled("timed out".into())
+    })
+    .await?;
+    Ok(())
+}
