@@ -494,3 +494,76 @@ pub fn read_partition_to_end(
     }
     Ok(())
 }
+
+/// The offsets a processor has committed, so that when idle it can commit positions that
+/// moved past them over transaction markers (and aborted records) only.
+///
+/// A transactional producer ends every transaction with a commit marker, which takes an
+/// offset: a processor that commits "last record + 1" stays one offset behind the high
+/// watermark on every partition written transactionally, and its lag never reads 0. The
+/// consumer's position steps over markers, so committing it when nothing is left to process
+/// makes "caught up" exact.
+#[derive(Debug, Default)]
+pub struct Committed {
+    offsets: std::collections::HashMap<(String, i32), i64>,
+    checked: Option<std::time::Instant>,
+}
+
+impl Committed {
+    /// Remembers offsets just committed.
+    pub fn record(&mut self, offsets: &TopicPartitionList) {
+        for e in offsets.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                self.offsets
+                    .insert((e.topic().to_owned(), e.partition()), o);
+            }
+        }
+    }
+
+    /// Forgets everything (after a rewind or a new assignment); reloaded when next idle.
+    pub fn forget(&mut self) {
+        self.offsets.clear();
+        self.checked = None;
+    }
+
+    /// When idle (at most once a second): commits positions beyond the committed offsets.
+    pub fn step_over_markers<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        output: &Output,
+    ) -> anyhow::Result<()> {
+        if self
+            .checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.checked = Some(std::time::Instant::now());
+        let assignment = consumer.assignment()?;
+        if assignment.count() == 0 {
+            return Ok(());
+        }
+        if self.offsets.is_empty() {
+            let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
+            self.record(&committed);
+        }
+        let mut ahead = TopicPartitionList::new();
+        for e in consumer.position()?.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            if let (Offset::Offset(at), Some(done)) = (e.offset(), self.offsets.get(&key))
+                && at > *done
+            {
+                ahead.add_partition_offset(e.topic(), e.partition(), Offset::Offset(at))?;
+            }
+        }
+        if ahead.count() > 0 {
+            output.begin()?;
+            if let Err(e) = output.commit(consumer, &ahead) {
+                output.abort();
+                return Err(e);
+            }
+            self.record(&ahead);
+        }
+        Ok(())
+    }
+}

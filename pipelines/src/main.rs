@@ -110,6 +110,7 @@ impl SimArgs {
             orders: self.orders,
             skus: self.skus,
             seed: self.seed,
+            run: 0,
             stockouts: self.stockouts,
             declines: self.declines,
             ship_failures: self.ship_failures,

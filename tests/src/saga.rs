@@ -167,7 +167,20 @@ pub async fn run_simulation(
     let probe = std::sync::Arc::new(ProgressProbe::new(&opts)?);
     let started = Instant::now();
     let chunk_len = sim.orders.len().div_ceil(interruptions + 1);
-    for (i, chunk) in sim.orders.chunks(chunk_len).enumerate() {
+    // Chunks of about `chunk_len`, never separating an order from its cancellation.
+    let mut chunks: Vec<&[(OrderCommand, Intent)]> = Vec::new();
+    let mut rest = &sim.orders[..];
+    while !rest.is_empty() {
+        let mut end = chunk_len.min(rest.len());
+        while end < rest.len() && matches!(rest[end].0, OrderCommand::CancelOrder(_)) {
+            end += 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
         let part = Simulation {
             stock: if i == 0 {
                 sim.stock.clone()
@@ -177,7 +190,7 @@ pub async fn run_simulation(
             orders: chunk.to_vec(),
         };
         simulate::produce(cluster, &part, None).await?;
-        if i * chunk_len + chunk.len() >= sim.orders.len() {
+        if i == last {
             break;
         }
         // Interrupt once the orders service has committed some of the chunk, not all.
@@ -208,11 +221,18 @@ pub async fn run_simulation(
     }
     let ids: Vec<String> = placed(sim).into_iter().map(|(id, _, _)| id).collect();
     wait_ended(views, &ids, Duration::from_secs(240)).await?;
-    let p = probe.clone();
+    wait_caught_up(cluster, views).await?;
+    eprintln!("{:>6.1?} every saga ended", started.elapsed());
+    Ok(())
+}
+
+/// Waits until every participant, the sku service and every view has consumed everything.
+pub async fn wait_caught_up(cluster: &Cluster, views: &Path) -> anyhow::Result<()> {
+    let probe = ProgressProbe::new(&saga::Options::new(cluster.clone(), views.to_path_buf()))?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let progress = p.progress()?;
+            let progress = probe.progress()?;
             if progress.caught_up() {
                 return Ok(());
             }
@@ -221,8 +241,9 @@ pub async fn run_simulation(
         }
     })
     .await??;
-    eprintln!("{:>6.1?} every saga ended", started.elapsed());
-    Ok(())
+    let stock = inventory::Options::new(cluster.clone(), views.to_path_buf());
+    tokio::task::spawn_blocking(move || inventory::wait_caught_up(&stock, Duration::from_secs(60)))
+        .await?
 }
 
 /// Statuses of `ids` in the `sagas` view.
@@ -302,6 +323,7 @@ pub async fn check(
 
     // Endings, from orders.events.
     let mut endings: BTreeMap<usize, Vec<Ending>> = BTreeMap::new();
+    let mut refused: HashSet<usize> = HashSet::new();
     for e in
         read_unique::<OrderEvent>(cluster, ORDER_EVENTS, |e| e.metadata().event_id.clone()).await?
     {
@@ -309,6 +331,12 @@ pub async fn check(
             OrderEvent::OrderConfirmed(c) => (&c.order_id, Ending::Confirmed),
             OrderEvent::OrderCancelled(c) => {
                 (&c.order_id, Ending::Cancelled(reason_kind(&c.reason)))
+            }
+            OrderEvent::OrderCancellationRejected(r) => {
+                if let Some(i) = index.get(r.order_id.as_str()) {
+                    refused.insert(*i);
+                }
+                continue;
             }
             _ => continue,
         };
@@ -324,8 +352,11 @@ pub async fn check(
             "order {id} ({intent:?}) ended {} times: {ends:?}",
             ends.len()
         );
+        // A cancellation that reaches orders after confirmation is refused, visibly.
+        let refused_late =
+            *intent == Intent::Cancel && ends[0] == Ending::Confirmed && refused.contains(&i);
         ensure!(
-            ends[0] == expect(*intent),
+            ends[0] == expect(*intent) || refused_late,
             "order {id} was meant to {intent:?} but ended {:?}",
             ends[0]
         );
@@ -370,6 +401,52 @@ pub async fn check(
             result[&i]
         );
     }
+
+    // The same, position by position, in the stock_levels view: on hand is what was
+    // received (nothing is dispatched yet), reserved is the lines of confirmed orders.
+    let mut positions: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for c in &sim.stock {
+        if let schemas::inventory::InventoryCommand::ReceiveStock(r) = c {
+            positions
+                .entry((r.sku.clone(), r.warehouse.clone()))
+                .or_default()
+                .0 += r.quantity;
+        }
+    }
+    for (c, _) in &sim.orders {
+        if let OrderCommand::PlaceOrder(p) = c
+            && result[&index[p.order_id.as_str()]] == Ending::Confirmed
+        {
+            for l in &p.lines {
+                positions
+                    .entry((l.sku.clone(), l.warehouse.clone()))
+                    .or_default()
+                    .1 += l.quantity;
+            }
+        }
+    }
+    let engine = QueryEngine::open(views).await?;
+    let csv = OutputFormat::Csv.render(
+        &engine
+            .sql("SELECT sku, warehouse, on_hand, reserved FROM stock_levels")
+            .await?,
+    )?;
+    let mut seen_positions = 0;
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if let Some((on_hand, reserved)) = positions.get(&(f[0].to_owned(), f[1].to_owned())) {
+            seen_positions += 1;
+            ensure!(
+                f[2] == on_hand.to_string() && f[3] == reserved.to_string(),
+                "stock_levels {line}: expected on_hand {on_hand}, reserved {reserved}"
+            );
+        }
+    }
+    ensure!(
+        seen_positions == positions.len(),
+        "stock_levels has {seen_positions} of {} positions",
+        positions.len()
+    );
 
     // Money: captured − refunded per order = its total if confirmed, else 0.
     let mut net: BTreeMap<usize, i64> = BTreeMap::new();
@@ -447,7 +524,12 @@ pub async fn check(
         );
     }
 
-    // Nothing was dead-lettered.
+    // Nothing of this simulation was dead-lettered (other scenarios share the topics).
+    let keys: HashSet<&str> = orders
+        .iter()
+        .map(|(id, _, _)| id.as_str())
+        .chain(sim.stock.iter().map(|c| c.sku()))
+        .collect();
     for dlq in [
         "orders.dlq",
         "payments.dlq",
@@ -455,7 +537,8 @@ pub async fn check(
         "notifications.dlq",
         "inventory.dlq",
     ] {
-        let dead = topic::read_all(cluster, dlq)?;
+        let mut dead = topic::read_all(cluster, dlq)?;
+        dead.retain(|r| keys.contains(String::from_utf8_lossy(&r.key).as_ref()));
         let reasons: BTreeSet<&str> = dead.iter().filter_map(|r| r.header("dlq.reason")).collect();
         ensure!(
             dead.is_empty(),
@@ -531,7 +614,10 @@ pub async fn participant_down_past_deadline(
         ids.len()
     );
     start_missing.start()?;
-    let ended = wait_ended(views, &ids, Duration::from_secs(120)).await;
+    let mut ended = wait_ended(views, &ids, Duration::from_secs(120)).await;
+    if ended.is_ok() {
+        ended = wait_caught_up(cluster, views).await;
+    }
     start_missing.stop()?;
     runner.stop()?;
     ended?;

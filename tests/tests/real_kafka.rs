@@ -7,10 +7,12 @@
 use std::process::ExitCode;
 
 use integration::duckdb;
+use integration::saga::{Together, participant_down_past_deadline, saga_end_to_end};
 use integration::scenario::{ChildProcess, inventory_end_to_end};
 use integration::stack::{Stack, repo_root};
 use pipelines::inventory;
 use pipelines::kafka;
+use pipelines::saga::{self, simulate::SimSpec};
 
 type Scenario = fn(&Stack, &tokio::runtime::Runtime) -> anyhow::Result<()>;
 
@@ -54,6 +56,163 @@ fn killed_mid_stream(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Res
     ))
 }
 
+/// `supplystream run inventory` and `run saga <extra>` as child processes (SIGKILLed on
+/// interruption), logging to target/<profile>/real-kafka-logs/<name>.*.log.
+fn saga_children(
+    stack: &Stack,
+    views: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<Together> {
+    let logs = binary()
+        .parent()
+        .expect("target dir")
+        .join("real-kafka-logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut inventory = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.to_path_buf(),
+        logs.join(format!("{name}-inventory")),
+    );
+    inventory.batch_size = 50;
+    let mut saga = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.to_path_buf(),
+        logs.join(format!("{name}-saga")),
+    );
+    saga.args = ["saga"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    saga.batch_size = 50;
+    Ok(Together(vec![Box::new(inventory), Box::new(saga)]))
+}
+
+fn ensure_saga_topics(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
+    rt.block_on(kafka::ensure_topics(&stack.cluster, &saga::topics(3)))
+}
+
+const SAGA_SPEC: SimSpec = SimSpec {
+    orders: 2_000,
+    skus: 40,
+    seed: 21,
+    run: 0,
+    stockouts: 0.10,
+    declines: 0.10,
+    ship_failures: 0.05,
+    cancellations: 0.05,
+};
+
+/// 2,000 orders with failures while every service is SIGKILLed three times; then the same
+/// orders (other ids) with every output published twice and one more kill: both end in the
+/// same endings, which are the ones their forced failures call for.
+fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    let mut killed = saga_children(stack, views.path(), "saga-killed", &[])?;
+    let first = rt.block_on(saga_end_to_end(
+        &stack.cluster,
+        views.path(),
+        &mut killed,
+        &SAGA_SPEC,
+        3,
+    ))?;
+    // The views are plain Parquet that DuckDB reads with the same answers.
+    rt.block_on(duckdb::same_answers(
+        views.path(),
+        &[
+            "SELECT status, count(*) AS n, sum(compensations) AS c FROM sagas GROUP BY status ORDER BY status",
+            "SELECT service, step, count(*) AS n FROM saga_steps GROUP BY service, step ORDER BY service, step",
+        ],
+    ))?;
+    let mut doubled = saga_children(
+        stack,
+        views.path(),
+        "saga-doubled",
+        &["--chaos-duplicate-outputs"],
+    )?;
+    let spec = SimSpec {
+        run: 1,
+        ..SAGA_SPEC
+    };
+    let second = rt.block_on(saga_end_to_end(
+        &stack.cluster,
+        views.path(),
+        &mut doubled,
+        &spec,
+        1,
+    ))?;
+    anyhow::ensure!(first == second, "the doubled run ended differently");
+    Ok(())
+}
+
+/// Payments stays down past the step deadline (3 s): every saga times out, its compensation
+/// waits for payments and is retried; once payments is back, all end Cancelled and no late
+/// reply resurrects one.
+fn sagas_time_out_while_payments_is_down(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    let timeout = ["--step-timeout-ms", "3000"];
+    let mut rest = saga_children(
+        stack,
+        views.path(),
+        "saga-timeout",
+        &[
+            &timeout[..],
+            &[
+                "--participants",
+                "orders,inventory-saga,shipping,notifications",
+            ],
+        ]
+        .concat(),
+    )?;
+    let logs = binary()
+        .parent()
+        .expect("target dir")
+        .join("real-kafka-logs");
+    let mut payments = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.path().to_path_buf(),
+        logs.join("saga-timeout-payments"),
+    );
+    payments.args = [
+        "saga",
+        "--participants",
+        "payments",
+        "--no-views",
+        "--step-timeout-ms",
+        "3000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let spec = SimSpec {
+        orders: 50,
+        seed: 22,
+        stockouts: 0.0,
+        declines: 0.0,
+        ship_failures: 0.0,
+        cancellations: 0.0,
+        ..SAGA_SPEC
+    };
+    rt.block_on(participant_down_past_deadline(
+        &stack.cluster,
+        views.path(),
+        &mut rest,
+        &mut payments,
+        &spec,
+        std::time::Duration::from_secs(3),
+    ))
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("SUPPLYSTREAM_REAL_KAFKA").is_none() {
         println!("real-Kafka suite not run: set SUPPLYSTREAM_REAL_KAFKA=1 (.ci/run does)");
@@ -77,10 +236,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 1] = [(
-        "inventory_killed_mid_stream_exactly_once",
-        killed_mid_stream,
-    )];
+    let scenarios: [(&str, Scenario); 3] = [
+        (
+            "inventory_killed_mid_stream_exactly_once",
+            killed_mid_stream,
+        ),
+        (
+            "sagas_killed_and_duplicated_end_alike",
+            sagas_killed_and_duplicated,
+        ),
+        (
+            "sagas_time_out_while_payments_is_down",
+            sagas_time_out_while_payments_is_down,
+        ),
+    ];
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario) in scenarios {
         let started = std::time::Instant::now();

@@ -95,6 +95,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     let mut store = Store::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
+    let mut committed = kafka::Committed::default();
     info!(group = %opts.group, guarantee = ?opts.cluster.guarantee, "Inventory service started.");
 
     while !stop.is_stopped() {
@@ -110,6 +111,11 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
             &mut snapshot_decoder,
         )?;
         if batch.is_empty() {
+            // inventory.commands is also written transactionally (by the saga participant).
+            if let Err(e) = committed.step_over_markers(&consumer, &output) {
+                warn!(error = %format!("{e:#}"), "Could not commit past transaction markers; will retry.");
+                committed.forget();
+            }
             continue;
         }
         let result = process_batch(
@@ -123,6 +129,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
         );
         match result {
             Ok(batch_stats) => {
+                committed.forget(); // reloaded from the group when next idle
                 stats.commands += batch_stats.commands;
                 stats.events += batch_stats.events;
                 stats.dead_letters += batch_stats.dead_letters;
@@ -141,6 +148,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
                 output.abort();
                 drop(batch);
                 rewind(&consumer)?;
+                committed.forget();
                 store = Store::default();
                 owned.clear();
                 std::thread::sleep(Duration::from_millis(500));

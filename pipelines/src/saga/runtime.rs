@@ -122,6 +122,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
     let mut last_scan = Instant::now();
+    let mut committed = kafka::Committed::default();
     info!(group = W::NAME, inputs = ?W::INPUTS, "Participant started.");
 
     while !stop.is_stopped() {
@@ -142,6 +143,10 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
             Vec::new()
         };
         if batch.is_empty() && due.is_empty() {
+            if let Err(e) = committed.step_over_markers(&consumer, &output) {
+                warn!(error = %format!("{e:#}"), "Could not commit past transaction markers; will retry.");
+                committed.forget();
+            }
             continue;
         }
         match process::<W>(
@@ -157,7 +162,8 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
             now,
             stop,
         ) {
-            Ok(s) => {
+            Ok((s, offsets)) => {
+                committed.record(&offsets);
                 stats.messages += s.messages;
                 stats.emitted += s.emitted;
                 stats.dead_letters += s.dead_letters;
@@ -174,6 +180,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
                 output.abort();
                 drop(batch);
                 rewind(&consumer)?;
+                committed.forget();
                 store.clear();
                 owned.clear();
                 std::thread::sleep(Duration::from_millis(500));
@@ -210,7 +217,7 @@ fn process<W: Wiring>(
     codecs: &mut Codecs<W>,
     now: i64,
     stop: &Stop,
-) -> anyhow::Result<Stats> {
+) -> anyhow::Result<(Stats, TopicPartitionList)> {
     let mut stats = Stats::default();
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut dirty: BTreeSet<(i32, String)> = BTreeSet::new();
@@ -319,7 +326,7 @@ fn process<W: Wiring>(
         offsets.add_partition_offset(topic, *p, Offset::Offset(*o))?;
     }
     output.commit(consumer, &offsets)?;
-    Ok(stats)
+    Ok((stats, offsets))
 }
 
 /// Publishes a reaction's messages and keeps its new state.

@@ -26,6 +26,9 @@ pub struct SimSpec {
     pub orders: usize,
     pub skus: usize,
     pub seed: u64,
+    /// Distinguishes runs of the same seed on one cluster (ids and skus differ, the orders
+    /// and their failures do not); 0 leaves the ids as they are.
+    pub run: u32,
     /// Shares of orders (0..1) that should fail each way.
     pub stockouts: f64,
     pub declines: f64,
@@ -39,6 +42,7 @@ impl Default for SimSpec {
             orders: 2_000,
             skus: 40,
             seed: 11,
+            run: 0,
             stockouts: 0.10,
             declines: 0.10,
             ship_failures: 0.05,
@@ -70,23 +74,32 @@ pub struct Simulation {
     pub orders: Vec<(OrderCommand, Intent)>,
 }
 
-/// Sku `i` of the simulation with `seed` (each seed stocks its own skus).
-pub fn sku(seed: u64, i: u64) -> String {
-    format!("SKU-{seed}-{i:04}")
+/// Label of a simulation's ids: its seed, and its run when not 0.
+fn label(spec: &SimSpec) -> String {
+    match spec.run {
+        0 => spec.seed.to_string(),
+        run => format!("{}r{run}", spec.seed),
+    }
+}
+
+/// Sku `i` of a simulation labelled `label` (each simulation stocks its own skus).
+fn sku(label: &str, i: u64) -> String {
+    format!("SKU-{label}-{i:04}")
 }
 
 /// Generates the workload of `spec`.
 pub fn generate(spec: &SimSpec) -> Simulation {
     let mut rng = Rng(spec.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let label = label(spec);
     let base_time = 1_767_225_600_000; // 2026-01-01T00:00:00Z
     let mut stock = Vec::new();
     for s in 0..spec.skus as u64 {
         for w in &WAREHOUSES[..WAREHOUSE_COUNT] {
-            let id = format!("sim-{}-stock-{s}-{w}", spec.seed);
+            let id = format!("sim-{label}-stock-{s}-{w}");
             stock.push(
                 ReceiveStock {
-                    metadata: Metadata::command(&id, &sku(spec.seed, s), base_time),
-                    sku: sku(spec.seed, s),
+                    metadata: Metadata::command(&id, &sku(&label, s), base_time),
+                    sku: sku(&label, s),
                     warehouse: (*w).into(),
                     quantity: STOCK_PER_POSITION,
                 }
@@ -102,7 +115,7 @@ pub fn generate(spec: &SimSpec) -> Simulation {
         (spec.cancellations, Intent::Cancel),
     ];
     for n in 0..spec.orders {
-        let order_id = format!("O-{}-{n:06}", spec.seed);
+        let order_id = format!("O-{label}-{n:06}");
         let roll = rng.below(1_000_000) as f64 / 1_000_000.0;
         let mut acc = 0.0;
         let mut intent = Intent::Confirm;
@@ -116,7 +129,7 @@ pub fn generate(spec: &SimSpec) -> Simulation {
         let line_count = 1 + rng.below(3) as usize;
         let mut lines: Vec<OrderLine> = (0..line_count)
             .map(|_| OrderLine {
-                sku: sku(spec.seed, rng.below(spec.skus as u64)),
+                sku: sku(&label, rng.below(spec.skus as u64)),
                 warehouse: WAREHOUSES[rng.below(WAREHOUSE_COUNT as u64) as usize].into(),
                 quantity: 1 + rng.below(3) as i64,
                 unit_price_cents: 100 * (1 + rng.below(50) as i64),
