@@ -123,6 +123,8 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     let mut stats = Stats::default();
     let mut last_scan = Instant::now();
     let mut committed = kafka::Committed::default();
+    // Consecutive failed batches: the retry waits 0.5 s, 1 s, 2 s, … up to 30 s.
+    let mut failures = 0u32;
     info!(group = W::NAME, inputs = ?W::INPUTS, "Participant started.");
 
     while !stop.is_stopped() {
@@ -163,6 +165,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
             stop,
         ) {
             Ok((s, offsets)) => {
+                failures = 0;
                 committed.record(&offsets);
                 stats.messages += s.messages;
                 stats.emitted += s.emitted;
@@ -183,7 +186,9 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
                 committed.forget();
                 store.clear();
                 owned.clear();
-                std::thread::sleep(Duration::from_millis(500));
+                let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                failures += 1;
+                std::thread::sleep(backoff.min(Duration::from_secs(30)));
             }
         }
     }
