@@ -567,3 +567,18 @@ impl Committed {
         Ok(())
     }
 }
+
+/// Seeks every assigned partition back to its committed offset (after a failed batch: what
+/// was consumed since is processed again, against state restored from the changelog).
+pub fn rewind<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
+    }
+    Ok(())
+}

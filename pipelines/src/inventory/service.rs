@@ -19,7 +19,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::Options;
 use crate::Stop;
-use crate::kafka::{self, Output, TX_TIMEOUT};
+use crate::kafka::{self, Output};
 use crate::topics::inventory::*;
 
 /// Counters of one run, for logs and tests.
@@ -147,7 +147,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
                 warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
                 output.abort();
                 drop(batch);
-                rewind(&consumer)?;
+                kafka::rewind(&consumer)?;
                 committed.forget();
                 store = Store::default();
                 owned.clear();
@@ -376,18 +376,4 @@ fn decode_snapshot(
         Err(DecodeError::NotCached(_)) => rt.block_on(decoder.decode_learning(payload)),
         other => other,
     }
-}
-
-/// Seeks every assigned partition back to its committed offset.
-fn rewind(consumer: &BaseConsumer) -> anyhow::Result<()> {
-    let assignment = consumer.assignment()?;
-    let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
-    }
-    Ok(())
 }

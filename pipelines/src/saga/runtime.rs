@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, debug_span, info, info_span, warn};
 
 use super::Options;
-use crate::kafka::{self, Output, TX_TIMEOUT};
+use crate::kafka::{self, Output};
 use crate::topics::saga_headers;
 use crate::{Guarantee, Stop, wire};
 
@@ -182,7 +182,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
                 warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
                 output.abort();
                 drop(batch);
-                rewind(&consumer)?;
+                kafka::rewind(&consumer)?;
                 committed.forget();
                 store.clear();
                 owned.clear();
@@ -457,19 +457,5 @@ fn sync_assignment<W: Wiring>(
         store.insert(p, states);
     }
     *owned = assigned;
-    Ok(())
-}
-
-/// Seeks every assigned partition back to its committed offset.
-fn rewind(consumer: &BaseConsumer) -> anyhow::Result<()> {
-    let assignment = consumer.assignment()?;
-    let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
-    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use schemas::inventory::*;
 use schemas::orders::OrderContext;
 use schemas::saga::{InventorySagaIn, InventorySagaOut};
 
-use super::{Participant, Reaction, caused_by, first_time, seen};
+use super::{Participant, Reaction, caused_by, evolve};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "inventory";
@@ -156,11 +156,14 @@ impl Participant for InventorySaga {
                 reason: "field metadata.saga_id is null; saga messages carry their saga id".into(),
             });
         };
-        if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
+        let Some(mut s) = evolve(
+            state,
+            &cause.event_id,
+            |s| &mut s.steps,
+            || new_state(&order_id, None),
+        ) else {
             return Ok(Reaction::none());
-        }
-        let mut s = state.cloned().unwrap_or_else(|| new_state(&order_id, None));
-        first_time(&mut s.steps, &cause.event_id);
+        };
         let mut out = Out {
             cause,
             order_id: &order_id,

@@ -123,6 +123,27 @@ pub fn caused_by(
     }
 }
 
+/// The state a message evolves: the current one (or `new()` for a saga never seen) with the
+/// message's id recorded in its steps; `None` when the message was handled already (a
+/// duplicate delivery: nothing to do).
+pub fn evolve<S: Clone>(
+    state: Option<&S>,
+    cause_id: &str,
+    steps: impl Fn(&mut S) -> &mut Vec<String>,
+    new: impl FnOnce() -> S,
+) -> Option<S> {
+    let mut s = state.cloned().unwrap_or_else(new);
+    first_time(steps(&mut s), cause_id).then_some(s)
+}
+
+/// The saga a message belongs to: its saga id, else its aggregate id.
+pub fn saga_of(cause: &Metadata) -> String {
+    cause
+        .saga_id
+        .clone()
+        .unwrap_or_else(|| cause.aggregate_id.clone())
+}
+
 /// Records `id` in `steps`; false if it was there already (a duplicate delivery).
 pub fn first_time(steps: &mut Vec<String>, id: &str) -> bool {
     if steps.iter().any(|s| s == id) {

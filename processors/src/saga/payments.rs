@@ -3,7 +3,7 @@
 use schemas::payments::*;
 use schemas::saga::PaymentsIn;
 
-use super::{Participant, Reaction, caused_by, first_time, seen};
+use super::{Participant, Reaction, caused_by, evolve, saga_of};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "payments";
@@ -48,23 +48,23 @@ impl Participant for Payments {
         now: i64,
     ) -> Result<Reaction<PaymentState, PaymentReply>, InvalidCommand> {
         let cause = input.metadata();
-        let order_id = cause
-            .saga_id
-            .clone()
-            .unwrap_or_else(|| cause.aggregate_id.clone());
-        if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
+        let order_id = saga_of(cause);
+        let Some(mut s) = evolve(
+            state,
+            &cause.event_id,
+            |s| &mut s.steps,
+            || PaymentState {
+                order_id: order_id.clone(),
+                version: 0,
+                payment_id: payment_id(&order_id),
+                status: String::new(),
+                captured_cents: 0,
+                refunded_cents: 0,
+                steps: Vec::new(),
+            },
+        ) else {
             return Ok(Reaction::none());
-        }
-        let mut s = state.cloned().unwrap_or_else(|| PaymentState {
-            order_id: order_id.clone(),
-            version: 0,
-            payment_id: payment_id(&order_id),
-            status: String::new(),
-            captured_cents: 0,
-            refunded_cents: 0,
-            steps: Vec::new(),
-        });
-        first_time(&mut s.steps, &cause.event_id);
+        };
         let meta = |version| caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let reply: PaymentReply = match input {
             PaymentsIn::StockReserved(r) => {

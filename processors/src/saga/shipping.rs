@@ -3,7 +3,7 @@
 use schemas::saga::ShippingIn;
 use schemas::shipping::*;
 
-use super::{Participant, Reaction, caused_by, first_time, seen};
+use super::{Participant, Reaction, caused_by, evolve, saga_of};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "shipping";
@@ -44,22 +44,22 @@ impl Participant for Shipping {
         now: i64,
     ) -> Result<Reaction<ShipmentState, ShipmentReply>, InvalidCommand> {
         let cause = input.metadata();
-        let order_id = cause
-            .saga_id
-            .clone()
-            .unwrap_or_else(|| cause.aggregate_id.clone());
-        if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
+        let order_id = saga_of(cause);
+        let Some(mut s) = evolve(
+            state,
+            &cause.event_id,
+            |s| &mut s.steps,
+            || ShipmentState {
+                order_id: order_id.clone(),
+                version: 0,
+                status: String::new(),
+                shipment_id: None,
+                carrier: None,
+                steps: Vec::new(),
+            },
+        ) else {
             return Ok(Reaction::none());
-        }
-        let mut s = state.cloned().unwrap_or_else(|| ShipmentState {
-            order_id: order_id.clone(),
-            version: 0,
-            status: String::new(),
-            shipment_id: None,
-            carrier: None,
-            steps: Vec::new(),
-        });
-        first_time(&mut s.steps, &cause.event_id);
+        };
         let meta = |version| caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let reply: ShipmentReply = match input {
             ShippingIn::PaymentCaptured(p) => {
