@@ -117,6 +117,12 @@ PROPS
   wait_for 120 "Apicurio to answer (see $dir/apicurio.out)" \
     curl -sf "http://127.0.0.1:$rport/apis/ccompat/v7/subjects" \
     || { down "$dir"; return 1; }
+  # Schemas evolve under BACKWARD_TRANSITIVE (DESIGN.md); Apicurio enforces no compatibility
+  # rule until one is configured.
+  curl -sf -X PUT -H 'Content-Type: application/json' \
+    -d '{"compatibility":"BACKWARD_TRANSITIVE"}' \
+    "http://127.0.0.1:$rport/apis/ccompat/v7/config" >/dev/null \
+    || { log "could not set Apicurio's global compatibility"; down "$dir"; return 1; }
 
   cat > "$dir/env" <<ENV
 export SUPPLYSTREAM_BROKERS=127.0.0.1:$port

@@ -120,6 +120,36 @@ impl SimArgs {
 }
 
 #[derive(Subcommand)]
+enum SchemasCommand {
+    /// Say, subject by subject, whether the schemas may be registered; exit 1 if any may not.
+    Check {
+        /// Registry URL.
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: String,
+        /// Candidate schemas (`<dir>/<service>/<Record>.avsc`); the bundled ones by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Register the schemas (after the same check); exit 1 if any is refused.
+    Register {
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Set the compatibility level of a subject, or the global one.
+    Config {
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: String,
+        /// NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE.
+        level: String,
+        /// The subject (`<topic>-<record full name>`); the global level when absent.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum SagaCommand {
     /// The timeline of one saga across services, from the saga_steps view.
     Show {
@@ -176,6 +206,11 @@ enum Command {
         /// Orders per second; as fast as possible when absent.
         #[arg(long)]
         rate: Option<f64>,
+    },
+    /// Check schemas against the registry before a deploy, register them, set compatibility.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
     },
     /// Inspect sagas.
     Saga {
@@ -271,6 +306,14 @@ fn main() -> anyhow::Result<()> {
         Command::Saga {
             command: SagaCommand::Show { saga_id, views },
         } => rt.block_on(saga_show(&saga_id, &views)),
+        Command::Schemas { command } => {
+            let refused = rt.block_on(schemas_command(command))?;
+            if refused > 0 {
+                eprintln!("{refused} subjects refused.");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Produce { cluster, file } => rt.block_on(produce_file(cluster.cluster(), file)),
         Command::Load {
             cluster,
@@ -434,6 +477,37 @@ async fn run_saga(
     tokio::task::spawn_blocking(move || running.stop()).await??;
     eprintln!("Stopped.");
     Ok(())
+}
+
+async fn schemas_command(command: SchemasCommand) -> anyhow::Result<usize> {
+    use pipelines::schemas_cli;
+    match command {
+        SchemasCommand::Check { registry, dir } => {
+            let candidates = schemas_cli::candidates(dir.as_deref())?;
+            schemas_cli::run(&schemas::Registry::new(&registry), &candidates, false).await
+        }
+        SchemasCommand::Register { registry, dir } => {
+            let candidates = schemas_cli::candidates(dir.as_deref())?;
+            schemas_cli::run(&schemas::Registry::new(&registry), &candidates, true).await
+        }
+        SchemasCommand::Config {
+            registry,
+            level,
+            subject,
+        } => {
+            let parsed = schemas::registry::Compatibility::parse(&level)
+                .with_context(|| format!("unknown compatibility level {level:?}"))?;
+            schemas::Registry::new(&registry)
+                .set_level(subject.as_deref(), parsed)
+                .await?;
+            println!(
+                "{} is {}",
+                subject.as_deref().unwrap_or("the global level"),
+                parsed.name()
+            );
+            Ok(0)
+        }
+    }
 }
 
 async fn saga_show(saga_id: &str, views: &std::path::Path) -> anyhow::Result<()> {

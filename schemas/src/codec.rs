@@ -188,6 +188,9 @@ enum Known {
         name: String,
         reader: GenericDatumReader<'static>,
         resolve: bool,
+        /// A known old version with a semantic change: read with the writer schema, upcast,
+        /// then resolve to `current`.
+        upcast: Option<(&'static crate::upcast::Upcaster, &'static Schema)>,
     },
     Unexpected(String),
     Unknown,
@@ -225,13 +228,27 @@ impl<T: RecordUnion> Decoder<T> {
                 name,
                 reader,
                 resolve,
+                upcast,
             }) => {
                 let invalid = |e: apache_avro::Error| DecodeError::InvalidDatum {
                     id,
                     name: name.clone(),
                     reason: e.to_string(),
                 };
-                let value = if *resolve {
+                let value = if let Some((upcaster, current)) = upcast {
+                    let old = reader.read_value(&mut datum).map_err(invalid)?;
+                    let new =
+                        (upcaster.upcast)(old).map_err(|reason| DecodeError::InvalidDatum {
+                            id,
+                            name: name.clone(),
+                            reason: format!(
+                                "upcasting from version {}: {reason}",
+                                upcaster.from_version
+                            ),
+                        })?;
+                    T::from_resolved(*index, new.resolve(current).map_err(invalid)?)
+                        .map_err(invalid)?
+                } else if *resolve {
                     let value = reader.read_value(&mut datum).map_err(invalid)?;
                     T::from_resolved(*index, value).map_err(invalid)?
                 } else {
@@ -299,6 +316,18 @@ impl<T: RecordUnion> Decoder<T> {
             name: name.clone(),
             reason: e.to_string(),
         };
+        if let Some(upcaster) = crate::upcast::find(&name, writer) {
+            let reader = GenericDatumReader::builder(writer)
+                .build()
+                .map_err(incompatible)?;
+            return Ok(Known::Record {
+                index,
+                name,
+                reader,
+                resolve: true,
+                upcast: Some((upcaster, ours)),
+            });
+        }
         let reader = if resolve {
             apache_avro::schema_compatibility::SchemaCompatibility::can_read(writer, ours)
                 .map_err(|e| DecodeError::Incompatible {
@@ -320,6 +349,7 @@ impl<T: RecordUnion> Decoder<T> {
             name,
             reader,
             resolve,
+            upcast: None,
         })
     }
 }

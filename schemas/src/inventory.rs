@@ -26,8 +26,12 @@ records! {
 
     /// Event: on-hand stock increased by a receipt.
     InventoryReceived { sku: String, warehouse: String, quantity: i64 }
-    /// Event: stock held for a reservation.
-    InventoryReserved { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
+    /// Event: stock held for a reservation (v2: `expires_at`; v1 records read with `None`).
+    InventoryReserved {
+        reservation_id: String, sku: String, warehouse: String, quantity: i64,
+        /// When the hold lapses unless the order proceeds (epoch ms); `None` in v1 records.
+        expires_at: Option<i64>,
+    }
     /// Event: a reservation could not be made.
     ReservationRejected {
         reservation_id: String, sku: String, warehouse: String, quantity: i64,
@@ -310,6 +314,7 @@ mod tests {
             sku: s(),
             warehouse: w(),
             quantity: 3,
+            expires_at: Some(1_700_000_900_000),
         }));
         round_trip(InventoryEvent::from(ReservationRejected {
             metadata: m.clone(),

@@ -24,6 +24,7 @@
 //! assert_eq!(cmd.record_name(), "supplychain.inventory.ReceiveStock");
 //! ```
 
+pub mod catalog;
 #[cfg(feature = "registry")]
 pub mod codec;
 pub mod common;
@@ -36,6 +37,7 @@ pub mod record;
 pub mod registry;
 pub mod saga;
 pub mod shipping;
+pub mod upcast;
 
 #[cfg(feature = "registry")]
 pub use codec::{DecodeError, Decoder, Encoder};

@@ -6,9 +6,9 @@
 
 use std::sync::OnceLock;
 
+pub use apache_avro::Schema;
 use apache_avro::{
-    AvroResult, Schema, reader::datum::GenericDatumReader, types::Value,
-    writer::datum::GenericDatumWriter,
+    AvroResult, reader::datum::GenericDatumReader, types::Value, writer::datum::GenericDatumWriter,
 };
 
 /// Named records shared between schemas, inlined on load (first mention defines, later mentions

@@ -7,6 +7,7 @@
 //! that shares no code with `processors`.
 
 pub mod duckdb;
+pub mod evolution;
 pub mod model;
 pub mod saga;
 pub mod scenario;

@@ -100,3 +100,11 @@ async fn sagas_time_out_while_payments_is_down() -> anyhow::Result<()> {
     )
     .await
 }
+
+/// Schema evolution on the in-process registry: v1 and v2 interleaved decode into the current
+/// types (defaults, upcasts); an incompatible change is refused with the reason.
+#[tokio::test]
+async fn schema_versions_interleave_and_incompatible_changes_are_refused() -> anyhow::Result<()> {
+    let registry = schemas::registry::embedded::EmbeddedRegistry::start().await?;
+    integration::evolution::schema_evolution(registry.url(), "").await
+}

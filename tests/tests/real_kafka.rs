@@ -213,6 +213,72 @@ fn sagas_time_out_while_payments_is_down(
     ))
 }
 
+/// Schema evolution on Apicurio (v1/v2 interleaved, upcast, refusal with reason), then
+/// `supplystream schemas check`: the bundled schemas pass against what the services
+/// registered; a candidate directory with a breaking change fails (exit 1) naming the subject,
+/// the version and the field.
+fn schema_evolution_on_apicurio(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    rt.block_on(integration::evolution::schema_evolution(
+        &stack.cluster.registry,
+        "evolution.",
+    ))?;
+    let check = |dir: Option<&std::path::Path>| -> anyhow::Result<(bool, String)> {
+        let mut command = std::process::Command::new(binary());
+        command.args(["schemas", "check", "--registry", &stack.cluster.registry]);
+        if let Some(dir) = dir {
+            command.arg("--dir").arg(dir);
+        }
+        let out = command.output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let (ok, text) = check(None)?;
+    anyhow::ensure!(
+        ok && !text.contains("INCOMPATIBLE"),
+        "bundled schemas refused:\n{text}"
+    );
+    anyhow::ensure!(
+        text.contains("compatible    inventory.events-supplychain.inventory.InventoryReserved"),
+        "{text}"
+    );
+    // A candidate with a new required field in InventoryReserved.
+    let candidate = tempfile::tempdir()?;
+    let source = repo_root().join("schemas/avro");
+    for service in std::fs::read_dir(&source)? {
+        let service = service?.path();
+        let target = candidate.path().join(service.file_name().expect("named"));
+        std::fs::create_dir_all(&target)?;
+        for file in std::fs::read_dir(&service)? {
+            let file = file?.path();
+            std::fs::copy(&file, target.join(file.file_name().expect("named")))?;
+        }
+    }
+    let reserved = candidate.path().join("inventory/InventoryReserved.avsc");
+    let text = std::fs::read_to_string(&reserved)?.replace(
+        r#"{"name": "quantity", "type": "long"},"#,
+        r#"{"name": "quantity", "type": "long"}, {"name": "priority", "type": "int"},"#,
+    );
+    std::fs::write(&reserved, text)?;
+    let (ok, text) = check(Some(candidate.path()))?;
+    anyhow::ensure!(!ok, "a breaking change passed schemas check:\n{text}");
+    let line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("INCOMPATIBLE  inventory.events-supplychain.inventory.InventoryReserved")
+        })
+        .ok_or_else(|| anyhow::anyhow!("no refusal for InventoryReserved:\n{text}"))?;
+    anyhow::ensure!(
+        line.contains("priority"),
+        "the reason does not name the field: {line}"
+    );
+    eprintln!("{line}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("SUPPLYSTREAM_REAL_KAFKA").is_none() {
         println!("real-Kafka suite not run: set SUPPLYSTREAM_REAL_KAFKA=1 (.ci/run does)");
@@ -236,7 +302,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 4] = [
         (
             "inventory_killed_mid_stream_exactly_once",
             killed_mid_stream,
@@ -249,6 +315,7 @@ fn main() -> ExitCode {
             "sagas_time_out_while_payments_is_down",
             sagas_time_out_while_payments_is_down,
         ),
+        ("schema_evolution_on_apicurio", schema_evolution_on_apicurio),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario) in scenarios {

@@ -67,6 +67,10 @@ pub struct SkuInventory {
 
 /// Namespace of the deterministic event ids (UUID v5 of command id and event index), so a
 /// replay of the same command yields byte-identical events.
+/// How long a reservation holds stock for an order that does not proceed (informational:
+/// carried by `InventoryReserved.expires_at`; releases come from the saga's compensations).
+pub const RESERVATION_HOLD_MS: i64 = 15 * 60 * 1000;
+
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_a5e0_51d7_4a3b_9d7e_6e1b_0c0f_fee1);
 
 impl SkuInventory {
@@ -365,12 +369,14 @@ impl Aggregate for SkuInventory {
                     let available = self.position(&c.warehouse).available();
                     if available >= c.quantity {
                         out.push(|metadata| {
+                            let expires_at = Some(metadata.occurred_at + RESERVATION_HOLD_MS);
                             InventoryReserved {
                                 metadata,
                                 reservation_id: c.reservation_id.clone(),
                                 sku: c.sku.clone(),
                                 warehouse: c.warehouse.clone(),
                                 quantity: c.quantity,
+                                expires_at,
                             }
                             .into()
                         });

@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+pub use crate::registry::Compatibility;
 use apache_avro::Schema;
-use apache_avro::schema_compatibility::SchemaCompatibility;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,78 +24,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-/// Compatibility levels of the Confluent API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compatibility {
-    None,
-    Backward,
-    BackwardTransitive,
-    Forward,
-    ForwardTransitive,
-    Full,
-    FullTransitive,
-}
-
-impl Compatibility {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "NONE" => Self::None,
-            "BACKWARD" => Self::Backward,
-            "BACKWARD_TRANSITIVE" => Self::BackwardTransitive,
-            "FORWARD" => Self::Forward,
-            "FORWARD_TRANSITIVE" => Self::ForwardTransitive,
-            "FULL" => Self::Full,
-            "FULL_TRANSITIVE" => Self::FullTransitive,
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::None => "NONE",
-            Self::Backward => "BACKWARD",
-            Self::BackwardTransitive => "BACKWARD_TRANSITIVE",
-            Self::Forward => "FORWARD",
-            Self::ForwardTransitive => "FORWARD_TRANSITIVE",
-            Self::Full => "FULL",
-            Self::FullTransitive => "FULL_TRANSITIVE",
-        }
-    }
-
-    /// Checks `new` against the `existing` versions of a subject (oldest first); the error
-    /// names the version that breaks and why.
-    pub fn check(self, existing: &[&Schema], new: &Schema) -> Result<(), String> {
-        let (backward, forward, transitive) = match self {
-            Self::None => return Ok(()),
-            Self::Backward => (true, false, false),
-            Self::BackwardTransitive => (true, false, true),
-            Self::Forward => (false, true, false),
-            Self::ForwardTransitive => (false, true, true),
-            Self::Full => (true, true, false),
-            Self::FullTransitive => (true, true, true),
-        };
-        let first = if transitive {
-            0
-        } else {
-            existing.len().saturating_sub(1)
-        };
-        for (i, old) in existing.iter().enumerate().skip(first) {
-            let version = i + 1;
-            if backward {
-                SchemaCompatibility::can_read(old, new).map_err(|e| {
-                    format!("new schema cannot read data written with version {version}: {e}")
-                })?;
-            }
-            if forward {
-                SchemaCompatibility::can_read(new, old).map_err(|e| {
-                    format!("version {version} cannot read data written with the new schema: {e}")
-                })?;
-            }
-        }
-        Ok(())
-    }
-}
 
 #[derive(Default)]
 struct Store {

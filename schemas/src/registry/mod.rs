@@ -7,11 +7,87 @@
 pub mod embedded;
 
 use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
 use schema_registry_converter::async_impl::schema_registry::{
-    SrSettings, get_schema_by_id, is_compatible_schema, post_schema,
+    SrSettings, get_all_versions, get_schema_by_id, get_schema_by_subject_and_version,
+    is_compatible_schema, post_schema,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+/// Compatibility levels of the Confluent API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compatibility {
+    None,
+    Backward,
+    BackwardTransitive,
+    Forward,
+    ForwardTransitive,
+    Full,
+    FullTransitive,
+}
+
+impl Compatibility {
+    /// Parses a Confluent level name (`BACKWARD_TRANSITIVE`, …).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "NONE" => Self::None,
+            "BACKWARD" => Self::Backward,
+            "BACKWARD_TRANSITIVE" => Self::BackwardTransitive,
+            "FORWARD" => Self::Forward,
+            "FORWARD_TRANSITIVE" => Self::ForwardTransitive,
+            "FULL" => Self::Full,
+            "FULL_TRANSITIVE" => Self::FullTransitive,
+            _ => return None,
+        })
+    }
+
+    /// The Confluent level name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Backward => "BACKWARD",
+            Self::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Self::Forward => "FORWARD",
+            Self::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Self::Full => "FULL",
+            Self::FullTransitive => "FULL_TRANSITIVE",
+        }
+    }
+
+    /// Checks `new` against the `existing` versions of a subject (oldest first); the error
+    /// names the version that breaks and why.
+    pub fn check(self, existing: &[&Schema], new: &Schema) -> Result<(), String> {
+        let (backward, forward, transitive) = match self {
+            Self::None => return Ok(()),
+            Self::Backward => (true, false, false),
+            Self::BackwardTransitive => (true, false, true),
+            Self::Forward => (false, true, false),
+            Self::ForwardTransitive => (false, true, true),
+            Self::Full => (true, true, false),
+            Self::FullTransitive => (true, true, true),
+        };
+        let first = if transitive {
+            0
+        } else {
+            existing.len().saturating_sub(1)
+        };
+        for (i, old) in existing.iter().enumerate().skip(first) {
+            let version = i + 1;
+            if backward {
+                SchemaCompatibility::can_read(old, new).map_err(|e| {
+                    format!("new schema cannot read data written with version {version}: {e}")
+                })?;
+            }
+            if forward {
+                SchemaCompatibility::can_read(new, old).map_err(|e| {
+                    format!("version {version} cannot read data written with the new schema: {e}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// What went wrong talking to the registry.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,6 +111,18 @@ pub enum RegistryError {
 pub struct Registry {
     settings: SrSettings,
     url: String,
+    http: reqwest::Client,
+}
+
+/// What the registry says of a schema for a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The subject's compatibility level.
+    pub level: Compatibility,
+    /// Versions registered so far.
+    pub versions: usize,
+    /// `None` if the schema may be registered; else why not.
+    pub refusal: Option<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -51,6 +139,7 @@ impl Registry {
         Registry {
             settings: SrSettings::new(url.clone()),
             url,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -113,5 +202,125 @@ impl Registry {
                 other => Err(other),
             },
         }
+    }
+
+    /// Every registered version of `subject`, oldest first (none if it does not exist).
+    pub async fn versions(&self, subject: &str) -> Result<Vec<Schema>, RegistryError> {
+        let numbers = match get_all_versions(&self.settings, subject.to_owned()).await {
+            Ok(v) => v,
+            Err(e) => match self.classify(subject.to_owned(), e) {
+                RegistryError::NotFound { .. } => return Ok(Vec::new()),
+                other => return Err(other),
+            },
+        };
+        let mut schemas = Vec::new();
+        for n in numbers {
+            let registered = get_schema_by_subject_and_version(&self.settings, subject, Some(n))
+                .await
+                .map_err(|e| self.classify(format!("{subject} version {n}"), e))?;
+            schemas.push(Schema::parse_str(&registered.schema).map_err(|e| {
+                RegistryError::InvalidSchema {
+                    id: registered.id,
+                    reason: e.to_string(),
+                }
+            })?);
+        }
+        Ok(schemas)
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Option<serde_json::Value>, RegistryError> {
+        let unavailable = |reason: String| RegistryError::Unavailable {
+            url: self.url.clone(),
+            reason,
+        };
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(unavailable(format!(
+                "GET {path}: status {}",
+                response.status()
+            )));
+        }
+        response
+            .json()
+            .await
+            .map(Some)
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
+    /// The compatibility level that applies to `subject` (its own, else the global one).
+    pub async fn level(&self, subject: &str) -> Result<Compatibility, RegistryError> {
+        let level_of = |v: Option<serde_json::Value>| {
+            v.and_then(|v| {
+                v.get("compatibilityLevel")
+                    .or_else(|| v.get("compatibility"))
+                    .and_then(|l| l.as_str())
+                    .and_then(Compatibility::parse)
+            })
+        };
+        // Without defaultToGlobal, Apicurio answers NONE for a subject with no rule of its own.
+        let path = format!("/config/{subject}?defaultToGlobal=true");
+        if let Some(level) = level_of(self.get_json(&path).await?) {
+            return Ok(level);
+        }
+        // Confluent's default when nothing is configured is BACKWARD.
+        Ok(level_of(self.get_json("/config").await?).unwrap_or(Compatibility::Backward))
+    }
+
+    /// Sets the compatibility level of `subject` (or the global one with `None`).
+    pub async fn set_level(
+        &self,
+        subject: Option<&str>,
+        level: Compatibility,
+    ) -> Result<(), RegistryError> {
+        let path = subject.map_or("/config".to_owned(), |s| format!("/config/{s}"));
+        let response = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .json(&serde_json::json!({ "compatibility": level.name() }))
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unavailable {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(RegistryError::Rejected {
+                subject: path,
+                reason: format!("status {}", response.status()),
+            })
+        }
+    }
+
+    /// Whether `schema` may be registered under `subject`: the registry decides (it knows the
+    /// subject's level); the reason for a refusal is worked out here with the same rules, so
+    /// it names the version that breaks and the field.
+    pub async fn check(&self, subject: &str, schema: &Schema) -> Result<Verdict, RegistryError> {
+        let level = self.level(subject).await?;
+        let versions = self.versions(subject).await?;
+        let compatible = self.is_compatible(subject, schema).await?;
+        let local = level.check(&versions.iter().collect::<Vec<_>>(), schema);
+        let refusal = match (compatible, local) {
+            (true, _) => None,
+            (false, Err(reason)) => Some(reason),
+            (false, Ok(())) => Some(format!(
+                "the registry refuses it under {} (no field-level reason available)",
+                level.name()
+            )),
+        };
+        Ok(Verdict {
+            level,
+            versions: versions.len(),
+            refusal,
+        })
     }
 }
