@@ -11,6 +11,7 @@
 //!
 //! Domain rules live in `processors`; Arrow/Parquet in `sinks`; schemas in `schemas`.
 
+pub mod compliance;
 pub mod embedded;
 pub mod inventory;
 pub mod kafka;

@@ -64,6 +64,8 @@ enum Service {
     Inventory,
     /// The order-fulfilment saga's participants and the sagas/saga_steps views.
     Saga,
+    /// The compliance service: the hash-chained audit_trail view of every event log.
+    Compliance,
 }
 
 /// Options of `run saga`.
@@ -150,6 +152,16 @@ enum SchemasCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash chain of the audit_trail view; exit 1 naming the first record
+    /// that was altered, removed or reordered.
+    Verify {
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum SagaCommand {
     /// The timeline of one saga across services, from the saga_steps view.
     Show {
@@ -211,6 +223,11 @@ enum Command {
     Schemas {
         #[command(subcommand)]
         command: SchemasCommand,
+    },
+    /// Check the tamper-evident audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Inspect sagas.
     Saga {
@@ -306,6 +323,30 @@ fn main() -> anyhow::Result<()> {
         Command::Saga {
             command: SagaCommand::Show { saga_id, views },
         } => rt.block_on(saga_show(&saga_id, &views)),
+        Command::Run {
+            service: Service::Compliance,
+            cluster,
+            views,
+            ..
+        } => rt.block_on(run_compliance(cluster.cluster(), views)),
+        Command::Audit {
+            command: AuditCommand::Verify { views },
+        } => match sinks::audit::verify(&views) {
+            Ok(v) => {
+                println!(
+                    "audit trail intact: {} records in {} partitions ({} parts) under {}",
+                    v.records,
+                    v.partitions,
+                    v.parts,
+                    views.display()
+                );
+                Ok(())
+            }
+            Err(t) => {
+                println!("{t}");
+                std::process::exit(1);
+            }
+        },
         Command::Schemas { command } => {
             let refused = rt.block_on(schemas_command(command))?;
             if refused > 0 {
@@ -403,6 +444,16 @@ async fn demo_saga(
     embedded.create_topics(&saga::topics(3))?;
     let opts = saga::Options::new(cluster.clone(), views.to_path_buf());
     let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &[], true)?;
+    let audit_stop = pipelines::Stop::default();
+    let audit = pipelines::compliance::spawn(
+        &pipelines::compliance::Options {
+            cluster: cluster.clone(),
+            views_dir: views.to_path_buf(),
+            flush: Duration::from_millis(500),
+        },
+        &tokio::runtime::Handle::current(),
+        &audit_stop,
+    );
     let started = Instant::now();
     let spec = saga::simulate::SimSpec {
         orders,
@@ -415,8 +466,19 @@ async fn demo_saga(
     })
     .await?;
     running.stop()?;
+    audit_stop.stop();
+    audit
+        .join()
+        .map_err(|_| anyhow::anyhow!("compliance panicked"))??;
     ended?;
     eprintln!("Ran {orders} order sagas in {:.1?}.", started.elapsed());
+    let verified = sinks::audit::verify(views)?;
+    println!(
+        "audit_trail: {} events of {} partitions, hash chains verified (supplystream audit verify --views {}).",
+        verified.records,
+        verified.partitions,
+        views.display()
+    );
     let engine = QueryEngine::open(views).await?;
     let outcomes = "SELECT status, count(*) AS sagas, sum(compensations) AS compensations, \
                     min(outcome) AS example_outcome FROM sagas GROUP BY status ORDER BY status";
@@ -457,6 +519,30 @@ fn wait_sagas_ended(views: &std::path::Path, n: usize, timeout: Duration) -> any
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+async fn run_compliance(cluster: Cluster, views: PathBuf) -> anyhow::Result<()> {
+    kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
+    kafka::ensure_topics(&cluster, &saga::topics(3)).await?;
+    let opts = pipelines::compliance::Options {
+        cluster,
+        views_dir: views,
+        flush: Duration::from_millis(500),
+    };
+    let stop = pipelines::Stop::default();
+    let handle = pipelines::compliance::spawn(&opts, &tokio::runtime::Handle::current(), &stop);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => if handle.is_finished() { break },
+        }
+    }
+    stop.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("compliance panicked"))??;
+    eprintln!("Stopped.");
+    Ok(())
 }
 
 async fn run_saga(

@@ -41,3 +41,8 @@ impl Metadata {
         }
     }
 }
+
+/// Records (and unions of records) that carry [`Metadata`].
+pub trait HasMetadata {
+    fn metadata(&self) -> &Metadata;
+}

@@ -152,5 +152,11 @@ macro_rules! union_metadata {
                 match self { $($union::$variant(r) => &r.metadata),+ }
             }
         }
+
+        impl $crate::common::HasMetadata for $union {
+            fn metadata(&self) -> &$crate::common::Metadata {
+                $union::metadata(self)
+            }
+        }
     };
 }

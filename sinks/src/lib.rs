@@ -12,6 +12,7 @@
 //!
 //! Files are plain Parquet (Snappy), readable by DuckDB, Spark or any other engine.
 
+pub mod audit;
 pub mod format;
 #[cfg(feature = "query")]
 pub mod query;

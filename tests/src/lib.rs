@@ -6,6 +6,7 @@
 //! Expected outcomes come from [`model`], an independent re-statement of the inventory rules
 //! that shares no code with `processors`.
 
+pub mod audit;
 pub mod duckdb;
 pub mod evolution;
 pub mod model;

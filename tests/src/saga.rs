@@ -40,7 +40,17 @@ pub struct InProcessSaga {
     /// Whether this runner also runs the per-sku inventory service.
     pub with_inventory: bool,
     pub rt: tokio::runtime::Handle,
-    running: Option<(Option<inventory::Running>, saga::Running)>,
+    running: Option<(
+        Option<inventory::Running>,
+        saga::Running,
+        Option<Compliance>,
+    )>,
+}
+
+/// The compliance service on a thread of the test.
+struct Compliance {
+    stop: pipelines::Stop,
+    handle: std::thread::JoinHandle<anyhow::Result<()>>,
 }
 
 impl InProcessSaga {
@@ -67,17 +77,34 @@ impl Runner for InProcessSaga {
             &self.participants,
             self.with_inventory,
         )?;
-        self.running = Some((inventory, saga));
+        // The runner of the whole (not of one participant) also keeps the audit trail.
+        let compliance = self.with_inventory.then(|| {
+            let stop = pipelines::Stop::default();
+            let opts = pipelines::compliance::Options {
+                cluster: self.saga.cluster.clone(),
+                views_dir: self.saga.views_dir.clone(),
+                flush: Duration::from_millis(300),
+            };
+            let handle = pipelines::compliance::spawn(&opts, &self.rt, &stop);
+            Compliance { stop, handle }
+        });
+        self.running = Some((inventory, saga, compliance));
         Ok(())
     }
     fn interrupt(&mut self) -> anyhow::Result<()> {
         self.stop()
     }
     fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some((inventory, saga)) = self.running.take() {
+        if let Some((inventory, saga, compliance)) = self.running.take() {
             saga.stop()?;
             if let Some(inventory) = inventory {
                 inventory.stop()?;
+            }
+            if let Some(c) = compliance {
+                c.stop.stop();
+                c.handle
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("compliance panicked"))??;
             }
         }
         Ok(())

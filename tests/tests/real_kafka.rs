@@ -88,7 +88,19 @@ fn saga_children(
         .map(|s| s.to_string())
         .collect();
     saga.batch_size = 50;
-    Ok(Together(vec![Box::new(inventory), Box::new(saga)]))
+    let mut runners: Vec<Box<dyn integration::scenario::Runner>> =
+        vec![Box::new(inventory), Box::new(saga)];
+    if !extra.contains(&"--participants") {
+        let mut compliance = ChildProcess::new(
+            binary(),
+            stack.cluster.clone(),
+            views.to_path_buf(),
+            logs.join(format!("{name}-compliance")),
+        );
+        compliance.args = vec!["compliance".to_owned()];
+        runners.push(Box::new(compliance));
+    }
+    Ok(Together(runners))
 }
 
 fn ensure_saga_topics(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -129,6 +141,18 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
             "SELECT service, step, count(*) AS n FROM saga_steps GROUP BY service, step ORDER BY service, step",
         ],
     ))?;
+    // The audit trail, kept by a compliance process killed with the others, is complete and
+    // tamper-evident; the CLI agrees.
+    integration::audit::audit_trail_is_complete_and_tamper_evident(&stack.cluster, views.path())?;
+    let verify = std::process::Command::new(binary())
+        .args(["audit", "verify", "--views"])
+        .arg(views.path())
+        .output()?;
+    anyhow::ensure!(
+        verify.status.success(),
+        "audit verify failed: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let mut doubled = saga_children(
         stack,
         views.path(),

@@ -1,0 +1,521 @@
+//! The `audit_trail` view: every event of every service, who/what/when/correlation, each row
+//! hash-chained to the previous row of the same topic partition, so that an altered, removed
+//! or reordered record is detected by [`verify`].
+//!
+//! The table is append-only: each flush writes a new `part-<n>.parquet` (never rewrites one),
+//! carrying in its metadata the topic positions it reflects and the head hash of every
+//! partition. `hash = SHA-256(prev_hash ␟ topic ␟ partition ␟ offset ␟ … ␟ payload_sha256)`
+//! in lowercase hex; the first row of a partition chains to the empty string.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::table::CHECKPOINT_KEY;
+use crate::{Error, Result};
+
+pub const VIEW: &str = "audit_trail";
+
+/// One audited event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditRow {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Who: the service that owns (and alone writes) the topic.
+    pub service: String,
+    /// What: the record's full name (`<undecodable: …>` if it could not be read).
+    pub record: String,
+    pub event_id: String,
+    pub aggregate_id: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub saga_id: Option<String>,
+    pub tenant_id: String,
+    /// When (ms since epoch, UTC).
+    pub occurred_at: i64,
+    /// SHA-256 of the Kafka value as written (hex).
+    pub payload_sha256: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+impl AuditRow {
+    /// The hash this row must carry, given the previous row's hash.
+    pub fn chained(&self, prev_hash: &str) -> String {
+        let fields = [
+            prev_hash,
+            &self.topic,
+            &self.partition.to_string(),
+            &self.offset.to_string(),
+            &self.service,
+            &self.record,
+            &self.event_id,
+            &self.aggregate_id,
+            &self.correlation_id,
+            self.causation_id.as_deref().unwrap_or("\u{0}"),
+            self.saga_id.as_deref().unwrap_or("\u{0}"),
+            &self.tenant_id,
+            &self.occurred_at.to_string(),
+            &self.payload_sha256,
+        ];
+        sha256(fields.join("\u{1f}").as_bytes())
+    }
+
+    /// Links the row after `prev_hash`.
+    pub fn link(mut self, prev_hash: &str) -> Self {
+        self.prev_hash = prev_hash.to_owned();
+        self.hash = self.chained(prev_hash);
+        self
+    }
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let s = |name| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        s("topic"),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        s("service"),
+        s("record"),
+        s("event_id"),
+        s("aggregate_id"),
+        s("correlation_id"),
+        Field::new("causation_id", DataType::Utf8, true),
+        Field::new("saga_id", DataType::Utf8, true),
+        s("tenant_id"),
+        Field::new(
+            "occurred_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        s("payload_sha256"),
+        s("prev_hash"),
+        s("hash"),
+    ]))
+});
+
+fn to_batch(rows: &[AuditRow]) -> Result<RecordBatch> {
+    let s = |f: fn(&AuditRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let o = |f: fn(&AuditRow) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    Ok(RecordBatch::try_new(
+        SCHEMA.clone(),
+        vec![
+            s(|r| &r.topic),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.partition),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
+            s(|r| &r.service),
+            s(|r| &r.record),
+            s(|r| &r.event_id),
+            s(|r| &r.aggregate_id),
+            s(|r| &r.correlation_id),
+            o(|r| r.causation_id.as_deref()),
+            o(|r| r.saga_id.as_deref()),
+            s(|r| &r.tenant_id),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.occurred_at))
+                    .with_timezone("UTC"),
+            ),
+            s(|r| &r.payload_sha256),
+            s(|r| &r.prev_hash),
+            s(|r| &r.hash),
+        ],
+    )?)
+}
+
+fn from_batch(view: &str, b: &RecordBatch) -> Result<Vec<AuditRow>> {
+    let layout = |reason: String| Error::Layout {
+        view: view.into(),
+        reason,
+    };
+    let column = |name: &str| {
+        b.column_by_name(name)
+            .ok_or_else(|| layout(format!("no column {name}")))
+    };
+    let strings = |name: &str| -> Result<&StringArray> {
+        column(name)?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| layout(format!("column {name} is not text")))
+    };
+    let (topic, service, record, event_id, aggregate_id, correlation_id) = (
+        strings("topic")?,
+        strings("service")?,
+        strings("record")?,
+        strings("event_id")?,
+        strings("aggregate_id")?,
+        strings("correlation_id")?,
+    );
+    let (causation, saga, tenant, payload, prev, hash) = (
+        strings("causation_id")?,
+        strings("saga_id")?,
+        strings("tenant_id")?,
+        strings("payload_sha256")?,
+        strings("prev_hash")?,
+        strings("hash")?,
+    );
+    let partition = column("partition")?
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .ok_or_else(|| layout("column partition".into()))?;
+    let offset = column("offset")?
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| layout("column offset".into()))?;
+    let at = column("occurred_at")?
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or_else(|| layout("column occurred_at".into()))?;
+    let opt = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
+    Ok((0..b.num_rows())
+        .map(|i| AuditRow {
+            topic: topic.value(i).into(),
+            partition: partition.value(i),
+            offset: offset.value(i),
+            service: service.value(i).into(),
+            record: record.value(i).into(),
+            event_id: event_id.value(i).into(),
+            aggregate_id: aggregate_id.value(i).into(),
+            correlation_id: correlation_id.value(i).into(),
+            causation_id: opt(causation, i),
+            saga_id: opt(saga, i),
+            tenant_id: tenant.value(i).into(),
+            occurred_at: at.value(i),
+            payload_sha256: payload.value(i).into(),
+            prev_hash: prev.value(i).into(),
+            hash: hash.value(i).into(),
+        })
+        .collect())
+}
+
+/// Where a trail stands: topic positions (next offset to read) and the head hash of every
+/// partition, stored in each part's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub positions: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub heads: BTreeMap<String, String>,
+}
+
+/// Key of a partition in [`Checkpoint::heads`].
+pub fn head_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The append-only table of the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditTable {
+    dir: PathBuf,
+}
+
+impl AuditTable {
+    /// The table under `views_dir` (created if missing).
+    pub fn open(views_dir: &Path) -> Result<Self> {
+        let dir = views_dir.join(VIEW);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            view: VIEW.into(),
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(AuditTable { dir })
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
+            view: VIEW.into(),
+            path,
+            source,
+        }
+    }
+
+    fn parquet(source: parquet::errors::ParquetError) -> Error {
+        Error::Parquet {
+            view: VIEW.into(),
+            source,
+        }
+    }
+
+    /// The parts, in the order they were written.
+    pub fn parts(&self) -> Result<Vec<PathBuf>> {
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(self.io(&self.dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+            })
+            .collect();
+        parts.sort();
+        Ok(parts)
+    }
+
+    /// Appends `rows` as a new part recording `checkpoint`: written beside, fsynced, renamed.
+    pub fn append(&self, rows: &[AuditRow], checkpoint: &Checkpoint) -> Result<PathBuf> {
+        let next = self.parts()?.len() + 1;
+        let path = self.dir.join(format!("part-{next:08}.parquet"));
+        let tmp = self.dir.join(format!("part-{next:08}.parquet.tmp"));
+        self.write_part(&tmp, rows, checkpoint)?;
+        std::fs::rename(&tmp, &path).map_err(self.io(&tmp))?;
+        Ok(path)
+    }
+
+    /// Writes `rows` and `checkpoint` as a part file at `path` (fsynced). [`append`] is the
+    /// way to add to the trail; this is its building block (and how tests tamper with one).
+    ///
+    /// [`append`]: AuditTable::append
+    pub fn write_part(
+        &self,
+        path: &Path,
+        rows: &[AuditRow],
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
+        let tmp = path;
+        let file = File::create(tmp).map_err(self.io(tmp))?;
+        let text = serde_json::to_string(checkpoint).expect("a checkpoint serializes");
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_key_value_metadata(Some(vec![KeyValue::new(CHECKPOINT_KEY.into(), text)]))
+            .build();
+        let batch = to_batch(rows)?;
+        let mut writer =
+            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(Self::parquet)?;
+        writer.write(&batch).map_err(Self::parquet)?;
+        let file = writer.into_inner().map_err(Self::parquet)?;
+        file.sync_all().map_err(self.io(tmp))?;
+        Ok(())
+    }
+
+    /// Rows and checkpoint of one part.
+    pub fn read(&self, part: &Path) -> Result<(Vec<AuditRow>, Checkpoint)> {
+        let file = File::open(part).map_err(self.io(part))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(Self::parquet)?;
+        let checkpoint = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == CHECKPOINT_KEY))
+            .and_then(|kv| kv.value.clone())
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| Error::Layout {
+                view: VIEW.into(),
+                reason: format!("{}: checkpoint: {e}", part.display()),
+            })?
+            .unwrap_or_default();
+        let mut rows = Vec::new();
+        for batch in builder.build().map_err(Self::parquet)? {
+            rows.extend(from_batch(VIEW, &batch?)?);
+        }
+        Ok((rows, checkpoint))
+    }
+
+    /// The checkpoint of the last part (where to resume), if any part exists.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        match self.parts()?.last() {
+            Some(last) => Ok(Some(self.read(last)?.1)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: usize,
+    pub partitions: usize,
+    pub parts: usize,
+}
+
+/// Why the trail cannot be trusted, naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit trail tampered with at {at}: {reason}")]
+pub struct Tampered {
+    /// `topic/partition@offset` (or the part file, when it cannot be read).
+    pub at: String,
+    pub reason: String,
+}
+
+/// Recomputes every chain, in the order the rows were written, and compares the heads with
+/// the last part's checkpoint. The first problem found is reported.
+pub fn verify(views_dir: &Path) -> std::result::Result<Verified, Tampered> {
+    let unreadable = |at: String, e: Error| Tampered {
+        at,
+        reason: format!("unreadable: {e}"),
+    };
+    let table =
+        AuditTable::open(views_dir).map_err(|e| unreadable(views_dir.display().to_string(), e))?;
+    let parts = table
+        .parts()
+        .map_err(|e| unreadable(views_dir.display().to_string(), e))?;
+    let mut heads: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    let mut records = 0;
+    let mut last = Checkpoint::default();
+    for part in &parts {
+        let (rows, checkpoint) = table
+            .read(part)
+            .map_err(|e| unreadable(part.display().to_string(), e))?;
+        for row in rows {
+            records += 1;
+            let at = format!("{}/{}@{}", row.topic, row.partition, row.offset);
+            let key = head_key(&row.topic, row.partition);
+            let (last_offset, last_hash) = heads.get(&key).cloned().unwrap_or((-1, String::new()));
+            let fail = |reason: String| Tampered {
+                at: at.clone(),
+                reason,
+            };
+            if row.offset <= last_offset {
+                return Err(fail(format!(
+                    "offset {} after {last_offset}: records reordered or duplicated",
+                    row.offset
+                )));
+            }
+            if row.prev_hash != last_hash {
+                return Err(fail(
+                    "does not chain to the record before it: a record was removed or reordered"
+                        .into(),
+                ));
+            }
+            if row.chained(&row.prev_hash) != row.hash {
+                return Err(fail(format!(
+                    "contents do not match its hash: the record ({} {}) was altered",
+                    row.record, row.event_id
+                )));
+            }
+            heads.insert(key, (row.offset, row.hash));
+        }
+        last = checkpoint;
+    }
+    // The newest part says where every chain ends: rows removed from the end are missing.
+    for (key, head) in &last.heads {
+        match heads.get(key) {
+            Some((_, h)) if h == head => {}
+            _ => {
+                return Err(Tampered {
+                    at: key.clone(),
+                    reason: "the chain ends before the head recorded in the newest part: records were removed from its end".into(),
+                });
+            }
+        }
+    }
+    Ok(Verified {
+        records,
+        partitions: heads.len(),
+        parts: parts.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(topic: &str, n: i64, prev: &str) -> Vec<AuditRow> {
+        let mut prev = prev.to_owned();
+        (0..n)
+            .map(|o| {
+                let row = AuditRow {
+                    topic: topic.into(),
+                    partition: 0,
+                    offset: o * 2,
+                    service: "orders".into(),
+                    record: "supplychain.orders.OrderPlaced".into(),
+                    event_id: format!("e{o}"),
+                    aggregate_id: format!("O-{o}"),
+                    correlation_id: "c".into(),
+                    tenant_id: "default".into(),
+                    occurred_at: 1_700_000_000_000 + o,
+                    payload_sha256: sha256(&o.to_le_bytes()),
+                    ..AuditRow::default()
+                }
+                .link(&prev);
+                prev = row.hash.clone();
+                row
+            })
+            .collect()
+    }
+
+    fn write(dir: &Path, rows: &[AuditRow]) {
+        let table = AuditTable::open(dir).unwrap();
+        let mut checkpoint = Checkpoint::default();
+        let last = rows.last().unwrap();
+        checkpoint
+            .heads
+            .insert(head_key(&last.topic, last.partition), last.hash.clone());
+        table.append(rows, &checkpoint).unwrap();
+    }
+
+    #[test]
+    fn an_intact_trail_verifies_and_any_change_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = rows("orders.events", 10, "");
+        write(dir.path(), &good);
+        assert_eq!(
+            verify(dir.path()).unwrap(),
+            Verified {
+                records: 10,
+                partitions: 1,
+                parts: 1
+            }
+        );
+        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<AuditRow>)>)> = vec![
+            ("altered", Box::new(|r| r[4].aggregate_id = "O-X".into())),
+            (
+                "removed",
+                Box::new(|r| {
+                    r.remove(3);
+                }),
+            ),
+            ("reordered", Box::new(|r| r.swap(2, 6))),
+            (
+                "removed from its end",
+                Box::new(|r| {
+                    r.pop();
+                }),
+            ),
+        ];
+        for (what, tamper) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut bad = good.clone();
+            tamper(&mut bad);
+            let table = AuditTable::open(dir.path()).unwrap();
+            let mut checkpoint = Checkpoint::default();
+            checkpoint.heads.insert(
+                head_key("orders.events", 0),
+                good.last().unwrap().hash.clone(),
+            );
+            table.append(&bad, &checkpoint).unwrap();
+            let e = verify(dir.path()).unwrap_err();
+            assert!(
+                e.reason.contains(what) || (what == "reordered" && e.reason.contains("reordered")),
+                "{what}: {e}"
+            );
+        }
+    }
+}
