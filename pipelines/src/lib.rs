@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod kafka;
 pub mod load;
 pub mod produce;
+pub mod replay;
 pub mod saga;
 pub mod schemas_cli;
 pub mod topics;

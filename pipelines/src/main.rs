@@ -152,6 +152,29 @@ enum SchemasCommand {
 }
 
 #[derive(Subcommand)]
+enum OffsetsCommand {
+    /// Committed offsets, ends and lag of a group (every service's group when absent).
+    Show {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Move a stopped group's offsets on a topic.
+    Reset {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest | latest | <offset> | <RFC 3339 time>
+        #[arg(long)]
+        to: pipelines::replay::Position,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Recompute every hash chain of the audit_trail view; exit 1 naming the first record
     /// that was altered, removed or reordered.
@@ -259,6 +282,37 @@ enum Command {
         views: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Answer from the state at this RFC 3339 time (event-sourced views only:
+        /// stock_levels), rebuilt from the topic; needs the cluster.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long, env = "SUPPLYSTREAM_BROKERS")]
+        brokers: Option<String>,
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: Option<String>,
+    },
+    /// Rebuild a view from its topic (beside the live one, then swapped in atomically).
+    Replay {
+        /// The view (stock_levels).
+        view: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+        /// earliest | latest | <offset> | <RFC 3339 time>
+        #[arg(long, default_value = "earliest")]
+        from: pipelines::replay::Position,
+        /// Where to stop (exclusive); latest = the end when the replay starts.
+        #[arg(long, default_value = "latest")]
+        to: pipelines::replay::Position,
+        /// Write `<out>/<view>/` instead of replacing the live view.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Inspect or move consumer-group offsets.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
     },
 }
 
@@ -375,7 +429,125 @@ fn main() -> anyhow::Result<()> {
             eprintln!("Produced {commands} commands in {:.1?}.", started.elapsed());
             Ok(())
         }),
-        Command::Query { sql, views, format } => rt.block_on(query(&sql, &views, format)),
+        Command::Query {
+            sql,
+            views,
+            format,
+            as_of: None,
+            ..
+        } => rt.block_on(query(&sql, &views, format)),
+        Command::Query {
+            sql,
+            format,
+            as_of: Some(at),
+            brokers,
+            registry,
+            ..
+        } => {
+            let (Some(brokers), Some(registry)) = (brokers, registry) else {
+                anyhow::bail!("--as-of rebuilds from the topics: give --brokers and --registry");
+            };
+            let cluster = Cluster {
+                brokers,
+                registry,
+                guarantee: Guarantee::ExactlyOnce,
+            };
+            let at: pipelines::replay::Position =
+                at.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            if !matches!(at, pipelines::replay::Position::Time(_)) {
+                anyhow::bail!("--as-of takes an RFC 3339 time, e.g. 2026-11-24T14:00:00Z");
+            }
+            let scratch = tempfile::tempdir()?;
+            for view in pipelines::replay::REPLAYABLE {
+                pipelines::replay::replay_view(
+                    &cluster,
+                    rt.handle(),
+                    scratch.path(),
+                    view,
+                    pipelines::replay::Position::Earliest,
+                    at,
+                    Some(scratch.path()),
+                    false,
+                )?;
+            }
+            rt.block_on(query(&sql, scratch.path(), format))
+                .with_context(|| {
+                    format!(
+                        "--as-of answers from the event-sourced views only: {:?}",
+                        pipelines::replay::REPLAYABLE
+                    )
+                })
+        }
+        Command::Replay {
+            view,
+            cluster,
+            views,
+            from,
+            to,
+            out,
+        } => {
+            let started = Instant::now();
+            let r = pipelines::replay::replay_view(
+                &cluster.cluster(),
+                rt.handle(),
+                &views,
+                &view,
+                from,
+                to,
+                out.as_deref(),
+                true,
+            )?;
+            eprintln!(
+                "Replayed {} events into {} in {:.1?} (up to offsets {:?}).",
+                r.events,
+                r.table.display(),
+                started.elapsed(),
+                r.to
+            );
+            Ok(())
+        }
+        Command::Offsets {
+            command: OffsetsCommand::Show { cluster, group },
+        } => {
+            let cluster = cluster.cluster();
+            let mut groups: Vec<(String, Vec<&str>)> = saga::groups()
+                .into_iter()
+                .map(|(g, t)| (g.to_owned(), t.to_vec()))
+                .collect();
+            groups.push((
+                pipelines::topics::inventory::GROUP.to_owned(),
+                vec![pipelines::topics::inventory::COMMANDS],
+            ));
+            if let Some(g) = group {
+                groups.retain(|(name, _)| *name == g);
+                anyhow::ensure!(!groups.is_empty(), "unknown group {g:?}");
+            }
+            println!(
+                "{:<16} {:<24} {:>9} {:>10} {:>10} {:>8}",
+                "group", "topic", "partition", "committed", "end", "lag"
+            );
+            for (g, topics) in groups {
+                for (topic, p, at, end) in pipelines::replay::show_offsets(&cluster, &g, &topics)? {
+                    let lag = end - at.unwrap_or(0);
+                    let at = at.map_or("-".to_owned(), |o| o.to_string());
+                    println!("{g:<16} {topic:<24} {p:>9} {at:>10} {end:>10} {lag:>8}");
+                }
+            }
+            Ok(())
+        }
+        Command::Offsets {
+            command:
+                OffsetsCommand::Reset {
+                    cluster,
+                    group,
+                    topic,
+                    to,
+                },
+        } => {
+            let moved = pipelines::replay::reset_offsets(&cluster.cluster(), &group, &topic, to)?;
+            println!("{group} on {topic} now at {moved:?}");
+            Ok(())
+        }
     }
 }
 

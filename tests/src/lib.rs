@@ -10,6 +10,7 @@ pub mod audit;
 pub mod duckdb;
 pub mod evolution;
 pub mod model;
+pub mod replay;
 pub mod saga;
 pub mod scenario;
 pub mod stack;

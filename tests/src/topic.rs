@@ -14,6 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
+    /// The record's timestamp (ms since epoch; create time).
+    pub timestamp: i64,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
@@ -52,6 +54,7 @@ pub fn read_all(cluster: &Cluster, topic: &str) -> anyhow::Result<Vec<Record>> {
             Some(Ok(m)) => records.push(Record {
                 partition: m.partition(),
                 offset: m.offset(),
+                timestamp: m.timestamp().to_millis().unwrap_or(0),
                 key: m.key().unwrap_or_default().to_vec(),
                 payload: m.payload().unwrap_or_default().to_vec(),
                 headers: m

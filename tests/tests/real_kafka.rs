@@ -303,6 +303,32 @@ fn schema_evolution_on_apicurio(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
     Ok(())
 }
 
+/// 100,000 commands through the inventory service (a child process), then the stock_levels
+/// view deleted and rebuilt from the earliest offset (identical), and rebuilt as of a
+/// mid-stream time (equal to the fold of the events recorded before it).
+fn replay_rebuilds_views(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
+    let views = tempfile::tempdir()?;
+    let logs = binary()
+        .parent()
+        .expect("target dir")
+        .join("real-kafka-logs");
+    let mut runner = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.path().to_path_buf(),
+        logs.join("replay-inventory"),
+    );
+    runner.batch_size = 2_000;
+    rt.block_on(integration::replay::replay_rebuilds_the_view(
+        &stack.cluster,
+        views.path(),
+        &mut runner,
+        100_000,
+        true,
+    ))
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("SUPPLYSTREAM_REAL_KAFKA").is_none() {
         println!("real-Kafka suite not run: set SUPPLYSTREAM_REAL_KAFKA=1 (.ci/run does)");
@@ -326,7 +352,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         (
             "inventory_killed_mid_stream_exactly_once",
             killed_mid_stream,
@@ -340,6 +366,7 @@ fn main() -> ExitCode {
             sagas_time_out_while_payments_is_down,
         ),
         ("schema_evolution_on_apicurio", schema_evolution_on_apicurio),
+        ("replay_rebuilds_views", replay_rebuilds_views),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario) in scenarios {

@@ -148,6 +148,15 @@ fn flush(
     projection: &StockLevelsProjection,
     checkpoint: &Checkpoint,
 ) -> anyhow::Result<()> {
+    flush_stock_levels(table, projection, &serde_json::to_string(checkpoint)?)
+}
+
+/// Writes the projection's rows to `table` with `checkpoint` (replaces the file atomically).
+pub fn flush_stock_levels(
+    table: &SnapshotTable,
+    projection: &StockLevelsProjection,
+    checkpoint: &str,
+) -> anyhow::Result<()> {
     let rows: Vec<StockLevel> = projection
         .rows()
         .map(|(sku, warehouse, r)| StockLevel {
@@ -159,9 +168,6 @@ fn flush(
             updated_at: r.updated_at,
         })
         .collect();
-    table.replace(
-        &stock_levels::to_batch(&rows)?,
-        &serde_json::to_string(checkpoint)?,
-    )?;
+    table.replace(&stock_levels::to_batch(&rows)?, checkpoint)?;
     Ok(())
 }

@@ -1,0 +1,287 @@
+//! Replay: rebuild a view from its topic between two positions (offsets or times), and the
+//! consumer-group offset tools.
+//!
+//! A rebuild is written beside the live table (`<views>/.replay/<view>/`) and moved over it
+//! with one rename once complete, so queries see the old table or the new one, never a
+//! half-built one. With `--to`, the result is the view as of that moment (written to a
+//! separate directory, not over the live view): that is how `query --as-of` answers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use processors::inventory::StockLevelsProjection;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
+use schemas::codec::Decoder;
+use schemas::inventory::InventoryEvent;
+use sinks::SnapshotTable;
+use sinks::stock_levels;
+use tokio::runtime::Handle;
+
+use crate::inventory::views::flush_stock_levels;
+use crate::kafka::{self, TX_TIMEOUT};
+use crate::{Cluster, Stop, wire};
+
+/// A position in a topic, for every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Earliest,
+    /// The same offset in every partition.
+    Offset(i64),
+    /// The first record at or after this time (ms since epoch).
+    Time(i64),
+    /// The current end.
+    Latest,
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "earliest" => Ok(Position::Earliest),
+            "latest" => Ok(Position::Latest),
+            _ => {
+                if let Ok(o) = s.parse::<i64>() {
+                    return Ok(Position::Offset(o));
+                }
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| Position::Time(t.timestamp_millis()))
+                    .map_err(|e| {
+                        format!(
+                            "{s:?} is not earliest, latest, an offset or an RFC 3339 time ({e})"
+                        )
+                    })
+            }
+        }
+    }
+}
+
+/// The offset of `position` in every partition of `topic`.
+pub fn resolve(
+    consumer: &BaseConsumer,
+    topic: &str,
+    position: Position,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let n = kafka::partition_count(consumer, topic)? as i32;
+    let mut out = BTreeMap::new();
+    match position {
+        Position::Time(ms) => {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..n {
+                tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
+            }
+            let found = consumer
+                .offsets_for_times(tpl, TX_TIMEOUT)
+                .with_context(|| format!("looking up {topic} offsets at {ms} ms"))?;
+            for e in found.elements() {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    // No record at or after the time: the end.
+                    _ => {
+                        consumer
+                            .fetch_watermarks(topic, e.partition(), TX_TIMEOUT)?
+                            .1
+                    }
+                };
+                out.insert(e.partition(), offset);
+            }
+        }
+        _ => {
+            for p in 0..n {
+                let (low, high) = consumer.fetch_watermarks(topic, p, TX_TIMEOUT)?;
+                out.insert(
+                    p,
+                    match position {
+                        Position::Earliest => low,
+                        Position::Latest => high,
+                        Position::Offset(o) => o.clamp(low, high),
+                        Position::Time(_) => unreachable!(),
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub events: u64,
+    pub table: PathBuf,
+    pub to: BTreeMap<i32, i64>,
+}
+
+/// Views that can be replayed (and queried `--as-of`).
+pub const REPLAYABLE: &[&str] = &[stock_levels::VIEW];
+
+/// Rebuilds `view` from its topic between `from` and `to` (`Latest`: the end when the replay
+/// starts). With `out`, writes `<out>/<view>/` and leaves the live view alone; otherwise
+/// builds beside the live table under `views_dir` and swaps it in atomically.
+#[allow(clippy::too_many_arguments)]
+pub fn replay_view(
+    cluster: &Cluster,
+    rt: &Handle,
+    views_dir: &Path,
+    view: &str,
+    from: Position,
+    to: Position,
+    out: Option<&Path>,
+    progress: bool,
+) -> anyhow::Result<Replayed> {
+    if view != stock_levels::VIEW {
+        bail!(
+            "view {view:?} cannot be replayed (replayable: {REPLAYABLE:?}); the saga views rebuild from their topics whenever `run saga` starts"
+        );
+    }
+    let topic = crate::topics::inventory::EVENTS;
+    let consumer: BaseConsumer = kafka::consumer_config(cluster, "supplystream-replay").create()?;
+    let start = resolve(&consumer, topic, from)?;
+    let end = resolve(&consumer, topic, to)?;
+    let total: i64 = end
+        .iter()
+        .map(|(p, e)| (e - start.get(p).copied().unwrap_or(0)).max(0))
+        .sum();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &start {
+        if end.get(p).is_some_and(|e| e > o) {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let bar = if progress {
+        indicatif::ProgressBar::new(total.max(0) as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:40}] {pos}/{len} offsets  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("replaying {view}"));
+    let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
+    let mut projection = StockLevelsProjection::default();
+    let mut events = 0u64;
+    let stop = Stop::default();
+    let mut done: BTreeMap<i32, bool> = end
+        .iter()
+        .map(|(p, e)| (*p, start.get(p).is_none_or(|s| s >= e)))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    while done.values().any(|d| !d) {
+        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
+            let p = m.partition();
+            if m.offset() >= end[&p] {
+                done.insert(p, true);
+                continue;
+            }
+            let payload = m.payload().unwrap_or_default();
+            let event = wire::decode(rt, &mut decoder, payload, &stop)
+                .with_context(|| format!("{topic}/{p}@{}", m.offset()))?;
+            projection.apply(&event);
+            events += 1;
+        }
+        // Positions step over transaction markers: compare them, not last offsets.
+        for e in consumer.position()?.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                bar.set_position(
+                    start
+                        .iter()
+                        .map(|(p, s)| {
+                            let at = if *p == e.partition() { o } else { *s };
+                            (at.min(end[p]) - s).max(0)
+                        })
+                        .sum::<i64>() as u64,
+                );
+                if o >= end[&e.partition()] {
+                    done.insert(e.partition(), true);
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("replay of {view} did not reach {end:?} within an hour");
+        }
+    }
+    bar.finish_and_clear();
+    // The checkpoint is where the rebuilt table stands: a live view resumes from there.
+    let checkpoint = serde_json::to_string(&end)?;
+    let table = match out {
+        Some(out) => {
+            let table = SnapshotTable::open(out, view)?;
+            flush_stock_levels(&table, &projection, &checkpoint)?;
+            table.path()
+        }
+        None => {
+            let scratch = views_dir.join(".replay");
+            let table = SnapshotTable::open(&scratch, view)?;
+            flush_stock_levels(&table, &projection, &checkpoint)?;
+            let live = SnapshotTable::open(views_dir, view)?;
+            std::fs::rename(table.path(), live.path())
+                .with_context(|| format!("swapping the rebuilt {view} in"))?;
+            let _cleared = std::fs::remove_dir_all(&scratch);
+            live.path()
+        }
+    };
+    Ok(Replayed {
+        events,
+        table,
+        to: end,
+    })
+}
+
+/// Committed offsets of `group` on `topics`, with the ends and the lag.
+pub fn show_offsets(
+    cluster: &Cluster,
+    group: &str,
+    topics: &[&str],
+) -> anyhow::Result<Vec<(String, i32, Option<i64>, i64)>> {
+    let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
+    let mut rows = Vec::new();
+    for topic in topics {
+        let ends = kafka::high_watermarks(&consumer, topic)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in ends.keys() {
+            tpl.add_partition(topic, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, TX_TIMEOUT)?;
+        for (p, end) in ends {
+            let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            rows.push((topic.to_string(), p, at, end));
+        }
+    }
+    Ok(rows)
+}
+
+/// Moves `group`'s committed offsets on `topic` to `to`. The group must have no active
+/// member (Kafka refuses commits from outside a live group).
+pub fn reset_offsets(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    to: Position,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
+    let offsets = resolve(&consumer, topic, to)?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .with_context(|| {
+            format!(
+                "resetting {group} on {topic}: is the group still running? stop its members first"
+            )
+        })?;
+    Ok(offsets)
+}
