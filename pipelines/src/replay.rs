@@ -285,3 +285,35 @@ pub fn reset_offsets(
         })?;
     Ok(offsets)
 }
+
+/// Every sku's aggregate folded from `inventory.events` alone: the event log is the source of
+/// truth, the changelog a cache. Returns the aggregates and the number of events folded.
+pub fn inventory_from_events(
+    cluster: &Cluster,
+    rt: &Handle,
+) -> anyhow::Result<(
+    std::collections::HashMap<String, processors::inventory::SkuInventory>,
+    u64,
+)> {
+    use processors::Aggregate;
+    let topic = crate::topics::inventory::EVENTS;
+    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
+    let mut aggregates = std::collections::HashMap::new();
+    let mut events = 0u64;
+    let stop = Stop::default();
+    for p in 0..kafka::partition_count(&probe, topic)? as i32 {
+        kafka::read_partition_to_end(cluster, "supplystream-replay", topic, p, |m| {
+            let event = wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), &stop)
+                .with_context(|| format!("{topic}/{p}@{}", m.offset()))?;
+            let sku = event.sku().to_owned();
+            aggregates
+                .entry(sku.clone())
+                .or_insert_with(|| processors::inventory::SkuInventory::new(&sku))
+                .apply(&event);
+            events += 1;
+            Ok(())
+        })?;
+    }
+    Ok((aggregates, events))
+}

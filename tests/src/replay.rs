@@ -60,6 +60,40 @@ pub async fn replay_rebuilds_the_view(
     let records = topic::read_all(cluster, topics::inventory::EVENTS)?;
     ensure!(records.len() >= commands, "only {} events", records.len());
 
+    // The state store (restored from the changelog, as a restart does) equals the fold of the
+    // event log alone.
+    let rt = tokio::runtime::Handle::current();
+    let (o, c) = (opts.clone(), cluster.clone());
+    let (restored, (folded, events)) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok((
+            inventory::service::restore_store(&o, &rt)?,
+            replay::inventory_from_events(&c, &rt)?,
+        ))
+    })
+    .await??;
+    ensure!(
+        events as usize == records.len(),
+        "folded {events} of {} events",
+        records.len()
+    );
+    ensure!(
+        restored.len() == folded.len(),
+        "{} skus in the changelog, {} in the event log",
+        restored.len(),
+        folded.len()
+    );
+    for (sku, aggregate) in &folded {
+        ensure!(
+            restored.get(sku) == Some(aggregate),
+            "{sku}: the changelog says {:?}, the events say {aggregate:?}",
+            restored.get(sku)
+        );
+    }
+    eprintln!(
+        "{} sku aggregates: changelog = fold of {events} events",
+        folded.len()
+    );
+
     // Delete the view; rebuild it from the earliest offset.
     std::fs::remove_dir_all(views.join(stock_levels::VIEW))?;
     let rt = tokio::runtime::Handle::current();
@@ -103,6 +137,7 @@ pub async fn replay_rebuilds_the_view(
     }
     // As of the time of the middle event: the events recorded before it, per partition.
     let middle = records[records.len() / 2].timestamp;
+    let rt = tokio::runtime::Handle::current();
     let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
     let mut expected = StockLevelsProjection::default();
     let mut cut: BTreeMap<i32, bool> = BTreeMap::new();

@@ -377,3 +377,18 @@ fn decode_snapshot(
         other => other,
     }
 }
+
+/// Every sku's aggregate as a restarted instance restores it from the changelog (all
+/// partitions). For comparing with a fold of the event log and for the restore benchmark.
+pub fn restore_store(opts: &Options, rt: &Handle) -> anyhow::Result<HashMap<String, SkuInventory>> {
+    let registry = Registry::new(&opts.cluster.registry);
+    let mut decoder = Decoder::<InventoryChangelog>::new(registry);
+    let probe: BaseConsumer = kafka::client_config(&opts.cluster).create()?;
+    let mut store = HashMap::new();
+    for p in 0..kafka::partition_count(&probe, CHANGELOG)? as i32 {
+        for (sku, entry) in restore_partition(opts, rt, p, &mut decoder)? {
+            store.insert(sku, entry.aggregate);
+        }
+    }
+    Ok(store)
+}

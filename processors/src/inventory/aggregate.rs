@@ -137,12 +137,15 @@ impl SkuInventory {
             .into_iter()
             .filter(|r| r.version <= snapshot.version)
         {
-            if r.open {
+            // A closed reservation stays closed whichever record comes first (before
+            // compaction the changelog holds both the opening and the closing record).
+            if !r.open {
+                state.reservations.remove(&r.reservation_id);
+                state.closed.insert(r.reservation_id.clone());
+            } else if !state.closed.contains(&r.reservation_id) {
                 state
                     .reservations
                     .insert(r.reservation_id.clone(), (r.warehouse.clone(), r.quantity));
-            } else {
-                state.closed.insert(r.reservation_id.clone());
             }
         }
         state
