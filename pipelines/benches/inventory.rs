@@ -206,6 +206,42 @@ fn main() -> anyhow::Result<()> {
             b0.as_secs_f64() / d.as_secs_f64()
         );
     }
+    // State: restore every partition from the changelog (what a restart does) against
+    // rebuilding every aggregate from the event log alone (a full replay).
+    let restore_started = Instant::now();
+    let restored = inventory::service::restore_store(&opts, rt.handle())?;
+    let restore = restore_started.elapsed();
+    let replay_started = Instant::now();
+    let (folded, events) = pipelines::replay::inventory_from_events(&cluster, rt.handle())?;
+    let replay = replay_started.elapsed();
+    anyhow::ensure!(restored.len() == folded.len(), "restore and replay disagree");
+    let view_started = Instant::now();
+    let view = pipelines::replay::replay_view(
+        &cluster,
+        rt.handle(),
+        views.path(),
+        sinks::stock_levels::VIEW,
+        pipelines::replay::Position::Earliest,
+        pipelines::replay::Position::Latest,
+        None,
+        false,
+    )?;
+    let view_replay = view_started.elapsed();
+    println!();
+    println!("| state of {} skus | time | ratio to restore from changelog |", restored.len());
+    println!("|---|---|---|");
+    println!("| restore from inventory.changelog (a restart) | {:.2} s | 1 |", restore.as_secs_f64());
+    println!(
+        "| rebuild from inventory.events ({events} events, full replay) | {:.2} s | {:.1} |",
+        replay.as_secs_f64(),
+        replay.as_secs_f64() / restore.as_secs_f64()
+    );
+    println!(
+        "| replay stock_levels view from earliest ({} events) | {:.2} s | {:.1} |",
+        view.events,
+        view_replay.as_secs_f64(),
+        view_replay.as_secs_f64() / restore.as_secs_f64()
+    );
     println!(
         "pipeline: {} events, {} transactions, {} dead letters; service time in poll {:.1?}, \
          processing {:.1?}, committing {:.1?}",
