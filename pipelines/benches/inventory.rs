@@ -214,7 +214,10 @@ fn main() -> anyhow::Result<()> {
     let replay_started = Instant::now();
     let (folded, events) = pipelines::replay::inventory_from_events(&cluster, rt.handle())?;
     let replay = replay_started.elapsed();
-    anyhow::ensure!(restored.len() == folded.len(), "restore and replay disagree");
+    anyhow::ensure!(
+        restored.len() == folded.len(),
+        "restore and replay disagree"
+    );
     let view_started = Instant::now();
     let view = pipelines::replay::replay_view(
         &cluster,
@@ -228,9 +231,15 @@ fn main() -> anyhow::Result<()> {
     )?;
     let view_replay = view_started.elapsed();
     println!();
-    println!("| state of {} skus | time | ratio to restore from changelog |", restored.len());
+    println!(
+        "| state of {} skus | time | ratio to restore from changelog |",
+        restored.len()
+    );
     println!("|---|---|---|");
-    println!("| restore from inventory.changelog (a restart) | {:.2} s | 1 |", restore.as_secs_f64());
+    println!(
+        "| restore from inventory.changelog (a restart) | {:.2} s | 1 |",
+        restore.as_secs_f64()
+    );
     println!(
         "| rebuild from inventory.events ({events} events, full replay) | {:.2} s | {:.1} |",
         replay.as_secs_f64(),

@@ -65,6 +65,42 @@ pub struct TopicSpec {
     pub compacted: bool,
 }
 
+/// Deletes `topics` and waits until the cluster no longer lists them (deletion is
+/// asynchronous; a topic recreated too early would vanish).
+pub async fn delete_topics(cluster: &Cluster, topics: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cluster).create()?;
+    for result in admin
+        .delete_topics(
+            topics,
+            &AdminOptions::new().operation_timeout(Some(TX_TIMEOUT)),
+        )
+        .await?
+    {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, e)) => bail!("cannot delete topic {topic}: {e}"),
+        }
+    }
+    let probe: BaseConsumer = client_config(cluster).create()?;
+    let deadline = std::time::Instant::now() + TX_TIMEOUT;
+    loop {
+        let metadata = probe.fetch_metadata(None, Duration::from_secs(10))?;
+        let left: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name())
+            .filter(|n| topics.contains(n))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("topics {left:?} still listed {TX_TIMEOUT:?} after their deletion");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Creates the topics that do not exist yet, and checks the partition count of those that do.
 pub async fn ensure_topics(cluster: &Cluster, specs: &[TopicSpec]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(cluster).create()?;
@@ -332,6 +368,17 @@ impl Output {
         Ok(())
     }
 
+    /// Ends a unit of work that consumed nothing (exactly-once: commits the transaction).
+    pub fn end(&self) -> anyhow::Result<()> {
+        self.flush().context("outputs not delivered")?;
+        if self.guarantee == Guarantee::ExactlyOnce {
+            self.producer
+                .commit_transaction(TX_TIMEOUT)
+                .context("committing transaction")?;
+        }
+        Ok(())
+    }
+
     /// Abandons the unit of work (exactly-once: aborts the transaction).
     pub fn abort(&self) {
         if self.guarantee == Guarantee::ExactlyOnce
@@ -472,7 +519,9 @@ pub fn read_partition_to_end(
     if high <= low {
         return Ok(());
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // A stall, not a long read, is the error: a big changelog may take minutes.
+    let mut last_progress = std::time::Instant::now();
+    let mut last_position = low;
     let position = |c: &BaseConsumer| -> anyhow::Result<i64> {
         Ok(
             match c.position()?.find_partition(topic, p).map(|e| e.offset()) {
@@ -481,15 +530,21 @@ pub fn read_partition_to_end(
             },
         )
     };
-    while position(&reader)? < high {
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => f(&m)?,
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => tracing::warn!(error = %e, topic, partition = p, "Read error."),
-            None => {}
+    // The position is checked once per batch, not per record: `position()` copies the
+    // assignment list, and the per-record check made restores several times slower.
+    loop {
+        let at = position(&reader)?;
+        if at >= high {
+            break;
         }
-        if std::time::Instant::now() > deadline {
-            bail!("reading {topic}/{p} did not reach offset {high} within 120 s");
+        if at > last_position {
+            last_position = at;
+            last_progress = std::time::Instant::now();
+        } else if last_progress.elapsed() > Duration::from_secs(120) {
+            bail!("reading {topic}/{p} stalled at offset {at} for 120 s (end: {high})");
+        }
+        for m in poll_batch(&reader, 10_000, Duration::from_millis(100))? {
+            f(&m)?;
         }
     }
     Ok(())

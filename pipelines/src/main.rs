@@ -291,10 +291,16 @@ enum Command {
         #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
         registry: Option<String>,
     },
-    /// Rebuild a view from its topic (beside the live one, then swapped in atomically).
+    /// Rebuild a view from its topic (beside the live one, then swapped in atomically), or a
+    /// service's state store from its own event log.
     Replay {
-        /// The view (stock_levels).
+        /// A view (stock_levels), or a service whose store is the fold of its events
+        /// (orders, payments, shipping; inventory with --check).
         view: String,
+        /// Stores: compare the fold of the event log with what a restart restores from the
+        /// changelog, and exit non-zero on any difference; write nothing.
+        #[arg(long)]
+        check: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
         #[arg(long, default_value = "data/views")]
@@ -480,6 +486,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Replay {
             view,
+            check,
             cluster,
             views,
             from,
@@ -487,6 +494,46 @@ fn main() -> anyhow::Result<()> {
             out,
         } => {
             let started = Instant::now();
+            if pipelines::replay::REBUILDABLE.contains(&view.as_str()) {
+                use pipelines::replay::Position;
+                anyhow::ensure!(
+                    matches!(from, Position::Earliest) && matches!(to, Position::Latest),
+                    "a state store is the fold of its whole event log: --from earliest --to latest only ({view})"
+                );
+                let r =
+                    pipelines::replay::replay_store(&cluster.cluster(), rt.handle(), &view, check)?;
+                eprintln!(
+                    "Folded {} events of {} into {} {view} states in {:.1?}.",
+                    r.events,
+                    r.events_topic,
+                    r.states,
+                    started.elapsed()
+                );
+                return match r.differing {
+                    Some(d) if d.is_empty() => {
+                        println!(
+                            "{view}: the changelog equals the fold of {}",
+                            r.events_topic
+                        );
+                        Ok(())
+                    }
+                    Some(d) => anyhow::bail!(
+                        "{view}: {} states differ between the changelog and the fold of {}: {}",
+                        d.len(),
+                        r.events_topic,
+                        d.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    None => {
+                        println!("{view}: wrote {} snapshots into its changelog", r.written);
+                        Ok(())
+                    }
+                };
+            }
+            anyhow::ensure!(
+                !check,
+                "--check applies to state stores ({:?})",
+                pipelines::replay::REBUILDABLE
+            );
             let r = pipelines::replay::replay_view(
                 &cluster.cluster(),
                 rt.handle(),
@@ -527,7 +574,13 @@ fn main() -> anyhow::Result<()> {
                 "group", "topic", "partition", "committed", "end", "lag"
             );
             for (g, topics) in groups {
-                for (topic, p, at, end) in pipelines::replay::show_offsets(&cluster, &g, &topics)? {
+                for pipelines::replay::GroupOffset {
+                    topic,
+                    partition: p,
+                    committed: at,
+                    end,
+                } in pipelines::replay::show_offsets(&cluster, &g, &topics)?
+                {
                     let lag = end - at.unwrap_or(0);
                     let at = at.map_or("-".to_owned(), |o| o.to_string());
                     println!("{g:<16} {topic:<24} {p:>9} {at:>10} {end:>10} {lag:>8}");

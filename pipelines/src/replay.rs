@@ -236,12 +236,23 @@ pub fn replay_view(
     })
 }
 
-/// Committed offsets of `group` on `topics`, with the ends and the lag.
+/// A group's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// `None`: nothing committed yet.
+    pub committed: Option<i64>,
+    /// The high watermark.
+    pub end: i64,
+}
+
+/// Committed offsets of `group` on `topics`, with the ends (lag = end − committed).
 pub fn show_offsets(
     cluster: &Cluster,
     group: &str,
     topics: &[&str],
-) -> anyhow::Result<Vec<(String, i32, Option<i64>, i64)>> {
+) -> anyhow::Result<Vec<GroupOffset>> {
     let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
     let mut rows = Vec::new();
     for topic in topics {
@@ -256,7 +267,12 @@ pub fn show_offsets(
                 Some(Offset::Offset(o)) => Some(o),
                 _ => None,
             };
-            rows.push((topic.to_string(), p, at, end));
+            rows.push(GroupOffset {
+                topic: topic.to_string(),
+                partition: p,
+                committed: at,
+                end,
+            });
         }
     }
     Ok(rows)
@@ -303,9 +319,14 @@ pub fn inventory_from_events(
     let mut events = 0u64;
     let stop = Stop::default();
     for p in 0..kafka::partition_count(&probe, topic)? as i32 {
+        let mut folded_ids = std::collections::HashSet::new();
         kafka::read_partition_to_end(cluster, "supplystream-replay", topic, p, |m| {
             let event = wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), &stop)
                 .with_context(|| format!("{topic}/{p}@{}", m.offset()))?;
+            // Event ids are deterministic: an event written twice (at-least-once) is one.
+            if !folded_ids.insert(event.metadata().event_id.clone()) {
+                return Ok(());
+            }
             let sku = event.sku().to_owned();
             aggregates
                 .entry(sku.clone())
@@ -316,4 +337,95 @@ pub fn inventory_from_events(
         })?;
     }
     Ok((aggregates, events))
+}
+
+/// Services whose state store can be rebuilt (or checked) from their own event log.
+pub const REBUILDABLE: &[&str] = &["orders", "payments", "shipping", "inventory"];
+
+/// What a store replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreReplay {
+    pub service: String,
+    pub events_topic: &'static str,
+    pub events: u64,
+    pub states: usize,
+    /// `--check`: keys whose changelog state differs from the fold (empty: identical).
+    pub differing: Option<Vec<String>>,
+    /// Snapshots written into the changelog (a rebuild).
+    pub written: usize,
+}
+
+/// Folds `service`'s event log from the beginning into its state store. With `check`,
+/// compares the fold with what a restart would restore from the changelog; otherwise
+/// writes the fold into the changelog (the service must be stopped).
+pub fn replay_store(
+    cluster: &Cluster,
+    rt: &Handle,
+    service: &str,
+    check: bool,
+) -> anyhow::Result<StoreReplay> {
+    use crate::saga::rebuild::{self, EventSourced};
+    use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
+
+    fn saga_store<W: EventSourced>(
+        cluster: &Cluster,
+        rt: &Handle,
+        service: &str,
+        check: bool,
+    ) -> anyhow::Result<StoreReplay> {
+        let (folded, stats) = rebuild::fold::<W>(cluster, rt)?;
+        let mut out = StoreReplay {
+            service: service.to_owned(),
+            events_topic: W::EVENTS,
+            events: stats.events,
+            states: stats.states,
+            differing: None,
+            written: 0,
+        };
+        if check {
+            let restored = rebuild::restore::<W>(cluster, rt)?;
+            out.differing = Some(
+                rebuild::differences(&folded, &restored)
+                    .into_iter()
+                    .map(|(p, k)| format!("{k} (partition {p})"))
+                    .collect(),
+            );
+        } else {
+            out.written = rebuild::write::<W>(cluster, rt, &folded)?;
+        }
+        Ok(out)
+    }
+
+    match service {
+        "orders" => saga_store::<Orders>(cluster, rt, service, check),
+        "payments" => saga_store::<Payments>(cluster, rt, service, check),
+        "shipping" => saga_store::<Shipping>(cluster, rt, service, check),
+        "inventory" => {
+            if !check {
+                bail!(
+                    "inventory's store is checked, not rebuilt, from inventory.events (use --check); its snapshots also carry the command offsets they cover"
+                );
+            }
+            let (folded, events) = inventory_from_events(cluster, rt)?;
+            let opts = crate::inventory::Options::new(cluster.clone(), PathBuf::from("."));
+            let restored = crate::inventory::service::restore_store(&opts, rt)?;
+            let mut differing: Vec<String> = folded
+                .keys()
+                .chain(restored.keys())
+                .filter(|k| folded.get(*k) != restored.get(*k))
+                .cloned()
+                .collect();
+            differing.sort();
+            differing.dedup();
+            Ok(StoreReplay {
+                service: service.to_owned(),
+                events_topic: crate::topics::inventory::EVENTS,
+                events,
+                states: folded.len(),
+                differing: Some(differing),
+                written: 0,
+            })
+        }
+        _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
+    }
 }

@@ -54,6 +54,33 @@ records! {
         step: String,
         /// 1 for the first request; higher for retries of a stuck compensation.
         attempt: i32,
+        /// When this round times out and is asked again (epoch ms; v2, 0 in v1 records).
+        deadline_at: i64,
+    }
+    /// Event: a forward reply moved the saga on (`Reserved`, `Paid`).
+    OrderProgressed {
+        order_id: String, status: String,
+        /// When the next step times out (epoch ms).
+        deadline_at: i64,
+    }
+    /// Event: a participant failed a step; the participants before it compensate on their
+    /// own and the order waits for inventory's `StockReleased`.
+    OrderFailed { order_id: String, reason: String, step: String, deadline_at: i64 }
+    /// Event: a compensating reply reached the order.
+    OrderCompensationRecorded {
+        order_id: String,
+        /// What was undone; `None` when the reply undid nothing.
+        compensation: Option<String>,
+        /// Inventory answered `StockReleased`: the last compensation of every chain is done.
+        released: bool,
+    }
+    /// Event: a reply came after the saga had moved past it and was ignored.
+    OrderReplyIgnored {
+        order_id: String,
+        /// Record name of the reply.
+        reply: String,
+        /// Status of the saga when it came.
+        status: String,
     }
     /// Event: compensations finished; the saga ended Cancelled.
     OrderCancelled {
@@ -118,6 +145,10 @@ record_union! {
         OrderCancelling => "../avro/orders/OrderCancelling.avsc",
         OrderCancelled => "../avro/orders/OrderCancelled.avsc",
         OrderCancellationRejected => "../avro/orders/OrderCancellationRejected.avsc",
+        OrderProgressed => "../avro/orders/OrderProgressed.avsc",
+        OrderFailed => "../avro/orders/OrderFailed.avsc",
+        OrderCompensationRecorded => "../avro/orders/OrderCompensationRecorded.avsc",
+        OrderReplyIgnored => "../avro/orders/OrderReplyIgnored.avsc",
     }
 }
 union_metadata!(OrderEvent {
@@ -126,6 +157,10 @@ union_metadata!(OrderEvent {
     OrderCancelling,
     OrderCancelled,
     OrderCancellationRejected,
+    OrderProgressed,
+    OrderFailed,
+    OrderCompensationRecorded,
+    OrderReplyIgnored,
 });
 
 record_union! {

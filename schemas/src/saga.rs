@@ -41,7 +41,11 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         | "OrderConfirmed"
         | "OrderCancelling"
         | "OrderCancelled"
-        | "OrderCancellationRejected" => ORDER_EVENTS,
+        | "OrderCancellationRejected"
+        | "OrderProgressed"
+        | "OrderFailed"
+        | "OrderCompensationRecorded"
+        | "OrderReplyIgnored" => ORDER_EVENTS,
         "ReserveStock" | "ReleaseReservation" => INVENTORY_COMMANDS,
         "StockReserved" | "StockReservationFailed" | "StockReleased" => INVENTORY_REPLIES,
         "InventoryReserved" | "ReservationRejected" | "InventoryReleased" => INVENTORY_RESERVATIONS,

@@ -484,7 +484,8 @@ mod tests {
                 parts: 1
             }
         );
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<AuditRow>)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut Vec<AuditRow>)>;
+        let cases: Vec<(&str, Tamper)> = vec![
             ("altered", Box::new(|r| r[4].aggregate_id = "O-X".into())),
             (
                 "removed",

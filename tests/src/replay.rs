@@ -137,7 +137,6 @@ pub async fn replay_rebuilds_the_view(
     }
     // As of the time of the middle event: the events recorded before it, per partition.
     let middle = records[records.len() / 2].timestamp;
-    let rt = tokio::runtime::Handle::current();
     let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
     let mut expected = StockLevelsProjection::default();
     let mut cut: BTreeMap<i32, bool> = BTreeMap::new();

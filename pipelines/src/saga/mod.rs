@@ -5,6 +5,7 @@
 //! The per-sku inventory service ([`crate::inventory`]) must run too: it executes the
 //! reservations the inventory participant fans out.
 
+pub mod rebuild;
 pub mod runtime;
 pub mod simulate;
 pub mod views;

@@ -136,6 +136,14 @@ fn decode(
                         format!("attempt {} at {}: {}", c.attempt, c.step, c.reason),
                     OrderEvent::OrderCancelled(c) => c.reason.clone(),
                     OrderEvent::OrderCancellationRejected(c) => c.reason.clone(),
+                    OrderEvent::OrderProgressed(p) => p.status.clone(),
+                    OrderEvent::OrderFailed(f) => format!("at {}: {}", f.step, f.reason),
+                    OrderEvent::OrderCompensationRecorded(c) => c
+                        .compensation
+                        .clone()
+                        .unwrap_or_else(|| "nothing to undo".into()),
+                    OrderEvent::OrderReplyIgnored(r) =>
+                        format!("late {} ignored (saga {})", r.reply, r.status),
                 },
                 |e: &OrderEvent| match e {
                     OrderEvent::OrderPlaced(p) => Effect::Started {
@@ -153,7 +161,12 @@ fn decode(
                         status: "Cancelled",
                         outcome: Some(c.reason.clone())
                     },
-                    OrderEvent::OrderCancellationRejected(_) => Effect::None,
+                    // A participant's failure: compensations run without a request.
+                    OrderEvent::OrderFailed(_) => Effect::Compensating { attempt: 0 },
+                    OrderEvent::OrderCancellationRejected(_)
+                    | OrderEvent::OrderProgressed(_)
+                    | OrderEvent::OrderCompensationRecorded(_)
+                    | OrderEvent::OrderReplyIgnored(_) => Effect::None,
                 }
             )
         }

@@ -11,7 +11,7 @@ use schemas::inventory::*;
 use schemas::orders::OrderContext;
 use schemas::saga::{InventorySagaIn, InventorySagaOut};
 
-use super::{Participant, Reaction, caused_by, evolve};
+use super::{Participant, Reaction, caused_by, remember};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "inventory";
@@ -156,7 +156,7 @@ impl Participant for InventorySaga {
                 reason: "field metadata.saga_id is null; saga messages carry their saga id".into(),
             });
         };
-        let Some(mut s) = evolve(
+        let Some(mut s) = remember(
             state,
             &cause.event_id,
             |s| &mut s.steps,

@@ -126,7 +126,7 @@ pub fn caused_by(
 /// The state a message evolves: the current one (or `new()` for a saga never seen) with the
 /// message's id recorded in its steps; `None` when the message was handled already (a
 /// duplicate delivery: nothing to do).
-pub fn evolve<S: Clone>(
+pub fn remember<S: Clone>(
     state: Option<&S>,
     cause_id: &str,
     steps: impl Fn(&mut S) -> &mut Vec<String>,

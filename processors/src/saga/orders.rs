@@ -3,9 +3,10 @@
 
 use schemas::Metadata;
 use schemas::orders::*;
+use schemas::record::RecordUnion;
 use schemas::saga::OrdersIn;
 
-use super::{Participant, Reaction, caused_by, first_time, seen};
+use super::{Participant, Reaction, caused_by, seen};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "orders";
@@ -84,48 +85,105 @@ fn validate(c: &PlaceOrder) -> Result<(), InvalidCommand> {
     Ok(())
 }
 
-impl Orders {
-    fn compensate(
-        &self,
-        mut s: OrderState,
-        cause: &Metadata,
-        reason: String,
-        now: i64,
-    ) -> Reaction<OrderState, OrderEvent> {
-        let step = waiting_for(&s.status).to_owned();
-        s.status = COMPENSATING.into();
-        s.reason = Some(reason.clone());
-        s.attempts += 1;
-        s.deadline_at = now + self.step_timeout_ms;
-        s.version += 1;
+/// Events decided for one message, each folded into the working state as soon as it is
+/// decided: later decisions see it, and the state that results is by construction the fold
+/// of the events (what a rebuild from `orders.events` yields).
+struct Decision<'c> {
+    state: OrderState,
+    cause: &'c Metadata,
+    now: i64,
+    events: Vec<OrderEvent>,
+}
+
+impl<'c> Decision<'c> {
+    fn new(state: OrderState, cause: &'c Metadata, now: i64) -> Self {
+        Decision {
+            state,
+            cause,
+            now,
+            events: Vec::new(),
+        }
+    }
+
+    /// Metadata of the next event (version = the aggregate's next version).
+    fn meta(&self) -> Metadata {
+        let id = &self.state.order_id;
+        caused_by(
+            self.cause,
+            SERVICE,
+            id,
+            id,
+            self.state.version + 1,
+            self.now,
+            self.events.len(),
+        )
+    }
+
+    fn emit(&mut self, event: OrderEvent) {
+        self.state = evolve(Some(&self.state), &event).expect("an order event on an order");
+        self.events.push(event);
+    }
+
+    fn reaction(self) -> Reaction<OrderState, OrderEvent> {
+        if self.events.is_empty() {
+            Reaction::none()
+        } else {
+            Reaction::new(self.state, self.events)
+        }
+    }
+
+    fn compensate(&mut self, reason: String, deadline: i64) {
+        let s = &self.state;
         let event = OrderCancelling {
-            metadata: caused_by(cause, SERVICE, &s.order_id, &s.order_id, s.version, now, 0),
+            metadata: self.meta(),
             order_id: s.order_id.clone(),
             reason,
-            step,
-            attempt: s.attempts,
+            step: waiting_for(&s.status).to_owned(),
+            attempt: s.attempts + 1,
+            deadline_at: deadline,
         };
-        Reaction::new(s, vec![event.into()])
+        self.emit(event.into());
     }
 
-    fn cancelled(s: &mut OrderState, cause: &Metadata, now: i64) -> OrderEvent {
-        s.status = CANCELLED.into();
-        s.deadline_at = 0;
-        s.version += 1;
-        OrderCancelled {
-            metadata: caused_by(cause, SERVICE, &s.order_id, &s.order_id, s.version, now, 0),
+    fn cancelled(&mut self, reason: String) {
+        let s = &self.state;
+        let event = OrderCancelled {
+            metadata: self.meta(),
             order_id: s.order_id.clone(),
             customer_id: s.order.customer_id.clone(),
-            reason: s.reason.clone().unwrap_or_default(),
+            reason,
             compensations: s.compensations.clone(),
-        }
-        .into()
+        };
+        self.emit(event.into());
     }
 
+    fn ignored(&mut self, reply: &str) {
+        let s = &self.state;
+        let event = OrderReplyIgnored {
+            metadata: self.meta(),
+            order_id: s.order_id.clone(),
+            reply: reply.rsplit('.').next().unwrap_or(reply).to_owned(),
+            status: s.status.clone(),
+        };
+        self.emit(event.into());
+    }
+
+    fn recorded(&mut self, compensation: Option<String>, released: bool) {
+        let event = OrderCompensationRecorded {
+            metadata: self.meta(),
+            order_id: self.state.order_id.clone(),
+            compensation,
+            released,
+        };
+        self.emit(event.into());
+    }
+}
+
+impl Orders {
     /// A forward reply implies every step before it (shipping only ships what payments
     /// captured, payments only charges what inventory reserved), and replies arrive on
     /// different topics in any order: move to the furthest step known, never back.
-    fn forward(&self, s: &mut OrderState, implied: &str, now: i64) -> bool {
+    fn forward(&self, d: &mut Decision<'_>, input: &OrdersIn) {
         let rank = |status: &str| match status {
             PLACED => Some(0),
             RESERVED => Some(1),
@@ -133,47 +191,132 @@ impl Orders {
             CONFIRMED => Some(3),
             _ => None,
         };
-        match (rank(&s.status), rank(implied)) {
+        let implied = match input {
+            OrdersIn::StockReserved(_) => RESERVED,
+            OrdersIn::PaymentCaptured(_) => PAID,
+            _ => CONFIRMED,
+        };
+        match (rank(&d.state.status), rank(implied)) {
             (Some(current), Some(next)) if current < 3 => {
-                if next > current {
-                    s.status = implied.into();
-                    s.deadline_at = now + self.step_timeout_ms;
-                    s.version += 1;
-                    return true;
+                if next <= current {
+                    return; // implied by a reply that overtook it
                 }
-                false
+                let event = match input {
+                    OrdersIn::ShipmentCreated(r) => OrderConfirmed {
+                        metadata: d.meta(),
+                        order_id: d.state.order_id.clone(),
+                        customer_id: d.state.order.customer_id.clone(),
+                        total_cents: d.state.order.total_cents,
+                        shipment_id: r.shipment_id.clone(),
+                        carrier: r.carrier.clone(),
+                    }
+                    .into(),
+                    _ => OrderProgressed {
+                        metadata: d.meta(),
+                        order_id: d.state.order_id.clone(),
+                        status: implied.into(),
+                        deadline_at: d.now + self.step_timeout_ms,
+                    }
+                    .into(),
+                };
+                d.emit(event);
             }
-            _ => {
-                s.late_replies += 1;
-                false
-            }
+            _ => d.ignored(input.record_name()),
         }
     }
 
     /// A participant failed after reserving: compensations run without us (payments or
     /// inventory heard the failure); unless inventory already said it released everything.
-    fn failed(
-        &self,
-        s: &mut OrderState,
-        cause: &Metadata,
-        reason: String,
-        now: i64,
-    ) -> Vec<OrderEvent> {
-        if !is_in_flight(&s.status) {
-            if s.status != COMPENSATING {
-                s.late_replies += 1;
+    fn failed(&self, d: &mut Decision<'_>, reply: &str, reason: String) {
+        let status = d.state.status.clone();
+        if !is_in_flight(&status) {
+            if status != COMPENSATING {
+                d.ignored(reply);
             }
-            return Vec::new();
+            return;
         }
-        s.reason = Some(reason);
-        if s.released {
-            return vec![Self::cancelled(s, cause, now)];
+        if d.state.released {
+            d.cancelled(reason);
+            return;
         }
-        s.status = COMPENSATING.into();
-        s.deadline_at = now + self.step_timeout_ms;
-        s.version += 1;
-        Vec::new()
+        let event = OrderFailed {
+            metadata: d.meta(),
+            order_id: d.state.order_id.clone(),
+            reason,
+            step: waiting_for(&status).to_owned(),
+            deadline_at: d.now + self.step_timeout_ms,
+        };
+        d.emit(event.into());
     }
+}
+
+/// The order aggregate after `event`: the fold that rebuilds every order from
+/// `orders.events` alone. `None` for an event that concerns no existing order (a refused
+/// cancellation of an unknown one).
+pub fn evolve(state: Option<&OrderState>, event: &OrderEvent) -> Option<OrderState> {
+    let mut s = match (state, event) {
+        (None, OrderEvent::OrderPlaced(e)) => OrderState {
+            order_id: e.order.order_id.clone(),
+            version: 0,
+            status: PLACED.into(),
+            order: e.order.clone(),
+            deadline_at: e.deadline_at,
+            attempts: 0,
+            reason: None,
+            compensations: Vec::new(),
+            steps: Vec::new(),
+            late_replies: 0,
+            released: false,
+            shipment_id: None,
+            carrier: None,
+        },
+        (None, _) => return None,
+        // A second OrderPlaced for an existing order is never emitted (the order exists).
+        (Some(s), OrderEvent::OrderPlaced(_)) => return Some(s.clone()),
+        (Some(s), _) => s.clone(),
+    };
+    let meta = event.metadata();
+    match event {
+        OrderEvent::OrderPlaced(_) | OrderEvent::OrderCancellationRejected(_) => {}
+        OrderEvent::OrderProgressed(e) => {
+            s.status = e.status.clone();
+            s.deadline_at = e.deadline_at;
+        }
+        OrderEvent::OrderConfirmed(e) => {
+            s.status = CONFIRMED.into();
+            s.deadline_at = 0;
+            s.shipment_id = Some(e.shipment_id.clone());
+            s.carrier = Some(e.carrier.clone());
+        }
+        OrderEvent::OrderCancelling(e) => {
+            s.status = COMPENSATING.into();
+            s.reason = Some(e.reason.clone());
+            s.attempts = e.attempt;
+            s.deadline_at = e.deadline_at;
+        }
+        OrderEvent::OrderFailed(e) => {
+            s.status = COMPENSATING.into();
+            s.reason = Some(e.reason.clone());
+            s.deadline_at = e.deadline_at;
+        }
+        OrderEvent::OrderCompensationRecorded(e) => {
+            s.compensations.extend(e.compensation.iter().cloned());
+            s.released |= e.released;
+        }
+        OrderEvent::OrderReplyIgnored(_) => s.late_replies += 1,
+        OrderEvent::OrderCancelled(e) => {
+            s.status = CANCELLED.into();
+            s.deadline_at = 0;
+            s.reason = Some(e.reason.clone());
+        }
+    }
+    s.version = s.version.max(meta.aggregate_version);
+    if let Some(cause) = &meta.causation_id
+        && !seen(&s.steps, cause)
+    {
+        s.steps.push(cause.clone());
+    }
+    Some(s)
 }
 
 fn is_in_flight(status: &str) -> bool {
@@ -214,27 +357,14 @@ impl Participant for Orders {
                 ship_to_country: c.ship_to_country.clone(),
                 ship_to_postcode: c.ship_to_postcode.clone(),
             };
-            let s = OrderState {
-                order_id: c.order_id.clone(),
-                version: 1,
-                status: PLACED.into(),
-                order: order.clone(),
-                deadline_at: now + self.step_timeout_ms,
-                attempts: 0,
-                reason: None,
-                compensations: Vec::new(),
-                steps: vec![cause.event_id.clone()],
-                late_replies: 0,
-                released: false,
-                shipment_id: None,
-                carrier: None,
-            };
-            let event = OrderPlaced {
+            let event: OrderEvent = OrderPlaced {
                 metadata: caused_by(cause, SERVICE, &c.order_id, &c.order_id, 1, now, 0),
                 order,
-                deadline_at: s.deadline_at,
-            };
-            return Ok(Reaction::new(s, vec![event.into()]));
+                deadline_at: now + self.step_timeout_ms,
+            }
+            .into();
+            let s = evolve(None, &event).expect("OrderPlaced starts an order");
+            return Ok(Reaction::new(s, vec![event]));
         }
         let Some(current) = state else {
             return Ok(match input {
@@ -256,130 +386,84 @@ impl Participant for Orders {
         if seen(&current.steps, &cause.event_id) {
             return Ok(Reaction::none());
         }
-        let mut s = current.clone();
-        first_time(&mut s.steps, &cause.event_id);
-        let mut emit = Vec::new();
+        // A message that decides no event changes nothing, so handling it again (a
+        // duplicate) decides nothing again: only messages with effects need remembering,
+        // and those are remembered as the causation ids of their events.
+        let mut d = Decision::new(current.clone(), cause, now);
+        let status = current.status.clone();
         match input {
             OrdersIn::PlaceOrder(_) => unreachable!("handled above"),
-            OrdersIn::CancelOrder(c) => match s.status.as_str() {
-                PLACED | RESERVED | PAID => {
-                    return Ok(self.compensate(
-                        s,
-                        cause,
-                        format!("cancelled by customer: {}", c.reason),
-                        now,
-                    ));
-                }
-                CONFIRMED => emit.push(
-                    OrderCancellationRejected {
-                        metadata: caused_by(
-                            cause,
-                            SERVICE,
-                            &s.order_id,
-                            &s.order_id,
-                            s.version,
-                            now,
-                            0,
-                        ),
-                        order_id: s.order_id.clone(),
-                        reason: "the order is confirmed and handed to the carrier".into(),
-                    }
-                    .into(),
+            OrdersIn::CancelOrder(c) => match status.as_str() {
+                PLACED | RESERVED | PAID => d.compensate(
+                    format!("cancelled by customer: {}", c.reason),
+                    now + self.step_timeout_ms,
                 ),
+                CONFIRMED => {
+                    let event = OrderCancellationRejected {
+                        metadata: d.meta(),
+                        order_id: current.order_id.clone(),
+                        reason: "the order is confirmed and handed to the carrier".into(),
+                    };
+                    d.emit(event.into());
+                }
                 _ => {} // already compensating or cancelled
             },
-            OrdersIn::StockReserved(_) => {
-                self.forward(&mut s, RESERVED, now);
-            }
-            OrdersIn::PaymentCaptured(_) => {
-                self.forward(&mut s, PAID, now);
-            }
-            OrdersIn::ShipmentCreated(r) => {
-                if self.forward(&mut s, CONFIRMED, now) {
-                    s.deadline_at = 0;
-                    s.shipment_id = Some(r.shipment_id.clone());
-                    s.carrier = Some(r.carrier.clone());
-                    emit.push(
-                        OrderConfirmed {
-                            metadata: caused_by(
-                                cause,
-                                SERVICE,
-                                &s.order_id,
-                                &s.order_id,
-                                s.version,
-                                now,
-                                0,
-                            ),
-                            order_id: s.order_id.clone(),
-                            customer_id: s.order.customer_id.clone(),
-                            total_cents: s.order.total_cents,
-                            shipment_id: r.shipment_id.clone(),
-                            carrier: r.carrier.clone(),
-                        }
-                        .into(),
-                    );
-                }
-            }
+            OrdersIn::StockReserved(_)
+            | OrdersIn::PaymentCaptured(_)
+            | OrdersIn::ShipmentCreated(_) => self.forward(&mut d, input),
             OrdersIn::StockReservationFailed(r) => {
-                if is_in_flight(&s.status) {
+                if is_in_flight(&status) {
                     // Nothing was reserved, charged or shipped: no compensation to run.
-                    s.reason = Some(format!("out of stock: {}", r.reason));
-                    emit.push(Self::cancelled(&mut s, cause, now));
-                } else if s.status != COMPENSATING {
-                    s.late_replies += 1;
+                    d.cancelled(format!("out of stock: {}", r.reason));
+                } else if status != COMPENSATING {
+                    d.ignored(input.record_name());
                 }
             }
             // Inventory hears a decline and releases; payments hears a failed shipment and
             // refunds, then inventory releases: we wait for the StockReleased that ends both.
-            OrdersIn::PaymentDeclined(r) => {
-                emit = self.failed(
-                    &mut s,
-                    cause,
-                    format!("payment declined: {}", r.reason),
-                    now,
-                );
-            }
-            OrdersIn::ShipmentFailed(r) => {
-                emit = self.failed(&mut s, cause, format!("shipment failed: {}", r.reason), now);
-            }
+            OrdersIn::PaymentDeclined(r) => self.failed(
+                &mut d,
+                input.record_name(),
+                format!("payment declined: {}", r.reason),
+            ),
+            OrdersIn::ShipmentFailed(r) => self.failed(
+                &mut d,
+                input.record_name(),
+                format!("shipment failed: {}", r.reason),
+            ),
             // Compensation replies may overtake the failure that caused them: record them in
             // any state but a final one.
             OrdersIn::ShipmentCancelled(r) => {
-                if is_final(&s.status) {
-                    s.late_replies += 1;
+                if is_final(&status) {
+                    d.ignored(input.record_name());
                 } else if let Some(id) = &r.shipment_id {
-                    s.compensations.push(format!("shipment {id} cancelled"));
-                    s.version += 1;
+                    d.recorded(Some(format!("shipment {id} cancelled")), false);
                 }
             }
             OrdersIn::PaymentRefunded(r) => {
-                if is_final(&s.status) {
-                    s.late_replies += 1;
+                if is_final(&status) {
+                    d.ignored(input.record_name());
                 } else if r.amount_cents > 0 {
-                    s.compensations
-                        .push(format!("refunded {} cents", r.amount_cents));
-                    s.version += 1;
+                    d.recorded(Some(format!("refunded {} cents", r.amount_cents)), false);
                 }
             }
             OrdersIn::StockReleased(r) => {
-                if is_final(&s.status) {
-                    s.late_replies += 1;
+                if is_final(&status) {
+                    d.ignored(input.record_name());
                 } else {
                     // Inventory is the last compensation of every chain: nothing is held,
                     // charged or shipped any more.
-                    if r.lines_released > 0 {
-                        s.compensations
-                            .push(format!("released {} lines", r.lines_released));
-                    }
-                    s.released = true;
-                    s.version += 1;
-                    if s.status == COMPENSATING {
-                        emit.push(Self::cancelled(&mut s, cause, now));
+                    let released = (r.lines_released > 0)
+                        .then(|| format!("released {} lines", r.lines_released));
+                    d.recorded(released, true);
+                    if status == COMPENSATING {
+                        let reason = d.state.reason.clone().unwrap_or_default();
+                        d.cancelled(reason);
                     }
                 }
             }
         }
-        Ok(Reaction::new(s, emit))
+        Ok(d.reaction())
     }
 
     fn deadline(&self, state: &OrderState) -> Option<i64> {
@@ -395,22 +479,18 @@ impl Participant for Orders {
             event_id: format!("{}/deadline/{}", state.order_id, state.version),
             ..Metadata::command(&state.order_id, &state.order_id, now)
         };
+        let mut d = Decision::new(state.clone(), &cause, now);
+        let deadline = now + self.step_timeout_ms;
         match state.status.as_str() {
-            PLACED | RESERVED | PAID => {
-                let reason = format!("timed out waiting for {}", waiting_for(&state.status));
-                self.compensate(state.clone(), &cause, reason, now)
-            }
-            COMPENSATING => {
-                // A compensation did not finish in time: ask again (every participant answers
-                // a repeated request), and keep counting: attempts > 1 shows it stuck.
-                let reason = state.reason.clone().unwrap_or_default();
-                let mut r = self.compensate(state.clone(), &cause, reason, now);
-                if let Some(s) = r.state.as_mut() {
-                    s.status = COMPENSATING.into();
-                }
-                r
-            }
-            _ => Reaction::none(),
+            PLACED | RESERVED | PAID => d.compensate(
+                format!("timed out waiting for {}", waiting_for(&state.status)),
+                deadline,
+            ),
+            // A compensation did not finish in time: ask again (every participant answers a
+            // repeated request), and keep counting: attempts > 1 shows it stuck.
+            COMPENSATING => d.compensate(state.reason.clone().unwrap_or_default(), deadline),
+            _ => {}
         }
+        d.reaction()
     }
 }

@@ -3,7 +3,7 @@
 use schemas::payments::*;
 use schemas::saga::PaymentsIn;
 
-use super::{Participant, Reaction, caused_by, evolve, saga_of};
+use super::{Participant, Reaction, caused_by, saga_of, seen};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "payments";
@@ -49,77 +49,87 @@ impl Participant for Payments {
     ) -> Result<Reaction<PaymentState, PaymentReply>, InvalidCommand> {
         let cause = input.metadata();
         let order_id = saga_of(cause);
-        let Some(mut s) = evolve(
-            state,
-            &cause.event_id,
-            |s| &mut s.steps,
-            || PaymentState {
-                order_id: order_id.clone(),
-                version: 0,
-                payment_id: payment_id(&order_id),
-                status: String::new(),
-                captured_cents: 0,
-                refunded_cents: 0,
-                steps: Vec::new(),
-            },
-        ) else {
+        if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
             return Ok(Reaction::none());
-        };
-        let meta = |version| caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
+        }
+        let status = state.map(|s| s.status.as_str()).unwrap_or_default();
+        let version = state.map_or(0, |s| s.version) + 1;
+        let meta = caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let reply: PaymentReply = match input {
             PaymentsIn::StockReserved(r) => {
-                if !s.status.is_empty() {
+                if !status.is_empty() {
                     // Charged, declined or compensated already: the charge step acts once.
-                    return Ok(Reaction::new(s, Vec::new()));
+                    // Nothing changes, so a redelivery decides the same again.
+                    return Ok(Reaction::none());
                 }
-                s.version += 1;
                 match decline_reason(&r.order.payment_method, r.order.total_cents) {
-                    Some(reason) => {
-                        s.status = DECLINED.into();
-                        PaymentDeclined {
-                            metadata: meta(s.version),
-                            order_id: order_id.clone(),
-                            payment_id: s.payment_id.clone(),
-                            reason,
-                        }
-                        .into()
+                    Some(reason) => PaymentDeclined {
+                        metadata: meta,
+                        order_id: order_id.clone(),
+                        payment_id: payment_id(&order_id),
+                        reason,
                     }
-                    None => {
-                        s.status = CAPTURED.into();
-                        s.captured_cents = r.order.total_cents;
-                        PaymentCaptured {
-                            metadata: meta(s.version),
-                            order: r.order.clone(),
-                            payment_id: s.payment_id.clone(),
-                            amount_cents: r.order.total_cents,
-                        }
-                        .into()
+                    .into(),
+                    None => PaymentCaptured {
+                        metadata: meta,
+                        order: r.order.clone(),
+                        payment_id: payment_id(&order_id),
+                        amount_cents: r.order.total_cents,
                     }
+                    .into(),
                 }
             }
-            PaymentsIn::ShipmentFailed(_) | PaymentsIn::ShipmentCancelled(_) => {
-                // Compensation: refund what was captured; always answer, so a retried
-                // compensation still reaches inventory.
-                let amount = if s.status == CAPTURED {
-                    s.status = REFUNDED.into();
-                    s.refunded_cents = s.captured_cents;
-                    s.captured_cents
-                } else {
-                    if s.status.is_empty() {
-                        s.status = COMPENSATED.into();
-                    }
-                    0
-                };
-                s.version += 1;
-                PaymentRefunded {
-                    metadata: meta(s.version),
-                    order_id: order_id.clone(),
-                    payment_id: s.payment_id.clone(),
-                    amount_cents: amount,
-                }
-                .into()
+            // Compensation: refund what was captured; always answer, so a retried
+            // compensation still reaches inventory.
+            PaymentsIn::ShipmentFailed(_) | PaymentsIn::ShipmentCancelled(_) => PaymentRefunded {
+                metadata: meta,
+                order_id: order_id.clone(),
+                payment_id: payment_id(&order_id),
+                amount_cents: match state {
+                    Some(s) if s.status == CAPTURED => s.captured_cents,
+                    _ => 0,
+                },
             }
+            .into(),
         };
-        Ok(Reaction::new(s, vec![reply]))
+        Ok(Reaction::new(evolve(state, &reply), vec![reply]))
     }
+}
+
+/// An order's payment after `reply`: the fold that rebuilds every payment from
+/// `payments.replies` alone.
+pub fn evolve(state: Option<&PaymentState>, reply: &PaymentReply) -> PaymentState {
+    let meta = reply.metadata();
+    let order_id = saga_of(meta);
+    let mut s = state.cloned().unwrap_or_else(|| PaymentState {
+        payment_id: payment_id(&order_id),
+        order_id,
+        version: 0,
+        status: String::new(),
+        captured_cents: 0,
+        refunded_cents: 0,
+        steps: Vec::new(),
+    });
+    match reply {
+        PaymentReply::PaymentCaptured(r) => {
+            s.status = CAPTURED.into();
+            s.captured_cents = r.amount_cents;
+        }
+        PaymentReply::PaymentDeclined(_) => s.status = DECLINED.into(),
+        PaymentReply::PaymentRefunded(r) => {
+            if r.amount_cents > 0 {
+                s.status = REFUNDED.into();
+                s.refunded_cents += r.amount_cents;
+            } else if s.status.is_empty() {
+                s.status = COMPENSATED.into();
+            }
+        }
+    }
+    s.version = s.version.max(meta.aggregate_version);
+    if let Some(cause) = &meta.causation_id
+        && !seen(&s.steps, cause)
+    {
+        s.steps.push(cause.clone());
+    }
+    s
 }

@@ -3,7 +3,7 @@
 use schemas::saga::ShippingIn;
 use schemas::shipping::*;
 
-use super::{Participant, Reaction, caused_by, evolve, saga_of};
+use super::{Participant, Reaction, caused_by, saga_of, seen};
 use crate::InvalidCommand;
 
 pub const SERVICE: &str = "shipping";
@@ -45,75 +45,85 @@ impl Participant for Shipping {
     ) -> Result<Reaction<ShipmentState, ShipmentReply>, InvalidCommand> {
         let cause = input.metadata();
         let order_id = saga_of(cause);
-        let Some(mut s) = evolve(
-            state,
-            &cause.event_id,
-            |s| &mut s.steps,
-            || ShipmentState {
-                order_id: order_id.clone(),
-                version: 0,
-                status: String::new(),
-                shipment_id: None,
-                carrier: None,
-                steps: Vec::new(),
-            },
-        ) else {
+        if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
             return Ok(Reaction::none());
-        };
-        let meta = |version| caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
+        }
+        let status = state.map(|s| s.status.as_str()).unwrap_or_default();
+        let version = state.map_or(0, |s| s.version) + 1;
+        let meta = caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let reply: ShipmentReply = match input {
             ShippingIn::PaymentCaptured(p) => {
-                if !s.status.is_empty() {
-                    return Ok(Reaction::new(s, Vec::new())); // acts once; or compensated
+                if !status.is_empty() {
+                    // Acts once; or compensated. Nothing changes, so a redelivery decides
+                    // the same again.
+                    return Ok(Reaction::none());
                 }
-                s.version += 1;
                 match carrier_for(&p.order.ship_to_country) {
-                    None => {
-                        s.status = FAILED.into();
-                        ShipmentFailed {
-                            metadata: meta(s.version),
-                            order_id: order_id.clone(),
-                            reason: format!(
-                                "no carrier serves {} {}",
-                                p.order.ship_to_country, p.order.ship_to_postcode
-                            ),
-                        }
-                        .into()
+                    None => ShipmentFailed {
+                        metadata: meta,
+                        order_id: order_id.clone(),
+                        reason: format!(
+                            "no carrier serves {} {}",
+                            p.order.ship_to_country, p.order.ship_to_postcode
+                        ),
                     }
-                    Some(carrier) => {
-                        let id = format!("SHP-{order_id}");
-                        s.status = CREATED.into();
-                        s.shipment_id = Some(id.clone());
-                        s.carrier = Some(carrier.into());
-                        ShipmentCreated {
-                            metadata: meta(s.version),
-                            order_id: order_id.clone(),
-                            shipment_id: id,
-                            carrier: carrier.into(),
-                        }
-                        .into()
+                    .into(),
+                    Some(carrier) => ShipmentCreated {
+                        metadata: meta,
+                        shipment_id: format!("SHP-{order_id}"),
+                        order_id: order_id.clone(),
+                        carrier: carrier.into(),
                     }
+                    .into(),
                 }
             }
-            ShippingIn::OrderCancelling(_) => {
-                let cancelled = if s.status == CREATED {
-                    s.status = CANCELLED.into();
-                    s.shipment_id.clone()
-                } else {
-                    if s.status.is_empty() {
-                        s.status = COMPENSATED.into();
-                    }
-                    None
-                };
-                s.version += 1;
-                ShipmentCancelled {
-                    metadata: meta(s.version),
-                    order_id: order_id.clone(),
-                    shipment_id: cancelled,
-                }
-                .into()
+            // Compensation: always answered, so a retried compensation runs the chain again.
+            ShippingIn::OrderCancelling(_) => ShipmentCancelled {
+                metadata: meta,
+                order_id: order_id.clone(),
+                shipment_id: match state {
+                    Some(s) if s.status == CREATED => s.shipment_id.clone(),
+                    _ => None,
+                },
             }
+            .into(),
         };
-        Ok(Reaction::new(s, vec![reply]))
+        Ok(Reaction::new(evolve(state, &reply), vec![reply]))
     }
+}
+
+/// An order's shipment after `reply`: the fold that rebuilds every shipment from
+/// `shipping.replies` alone.
+pub fn evolve(state: Option<&ShipmentState>, reply: &ShipmentReply) -> ShipmentState {
+    let meta = reply.metadata();
+    let mut s = state.cloned().unwrap_or_else(|| ShipmentState {
+        order_id: saga_of(meta),
+        version: 0,
+        status: String::new(),
+        shipment_id: None,
+        carrier: None,
+        steps: Vec::new(),
+    });
+    match reply {
+        ShipmentReply::ShipmentCreated(r) => {
+            s.status = CREATED.into();
+            s.shipment_id = Some(r.shipment_id.clone());
+            s.carrier = Some(r.carrier.clone());
+        }
+        ShipmentReply::ShipmentFailed(_) => s.status = FAILED.into(),
+        ShipmentReply::ShipmentCancelled(r) => {
+            if r.shipment_id.is_some() {
+                s.status = CANCELLED.into();
+            } else if s.status.is_empty() {
+                s.status = COMPENSATED.into();
+            }
+        }
+    }
+    s.version = s.version.max(meta.aggregate_version);
+    if let Some(cause) = &meta.causation_id
+        && !seen(&s.steps, cause)
+    {
+        s.steps.push(cause.clone());
+    }
+    s
 }

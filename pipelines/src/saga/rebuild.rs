@@ -1,0 +1,183 @@
+//! State stores from event logs: the event log of an event-sourced participant is the
+//! source of truth, its changelog a cache (a snapshot per saga). This folds the log
+//! (`supplystream replay orders|payments|shipping`), compares the fold with what a restart
+//! would restore (`--check`), and writes the fold into the changelog when a store was lost.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{Context, bail};
+use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use schemas::Registry;
+use schemas::codec::{Decoder, Encoder};
+use schemas::orders::{OrderEvent, OrderState};
+use schemas::payments::{PaymentReply, PaymentState};
+use schemas::shipping::{ShipmentReply, ShipmentState};
+use tokio::runtime::Handle;
+
+use super::runtime::Wiring;
+use crate::kafka::{self, Output};
+use crate::{Cluster, Stop, wire};
+
+/// A participant whose state is the fold of its own output log.
+pub trait EventSourced: Wiring<State: PartialEq> {
+    /// Its event log (one of its outputs).
+    const EVENTS: &'static str;
+    /// The state after `event` (`None`: the event concerns no existing state).
+    fn evolve(state: Option<&Self::State>, event: &Self::Output) -> Option<Self::State>;
+    /// The saga (and store key) an event belongs to.
+    fn event_key(event: &Self::Output) -> String {
+        processors::saga::saga_of(Self::output_metadata(event))
+    }
+}
+
+impl EventSourced for Orders {
+    const EVENTS: &'static str = schemas::saga::topics::ORDER_EVENTS;
+    fn evolve(state: Option<&OrderState>, event: &OrderEvent) -> Option<OrderState> {
+        processors::saga::orders::evolve(state, event)
+    }
+}
+
+impl EventSourced for Payments {
+    const EVENTS: &'static str = schemas::saga::topics::PAYMENT_REPLIES;
+    fn evolve(state: Option<&PaymentState>, event: &PaymentReply) -> Option<PaymentState> {
+        Some(processors::saga::payments::evolve(state, event))
+    }
+}
+
+impl EventSourced for Shipping {
+    const EVENTS: &'static str = schemas::saga::topics::SHIPPING_REPLIES;
+    fn evolve(state: Option<&ShipmentState>, event: &ShipmentReply) -> Option<ShipmentState> {
+        Some(processors::saga::shipping::evolve(state, event))
+    }
+}
+
+/// States by partition (of the event log, which is the partition of the saga's inputs and
+/// changelog: every topic of a saga is keyed by saga id) and key.
+pub type Stores<S> = BTreeMap<i32, HashMap<String, S>>;
+
+/// What a fold of the event log read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    pub events: u64,
+    pub states: usize,
+}
+
+/// Folds `W`'s event log from the beginning into its states.
+pub fn fold<W: EventSourced>(
+    cluster: &Cluster,
+    rt: &Handle,
+) -> anyhow::Result<(Stores<W::State>, Folded)> {
+    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let mut decoder = Decoder::<W::Output>::new(Registry::new(&cluster.registry));
+    let stop = Stop::default();
+    let mut stores: Stores<W::State> = BTreeMap::new();
+    let mut folded = Folded::default();
+    for p in 0..kafka::partition_count(&probe, W::EVENTS)? as i32 {
+        let states = stores.entry(p).or_default();
+        // An event published twice (a producer retry outside a transaction, or the chaos
+        // switch) is one event: folded once, recognized by its id like every consumer does.
+        let mut folded_ids: HashSet<String> = HashSet::new();
+        kafka::read_partition_to_end(cluster, "supplystream-replay", W::EVENTS, p, |m| {
+            let event = wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), &stop)
+                .with_context(|| format!("{}/{p}@{}", W::EVENTS, m.offset()))?;
+            if !folded_ids.insert(W::output_metadata(&event).event_id.clone()) {
+                return Ok(());
+            }
+            let key = W::event_key(&event);
+            if let Some(s) = W::evolve(states.get(&key), &event) {
+                states.insert(key, s);
+            }
+            folded.events += 1;
+            Ok(())
+        })?;
+        folded.states += states.len();
+    }
+    Ok((stores, folded))
+}
+
+/// What a restart of `W` would restore from its changelog.
+pub fn restore<W: EventSourced>(
+    cluster: &Cluster,
+    rt: &Handle,
+) -> anyhow::Result<Stores<W::State>> {
+    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let mut decoder = Decoder::<W::Changelog>::new(Registry::new(&cluster.registry));
+    let stop = Stop::default();
+    let mut stores: Stores<W::State> = BTreeMap::new();
+    for p in 0..kafka::partition_count(&probe, W::CHANGELOG)? as i32 {
+        let states = stores.entry(p).or_default();
+        kafka::read_partition_to_end(cluster, "supplystream-replay", W::CHANGELOG, p, |m| {
+            let Some(payload) = m.payload() else {
+                return Ok(()); // tombstone
+            };
+            let record = wire::decode(rt, &mut decoder, payload, &stop)
+                .with_context(|| format!("{}/{p}@{}", W::CHANGELOG, m.offset()))?;
+            let state = W::from_changelog(record);
+            states.insert(W::state_key(&state).to_owned(), state);
+            Ok(())
+        })?;
+    }
+    Ok(stores)
+}
+
+/// Keys whose state differs between two stores (missing on either side included), sorted.
+pub fn differences<S: PartialEq>(a: &Stores<S>, b: &Stores<S>) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let empty = HashMap::new();
+    let partitions: std::collections::BTreeSet<i32> = a.keys().chain(b.keys()).copied().collect();
+    for p in partitions {
+        let (x, y) = (a.get(&p).unwrap_or(&empty), b.get(&p).unwrap_or(&empty));
+        for k in x.keys().chain(y.keys()) {
+            if x.get(k) != y.get(k) && !out.contains(&(p, k.clone())) {
+                out.push((p, k.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Refuses to touch a store while its owner runs: a live instance would overwrite it.
+fn ensure_stopped(cluster: &Cluster, group: &str) -> anyhow::Result<()> {
+    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let groups = probe
+        .fetch_group_list(Some(group), kafka::TX_TIMEOUT)
+        .with_context(|| format!("describing consumer group {group}"))?;
+    if let Some(g) = groups.groups().iter().find(|g| !g.members().is_empty()) {
+        bail!(
+            "consumer group {group} has {} active member(s): stop the {group} processor before rebuilding its store",
+            g.members().len()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `stores` into `W`'s changelog (one snapshot per saga, on its partition), in one
+/// transaction on a real broker, after checking that no instance of `W` runs. The
+/// changelog is compacted: the rebuilt snapshots supersede whatever was there.
+pub fn write<W: EventSourced>(
+    cluster: &Cluster,
+    rt: &Handle,
+    stores: &Stores<W::State>,
+) -> anyhow::Result<usize> {
+    ensure_stopped(cluster, W::NAME)?;
+    let partitions = stores.keys().max().map_or(1, |p| p + 1);
+    rt.block_on(kafka::ensure_topics(cluster, &super::topics(partitions)))?;
+    let registry = Registry::new(&cluster.registry);
+    let encoder = rt.block_on(Encoder::<W::Changelog>::register(&registry, W::CHANGELOG))?;
+    let output = Output::new(cluster, W::NAME, "rebuild")?;
+    output.begin()?;
+    let mut buf = Vec::new();
+    let mut written = 0;
+    for (p, states) in stores {
+        for (key, state) in states {
+            encoder.encode_into(&W::to_changelog(state), &mut buf)?;
+            output.send(W::CHANGELOG, Some(*p), key.as_bytes(), &buf, None)?;
+            written += 1;
+        }
+    }
+    output.end()?;
+    Ok(written)
+}
