@@ -87,6 +87,9 @@ pub struct ReservationState {
     pub open: bool,
     /// Aggregate version after the event that opened or closed it.
     pub version: i64,
+    /// Refused, never held (v2; false in v1 records).
+    #[serde(default)]
+    pub refused: bool,
 }
 
 impl ReservationState {
@@ -378,6 +381,7 @@ mod tests {
             quantity: 2,
             open: true,
             version: 8,
+            refused: false,
         }));
     }
 

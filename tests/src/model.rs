@@ -26,6 +26,8 @@ pub fn expect(commands: &[InventoryCommand]) -> Expected {
     let mut x = Expected::default();
     let mut open: BTreeMap<(String, String), (String, i64)> = BTreeMap::new(); // (sku, id) → (wh, q)
     let mut closed: BTreeSet<(String, String)> = BTreeSet::new();
+    // Refused reservation ids are spent for reserving, unknown for releasing.
+    let mut refused: BTreeSet<(String, String)> = BTreeSet::new();
     for c in commands {
         let sku = c.sku().to_owned();
         let pos = |x: &mut Expected, w: &str| {
@@ -43,7 +45,7 @@ pub fn expect(commands: &[InventoryCommand]) -> Expected {
             }
             InventoryCommand::ReserveStock(c) => {
                 let key = (sku.clone(), c.reservation_id.clone());
-                if open.contains_key(&key) || closed.contains(&key) {
+                if open.contains_key(&key) || closed.contains(&key) || refused.contains(&key) {
                     None
                 } else {
                     let (on_hand, reserved) = pos(&mut x, &c.warehouse);
@@ -55,6 +57,7 @@ pub fn expect(commands: &[InventoryCommand]) -> Expected {
                         open.insert(key, (c.warehouse.clone(), c.quantity));
                         Some("InventoryReserved")
                     } else {
+                        refused.insert(key);
                         Some("ReservationRejected")
                     }
                 }

@@ -63,6 +63,9 @@ pub struct SkuInventory {
     /// Open reservations: id → (warehouse, quantity).
     reservations: BTreeMap<String, (String, i64)>,
     closed: BTreeSet<String>,
+    /// Refused reservation ids: spent for `ReserveStock` (a duplicate of a refused request
+    /// must not succeed once stock comes in), unknown to `ReleaseReservation`.
+    refused: BTreeSet<String>,
 }
 
 /// Namespace of the deterministic event ids (UUID v5 of command id and event index), so a
@@ -139,7 +142,9 @@ impl SkuInventory {
         {
             // A closed reservation stays closed whichever record comes first (before
             // compaction the changelog holds both the opening and the closing record).
-            if !r.open {
+            if r.refused {
+                state.refused.insert(r.reservation_id.clone());
+            } else if !r.open {
                 state.reservations.remove(&r.reservation_id);
                 state.closed.insert(r.reservation_id.clone());
             } else if !state.closed.contains(&r.reservation_id) {
@@ -188,8 +193,14 @@ pub fn reservation_changes(
             InventoryEvent::InventoryReleased(r) => {
                 ((&r.sku, &r.reservation_id, &r.warehouse, r.quantity), false)
             }
+            // A refused reservation id is spent too: a duplicate of the request must not
+            // succeed later, when stock has come in, and hold stock nobody waits for.
+            InventoryEvent::ReservationRejected(r) => {
+                ((&r.sku, &r.reservation_id, &r.warehouse, 0), false)
+            }
             _ => return None,
         };
+        let refused = matches!(e, InventoryEvent::ReservationRejected(_));
         Some(ReservationState {
             sku: r.0.clone(),
             reservation_id: r.1.clone(),
@@ -197,6 +208,7 @@ pub fn reservation_changes(
             quantity: r.3,
             open,
             version: e.metadata().aggregate_version,
+            refused,
         })
     })
 }
@@ -211,15 +223,19 @@ struct Outcome<'a> {
 
 impl Outcome<'_> {
     fn meta(&self) -> Metadata {
-        let index = self.events.len();
+        let version = self.next_version + self.events.len() as i64;
         Metadata {
+            // Command id and the version the event creates: the same command handled again
+            // from the same state (a redelivery before its effects were committed) yields the
+            // same ids, while the same command id handled again later (a duplicate that
+            // decides anew, e.g. a second rejection) yields new ones: one id, one event.
             event_id: Uuid::new_v5(
                 &EVENT_ID_NAMESPACE,
-                format!("{}/{index}", self.command.event_id).as_bytes(),
+                format!("{}/{}/{version}", self.sku, self.command.event_id).as_bytes(),
             )
             .to_string(),
             aggregate_id: self.sku.to_owned(),
-            aggregate_version: self.next_version + index as i64,
+            aggregate_version: version,
             occurred_at: self.command.occurred_at,
             correlation_id: self.command.correlation_id.clone(),
             causation_id: Some(self.command.event_id.clone()),
@@ -366,6 +382,7 @@ impl Aggregate for SkuInventory {
             InventoryCommand::ReserveStock(c) => {
                 if self.reservations.contains_key(&c.reservation_id)
                     || self.closed.contains(&c.reservation_id)
+                    || self.refused.contains(&c.reservation_id)
                 {
                     // Acts once: a repeated reservation id is a duplicate delivery, not a new request.
                 } else {
@@ -506,6 +523,9 @@ impl Aggregate for SkuInventory {
             InventoryEvent::InventoryReleased(e) => {
                 self.reservations.remove(&e.reservation_id);
                 self.closed.insert(e.reservation_id.clone());
+            }
+            InventoryEvent::ReservationRejected(e) => {
+                self.refused.insert(e.reservation_id.clone());
             }
             _ => {}
         }

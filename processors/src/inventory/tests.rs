@@ -170,6 +170,44 @@ fn a_reservation_id_acts_once() {
 }
 
 #[test]
+fn a_refused_reservation_id_is_spent() {
+    let mut g = given().received("AMS", 1);
+    let refused = g.when(|m| reserve(m, "R1", "AMS", 3));
+    assert!(matches!(
+        refused[..],
+        [InventoryEvent::ReservationRejected(_)]
+    ));
+    // Stock arrives; a duplicate of the refused request must not hold it now.
+    g.when(|m| receive(m, "AMS", 10));
+    assert!(
+        g.when(|m| reserve(m, "R1", "AMS", 3)).is_empty(),
+        "duplicate of a refused reservation"
+    );
+    assert_eq!(g.state.position("AMS").reserved, 0);
+    // And a restart restores it spent.
+    let snapshot = g.state.snapshot(0, 0);
+    let records: Vec<_> = reservation_changes(&refused).collect();
+    let restored = SkuInventory::restore(&snapshot, &records);
+    assert_eq!(restored, g.state);
+}
+
+#[test]
+fn the_same_command_handled_from_the_same_state_yields_the_same_event_ids() {
+    let g = given().received("AMS", 5);
+    let command = reserve(Metadata::command("cmd-x", SKU, 1), "R1", "AMS", 1);
+    let first = g.state.handle(&command).unwrap();
+    assert_eq!(first, g.state.handle(&command).unwrap());
+    // Handled again after its effect (a duplicate that decides anew), ids differ.
+    let mut later = g.state.clone();
+    first.iter().for_each(|e| later.apply(e));
+    let release = release(Metadata::command("cmd-x", SKU, 1), "R-unknown");
+    let a = later.handle(&release).unwrap();
+    a.iter().for_each(|e| later.apply(e));
+    let b = later.handle(&release).unwrap();
+    assert_ne!(a[0].metadata().event_id, b[0].metadata().event_id);
+}
+
+#[test]
 fn releasing_returns_the_reserved_quantity_at_its_warehouse() {
     let mut g = given()
         .received("AMS", 10)

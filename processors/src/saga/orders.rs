@@ -393,6 +393,21 @@ impl Participant for Orders {
         let status = current.status.clone();
         match input {
             OrdersIn::PlaceOrder(_) => unreachable!("handled above"),
+            // Optimistic concurrency: a cancellation decided on an older view of the order
+            // is refused, not applied to a state its sender did not see.
+            OrdersIn::CancelOrder(c)
+                if cause.aggregate_version >= 0 && cause.aggregate_version != current.version =>
+            {
+                let event = OrderCancellationRejected {
+                    metadata: d.meta(),
+                    order_id: c.order_id.clone(),
+                    reason: format!(
+                        "expected version {}, order is at {}",
+                        cause.aggregate_version, current.version
+                    ),
+                };
+                d.emit(event.into());
+            }
             OrdersIn::CancelOrder(c) => match status.as_str() {
                 PLACED | RESERVED | PAID => d.compensate(
                     format!("cancelled by customer: {}", c.reason),

@@ -728,3 +728,49 @@ fn replies_arriving_in_any_order_across_topics_end_the_same() {
         assert_eq!(scenario(Some(seed)), ordered, "interleaving {seed}");
     }
 }
+
+#[test]
+fn a_cancellation_for_an_older_version_is_rejected_not_applied() {
+    let orders = Orders::default();
+    let place: OrdersIn = PlaceOrder {
+        metadata: Metadata::command("place-O-9", "O-9", 0),
+        order_id: "O-9".into(),
+        customer_id: "C-1".into(),
+        lines: vec![OrderLine {
+            sku: "SKU-1".into(),
+            warehouse: "AMS".into(),
+            quantity: 1,
+            unit_price_cents: 100,
+        }],
+        payment_method: "visa".into(),
+        ship_to_country: "NL".into(),
+        ship_to_postcode: "1".into(),
+    }
+    .into();
+    let placed = orders.handle(None, &place, 0).unwrap().state.unwrap();
+    assert_eq!(placed.version, 1);
+    let cancel = |id: &str, expected: i64| -> OrdersIn {
+        CancelOrder {
+            metadata: Metadata {
+                aggregate_version: expected,
+                ..Metadata::command(id, "O-9", 0)
+            },
+            order_id: "O-9".into(),
+            reason: "changed my mind".into(),
+        }
+        .into()
+    };
+    let stale = orders.handle(Some(&placed), &cancel("c-1", 0), 1).unwrap();
+    match &stale.emit[..] {
+        [OrderEvent::OrderCancellationRejected(r)] => {
+            assert_eq!(r.reason, "expected version 0, order is at 1")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(stale.state.as_ref().unwrap().status, status::PLACED);
+    let current = orders.handle(Some(&placed), &cancel("c-2", 1), 1).unwrap();
+    assert!(matches!(
+        &current.emit[..],
+        [OrderEvent::OrderCancelling(_)]
+    ));
+}
