@@ -65,6 +65,21 @@ pub struct TopicSpec {
     pub compacted: bool,
 }
 
+/// Refuses to touch a store while its owner runs: a live instance would overwrite it.
+pub fn ensure_group_stopped(cluster: &Cluster, group: &str) -> anyhow::Result<()> {
+    let probe: BaseConsumer = client_config(cluster).create()?;
+    let groups = probe
+        .fetch_group_list(Some(group), TX_TIMEOUT)
+        .with_context(|| format!("describing consumer group {group}"))?;
+    if let Some(g) = groups.groups().iter().find(|g| !g.members().is_empty()) {
+        bail!(
+            "consumer group {group} has {} active member(s): stop the {group} processor before rebuilding its store",
+            g.members().len()
+        );
+    }
+    Ok(())
+}
+
 /// Deletes `topics` and waits until the cluster no longer lists them (deletion is
 /// asynchronous; a topic recreated too early would vanish).
 pub async fn delete_topics(cluster: &Cluster, topics: &[&str]) -> anyhow::Result<()> {

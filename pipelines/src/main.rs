@@ -295,7 +295,7 @@ enum Command {
     /// service's state store from its own event log.
     Replay {
         /// A view (stock_levels), or a service whose store is the fold of its events
-        /// (orders, payments, shipping; inventory with --check).
+        /// (orders, payments, shipping, inventory).
         view: String,
         /// Stores: compare the fold of the event log with what a restart restores from the
         /// changelog, and exit non-zero on any difference; write nothing.
@@ -500,8 +500,13 @@ fn main() -> anyhow::Result<()> {
                     matches!(from, Position::Earliest) && matches!(to, Position::Latest),
                     "a state store is the fold of its whole event log: --from earliest --to latest only ({view})"
                 );
-                let r =
-                    pipelines::replay::replay_store(&cluster.cluster(), rt.handle(), &view, check)?;
+                let r = pipelines::replay::replay_store(
+                    &cluster.cluster(),
+                    rt.handle(),
+                    &view,
+                    check,
+                    true,
+                )?;
                 eprintln!(
                     "Folded {} events of {} into {} {view} states in {:.1?}.",
                     r.events,

@@ -108,6 +108,35 @@ pub fn resolve(
     Ok(out)
 }
 
+/// A progress bar of `total` offsets (events, rate, ETA), hidden unless `visible`.
+pub fn progress_bar(total: u64, prefix: &str, visible: bool) -> indicatif::ProgressBar {
+    let bar = if visible {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:40}] {pos}/{len} offsets  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_owned());
+    bar
+}
+
+/// Offsets between the low and high watermarks of every partition of `topic`.
+pub fn topic_span(cluster: &Cluster, topic: &str) -> anyhow::Result<u64> {
+    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let mut total = 0;
+    for p in 0..kafka::partition_count(&probe, topic)? as i32 {
+        let (low, high) = probe.fetch_watermarks(topic, p, TX_TIMEOUT)?;
+        total += (high - low).max(0) as u64;
+    }
+    Ok(total)
+}
+
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed {
@@ -153,19 +182,7 @@ pub fn replay_view(
         }
     }
     consumer.assign(&tpl)?;
-    let bar = if progress {
-        indicatif::ProgressBar::new(total.max(0) as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:40}] {pos}/{len} offsets  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("replaying {view}"));
+    let bar = progress_bar(total.max(0) as u64, &format!("replaying {view}"), progress);
     let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
     let mut projection = StockLevelsProjection::default();
     let mut events = 0u64;
@@ -311,16 +328,33 @@ pub fn inventory_from_events(
     std::collections::HashMap<String, processors::inventory::SkuInventory>,
     u64,
 )> {
+    let (partitions, events) = fold_inventory(cluster, rt, &indicatif::ProgressBar::hidden())?;
+    Ok((partitions.into_values().flatten().collect(), events))
+}
+
+/// Inventory aggregates by partition (of `inventory.events`, which is the sku's partition of
+/// the commands and the changelog too: all keyed by sku), folded from the event log.
+pub type InventoryStores =
+    BTreeMap<i32, std::collections::HashMap<String, processors::inventory::SkuInventory>>;
+
+/// [`inventory_from_events`], keeping each sku's partition.
+pub fn fold_inventory(
+    cluster: &Cluster,
+    rt: &Handle,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<(InventoryStores, u64)> {
     use processors::Aggregate;
     let topic = crate::topics::inventory::EVENTS;
     let probe: BaseConsumer = kafka::client_config(cluster).create()?;
     let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
-    let mut aggregates = std::collections::HashMap::new();
+    let mut stores = InventoryStores::new();
     let mut events = 0u64;
     let stop = Stop::default();
     for p in 0..kafka::partition_count(&probe, topic)? as i32 {
+        let aggregates = stores.entry(p).or_default();
         let mut folded_ids = std::collections::HashSet::new();
         kafka::read_partition_to_end(cluster, "supplystream-replay", topic, p, |m| {
+            bar.inc(1);
             let event = wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), &stop)
                 .with_context(|| format!("{topic}/{p}@{}", m.offset()))?;
             // Event ids are deterministic: an event written twice (at-least-once) is one.
@@ -336,7 +370,54 @@ pub fn inventory_from_events(
             Ok(())
         })?;
     }
-    Ok((aggregates, events))
+    Ok((stores, events))
+}
+
+/// Writes inventory aggregates folded from the event log into `inventory.changelog` (a
+/// snapshot and the reservation records per sku, on the sku's partition), in one
+/// transaction on a real broker. Each snapshot covers the commands up to the group's
+/// committed offset: the event log holds their effects (they committed together). The
+/// inventory service must be stopped.
+pub fn write_inventory_store(
+    cluster: &Cluster,
+    rt: &Handle,
+    stores: &InventoryStores,
+) -> anyhow::Result<usize> {
+    use crate::topics::inventory::{CHANGELOG, COMMANDS, GROUP};
+    use schemas::inventory::InventoryChangelog;
+    kafka::ensure_group_stopped(cluster, GROUP)?;
+    let partitions = stores.keys().max().map_or(1, |p| p + 1);
+    rt.block_on(kafka::ensure_topics(
+        cluster,
+        &crate::inventory::topics(partitions),
+    ))?;
+    let committed: BTreeMap<i32, i64> = show_offsets(cluster, GROUP, &[COMMANDS])?
+        .into_iter()
+        .map(|o| (o.partition, o.committed.unwrap_or(0)))
+        .collect();
+    let registry = Registry::new(&cluster.registry);
+    let encoder = rt.block_on(schemas::codec::Encoder::<InventoryChangelog>::register(
+        &registry, CHANGELOG,
+    ))?;
+    let output = kafka::Output::new(cluster, GROUP, "rebuild")?;
+    output.begin()?;
+    let mut buf = Vec::new();
+    let mut written = 0;
+    for (p, aggregates) in stores {
+        let source_offset = committed.get(p).copied().unwrap_or(0) - 1;
+        for (sku, aggregate) in aggregates {
+            for r in aggregate.reservation_records() {
+                let key = r.changelog_key();
+                encoder.encode_into(&r.into(), &mut buf)?;
+                output.send(CHANGELOG, Some(*p), key.as_bytes(), &buf, None)?;
+            }
+            encoder.encode_into(&aggregate.snapshot(*p, source_offset).into(), &mut buf)?;
+            output.send(CHANGELOG, Some(*p), sku.as_bytes(), &buf, None)?;
+            written += 1;
+        }
+    }
+    output.end()?;
+    Ok(written)
 }
 
 /// Services whose state store can be rebuilt (or checked) from their own event log.
@@ -363,6 +444,7 @@ pub fn replay_store(
     rt: &Handle,
     service: &str,
     check: bool,
+    progress: bool,
 ) -> anyhow::Result<StoreReplay> {
     use crate::saga::rebuild::{self, EventSourced};
     use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
@@ -372,8 +454,10 @@ pub fn replay_store(
         rt: &Handle,
         service: &str,
         check: bool,
+        bar: &indicatif::ProgressBar,
     ) -> anyhow::Result<StoreReplay> {
-        let (folded, stats) = rebuild::fold::<W>(cluster, rt)?;
+        let (folded, stats) = rebuild::fold::<W>(cluster, rt, bar)?;
+        bar.finish_and_clear();
         let mut out = StoreReplay {
             service: service.to_owned(),
             events_topic: W::EVENTS,
@@ -396,17 +480,38 @@ pub fn replay_store(
         Ok(out)
     }
 
+    let topic = match service {
+        "orders" => <Orders as EventSourced>::EVENTS,
+        "payments" => <Payments as EventSourced>::EVENTS,
+        "shipping" => <Shipping as EventSourced>::EVENTS,
+        "inventory" => crate::topics::inventory::EVENTS,
+        _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
+    };
+    let bar = progress_bar(
+        topic_span(cluster, topic)?,
+        &format!("folding {topic}"),
+        progress,
+    );
     match service {
-        "orders" => saga_store::<Orders>(cluster, rt, service, check),
-        "payments" => saga_store::<Payments>(cluster, rt, service, check),
-        "shipping" => saga_store::<Shipping>(cluster, rt, service, check),
+        "orders" => saga_store::<Orders>(cluster, rt, service, check, &bar),
+        "payments" => saga_store::<Payments>(cluster, rt, service, check, &bar),
+        "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar),
         "inventory" => {
+            let (stores, events) = fold_inventory(cluster, rt, &bar)?;
+            bar.finish_and_clear();
+            let mut out = StoreReplay {
+                service: service.to_owned(),
+                events_topic: crate::topics::inventory::EVENTS,
+                events,
+                states: stores.values().map(|s| s.len()).sum(),
+                differing: None,
+                written: 0,
+            };
             if !check {
-                bail!(
-                    "inventory's store is checked, not rebuilt, from inventory.events (use --check); its snapshots also carry the command offsets they cover"
-                );
+                out.written = write_inventory_store(cluster, rt, &stores)?;
+                return Ok(out);
             }
-            let (folded, events) = inventory_from_events(cluster, rt)?;
+            let folded: std::collections::HashMap<_, _> = stores.into_values().flatten().collect();
             let opts = crate::inventory::Options::new(cluster.clone(), PathBuf::from("."));
             let restored = crate::inventory::service::restore_store(&opts, rt)?;
             let mut differing: Vec<String> = folded
@@ -417,14 +522,8 @@ pub fn replay_store(
                 .collect();
             differing.sort();
             differing.dedup();
-            Ok(StoreReplay {
-                service: service.to_owned(),
-                events_topic: crate::topics::inventory::EVENTS,
-                events,
-                states: folded.len(),
-                differing: Some(differing),
-                written: 0,
-            })
+            out.differing = Some(differing);
+            Ok(out)
         }
         _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
     }

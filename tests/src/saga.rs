@@ -664,7 +664,7 @@ pub fn stores_equal_their_event_logs(
 ) -> anyhow::Result<usize> {
     let mut compared = 0;
     for service in pipelines::replay::REBUILDABLE {
-        let r = pipelines::replay::replay_store(cluster, rt, service, true)?;
+        let r = pipelines::replay::replay_store(cluster, rt, service, true, false)?;
         let differing = r.differing.unwrap_or_default();
         ensure!(
             differing.is_empty(),

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use schemas::Registry;
 use schemas::codec::{Decoder, Encoder};
@@ -68,6 +68,7 @@ pub struct Folded {
 pub fn fold<W: EventSourced>(
     cluster: &Cluster,
     rt: &Handle,
+    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<(Stores<W::State>, Folded)> {
     let probe: BaseConsumer = kafka::client_config(cluster).create()?;
     let mut decoder = Decoder::<W::Output>::new(Registry::new(&cluster.registry));
@@ -80,6 +81,7 @@ pub fn fold<W: EventSourced>(
         // switch) is one event: folded once, recognized by its id like every consumer does.
         let mut folded_ids: HashSet<String> = HashSet::new();
         kafka::read_partition_to_end(cluster, "supplystream-replay", W::EVENTS, p, |m| {
+            bar.inc(1);
             let event = wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), &stop)
                 .with_context(|| format!("{}/{p}@{}", W::EVENTS, m.offset()))?;
             if !folded_ids.insert(W::output_metadata(&event).event_id.clone()) {
@@ -139,21 +141,6 @@ pub fn differences<S: PartialEq>(a: &Stores<S>, b: &Stores<S>) -> Vec<(i32, Stri
     out
 }
 
-/// Refuses to touch a store while its owner runs: a live instance would overwrite it.
-fn ensure_stopped(cluster: &Cluster, group: &str) -> anyhow::Result<()> {
-    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
-    let groups = probe
-        .fetch_group_list(Some(group), kafka::TX_TIMEOUT)
-        .with_context(|| format!("describing consumer group {group}"))?;
-    if let Some(g) = groups.groups().iter().find(|g| !g.members().is_empty()) {
-        bail!(
-            "consumer group {group} has {} active member(s): stop the {group} processor before rebuilding its store",
-            g.members().len()
-        );
-    }
-    Ok(())
-}
-
 /// Writes `stores` into `W`'s changelog (one snapshot per saga, on its partition), in one
 /// transaction on a real broker, after checking that no instance of `W` runs. The
 /// changelog is compacted: the rebuilt snapshots supersede whatever was there.
@@ -162,7 +149,7 @@ pub fn write<W: EventSourced>(
     rt: &Handle,
     stores: &Stores<W::State>,
 ) -> anyhow::Result<usize> {
-    ensure_stopped(cluster, W::NAME)?;
+    kafka::ensure_group_stopped(cluster, W::NAME)?;
     let partitions = stores.keys().max().map_or(1, |p| p + 1);
     rt.block_on(kafka::ensure_topics(cluster, &super::topics(partitions)))?;
     let registry = Registry::new(&cluster.registry);

@@ -176,6 +176,27 @@ impl SkuInventory {
         }
     }
 
+    /// Every reservation record of the aggregate (open, closed and refused ids): with
+    /// [`SkuInventory::snapshot`], what a changelog rebuilt from the event log holds.
+    pub fn reservation_records(&self) -> Vec<ReservationState> {
+        let record = |id: &String, warehouse: &str, quantity, open, refused| ReservationState {
+            sku: self.sku.clone(),
+            reservation_id: id.clone(),
+            warehouse: warehouse.to_owned(),
+            quantity,
+            open,
+            version: self.version,
+            refused,
+        };
+        let open = self
+            .reservations
+            .iter()
+            .map(|(id, (w, q))| record(id, w, *q, true, false));
+        let closed = self.closed.iter().map(|id| record(id, "", 0, false, false));
+        let refused = self.refused.iter().map(|id| record(id, "", 0, false, true));
+        open.chain(closed).chain(refused).collect()
+    }
+
     fn position_mut(&mut self, warehouse: &str) -> &mut Position {
         self.positions.entry(warehouse.to_owned()).or_default()
     }
