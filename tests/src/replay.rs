@@ -99,6 +99,13 @@ pub async fn replay_rebuilds_the_view(
         let rt = tokio::runtime::Handle::current();
         let (o, c) = (opts.clone(), cluster.clone());
         let rebuilt = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            // A killed instance stays a group member until its session expires (10 s).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while let Err(e) = pipelines::kafka::ensure_group_stopped(&c, topics::inventory::GROUP)
+            {
+                ensure!(Instant::now() < deadline, "{e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
             kafka_delete(&c, &rt, topics::inventory::CHANGELOG)?;
             let r = replay::replay_store(&c, &rt, "inventory", false, false)?;
             ensure!(r.written > 0, "nothing written");

@@ -408,8 +408,13 @@ fn main() -> ExitCode {
         ("schema_evolution_on_apicurio", schema_evolution_on_apicurio),
         ("replay_rebuilds_views", replay_rebuilds_views),
     ];
+    // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario) in scenarios {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
         let started = std::time::Instant::now();
         match scenario(&stack, &rt) {
             Ok(()) => {
