@@ -187,15 +187,34 @@ pub fn high_watermarks<C: ConsumerContext>(
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let n = partition_count(consumer, topic)?;
     (0..n as i32)
-        .map(|p| {
-            Ok((
-                p,
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))?
-                    .1,
-            ))
-        })
+        .map(|p| Ok((p, watermarks(consumer, topic, p)?.1)))
         .collect()
+}
+
+/// Low and high watermarks of one partition, retrying while its leader moves or is being
+/// elected (a topic just created answers `NotLeaderForPartition` for a moment).
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    p: i32,
+) -> anyhow::Result<(i64, i64)> {
+    let deadline = std::time::Instant::now() + TX_TIMEOUT;
+    loop {
+        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok(w) => return Ok(w),
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition,
+            )) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("fetching the watermarks of {topic}/{p}")));
+            }
+        }
+    }
 }
 
 /// Committed offsets of `group` on `topic`; partitions without a commit are absent.
@@ -530,7 +549,7 @@ pub fn read_partition_to_end(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     reader.assign(&tpl)?;
-    let (low, high) = reader.fetch_watermarks(topic, p, TX_TIMEOUT)?;
+    let (low, high) = watermarks(&reader, topic, p)?;
     if high <= low {
         return Ok(());
     }

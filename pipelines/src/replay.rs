@@ -92,7 +92,7 @@ pub fn resolve(
         }
         _ => {
             for p in 0..n {
-                let (low, high) = consumer.fetch_watermarks(topic, p, TX_TIMEOUT)?;
+                let (low, high) = kafka::watermarks(consumer, topic, p)?;
                 out.insert(
                     p,
                     match position {
@@ -131,7 +131,7 @@ pub fn topic_span(cluster: &Cluster, topic: &str) -> anyhow::Result<u64> {
     let probe: BaseConsumer = kafka::client_config(cluster).create()?;
     let mut total = 0;
     for p in 0..kafka::partition_count(&probe, topic)? as i32 {
-        let (low, high) = probe.fetch_watermarks(topic, p, TX_TIMEOUT)?;
+        let (low, high) = kafka::watermarks(&probe, topic, p)?;
         total += (high - low).max(0) as u64;
     }
     Ok(total)
