@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod inventory;
 pub mod kafka;
 pub mod load;
+pub mod ownership;
 pub mod produce;
 pub mod replay;
 pub mod saga;

@@ -19,6 +19,10 @@ use sinks::{OutputFormat, QueryEngine};
     about = "The data layer of a supply chain, as streams."
 )]
 struct Cli {
+    /// Pipeline definitions (`<dir>/*.toml`: what each service owns, reads, writes and
+    /// materializes), enforced before any service starts; the bundled ones by default.
+    #[arg(long, global = true, env = "SUPPLYSTREAM_DEFINITIONS")]
+    definitions: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -320,6 +324,19 @@ enum Command {
         #[command(subcommand)]
         command: OffsetsCommand,
     },
+    /// The ownership map: which service owns which topics and views, and what each of its
+    /// pipelines reads and writes (database per service, as enforced at start-up).
+    Services {
+        #[arg(long, value_enum, default_value_t = MapFormat::Text)]
+        format: MapFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MapFormat {
+    Text,
+    /// Graphviz: `supplystream services --format dot | dot -Tsvg > services.svg`.
+    Dot,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -331,7 +348,48 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Runtime::new()?;
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // Database per service: the definitions must hold, and declare whatever is about to run.
+    let ownership = || pipelines::ownership::OwnershipMap::load(cli.definitions.as_deref());
+    match &cli.command {
+        Command::Run {
+            service: Service::Inventory,
+            ..
+        } => ownership()?.enforce(&["inventory", "inventory-views"])?,
+        Command::Run {
+            service: Service::Saga,
+            saga,
+            ..
+        } => {
+            let mut names: Vec<&str> = if saga.participants.is_empty() {
+                saga::PARTICIPANTS.to_vec()
+            } else {
+                saga.participants.iter().map(String::as_str).collect()
+            };
+            if !saga.no_views {
+                names.push("saga-views");
+            }
+            ownership()?.enforce(&names)?
+        }
+        Command::Run {
+            service: Service::Compliance,
+            ..
+        } => ownership()?.enforce(&["compliance"])?,
+        Command::Demo { .. } => ownership()?.enforce(&[])?,
+        _ => {}
+    }
+    match cli.command {
+        Command::Services { format } => {
+            let map = ownership()?;
+            print!(
+                "{}",
+                match format {
+                    MapFormat::Text => map.render_text(),
+                    MapFormat::Dot => map.render_dot(),
+                }
+            );
+            Ok(())
+        }
         Command::Demo {
             commands,
             seed,

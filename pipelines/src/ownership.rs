@@ -1,0 +1,581 @@
+//! Database per service, enforced. The pipeline definitions (`pipelines/definitions/*.toml`,
+//! one file per service) declare the topics each service owns, the views it claims and, per
+//! pipeline, what it reads and writes. They are checked twice at start-up:
+//!
+//! 1. as a whole: a topic or a view claimed by two services, or a pipeline that writes a
+//!    topic its service does not own, is refused with an error naming both sides;
+//! 2. against the code about to run: a processor that would read or write a topic its
+//!    definition does not declare is refused before it touches anything.
+//!
+//! `supplystream services` prints the map (text, or `--format dot` for Graphviz).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// One service's definition file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDef {
+    pub service: String,
+    #[serde(default)]
+    pub description: String,
+    /// Topics only this service writes (its commands, events, replies, changelogs, DLQ).
+    pub owns: Vec<String>,
+    /// Views (Parquet tables) only this service materializes.
+    #[serde(default)]
+    pub views: Vec<String>,
+    #[serde(default, rename = "pipeline")]
+    pub pipelines: Vec<PipelineDef>,
+    /// The file it came from (for errors).
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// One processor of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDef {
+    pub name: String,
+    #[serde(default)]
+    pub reads: Vec<String>,
+    #[serde(default)]
+    pub writes: Vec<String>,
+    #[serde(default)]
+    pub views: Vec<String>,
+}
+
+/// What a processor of the code reads and writes: what a definition must declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePipeline {
+    pub name: &'static str,
+    pub service: &'static str,
+    pub reads: Vec<&'static str>,
+    pub writes: Vec<&'static str>,
+    pub views: Vec<&'static str>,
+}
+
+/// The definitions shipped with the binary (`pipelines/definitions/`).
+const BUNDLED: &[(&str, &str)] = &[
+    (
+        "compliance.toml",
+        include_str!("../definitions/compliance.toml"),
+    ),
+    (
+        "inventory.toml",
+        include_str!("../definitions/inventory.toml"),
+    ),
+    (
+        "notifications.toml",
+        include_str!("../definitions/notifications.toml"),
+    ),
+    ("orders.toml", include_str!("../definitions/orders.toml")),
+    (
+        "payments.toml",
+        include_str!("../definitions/payments.toml"),
+    ),
+    (
+        "shipping.toml",
+        include_str!("../definitions/shipping.toml"),
+    ),
+];
+
+/// The validated ownership map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnershipMap {
+    services: Vec<ServiceDef>,
+}
+
+impl OwnershipMap {
+    /// The definitions shipped with the binary.
+    pub fn bundled() -> anyhow::Result<Self> {
+        Self::parse(
+            BUNDLED
+                .iter()
+                .map(|(name, text)| ((*name).to_owned(), (*text).to_owned())),
+        )
+    }
+
+    /// Every `*.toml` under `dir`.
+    pub fn load_dir(dir: &Path) -> anyhow::Result<Self> {
+        let mut sources = Vec::new();
+        for entry in std::fs::read_dir(dir)
+            .with_context(|| format!("reading pipeline definitions in {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                sources.push((path.display().to_string(), text));
+            }
+        }
+        sources.sort();
+        if sources.is_empty() {
+            bail!("no pipeline definitions (*.toml) in {}", dir.display());
+        }
+        Self::parse(sources)
+    }
+
+    /// `dir` if given, else the bundled definitions.
+    pub fn load(dir: Option<&Path>) -> anyhow::Result<Self> {
+        match dir {
+            Some(d) => Self::load_dir(d),
+            None => Self::bundled(),
+        }
+    }
+
+    /// Parses (file name, text) pairs and validates the whole.
+    pub fn parse(sources: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut services = Vec::new();
+        for (source, text) in sources {
+            let mut def: ServiceDef =
+                toml::from_str(&text).with_context(|| format!("pipeline definition {source}"))?;
+            def.source = source;
+            services.push(def);
+        }
+        let map = OwnershipMap { services };
+        let problems = map.problems();
+        if !problems.is_empty() {
+            bail!(
+                "the pipeline definitions break database-per-service:\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        Ok(map)
+    }
+
+    /// Everything wrong with the definitions as a whole.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut services: BTreeMap<&str, &ServiceDef> = BTreeMap::new();
+        let mut topics: BTreeMap<&str, &ServiceDef> = BTreeMap::new();
+        let mut views: BTreeMap<&str, &ServiceDef> = BTreeMap::new();
+        let mut pipelines: BTreeMap<&str, &ServiceDef> = BTreeMap::new();
+        for s in &self.services {
+            if let Some(other) = services.insert(&s.service, s) {
+                out.push(format!(
+                    "service {} is defined twice ({} and {})",
+                    s.service, other.source, s.source
+                ));
+            }
+            for t in &s.owns {
+                if let Some(other) = topics.insert(t, s)
+                    && other.service != s.service
+                {
+                    out.push(format!(
+                        "topic {t} is claimed by both {} ({}) and {} ({})",
+                        other.service, other.source, s.service, s.source
+                    ));
+                }
+            }
+            for v in &s.views {
+                if let Some(other) = views.insert(v, s)
+                    && other.service != s.service
+                {
+                    out.push(format!(
+                        "view {v} is claimed by both {} ({}) and {} ({})",
+                        other.service, other.source, s.service, s.source
+                    ));
+                }
+            }
+            for p in &s.pipelines {
+                if let Some(other) = pipelines.insert(&p.name, s) {
+                    out.push(format!(
+                        "pipeline {} is defined by both {} and {}",
+                        p.name, other.service, s.service
+                    ));
+                }
+            }
+        }
+        for s in &self.services {
+            for p in &s.pipelines {
+                for t in &p.writes {
+                    match topics.get(t.as_str()) {
+                        Some(owner) if owner.service == s.service => {}
+                        Some(owner) => out.push(format!(
+                            "pipeline {} of {} ({}) writes {t}, which belongs to {} ({}): a service writes only its own topics",
+                            p.name, s.service, s.source, owner.service, owner.source
+                        )),
+                        None => out.push(format!(
+                            "pipeline {} of {} ({}) writes {t}, which no service owns",
+                            p.name, s.service, s.source
+                        )),
+                    }
+                }
+                for t in &p.reads {
+                    if !topics.contains_key(t.as_str()) {
+                        out.push(format!(
+                            "pipeline {} of {} ({}) reads {t}, which no service owns",
+                            p.name, s.service, s.source
+                        ));
+                    }
+                }
+                for v in &p.views {
+                    match views.get(v.as_str()) {
+                        Some(owner) if owner.service == s.service => {}
+                        Some(owner) => out.push(format!(
+                            "pipeline {} of {} ({}) materializes view {v}, which belongs to {} ({})",
+                            p.name, s.service, s.source, owner.service, owner.source
+                        )),
+                        None => out.push(format!(
+                            "pipeline {} of {} ({}) materializes view {v}, which {} does not claim",
+                            p.name, s.service, s.source, s.service
+                        )),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The service that owns `topic`.
+    pub fn owner_of(&self, topic: &str) -> Option<&str> {
+        self.services
+            .iter()
+            .find(|s| s.owns.iter().any(|t| t == topic))
+            .map(|s| s.service.as_str())
+    }
+
+    /// Refuses `code` unless its definition declares everything it reads, writes and
+    /// materializes, under the same service.
+    pub fn check(&self, code: &CodePipeline) -> anyhow::Result<()> {
+        let Some((service, def)) = self.services.iter().find_map(|s| {
+            s.pipelines
+                .iter()
+                .find(|p| p.name == code.name)
+                .map(|p| (s, p))
+        }) else {
+            bail!(
+                "no pipeline definition declares pipeline {} (of service {}): add it to {}.toml",
+                code.name,
+                code.service,
+                code.service
+            );
+        };
+        let mut problems = Vec::new();
+        if service.service != code.service {
+            problems.push(format!(
+                "it is defined under service {} ({}), but the code runs it as {}",
+                service.service, service.source, code.service
+            ));
+        }
+        let undeclared = |used: &[&'static str], declared: &[String]| -> Vec<&'static str> {
+            used.iter()
+                .copied()
+                .filter(|t| !declared.iter().any(|d| d == t))
+                .collect()
+        };
+        for t in undeclared(&code.writes, &def.writes) {
+            let owner = self.owner_of(t).unwrap_or("no service");
+            problems.push(format!(
+                "it writes {t} (owned by {owner}), which its definition does not declare"
+            ));
+        }
+        for t in undeclared(&code.reads, &def.reads) {
+            problems.push(format!(
+                "it reads {t}, which its definition does not declare"
+            ));
+        }
+        for v in undeclared(&code.views, &def.views) {
+            problems.push(format!(
+                "it materializes view {v}, which its definition does not declare"
+            ));
+        }
+        if !problems.is_empty() {
+            bail!(
+                "pipeline {} refused ({}): {}",
+                code.name,
+                service.source,
+                problems.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks every pipeline in `names` (all the code's when empty) against the map.
+    pub fn enforce(&self, names: &[&str]) -> anyhow::Result<()> {
+        for code in code_pipelines() {
+            if names.is_empty() || names.contains(&code.name) {
+                self.check(&code)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The map as text: per service, what it owns, claims and runs.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for s in &self.services {
+            line(&mut out, format!("{}  {}", s.service, s.description));
+            line(&mut out, format!("  owns   {}", list(&s.owns)));
+            line(&mut out, format!("  views  {}", list(&s.views)));
+            for p in &s.pipelines {
+                line(&mut out, format!("  pipeline {}", p.name));
+                line(&mut out, format!("    reads   {}", list(&p.reads)));
+                line(&mut out, format!("    writes  {}", list(&p.writes)));
+                if !p.views.is_empty() {
+                    line(&mut out, format!("    views   {}", list(&p.views)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The map as a Graphviz digraph: services own topics (clusters), pipelines read and
+    /// write them, views hang off the pipelines that materialize them.
+    pub fn render_dot(&self) -> String {
+        let mut out = String::from(
+            "digraph supplystream {\n  rankdir=LR;\n  node [fontname=\"Helvetica\", fontsize=10];\n",
+        );
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\\\""));
+        for s in &self.services {
+            line(
+                &mut out,
+                format!("  subgraph {} {{", q(&format!("cluster_{}", s.service))),
+            );
+            line(&mut out, format!("    label={};", q(&s.service)));
+            for t in &s.owns {
+                line(&mut out, format!("    {} [shape=cylinder];", q(t)));
+            }
+            for p in &s.pipelines {
+                line(
+                    &mut out,
+                    format!("    {} [shape=box, style=rounded];", q(&p.name)),
+                );
+            }
+            for v in &s.views {
+                line(
+                    &mut out,
+                    format!("    {} [shape=note];", q(&format!("view {v}"))),
+                );
+            }
+            out.push_str("  }\n");
+        }
+        let mut edges = BTreeSet::new();
+        for s in &self.services {
+            for p in &s.pipelines {
+                for t in &p.reads {
+                    edges.insert((q(t), q(&p.name)));
+                }
+                for t in &p.writes {
+                    edges.insert((q(&p.name), q(t)));
+                }
+                for v in &p.views {
+                    edges.insert((q(&p.name), q(&format!("view {v}"))));
+                }
+            }
+        }
+        for (a, b) in edges {
+            line(&mut out, format!("  {a} -> {b};"));
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    pub fn services(&self) -> &[ServiceDef] {
+        &self.services
+    }
+}
+
+fn line(out: &mut String, text: String) {
+    out.push_str(&text);
+    out.push('\n');
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Every processor the code can run, with the topics it actually uses.
+pub fn code_pipelines() -> Vec<CodePipeline> {
+    use crate::saga::Wiring;
+    use crate::topics::inventory as inv;
+    use processors::saga::{
+        inventory::InventorySaga, notifications::Notifications, orders::Orders, payments::Payments,
+        shipping::Shipping,
+    };
+
+    fn participant<W: Wiring>() -> CodePipeline {
+        CodePipeline {
+            name: W::NAME,
+            service: W::SERVICE,
+            reads: W::INPUTS.to_vec(),
+            writes: W::OUTPUTS
+                .iter()
+                .copied()
+                .chain([W::CHANGELOG, W::DLQ])
+                .collect(),
+            views: Vec::new(),
+        }
+    }
+
+    vec![
+        CodePipeline {
+            name: "inventory",
+            service: "inventory",
+            reads: vec![inv::COMMANDS],
+            writes: vec![inv::EVENTS, inv::RESERVATIONS, inv::CHANGELOG, inv::DLQ],
+            views: Vec::new(),
+        },
+        CodePipeline {
+            name: "inventory-views",
+            service: "inventory",
+            reads: vec![inv::EVENTS],
+            writes: vec![inv::DLQ],
+            views: vec![sinks::stock_levels::VIEW],
+        },
+        participant::<InventorySaga>(),
+        participant::<Orders>(),
+        participant::<Payments>(),
+        participant::<Shipping>(),
+        participant::<Notifications>(),
+        CodePipeline {
+            name: "saga-views",
+            service: "orders",
+            reads: crate::saga::views::TOPICS.to_vec(),
+            writes: Vec::new(),
+            views: vec![sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
+        },
+        CodePipeline {
+            name: "compliance",
+            service: "compliance",
+            reads: crate::compliance::EVENT_TOPICS
+                .iter()
+                .map(|(t, _)| *t)
+                .collect(),
+            writes: Vec::new(),
+            views: vec![sinks::audit::VIEW],
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundled_sources() -> Vec<(String, String)> {
+        BUNDLED
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_bundled_definitions_hold_and_declare_every_pipeline_of_the_code() {
+        let map = OwnershipMap::bundled().unwrap();
+        map.enforce(&[]).unwrap();
+        assert_eq!(map.owner_of("orders.events"), Some("orders"));
+    }
+
+    #[test]
+    fn the_bundled_definitions_are_the_files_in_the_repo() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions");
+        let on_disk = OwnershipMap::load_dir(&dir).unwrap();
+        let names: Vec<&str> = on_disk
+            .services()
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect();
+        let bundled = OwnershipMap::bundled().unwrap();
+        let bundled_names: Vec<&str> = bundled
+            .services()
+            .iter()
+            .map(|s| s.service.as_str())
+            .collect();
+        assert_eq!(names, bundled_names, "add new definition files to BUNDLED");
+    }
+
+    #[test]
+    fn a_pipeline_writing_another_services_topic_is_refused_naming_both() {
+        let mut sources = bundled_sources();
+        let payments = sources
+            .iter_mut()
+            .find(|(n, _)| n == "payments.toml")
+            .unwrap();
+        payments.1 = payments.1.replace(
+            r#"writes = ["payments.replies""#,
+            r#"writes = ["orders.events", "payments.replies""#,
+        );
+        let err = OwnershipMap::parse(sources).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "pipeline payments of payments (payments.toml) writes orders.events, which belongs to orders (orders.toml)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_topic_or_view_claimed_twice_is_refused_naming_both() {
+        let mut sources = bundled_sources();
+        sources.push((
+            "rogue.toml".into(),
+            r#"
+service = "rogue"
+owns = ["shipping.replies"]
+views = ["stock_levels"]
+"#
+            .into(),
+        ));
+        let err = OwnershipMap::parse(sources).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "topic shipping.replies is claimed by both shipping (shipping.toml) and rogue (rogue.toml)"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "view stock_levels is claimed by both inventory (inventory.toml) and rogue (rogue.toml)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn code_that_writes_an_undeclared_topic_does_not_start() {
+        let mut sources = bundled_sources();
+        let shipping = sources
+            .iter_mut()
+            .find(|(n, _)| n == "shipping.toml")
+            .unwrap();
+        shipping.1 = shipping.1.replace(
+            r#"writes = ["shipping.replies", "shipping.changelog", "shipping.dlq"]"#,
+            r#"writes = ["shipping.changelog", "shipping.dlq"]"#,
+        );
+        let map = OwnershipMap::parse(sources).unwrap();
+        let err = map.enforce(&["shipping"]).unwrap_err().to_string();
+        assert!(
+            err.contains("it writes shipping.replies (owned by shipping), which its definition does not declare"),
+            "{err}"
+        );
+        map.enforce(&["payments"]).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_not_ignored() {
+        let err = OwnershipMap::parse([(
+            "x.toml".to_owned(),
+            "service = \"x\"\nowns = []\nown = [\"y\"]\n".to_owned(),
+        )])
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `own`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_dot_picture_has_every_topic_and_edge() {
+        let dot = OwnershipMap::bundled().unwrap().render_dot();
+        assert!(dot.starts_with("digraph supplystream {"));
+        assert!(dot.contains("\"payments\" -> \"payments.replies\";"));
+        assert!(dot.contains("\"orders.events\" -> \"shipping\";"));
+    }
+}
