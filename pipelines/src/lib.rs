@@ -13,6 +13,9 @@
 
 pub mod compliance;
 pub mod embedded;
+pub mod freshness;
+#[cfg(feature = "query")]
+pub mod http;
 pub mod inventory;
 pub mod kafka;
 pub mod load;

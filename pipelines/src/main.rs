@@ -324,6 +324,17 @@ enum Command {
         #[command(subcommand)]
         command: OffsetsCommand,
     },
+    /// The HTTP API: POST /commands/<service>/<Command>, GET|POST /query (read-your-writes
+    /// with the command's token), GET /views (freshness).
+    Serve {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// The ownership map: which service owns which topics and views, and what each of its
     /// pipelines reads and writes (database per service, as enforced at start-up).
     Services {
@@ -379,6 +390,24 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     match cli.command {
+        Command::Serve {
+            cluster,
+            views,
+            listen,
+        } => rt.block_on(async {
+            let cluster = cluster.cluster();
+            kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
+            kafka::ensure_topics(&cluster, &saga::topics(3)).await?;
+            let api = pipelines::http::Api::new(cluster, views, ownership()?).await?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            eprintln!("Serving on http://{}", listener.local_addr()?);
+            tokio::select! {
+                r = pipelines::http::serve(api, listener) => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }),
         Command::Services { format } => {
             let map = ownership()?;
             print!(

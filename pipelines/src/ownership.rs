@@ -238,6 +238,20 @@ impl OwnershipMap {
             .map(|s| s.service.as_str())
     }
 
+    /// The pipeline (= consumer group) of `topic`'s owner that consumes it: who turns a
+    /// command written there into events.
+    pub fn consumer_of(&self, topic: &str) -> Option<&str> {
+        let owner = self
+            .services
+            .iter()
+            .find(|s| s.owns.iter().any(|t| t == topic))?;
+        owner
+            .pipelines
+            .iter()
+            .find(|p| p.reads.iter().any(|t| t == topic))
+            .map(|p| p.name.as_str())
+    }
+
     /// Refuses `code` unless its definition declares everything it reads, writes and
     /// materializes, under the same service.
     pub fn check(&self, code: &CodePipeline) -> anyhow::Result<()> {

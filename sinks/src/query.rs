@@ -64,6 +64,14 @@ impl QueryEngine {
         Ok(QueryEngine { ctx, tables })
     }
 
+    /// Registers an in-memory table (e.g. the `views` system table) beside the views.
+    pub fn register_batch(&mut self, name: &str, batch: RecordBatch) -> Result<()> {
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        self.ctx.register_table(name, std::sync::Arc::new(table))?;
+        self.tables.push(name.to_owned());
+        Ok(())
+    }
+
     /// Names of the registered views.
     pub fn tables(&self) -> &[String] {
         &self.tables

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod duckdb;
 pub mod evolution;
+pub mod http;
 pub mod model;
 pub mod replay;
 pub mod saga;

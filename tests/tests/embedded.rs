@@ -134,3 +134,20 @@ async fn replay_rebuilds_stock_levels_from_the_topic() -> anyhow::Result<()> {
     integration::replay::replay_rebuilds_the_view(&cluster, views.path(), &mut runner, 5_000, false)
         .await
 }
+
+/// The HTTP API: commands in, the query with the command's token sees its effect on the
+/// first try; bad input is a 4xx naming the field and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_commands_are_read_back_with_their_token() -> anyhow::Result<()> {
+    logs();
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    embedded.create_topics(&saga::topics(3))?;
+    let views = tempfile::tempdir()?;
+    let mut runner = InProcess::new(
+        Options::new(cluster.clone(), views.path().to_path_buf()),
+        tokio::runtime::Handle::current(),
+    );
+    integration::http::read_your_writes(&cluster, views.path(), &mut runner).await
+}

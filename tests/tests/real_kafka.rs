@@ -346,6 +346,28 @@ fn schema_evolution_on_apicurio(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
 /// 100,000 commands through the inventory service (a child process), then the stock_levels
 /// view deleted and rebuilt from the earliest offset (identical), and rebuilt as of a
 /// mid-stream time (equal to the fold of the events recorded before it).
+/// The HTTP API against real Kafka: the inventory service in its own process, transactions
+/// on; a command's token makes the next query see it.
+fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    let logs = binary()
+        .parent()
+        .expect("target dir")
+        .join("real-kafka-logs");
+    let mut runner = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.path().to_path_buf(),
+        logs.join("http-inventory"),
+    );
+    rt.block_on(integration::http::read_your_writes(
+        &stack.cluster,
+        views.path(),
+        &mut runner,
+    ))
+}
+
 fn replay_rebuilds_views(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
     let views = tempfile::tempdir()?;
@@ -392,7 +414,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 6] = [
         (
             "inventory_killed_mid_stream_exactly_once",
             killed_mid_stream,
@@ -407,6 +429,7 @@ fn main() -> ExitCode {
         ),
         ("schema_evolution_on_apicurio", schema_evolution_on_apicurio),
         ("replay_rebuilds_views", replay_rebuilds_views),
+        ("http_read_your_writes", http_read_your_writes),
     ];
     // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));

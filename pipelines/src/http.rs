@@ -1,0 +1,510 @@
+//! The HTTP API: commands in, queries out (CQRS over HTTP).
+//!
+//! - `POST /commands/<service>/<Command>`: the JSON fields of the command record (its Avro
+//!   schema under `schemas/avro/<service>/`), `metadata` optional (filled in: a new command
+//!   id, now, no expected version) and `expected_version` optional (optimistic concurrency).
+//!   A field of the wrong type or missing is a 400 naming the field. The command is encoded
+//!   with its registered schema and written to `<service>.commands`, keyed by aggregate id;
+//!   the answer carries the command id and the offset token of the write.
+//! - `GET /query?sql=…` or `POST /query {"sql": …}`, with `format` json (default) | csv |
+//!   arrow (an Arrow IPC stream), and optionally `token` (from a command) and `timeout_ms`:
+//!   the query waits until every view it reads reflects the command (read-your-writes).
+//!   The `views` table tells each view's freshness (position, end and lag per partition).
+//! - `GET /views`: the same freshness as JSON.
+//!
+//! Every error is JSON, `{"error": …}` (plus `field` for a bad field); nothing is written
+//! unless the whole command was valid.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::Registry;
+use schemas::codec::Encoder;
+use schemas::inventory::*;
+use schemas::orders::*;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::Cluster;
+use crate::freshness::{self, Token};
+use crate::kafka;
+use crate::ownership::OwnershipMap;
+
+/// What the API needs.
+pub struct Api {
+    cluster: Cluster,
+    views_dir: PathBuf,
+    ownership: OwnershipMap,
+    producer: FutureProducer,
+    inventory: Encoder<InventoryCommand>,
+    orders: Encoder<OrderCommand>,
+    /// Longest a query waits for its token (unless it asks for less).
+    pub max_wait: Duration,
+}
+
+impl Api {
+    /// Registers the command schemas and connects the producer.
+    pub async fn new(
+        cluster: Cluster,
+        views_dir: PathBuf,
+        ownership: OwnershipMap,
+    ) -> anyhow::Result<Self> {
+        let registry = Registry::new(&cluster.registry);
+        let producer: FutureProducer = kafka::producer_config(&cluster)
+            .set("linger.ms", "0")
+            .create()?;
+        Ok(Api {
+            inventory: Encoder::register(&registry, crate::topics::inventory::COMMANDS).await?,
+            orders: Encoder::register(&registry, schemas::saga::topics::ORDER_COMMANDS).await?,
+            cluster,
+            views_dir,
+            ownership,
+            producer,
+            max_wait: Duration::from_secs(30),
+        })
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/commands/{service}/{command}", post(command))
+            .route("/query", get(query_get).post(query_post))
+            .route("/views", get(views))
+            .with_state(Arc::new(self))
+    }
+}
+
+/// An error answered as JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl std::fmt::Display) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": error.to_string() }),
+        }
+    }
+    fn bad_field(field: String, error: impl std::fmt::Display) -> Self {
+        let field = if field == "." { String::new() } else { field };
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({
+                "error": if field.is_empty() { error.to_string() } else { format!("field {field}: {error}") },
+                "field": field,
+            }),
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body)
+        .map_err(|e| ApiError::bad_field(e.path().to_string(), e.inner()))
+}
+
+/// The topic, key and encoded bytes of one command.
+struct Encoded {
+    topic: &'static str,
+    key: String,
+    payload: Vec<u8>,
+}
+
+fn encode_command(
+    api: &Api,
+    service: &str,
+    command: &str,
+    body: Value,
+) -> Result<Encoded, ApiError> {
+    macro_rules! commands {
+        ($encoder:expr, $topic:expr, $union:ident, $key:ident, [$($record:ident),+]) => {
+            match command {
+                $(stringify!($record) => {
+                    let c: $union = parse::<$record>(body)?.into();
+                    let key = c.$key().to_owned();
+                    if key.is_empty() {
+                        return Err(ApiError::bad_field(stringify!($key).into(), "must not be empty"));
+                    }
+                    let payload = $encoder.encode(&c).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+                    return Ok(Encoded { topic: $topic, key, payload });
+                })+
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "{service} has no command {command:?} (commands: {})",
+                            [$(stringify!($record)),+].join(", ")
+                        ),
+                    ))
+                }
+            }
+        };
+    }
+    match service {
+        "inventory" => commands!(
+            api.inventory,
+            crate::topics::inventory::COMMANDS,
+            InventoryCommand,
+            sku,
+            [
+                ReceiveStock,
+                ReserveStock,
+                ReleaseReservation,
+                AdjustStock,
+                TransferStock,
+                AuditStock
+            ]
+        ),
+        "orders" => commands!(
+            api.orders,
+            schemas::saga::topics::ORDER_COMMANDS,
+            OrderCommand,
+            order_id,
+            [PlaceOrder, CancelOrder]
+        ),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no service {service:?} takes commands over HTTP (inventory, orders)"),
+        )),
+    }
+}
+
+/// Fills in `metadata` when the caller did not send it.
+fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), ApiError> {
+    let Some(object) = body.as_object_mut() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object of the command's fields",
+        ));
+    };
+    let expected = match object.remove("expected_version") {
+        None | Some(Value::Null) => -1,
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| ApiError::bad_field("expected_version".into(), "must be an integer"))?,
+    };
+    if let Some(m) = object.get("metadata") {
+        let id = m
+            .get("event_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        return Ok((body, id));
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let aggregate = object
+        .get(key_field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let metadata = Metadata {
+        aggregate_version: expected,
+        ..Metadata::command(&id, &aggregate, crate::wire::now_ms())
+    };
+    object.insert(
+        "metadata".into(),
+        serde_json::to_value(metadata).map_err(ApiError::internal)?,
+    );
+    Ok((body, id))
+}
+
+async fn command(
+    State(api): State<Arc<Api>>,
+    Path((service, command)): Path<(String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    };
+    let key_field = if service == "orders" {
+        "order_id"
+    } else {
+        "sku"
+    };
+    let (body, command_id) = with_metadata(body, key_field)?;
+    let encoded = encode_command(&api, &service, &command, body)?;
+    let delivery = api
+        .producer
+        .send(
+            FutureRecord::to(encoded.topic)
+                .key(&encoded.key)
+                .payload(&encoded.payload),
+            kafka::TX_TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} not written: {e}", encoded.topic),
+            )
+        })?;
+    let (partition, offset) = (delivery.partition, delivery.offset);
+    let token = Token {
+        topic: encoded.topic.to_owned(),
+        partition,
+        offset,
+    };
+    Ok(Json(json!({
+        "command_id": command_id,
+        "topic": encoded.topic,
+        "partition": partition,
+        "offset": offset,
+        "token": token.to_string(),
+    })))
+}
+
+/// A query's parameters (query string or JSON body).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParams {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+async fn query_get(
+    State(api): State<Arc<Api>>,
+    params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    query(api, params).await
+}
+
+async fn query_post(
+    State(api): State<Arc<Api>>,
+    body: Result<Json<QueryParams>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(params) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    query(api, params).await
+}
+
+/// Whether a SQL text names `table` (identifiers compared whole, case-insensitively).
+fn names(sql: &str, table: &str) -> bool {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case(table))
+}
+
+/// The views a SQL text names.
+fn views_named(sql: &str) -> Vec<&'static str> {
+    freshness::VIEWS
+        .iter()
+        .copied()
+        .filter(|v| names(sql, v))
+        .collect()
+}
+
+async fn query(api: Arc<Api>, params: QueryParams) -> Result<Response, ApiError> {
+    let format = params.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "csv" | "arrow") {
+        return Err(ApiError::bad_field(
+            "format".into(),
+            format!("{format:?} is not json, csv or arrow"),
+        ));
+    }
+    if let Some(token) = &params.token {
+        let token: Token = token
+            .parse()
+            .map_err(|e: String| ApiError::bad_field("token".into(), e))?;
+        let group = api
+            .ownership
+            .consumer_of(&token.topic)
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    "token".into(),
+                    format!("no pipeline consumes {}", token.topic),
+                )
+            })?
+            .to_owned();
+        let wait = params
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(api.max_wait)
+            .min(api.max_wait);
+        let views = views_named(&params.sql);
+        let a = api.clone();
+        tokio::task::spawn_blocking(move || {
+            freshness::wait_for(&a.cluster, &a.views_dir, &token, &group, &views, wait)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("{e:#}")))?;
+    }
+    let mut engine = sinks::QueryEngine::open(&api.views_dir)
+        .await
+        .map_err(ApiError::internal)?;
+    if names(&params.sql, "views") {
+        let a = api.clone();
+        let rows =
+            tokio::task::spawn_blocking(move || freshness::freshness(&a.cluster, &a.views_dir))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+        engine
+            .register_batch("views", views_batch(&rows).map_err(ApiError::internal)?)
+            .map_err(ApiError::internal)?;
+    }
+    let batches = engine
+        .sql(&params.sql)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let (content_type, body) = match format {
+        "csv" => (
+            "text/csv",
+            sinks::OutputFormat::Csv
+                .render(&batches)
+                .map_err(ApiError::internal)?
+                .into_bytes(),
+        ),
+        "arrow" => (
+            "application/vnd.apache.arrow.stream",
+            arrow_stream(&batches)?,
+        ),
+        _ => ("application/json", json_array(&batches)?),
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn json_array(batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    for b in batches {
+        w.write(b).map_err(ApiError::internal)?;
+    }
+    w.finish().map_err(ApiError::internal)?;
+    let out = w.into_inner();
+    Ok(if out.is_empty() { b"[]".to_vec() } else { out })
+}
+
+fn arrow_stream(batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
+        .map_err(ApiError::internal)?;
+    for b in batches {
+        w.write(b).map_err(ApiError::internal)?;
+    }
+    w.finish().map_err(ApiError::internal)?;
+    w.into_inner().map_err(ApiError::internal)
+}
+
+/// The `views` system table.
+pub fn views_batch(rows: &[freshness::Freshness]) -> anyhow::Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("position", DataType::Int64, true),
+        Field::new("end_offset", DataType::Int64, false),
+        Field::new("lag", DataType::Int64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.view.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.topic.as_str()),
+        )),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|r| r.partition),
+        )),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.position))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.end))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.lag()))),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+async fn views(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
+    let a = api.clone();
+    let rows = tokio::task::spawn_blocking(move || freshness::freshness(&a.cluster, &a.views_dir))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    Ok(Json(Value::Array(
+        rows.iter()
+            .map(|r| {
+                json!({
+                    "view": r.view, "topic": r.topic, "partition": r.partition,
+                    "position": r.position, "end_offset": r.end, "lag": r.lag(),
+                })
+            })
+            .collect(),
+    )))
+}
+
+/// Serves the API on `listener` until the future is dropped.
+pub async fn serve(api: Api, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    axum::serve(listener, api.router()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_views_a_query_reads_are_found_by_name() {
+        assert_eq!(
+            views_named("SELECT * FROM stock_levels s JOIN sagas ON s.sku = sagas.x"),
+            vec!["stock_levels", "sagas"]
+        );
+        assert!(views_named("SELECT * FROM stock_levels_old").is_empty());
+    }
+
+    #[test]
+    fn a_bad_field_is_named() {
+        let e = parse::<ReceiveStock>(json!({
+            "metadata": serde_json::to_value(Metadata::command("c", "S", 0)).unwrap(),
+            "sku": "S", "warehouse": "AMS", "quantity": "many"
+        }))
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body["field"], "quantity");
+        let e = parse::<PlaceOrder>(json!({
+            "metadata": serde_json::to_value(Metadata::command("c", "O", 0)).unwrap(),
+            "order_id": "O", "customer_id": "C", "payment_method": "visa",
+            "ship_to_country": "NL", "ship_to_postcode": "1",
+            "lines": [{"sku": "S", "warehouse": "AMS", "quantity": 1}]
+        }))
+        .unwrap_err();
+        assert_eq!(e.body["field"], "lines[0]", "{:?}", e.body);
+        assert!(
+            e.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("missing field `unit_price_cents`"),
+            "{:?}",
+            e.body
+        );
+    }
+}
