@@ -76,6 +76,7 @@ fn decoder_for(topic: &str, registry: &Registry) -> Box<dyn MetaDecoder> {
         "orders.events" => Box::new(Decoder::<OrderEvent>::new(r)),
         "payments.replies" => Box::new(Decoder::<PaymentReply>::new(r)),
         "shipping.replies" => Box::new(Decoder::<ShipmentReply>::new(r)),
+        "billing.events" => Box::new(Decoder::<schemas::billing::BillingEvent>::new(r)),
         _ => Box::new(Decoder::<NotificationEvent>::new(r)),
     }
 }

@@ -30,6 +30,7 @@ pub fn view_inputs(view: &str) -> Option<Vec<&'static str>> {
         v if v == sinks::sagas::SAGAS || v == sinks::sagas::SAGA_STEPS => {
             crate::saga::views::TOPICS.to_vec()
         }
+        v if v == sinks::ledger::VIEW => vec![schemas::saga::topics::BILLING_EVENTS],
         v if v == sinks::audit::VIEW => crate::compliance::EVENT_TOPICS
             .iter()
             .map(|(t, _)| *t)
@@ -43,6 +44,7 @@ pub const VIEWS: &[&str] = &[
     sinks::stock_levels::VIEW,
     sinks::sagas::SAGAS,
     sinks::sagas::SAGA_STEPS,
+    sinks::ledger::VIEW,
     sinks::audit::VIEW,
 ];
 
@@ -60,6 +62,7 @@ pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Pos
         v if v == sinks::sagas::SAGAS || v == sinks::sagas::SAGA_STEPS => {
             crate::saga::views::checkpoint(views_dir)?
         }
+        v if v == sinks::ledger::VIEW => crate::saga::ledger::checkpoint(views_dir)?,
         v if v == sinks::audit::VIEW => sinks::audit::AuditTable::open(views_dir)?
             .checkpoint()?
             .map(|c| c.positions),

@@ -379,6 +379,9 @@ fn main() -> anyhow::Result<()> {
             };
             if !saga.no_views {
                 names.push("saga-views");
+                if names.contains(&"billing") {
+                    names.push("ledger-view");
+                }
             }
             ownership()?.enforce(&names)?
         }

@@ -59,6 +59,7 @@ pub struct CodePipeline {
 
 /// The definitions shipped with the binary (`pipelines/definitions/`).
 const BUNDLED: &[(&str, &str)] = &[
+    ("billing.toml", include_str!("../definitions/billing.toml")),
     (
         "compliance.toml",
         include_str!("../definitions/compliance.toml"),
@@ -411,8 +412,8 @@ pub fn code_pipelines() -> Vec<CodePipeline> {
     use crate::saga::Wiring;
     use crate::topics::inventory as inv;
     use processors::saga::{
-        inventory::InventorySaga, notifications::Notifications, orders::Orders, payments::Payments,
-        shipping::Shipping,
+        billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
+        payments::Payments, shipping::Shipping,
     };
 
     fn participant<W: Wiring>() -> CodePipeline {
@@ -449,12 +450,20 @@ pub fn code_pipelines() -> Vec<CodePipeline> {
         participant::<Payments>(),
         participant::<Shipping>(),
         participant::<Notifications>(),
+        participant::<Billing>(),
         CodePipeline {
             name: "saga-views",
             service: "orders",
             reads: crate::saga::views::TOPICS.to_vec(),
             writes: Vec::new(),
             views: vec![sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
+        },
+        CodePipeline {
+            name: "ledger-view",
+            service: "billing",
+            reads: vec![schemas::saga::topics::BILLING_EVENTS],
+            writes: Vec::new(),
+            views: vec![sinks::ledger::VIEW],
         },
         CodePipeline {
             name: "compliance",

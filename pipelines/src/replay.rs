@@ -421,7 +421,7 @@ pub fn write_inventory_store(
 }
 
 /// Services whose state store can be rebuilt (or checked) from their own event log.
-pub const REBUILDABLE: &[&str] = &["orders", "payments", "shipping", "inventory"];
+pub const REBUILDABLE: &[&str] = &["orders", "payments", "shipping", "billing", "inventory"];
 
 /// What a store replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,7 +447,9 @@ pub fn replay_store(
     progress: bool,
 ) -> anyhow::Result<StoreReplay> {
     use crate::saga::rebuild::{self, EventSourced};
-    use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
+    use processors::saga::{
+        billing::Billing, orders::Orders, payments::Payments, shipping::Shipping,
+    };
 
     fn saga_store<W: EventSourced>(
         cluster: &Cluster,
@@ -484,6 +486,7 @@ pub fn replay_store(
         "orders" => <Orders as EventSourced>::EVENTS,
         "payments" => <Payments as EventSourced>::EVENTS,
         "shipping" => <Shipping as EventSourced>::EVENTS,
+        "billing" => <Billing as EventSourced>::EVENTS,
         "inventory" => crate::topics::inventory::EVENTS,
         _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
     };
@@ -496,6 +499,7 @@ pub fn replay_store(
         "orders" => saga_store::<Orders>(cluster, rt, service, check, &bar),
         "payments" => saga_store::<Payments>(cluster, rt, service, check, &bar),
         "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar),
+        "billing" => saga_store::<Billing>(cluster, rt, service, check, &bar),
         "inventory" => {
             let (stores, events) = fold_inventory(cluster, rt, &bar)?;
             bar.finish_and_clear();

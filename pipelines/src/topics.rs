@@ -32,6 +32,8 @@ pub mod saga {
     pub const SHIPPING_DLQ: &str = "shipping.dlq";
     pub const NOTIFICATIONS_CHANGELOG: &str = "notifications.changelog";
     pub const NOTIFICATIONS_DLQ: &str = "notifications.dlq";
+    pub const BILLING_CHANGELOG: &str = "billing.changelog";
+    pub const BILLING_DLQ: &str = "billing.dlq";
 }
 
 /// Headers written on dead letters.

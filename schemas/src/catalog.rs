@@ -5,6 +5,7 @@
 
 use apache_avro::Schema;
 
+use crate::billing::{BillingChangelog, BillingEvent};
 use crate::inventory::{
     InventoryChangelog, InventoryCommand, InventoryEvent, InventoryReply, InventorySagaChangelog,
 };
@@ -65,6 +66,8 @@ pub fn subjects() -> Vec<Subject> {
         of::<ShipmentChangelog>("shipping.changelog", all),
         of::<NotificationEvent>("notifications.events", all),
         of::<NotificationChangelog>("notifications.changelog", all),
+        of::<BillingEvent>("billing.events", all),
+        of::<BillingChangelog>("billing.changelog", all),
     ]
     .into_iter()
     .flatten()

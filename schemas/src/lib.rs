@@ -24,6 +24,7 @@
 //! assert_eq!(cmd.record_name(), "supplychain.inventory.ReceiveStock");
 //! ```
 
+pub mod billing;
 pub mod catalog;
 #[cfg(feature = "registry")]
 pub mod codec;

@@ -26,6 +26,10 @@ const SHARED: &[(&str, &str)] = &[
         "\"supplychain.orders.OrderLine\"",
         include_str!("../avro/orders/OrderLine.avsc"),
     ),
+    (
+        "\"supplychain.billing.Posting\"",
+        include_str!("../avro/billing/Posting.avsc"),
+    ),
 ];
 
 /// Parses an `.avsc` text, inlining the shared records it names (see `SHARED`), so every

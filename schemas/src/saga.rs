@@ -29,6 +29,7 @@ pub mod topics {
     pub const PAYMENT_REPLIES: &str = "payments.replies";
     pub const SHIPPING_REPLIES: &str = "shipping.replies";
     pub const NOTIFICATION_EVENTS: &str = "notifications.events";
+    pub const BILLING_EVENTS: &str = "billing.events";
 }
 
 /// The topic a record of the saga travels on (`None`: not a saga record).
@@ -52,6 +53,7 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         "PaymentCaptured" | "PaymentDeclined" | "PaymentRefunded" => PAYMENT_REPLIES,
         "ShipmentCreated" | "ShipmentFailed" | "ShipmentCancelled" => SHIPPING_REPLIES,
         "NotificationSent" => NOTIFICATION_EVENTS,
+        "PaymentReceived" | "InvoiceIssued" | "CreditNoteIssued" => BILLING_EVENTS,
         _ => return None,
     })
 }
@@ -157,6 +159,20 @@ union_metadata!(ShippingIn {
 });
 
 record_union! {
+    /// What billing reads: captured payments and refunds, confirmed orders.
+    BillingIn {
+        PaymentCaptured => "../avro/payments/PaymentCaptured.avsc",
+        PaymentRefunded => "../avro/payments/PaymentRefunded.avsc",
+        OrderConfirmed => "../avro/orders/OrderConfirmed.avsc",
+    }
+}
+union_metadata!(BillingIn {
+    PaymentCaptured,
+    PaymentRefunded,
+    OrderConfirmed
+});
+
+record_union! {
     /// What notifications reads: saga outcomes.
     NotificationsIn {
         OrderConfirmed => "../avro/orders/OrderConfirmed.avsc",
@@ -197,6 +213,8 @@ mod tests {
             names::<PaymentsIn>(),
             names::<ShippingIn>(),
             names::<NotificationsIn>(),
+            names::<BillingIn>(),
+            names::<crate::billing::BillingEvent>(),
         ];
         for name in messages.iter().flatten() {
             assert!(expected_topic(name).is_some(), "{name} has no topic");
@@ -207,6 +225,7 @@ mod tests {
             names::<PaymentChangelog>(),
             names::<ShipmentChangelog>(),
             names::<NotificationChangelog>(),
+            names::<crate::billing::BillingChangelog>(),
         ] {
             assert_eq!(state.len(), 1);
         }

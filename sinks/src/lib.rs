@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod format;
+pub mod ledger;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod sagas;

@@ -19,6 +19,7 @@ use pipelines::saga::simulate::{self, Intent, SimSpec, Simulation};
 use pipelines::saga::{self, ProgressProbe};
 use pipelines::{Cluster, inventory};
 use schemas::Registry;
+use schemas::billing::BillingEvent;
 use schemas::codec::Decoder;
 use schemas::inventory::InventoryEvent;
 use schemas::notifications::NotificationEvent;
@@ -535,6 +536,78 @@ pub async fn check(
         );
     }
 
+    // Billing: one invoice per confirmed order for its total, a credit note per refund,
+    // every ledger entry balanced; revenue = captured − refunded; no deposit left over.
+    let mut billed: BTreeMap<usize, (i64, i64, i64, usize)> = BTreeMap::new();
+    for e in read_unique::<BillingEvent>(cluster, BILLING_EVENTS, |e| e.metadata().event_id.clone())
+        .await?
+    {
+        let (debits, credits) = e
+            .postings()
+            .iter()
+            .fold((0, 0), |(d, c), p| (d + p.debit_cents, c + p.credit_cents));
+        ensure!(
+            debits == credits && debits > 0,
+            "unbalanced ledger entry {e:?}"
+        );
+        let Some(i) = index.get(e.metadata().aggregate_id.as_str()) else {
+            continue;
+        };
+        let b = billed.entry(*i).or_default();
+        match &e {
+            BillingEvent::PaymentReceived(x) => b.0 += x.amount_cents,
+            BillingEvent::InvoiceIssued(x) => {
+                b.1 += x.amount_cents;
+                b.3 += 1;
+            }
+            BillingEvent::CreditNoteIssued(x) => b.2 += x.amount_cents,
+        }
+    }
+    let engine = QueryEngine::open(views).await?;
+    let revenue_csv = OutputFormat::Csv.render(
+        &engine
+            .sql("SELECT order_id, sum(credit_cents - debit_cents) AS r FROM ledger WHERE account = 'revenue' GROUP BY order_id")
+            .await?,
+    )?;
+    let view_revenue: BTreeMap<String, i64> = revenue_csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .map(|(o, r)| (o.to_owned(), r.parse().unwrap_or(i64::MIN)))
+        .collect();
+    for (i, (id, _, total)) in orders.iter().enumerate() {
+        let (received, invoiced, credited, invoices) = billed.get(&i).copied().unwrap_or_default();
+        let confirmed = result[&i] == Ending::Confirmed;
+        let want_invoices = usize::from(confirmed);
+        ensure!(
+            invoices == want_invoices && invoiced == if confirmed { *total } else { 0 },
+            "order {id} ({:?}): {invoices} invoices for {invoiced} cents",
+            result[&i]
+        );
+        ensure!(
+            received - credited == invoiced,
+            "order {id}: received {received}, credited {credited}, invoiced {invoiced}: the deposit does not clear"
+        );
+        ensure!(
+            received - credited == net.get(&i).copied().unwrap_or(0),
+            "order {id}: billing and payments disagree"
+        );
+        ensure!(
+            view_revenue.get(id).copied().unwrap_or(0) == invoiced,
+            "ledger view: revenue of {id} is {:?}, invoiced {invoiced}",
+            view_revenue.get(id)
+        );
+    }
+    let balance = OutputFormat::Csv.render(
+        &engine
+            .sql("SELECT sum(debit_cents) = sum(credit_cents) AS balanced FROM ledger")
+            .await?,
+    )?;
+    ensure!(
+        balance.trim_end().ends_with("true"),
+        "the ledger view does not balance: {balance}"
+    );
+
     // The views agree with the topics.
     let ids: Vec<String> = orders.iter().map(|(id, _, _)| id.clone()).collect();
     let statuses = view_statuses(views, &ids).await?;
@@ -558,6 +631,7 @@ pub async fn check(
         .chain(sim.stock.iter().map(|c| c.sku()))
         .collect();
     for dlq in [
+        "billing.dlq",
         "orders.dlq",
         "payments.dlq",
         "shipping.dlq",
@@ -691,7 +765,9 @@ pub fn stores_rebuild_from_event_logs(
     mut rebuild: impl FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use pipelines::saga::rebuild::{EventSourced, Stores, differences, restore};
-    use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
+    use processors::saga::{
+        billing::Billing, orders::Orders, payments::Payments, shipping::Shipping,
+    };
 
     fn one<W: EventSourced>(
         cluster: &Cluster,
@@ -717,5 +793,6 @@ pub fn stores_rebuild_from_event_logs(
     }
     one::<Orders>(cluster, rt, "orders", &mut rebuild)?;
     one::<Payments>(cluster, rt, "payments", &mut rebuild)?;
-    one::<Shipping>(cluster, rt, "shipping", &mut rebuild)
+    one::<Shipping>(cluster, rt, "shipping", &mut rebuild)?;
+    one::<Billing>(cluster, rt, "billing", &mut rebuild)
 }

@@ -232,7 +232,7 @@ fn sagas_time_out_while_payments_is_down(
             &timeout[..],
             &[
                 "--participants",
-                "orders,inventory-saga,shipping,notifications",
+                "orders,inventory-saga,shipping,notifications,billing",
             ],
         ]
         .concat(),

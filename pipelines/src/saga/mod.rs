@@ -5,6 +5,7 @@
 //! The per-sku inventory service ([`crate::inventory`]) must run too: it executes the
 //! reservations the inventory participant fans out.
 
+pub mod ledger;
 pub mod rebuild;
 pub mod runtime;
 pub mod simulate;
@@ -16,8 +17,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use processors::saga::{
-    inventory::InventorySaga, notifications::Notifications, orders::Orders, payments::Payments,
-    shipping::Shipping,
+    billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
+    payments::Payments, shipping::Shipping,
 };
 use schemas::saga::topics::*;
 
@@ -69,6 +70,7 @@ pub const PARTICIPANTS: &[&str] = &[
     "payments",
     "shipping",
     "notifications",
+    "billing",
 ];
 
 /// Topics of the saga besides the inventory service's own.
@@ -103,6 +105,9 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
         log(NOTIFICATION_EVENTS),
         compacted(NOTIFICATIONS_CHANGELOG),
         dlq(NOTIFICATIONS_DLQ),
+        log(BILLING_EVENTS),
+        compacted(BILLING_CHANGELOG),
+        dlq(BILLING_DLQ),
     ]
 }
 
@@ -120,6 +125,7 @@ pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
             <Notifications as Wiring>::NAME,
             <Notifications as Wiring>::INPUTS,
         ),
+        (<Billing as Wiring>::NAME, <Billing as Wiring>::INPUTS),
     ]
 }
 
@@ -161,7 +167,7 @@ pub fn spawn(
     } else {
         names.to_vec()
     };
-    for name in names {
+    for &name in &names {
         threads.push(match name {
             "orders" => spawn_one(
                 Orders {
@@ -175,8 +181,17 @@ pub fn spawn(
             "payments" => spawn_one(Payments, opts, rt, &stop),
             "shipping" => spawn_one(Shipping, opts, rt, &stop),
             "notifications" => spawn_one(Notifications, opts, rt, &stop),
+            "billing" => spawn_one(Billing, opts, rt, &stop),
             other => anyhow::bail!("unknown saga participant {other:?}; known: {PARTICIPANTS:?}"),
         });
+    }
+    if views && names.contains(&"billing") {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("ledger-view".into())
+            .spawn(move || ledger::run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push(("ledger-view".to_owned(), handle));
     }
     if views {
         let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());

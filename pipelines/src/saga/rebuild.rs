@@ -46,6 +46,16 @@ impl EventSourced for Payments {
     }
 }
 
+impl EventSourced for processors::saga::billing::Billing {
+    const EVENTS: &'static str = schemas::saga::topics::BILLING_EVENTS;
+    fn evolve(
+        state: Option<&schemas::billing::BillingState>,
+        event: &schemas::billing::BillingEvent,
+    ) -> Option<schemas::billing::BillingState> {
+        Some(processors::saga::billing::evolve(state, event))
+    }
+}
+
 impl EventSourced for Shipping {
     const EVENTS: &'static str = schemas::saga::topics::SHIPPING_REPLIES;
     fn evolve(state: Option<&ShipmentState>, event: &ShipmentReply) -> Option<ShipmentState> {

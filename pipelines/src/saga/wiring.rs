@@ -2,17 +2,18 @@
 //! writes only its service's topics; `runtime::apply` refuses anything else).
 
 use processors::saga::{
-    inventory::InventorySaga, notifications::Notifications, orders::Orders, payments::Payments,
-    shipping::Shipping,
+    billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
+    payments::Payments, shipping::Shipping,
 };
 use schemas::Metadata;
+use schemas::billing::{BillingChangelog, BillingEvent, BillingState};
 use schemas::inventory::{InventorySagaChangelog, OrderReservation};
 use schemas::notifications::{NotificationChangelog, NotificationEvent, NotificationState};
 use schemas::orders::{OrderChangelog, OrderEvent, OrderState};
 use schemas::payments::{PaymentChangelog, PaymentReply, PaymentState};
 use schemas::saga::topics::*;
 use schemas::saga::{
-    InventorySagaIn, InventorySagaOut, NotificationsIn, OrdersIn, PaymentsIn, ShippingIn,
+    BillingIn, InventorySagaIn, InventorySagaOut, NotificationsIn, OrdersIn, PaymentsIn, ShippingIn,
 };
 use schemas::shipping::{ShipmentChangelog, ShipmentReply, ShipmentState};
 
@@ -181,6 +182,34 @@ impl Wiring for Notifications {
         output.metadata()
     }
     fn reply_to(_: &NotificationEvent) -> Option<&'static str> {
+        None
+    }
+}
+
+impl Wiring for Billing {
+    const NAME: &'static str = "billing";
+    const SERVICE: &'static str = "billing";
+    const INPUTS: &'static [&'static str] = &[PAYMENT_REPLIES, ORDER_EVENTS];
+    const OUTPUTS: &'static [&'static str] = &[BILLING_EVENTS];
+    const CHANGELOG: &'static str = BILLING_CHANGELOG;
+    const DLQ: &'static str = BILLING_DLQ;
+    type Changelog = BillingChangelog;
+    fn to_changelog(state: &BillingState) -> BillingChangelog {
+        state.clone().into()
+    }
+    fn from_changelog(BillingChangelog::BillingState(s): BillingChangelog) -> BillingState {
+        s
+    }
+    fn state_key(state: &BillingState) -> &str {
+        &state.order_id
+    }
+    fn input_metadata(input: &BillingIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &BillingEvent) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(_: &BillingEvent) -> Option<&'static str> {
         None
     }
 }

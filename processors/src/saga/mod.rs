@@ -21,6 +21,7 @@
 //! the whole chain again and still ends. A forward request that arrives after the saga was
 //! compensated is ignored: late replies never resurrect a saga.
 
+pub mod billing;
 pub mod inventory;
 pub mod notifications;
 pub mod orders;
