@@ -36,6 +36,7 @@ pub const EVENT_TOPICS: &[(&str, &str)] = &[
     ("payments.replies", "payments"),
     ("shipping.replies", "shipping"),
     ("notifications.events", "notifications"),
+    ("billing.events", "billing"),
 ];
 
 /// Options of the compliance service.

@@ -781,8 +781,19 @@ async fn demo_saga(
     };
     saga::simulate::produce(&cluster, &saga::simulate::generate(&spec), None).await?;
     let views_dir = views.to_path_buf();
+    let probe = saga::ProgressProbe::new(&opts)?;
     let ended = tokio::task::spawn_blocking(move || {
-        wait_sagas_ended(&views_dir, orders, Duration::from_secs(120))
+        wait_sagas_ended(&views_dir, orders, Duration::from_secs(120))?;
+        // Billing and the ledger follow the sagas' outcomes: let them catch up too.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !probe.progress()?.caught_up() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the services did not catch up in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     })
     .await?;
     running.stop()?;
@@ -810,6 +821,14 @@ async fn demo_saga(
     println!(
         "Explain one: supplystream saga show --views {} O-11-000003",
         views.display()
+    );
+    let ledger = "SELECT account, sum(debit_cents) AS debit_cents, sum(credit_cents) AS credit_cents, \
+                  sum(credit_cents) - sum(debit_cents) AS balance_cents FROM ledger \
+                  GROUP BY account ORDER BY account";
+    println!("billing ledger (double entry: debits = credits; revenue = captured − refunded):");
+    println!(
+        "{}",
+        OutputFormat::Table.render(&engine.sql(ledger).await?)?
     );
     Ok(())
 }

@@ -600,7 +600,7 @@ pub async fn check(
     }
     let balance = OutputFormat::Csv.render(
         &engine
-            .sql("SELECT sum(debit_cents) = sum(credit_cents) AS balanced FROM ledger")
+            .sql("SELECT coalesce(sum(debit_cents), 0) = coalesce(sum(credit_cents), 0) AS balanced FROM ledger")
             .await?,
     )?;
     ensure!(

@@ -320,6 +320,18 @@ impl ProgressProbe {
                 progress.view_lag += (hw - at).max(0);
             }
         }
+        // The ledger view, where billing runs with views.
+        if let Some(checkpoint) = ledger::checkpoint(&self.views_dir)? {
+            let topic = BILLING_EVENTS;
+            for (p, hw) in end(topic)? {
+                let at = checkpoint
+                    .get(topic)
+                    .and_then(|c| c.get(&p))
+                    .copied()
+                    .unwrap_or(0);
+                progress.view_lag += (hw - at).max(0);
+            }
+        }
         Ok(progress)
     }
 }
