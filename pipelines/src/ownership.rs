@@ -5,7 +5,8 @@
 //! 1. as a whole: a topic or a view claimed by two services, or a pipeline that writes a
 //!    topic its service does not own, is refused with an error naming both sides;
 //! 2. against the code about to run: a processor that would read or write a topic its
-//!    definition does not declare is refused before it touches anything.
+//!    definition does not declare, or whose definition declares what it does not do, is
+//!    refused before it touches anything: the map is the code's, exactly.
 //!
 //! `supplystream services` prints the map (text, or `--format dot` for Graphviz).
 
@@ -298,6 +299,30 @@ impl OwnershipMap {
                 "it materializes view {v}, which its definition does not declare"
             ));
         }
+        // And the converse: a definition that claims more than the code does is a map that
+        // lies (it once hid that compliance did not audit billing.events).
+        let unused = |declared: &[String], used: &[&'static str]| -> Vec<String> {
+            declared
+                .iter()
+                .filter(|d| !used.contains(&d.as_str()))
+                .cloned()
+                .collect()
+        };
+        for t in unused(&def.reads, &code.reads) {
+            problems.push(format!(
+                "its definition declares it reads {t}, which the code does not read"
+            ));
+        }
+        for t in unused(&def.writes, &code.writes) {
+            problems.push(format!(
+                "its definition declares it writes {t}, which the code does not write"
+            ));
+        }
+        for v in unused(&def.views, &code.views) {
+            problems.push(format!(
+                "its definition declares view {v}, which the code does not materialize"
+            ));
+        }
         if !problems.is_empty() {
             bail!(
                 "pipeline {} refused ({}): {}",
@@ -579,6 +604,24 @@ views = ["stock_levels"]
             "{err}"
         );
         map.enforce(&["payments"]).unwrap();
+    }
+
+    #[test]
+    fn a_definition_that_claims_more_than_the_code_does_is_refused() {
+        let mut sources = bundled_sources();
+        let compliance = sources
+            .iter_mut()
+            .find(|(n, _)| n == "compliance.toml")
+            .unwrap();
+        compliance.1 = compliance
+            .1
+            .replace(r#""billing.events"]"#, r#""billing.events", "billing.changelog"]"#);
+        let map = OwnershipMap::parse(sources).unwrap();
+        let err = map.enforce(&["compliance"]).unwrap_err().to_string();
+        assert!(
+            err.contains("declares it reads billing.changelog, which the code does not read"),
+            "{err}"
+        );
     }
 
     #[test]
