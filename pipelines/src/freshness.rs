@@ -31,6 +31,7 @@ pub fn view_inputs(view: &str) -> Option<Vec<&'static str>> {
             crate::saga::views::TOPICS.to_vec()
         }
         v if v == sinks::ledger::VIEW => vec![schemas::saga::topics::BILLING_EVENTS],
+        v if v == sinks::windows::ORDERS_PER_MINUTE => vec![schemas::saga::topics::ORDER_EVENTS],
         v if v == sinks::audit::VIEW => crate::compliance::EVENT_TOPICS
             .iter()
             .map(|(t, _)| *t)
@@ -45,6 +46,7 @@ pub const VIEWS: &[&str] = &[
     sinks::sagas::SAGAS,
     sinks::sagas::SAGA_STEPS,
     sinks::ledger::VIEW,
+    sinks::windows::ORDERS_PER_MINUTE,
     sinks::audit::VIEW,
 ];
 
@@ -63,6 +65,7 @@ pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Pos
             crate::saga::views::checkpoint(views_dir)?
         }
         v if v == sinks::ledger::VIEW => crate::saga::ledger::checkpoint(views_dir)?,
+        v if v == sinks::windows::ORDERS_PER_MINUTE => crate::saga::windows::checkpoint(views_dir)?,
         v if v == sinks::audit::VIEW => sinks::audit::AuditTable::open(views_dir)?
             .checkpoint()?
             .map(|c| c.positions),

@@ -88,6 +88,9 @@ struct SagaArgs {
     /// Fault injection for tests: publish every output twice.
     #[arg(long, hide = true)]
     chaos_duplicate_outputs: bool,
+    /// Allowed lateness of order events in the orders_per_minute windows, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    window_lateness_ms: u64,
 }
 
 /// What `simulate` generates.
@@ -379,6 +382,7 @@ fn main() -> anyhow::Result<()> {
             };
             if !saga.no_views {
                 names.push("saga-views");
+                names.push("orders-windows");
                 if names.contains(&"billing") {
                     names.push("ledger-view");
                 }
@@ -458,6 +462,7 @@ fn main() -> anyhow::Result<()> {
             opts.batch_size = batch_size;
             opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
             opts.duplicate_outputs = saga.chaos_duplicate_outputs;
+            opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);
             rt.block_on(run_saga(opts, saga.participants, !saga.no_views))
         }
         Command::Simulate { cluster, sim, rate } => rt.block_on(async {

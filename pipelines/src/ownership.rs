@@ -484,6 +484,13 @@ pub fn code_pipelines() -> Vec<CodePipeline> {
             views: vec![sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
         },
         CodePipeline {
+            name: "orders-windows",
+            service: "orders",
+            reads: vec![schemas::saga::topics::ORDER_EVENTS],
+            writes: Vec::new(),
+            views: vec![sinks::windows::ORDERS_PER_MINUTE],
+        },
+        CodePipeline {
             name: "ledger-view",
             service: "billing",
             reads: vec![schemas::saga::topics::BILLING_EVENTS],
@@ -613,9 +620,10 @@ views = ["stock_levels"]
             .iter_mut()
             .find(|(n, _)| n == "compliance.toml")
             .unwrap();
-        compliance.1 = compliance
-            .1
-            .replace(r#""billing.events"]"#, r#""billing.events", "billing.changelog"]"#);
+        compliance.1 = compliance.1.replace(
+            r#""billing.events"]"#,
+            r#""billing.events", "billing.changelog"]"#,
+        );
         let map = OwnershipMap::parse(sources).unwrap();
         let err = map.enforce(&["compliance"]).unwrap_err().to_string();
         assert!(

@@ -22,6 +22,7 @@
 
 pub mod inventory;
 pub mod saga;
+pub mod windows;
 
 /// An event-sourced aggregate: state = fold of its events.
 pub trait Aggregate {

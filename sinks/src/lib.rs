@@ -20,6 +20,7 @@ pub mod query;
 pub mod sagas;
 pub mod stock_levels;
 pub mod table;
+pub mod windows;
 
 pub use format::OutputFormat;
 #[cfg(feature = "query")]

@@ -608,6 +608,34 @@ pub async fn check(
         "the ledger view does not balance: {balance}"
     );
 
+    // The real-time windows count every placed, confirmed and cancelled order of the topic
+    // (all runs so far) once, none of them late.
+    let (mut placed_all, mut confirmed_all, mut cancelled_all, mut revenue_all) = (0, 0, 0, 0);
+    for e in
+        read_unique::<OrderEvent>(cluster, ORDER_EVENTS, |e| e.metadata().event_id.clone()).await?
+    {
+        match &e {
+            OrderEvent::OrderPlaced(_) => placed_all += 1,
+            OrderEvent::OrderConfirmed(c) => {
+                confirmed_all += 1;
+                revenue_all += c.total_cents;
+            }
+            OrderEvent::OrderCancelled(_) => cancelled_all += 1,
+            _ => {}
+        }
+    }
+    let windows = OutputFormat::Csv.render(
+        &engine
+            .sql("SELECT sum(orders_placed), sum(orders_confirmed), sum(orders_cancelled), sum(revenue_cents), sum(late_events) FROM orders_per_minute")
+            .await?,
+    )?;
+    let want = format!("{placed_all},{confirmed_all},{cancelled_all},{revenue_all},0");
+    ensure!(
+        windows.lines().nth(1) == Some(want.as_str()),
+        "orders_per_minute sums {:?}, the topic says placed,confirmed,cancelled,revenue,late = {want}",
+        windows.lines().nth(1)
+    );
+
     // The views agree with the topics.
     let ids: Vec<String> = orders.iter().map(|(id, _, _)| id.clone()).collect();
     let statuses = view_statuses(views, &ids).await?;

@@ -10,6 +10,7 @@ pub mod rebuild;
 pub mod runtime;
 pub mod simulate;
 pub mod views;
+pub mod windows;
 mod wiring;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ pub struct Options {
     pub view_flush: Duration,
     /// Fault injection for tests: publish every output twice.
     pub duplicate_outputs: bool,
+    /// How far behind the latest event time an order event may arrive and still count in
+    /// its `orders_per_minute` window.
+    pub window_lateness: Duration,
 }
 
 impl Options {
@@ -59,6 +63,7 @@ impl Options {
             step_timeout: Duration::from_secs(30),
             view_flush: Duration::from_millis(500),
             duplicate_outputs: false,
+            window_lateness: Duration::from_secs(10),
         }
     }
 }
@@ -196,6 +201,12 @@ pub fn spawn(
     if views {
         let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
         let handle = std::thread::Builder::new()
+            .name("orders-windows".into())
+            .spawn(move || windows::run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push(("orders-windows".to_owned(), handle));
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
             .name("saga-views".into())
             .spawn(move || views::run(&o, &r, &s))
             .expect("spawning a thread");
@@ -320,7 +331,17 @@ impl ProgressProbe {
                 progress.view_lag += (hw - at).max(0);
             }
         }
-        // The ledger view, where billing runs with views.
+        // The windowed view, where the views run, and the ledger, where billing does.
+        if let Some(checkpoint) = windows::checkpoint(&self.views_dir)? {
+            for (p, hw) in end(ORDER_EVENTS)? {
+                let at = checkpoint
+                    .get(ORDER_EVENTS)
+                    .and_then(|c| c.get(&p))
+                    .copied()
+                    .unwrap_or(0);
+                progress.view_lag += (hw - at).max(0);
+            }
+        }
         if let Some(checkpoint) = ledger::checkpoint(&self.views_dir)? {
             let topic = BILLING_EVENTS;
             for (p, hw) in end(topic)? {
