@@ -37,6 +37,7 @@ pub const EVENT_TOPICS: &[(&str, &str)] = &[
     ("shipping.replies", "shipping"),
     ("notifications.events", "notifications"),
     ("billing.events", "billing"),
+    ("catalog.events", "catalog"),
 ];
 
 /// Options of the compliance service.
@@ -78,6 +79,7 @@ fn decoder_for(topic: &str, registry: &Registry) -> Box<dyn MetaDecoder> {
         "payments.replies" => Box::new(Decoder::<PaymentReply>::new(r)),
         "shipping.replies" => Box::new(Decoder::<ShipmentReply>::new(r)),
         "billing.events" => Box::new(Decoder::<schemas::billing::BillingEvent>::new(r)),
+        "catalog.events" => Box::new(Decoder::<schemas::products::CatalogEvent>::new(r)),
         _ => Box::new(Decoder::<NotificationEvent>::new(r)),
     }
 }

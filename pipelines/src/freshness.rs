@@ -31,6 +31,7 @@ pub fn view_inputs(view: &str) -> Option<Vec<&'static str>> {
             crate::saga::views::TOPICS.to_vec()
         }
         v if v == sinks::ledger::VIEW => vec![schemas::saga::topics::BILLING_EVENTS],
+        v if v == sinks::products::VIEW => vec![schemas::saga::topics::CATALOG_EVENTS],
         v if v == sinks::windows::ORDERS_PER_MINUTE => vec![schemas::saga::topics::ORDER_EVENTS],
         v if v == sinks::audit::VIEW => crate::compliance::EVENT_TOPICS
             .iter()
@@ -46,6 +47,7 @@ pub const VIEWS: &[&str] = &[
     sinks::sagas::SAGAS,
     sinks::sagas::SAGA_STEPS,
     sinks::ledger::VIEW,
+    sinks::products::VIEW,
     sinks::windows::ORDERS_PER_MINUTE,
     sinks::audit::VIEW,
 ];
@@ -65,6 +67,7 @@ pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Pos
             crate::saga::views::checkpoint(views_dir)?
         }
         v if v == sinks::ledger::VIEW => crate::saga::ledger::checkpoint(views_dir)?,
+        v if v == sinks::products::VIEW => crate::saga::products::checkpoint(views_dir)?,
         v if v == sinks::windows::ORDERS_PER_MINUTE => crate::saga::windows::checkpoint(views_dir)?,
         v if v == sinks::audit::VIEW => sinks::audit::AuditTable::open(views_dir)?
             .checkpoint()?

@@ -31,6 +31,7 @@ use schemas::Registry;
 use schemas::codec::Encoder;
 use schemas::inventory::*;
 use schemas::orders::*;
+use schemas::products::*;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -48,6 +49,7 @@ pub struct Api {
     producer: FutureProducer,
     inventory: Encoder<InventoryCommand>,
     orders: Encoder<OrderCommand>,
+    catalog: Encoder<CatalogCommand>,
     /// Longest a query waits for its token (unless it asks for less).
     pub max_wait: Duration,
 }
@@ -66,6 +68,7 @@ impl Api {
         Ok(Api {
             inventory: Encoder::register(&registry, crate::topics::inventory::COMMANDS).await?,
             orders: Encoder::register(&registry, schemas::saga::topics::ORDER_COMMANDS).await?,
+            catalog: Encoder::register(&registry, schemas::saga::topics::CATALOG_COMMANDS).await?,
             cluster,
             views_dir,
             ownership,
@@ -183,9 +186,16 @@ fn encode_command(
             order_id,
             [PlaceOrder, CancelOrder]
         ),
+        "catalog" => commands!(
+            api.catalog,
+            schemas::saga::topics::CATALOG_COMMANDS,
+            CatalogCommand,
+            sku,
+            [CreateProduct, ChangePrice, DiscontinueProduct]
+        ),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no service {service:?} takes commands over HTTP (inventory, orders)"),
+            format!("no service {service:?} takes commands over HTTP (inventory, orders, catalog)"),
         )),
     }
 }

@@ -386,6 +386,9 @@ fn main() -> anyhow::Result<()> {
                 if names.contains(&"billing") {
                     names.push("ledger-view");
                 }
+                if names.contains(&"catalog") {
+                    names.push("products-view");
+                }
             }
             ownership()?.enforce(&names)?
         }

@@ -421,7 +421,14 @@ pub fn write_inventory_store(
 }
 
 /// Services whose state store can be rebuilt (or checked) from their own event log.
-pub const REBUILDABLE: &[&str] = &["orders", "payments", "shipping", "billing", "inventory"];
+pub const REBUILDABLE: &[&str] = &[
+    "orders",
+    "payments",
+    "shipping",
+    "billing",
+    "catalog",
+    "inventory",
+];
 
 /// What a store replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,6 +494,7 @@ pub fn replay_store(
         "payments" => <Payments as EventSourced>::EVENTS,
         "shipping" => <Shipping as EventSourced>::EVENTS,
         "billing" => <Billing as EventSourced>::EVENTS,
+        "catalog" => <processors::catalog::Catalog as EventSourced>::EVENTS,
         "inventory" => crate::topics::inventory::EVENTS,
         _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
     };
@@ -500,6 +508,7 @@ pub fn replay_store(
         "payments" => saga_store::<Payments>(cluster, rt, service, check, &bar),
         "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar),
         "billing" => saga_store::<Billing>(cluster, rt, service, check, &bar),
+        "catalog" => saga_store::<processors::catalog::Catalog>(cluster, rt, service, check, &bar),
         "inventory" => {
             let (stores, events) = fold_inventory(cluster, rt, &bar)?;
             bar.finish_and_clear();

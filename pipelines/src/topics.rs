@@ -34,6 +34,8 @@ pub mod saga {
     pub const NOTIFICATIONS_DLQ: &str = "notifications.dlq";
     pub const BILLING_CHANGELOG: &str = "billing.changelog";
     pub const BILLING_DLQ: &str = "billing.dlq";
+    pub const CATALOG_CHANGELOG: &str = "catalog.changelog";
+    pub const CATALOG_DLQ: &str = "catalog.dlq";
 }
 
 /// Headers written on dead letters.

@@ -20,6 +20,7 @@
 //! assert_eq!(stock.position("AMS").available(), 5);
 //! ```
 
+pub mod catalog;
 pub mod inventory;
 pub mod saga;
 pub mod windows;

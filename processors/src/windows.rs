@@ -4,7 +4,9 @@
 //! width)`. Each source (a topic partition: Kafka orders records within one only) tracks
 //! the latest event time it has delivered; the watermark is the least of those minus the
 //! allowed lateness, so a partition read ahead of another (a catch-up, a rebuild) does not
-//! make the other's events late. A window whose end the watermark has passed is final, and
+//! make the other's events late. A tracked source that has delivered nothing yet holds the
+//! watermark back entirely; a source that is idle (read to its end) does not hold it back.
+//! A window whose end the watermark has passed is final, and
 //! an event that would land in a final window is late: it is counted (per window, in
 //! `late_events`) and not added, so a final window's figures never change.
 
@@ -38,13 +40,21 @@ pub enum Admitted {
     Late,
 }
 
+/// What the watermark knows of one source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Source {
+    /// Latest event time delivered.
+    latest: Option<i64>,
+    /// Read to its end: it does not hold the watermark back.
+    idle: bool,
+}
+
 /// Tumbling windows of `width_ms`, accepting events up to `lateness_ms` behind the latest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TumblingWindows {
     width_ms: i64,
     lateness_ms: i64,
-    /// Latest event time per source.
-    sources: BTreeMap<i32, i64>,
+    sources: BTreeMap<i32, Source>,
     windows: BTreeMap<i64, Window>,
 }
 
@@ -66,7 +76,27 @@ impl TumblingWindows {
 
     /// Event time below which windows are final (`None` before any event).
     pub fn watermark(&self) -> Option<i64> {
-        self.sources.values().min().map(|m| m - self.lateness_ms)
+        let active: Vec<&Source> = self.sources.values().filter(|s| !s.idle).collect();
+        let at = if active.is_empty() {
+            // Every source is read to its end: nothing pending anywhere.
+            self.sources.values().filter_map(|s| s.latest).max()
+        } else if active.iter().any(|s| s.latest.is_none()) {
+            None // a source has not delivered yet: it may hold anything
+        } else {
+            active.iter().filter_map(|s| s.latest).min()
+        };
+        at.map(|m| m - self.lateness_ms)
+    }
+
+    /// Declares a source (a partition assigned): until it delivers an event or is idle, it
+    /// holds the watermark back.
+    pub fn track(&mut self, source: i32) {
+        self.sources.entry(source).or_default();
+    }
+
+    /// Whether `source` is read to its end (then it does not hold the watermark back).
+    pub fn set_idle(&mut self, source: i32, idle: bool) {
+        self.sources.entry(source).or_default().idle = idle;
     }
 
     /// Whether the window starting at `start` is final.
@@ -90,8 +120,9 @@ impl TumblingWindows {
             }
             OrderFact::Cancelled => w.cancelled += 1,
         }
-        let latest = self.sources.entry(source).or_insert(t);
-        *latest = (*latest).max(t);
+        let s = self.sources.entry(source).or_default();
+        s.latest = Some(s.latest.map_or(t, |l| l.max(t)));
+        s.idle = false;
         Admitted::Counted
     }
 
@@ -164,6 +195,27 @@ mod tests {
         // Once partition 1 moves on too, window 0 is final.
         w.add(1, 10 * MIN, OrderFact::Placed);
         assert!(w.is_final(0));
+    }
+
+    #[test]
+    fn a_partition_not_read_yet_holds_the_watermark_back_until_it_is_idle() {
+        let mut w = TumblingWindows::new(MIN, 5_000);
+        for p in 0..3 {
+            w.track(p);
+        }
+        // A rebuild reads partition 0 to its end first.
+        w.add(0, 10, OrderFact::Placed);
+        w.add(0, 10 * MIN, OrderFact::Placed);
+        w.set_idle(0, true);
+        assert_eq!(w.watermark(), None, "partitions 1 and 2 may hold anything");
+        assert_eq!(w.add(1, 20, OrderFact::Placed), Admitted::Counted);
+        w.set_idle(1, true);
+        w.set_idle(2, true); // empty
+        assert!(
+            w.is_final(0),
+            "all read: the watermark is the latest event time"
+        );
+        assert_eq!(w.rows().next().unwrap().2.placed, 2);
     }
 
     #[test]

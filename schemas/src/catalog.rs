@@ -12,6 +12,7 @@ use crate::inventory::{
 use crate::notifications::{NotificationChangelog, NotificationEvent};
 use crate::orders::{OrderChangelog, OrderCommand, OrderEvent};
 use crate::payments::{PaymentChangelog, PaymentReply};
+use crate::products::{CatalogChangelog, CatalogCommand, CatalogEvent};
 use crate::record::RecordUnion;
 use crate::saga::topics::INVENTORY_RESERVATIONS;
 use crate::shipping::{ShipmentChangelog, ShipmentReply};
@@ -67,6 +68,9 @@ pub fn subjects() -> Vec<Subject> {
         of::<NotificationEvent>("notifications.events", all),
         of::<NotificationChangelog>("notifications.changelog", all),
         of::<BillingEvent>("billing.events", all),
+        of::<CatalogCommand>("catalog.commands", all),
+        of::<CatalogEvent>("catalog.events", all),
+        of::<CatalogChangelog>("catalog.changelog", all),
         of::<BillingChangelog>("billing.changelog", all),
     ]
     .into_iter()

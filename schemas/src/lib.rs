@@ -33,6 +33,7 @@ pub mod inventory;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
+pub mod products;
 pub mod record;
 #[cfg(feature = "registry")]
 pub mod registry;

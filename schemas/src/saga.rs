@@ -30,6 +30,8 @@ pub mod topics {
     pub const SHIPPING_REPLIES: &str = "shipping.replies";
     pub const NOTIFICATION_EVENTS: &str = "notifications.events";
     pub const BILLING_EVENTS: &str = "billing.events";
+    pub const CATALOG_COMMANDS: &str = "catalog.commands";
+    pub const CATALOG_EVENTS: &str = "catalog.events";
 }
 
 /// The topic a record of the saga travels on (`None`: not a saga record).
@@ -54,6 +56,10 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         "ShipmentCreated" | "ShipmentFailed" | "ShipmentCancelled" => SHIPPING_REPLIES,
         "NotificationSent" => NOTIFICATION_EVENTS,
         "PaymentReceived" | "InvoiceIssued" | "CreditNoteIssued" => BILLING_EVENTS,
+        "CreateProduct" | "ChangePrice" | "DiscontinueProduct" => CATALOG_COMMANDS,
+        "ProductCreated" | "PriceChanged" | "ProductDiscontinued" | "CatalogCommandRejected" => {
+            CATALOG_EVENTS
+        }
         _ => return None,
     })
 }
@@ -214,6 +220,8 @@ mod tests {
             names::<ShippingIn>(),
             names::<NotificationsIn>(),
             names::<BillingIn>(),
+            names::<crate::products::CatalogCommand>(),
+            names::<crate::products::CatalogEvent>(),
             names::<crate::billing::BillingEvent>(),
         ];
         for name in messages.iter().flatten() {

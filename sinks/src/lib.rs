@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod format;
 pub mod ledger;
+pub mod products;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod sagas;

@@ -67,6 +67,69 @@ pub async fn read_your_writes(
         );
     }
 
+    // The catalog, in this process: a product created, repriced, discontinued; each write
+    // read back from the products view with its token; a rule broken is an event, not a 4xx.
+    let catalog = pipelines::saga::spawn(
+        &pipelines::saga::Options::new(cluster.clone(), views.to_path_buf()),
+        &tokio::runtime::Handle::current(),
+        &["catalog"],
+        true,
+    )?;
+    let mut last = String::new();
+    for (command, body, want) in [
+        (
+            "CreateProduct",
+            json!({"sku": "SKU-HTTP", "name": "Widget", "price_cents": 250}),
+            json!([{"price_cents": 250, "discontinued": false, "version": 1}]),
+        ),
+        (
+            "ChangePrice",
+            json!({"sku": "SKU-HTTP", "price_cents": 275, "expected_version": 1}),
+            json!([{"price_cents": 275, "discontinued": false, "version": 2}]),
+        ),
+        (
+            "DiscontinueProduct",
+            json!({"sku": "SKU-HTTP", "reason": "end of line"}),
+            json!([{"price_cents": 275, "discontinued": true, "version": 3}]),
+        ),
+        (
+            "ChangePrice",
+            json!({"sku": "SKU-HTTP", "price_cents": 1}),
+            json!([{"price_cents": 275, "discontinued": true, "version": 4}]),
+        ),
+    ] {
+        let (status, answer) =
+            post(&client, format!("{base}/commands/catalog/{command}"), body).await?;
+        ensure!(status == 200, "{command} refused: {answer}");
+        last = answer["token"].as_str().context("a token")?.to_owned();
+        let rows: Value = client
+            .get(format!("{base}/query"))
+            .query(&[
+                (
+                    "sql",
+                    "SELECT price_cents, discontinued, version FROM products WHERE sku = 'SKU-HTTP'",
+                ),
+                ("token", last.as_str()),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            rows == want,
+            "{command}: products says {rows}, expected {want}"
+        );
+    }
+    ensure!(last.starts_with("catalog.commands@"), "token {last}");
+    let stopped = tokio::task::spawn_blocking(move || catalog.stop()).await?;
+    stopped?;
+    // The catalog's store is the fold of catalog.events.
+    let (c, rt) = (cluster.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        crate::saga::stores_equal_their_event_logs(&c, &rt, &["catalog"])
+    })
+    .await??;
+
     // CSV and Arrow IPC answers; the views system table says stock_levels is caught up.
     let csv = client
         .post(format!("{base}/query"))

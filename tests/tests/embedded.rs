@@ -48,8 +48,10 @@ async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()>
     // Every store is the fold of its service's own event log.
     let c = cluster.clone();
     let rt = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || integration::saga::stores_equal_their_event_logs(&c, &rt))
-        .await??;
+    tokio::task::spawn_blocking(move || {
+        integration::saga::stores_equal_their_event_logs(&c, &rt, integration::saga::SAGA_STORES)
+    })
+    .await??;
     let (c, v) = (cluster.clone(), views.path().to_path_buf());
     tokio::task::spawn_blocking(move || {
         integration::audit::audit_trail_is_complete_and_tamper_evident(&c, &v)

@@ -139,6 +139,9 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
         &[
             "SELECT status, count(*) AS n, sum(compensations) AS c FROM sagas GROUP BY status ORDER BY status",
             "SELECT service, step, count(*) AS n FROM saga_steps GROUP BY service, step ORDER BY service, step",
+            "SELECT account, sum(debit_cents) AS d, sum(credit_cents) AS c, count(*) AS n FROM ledger GROUP BY account ORDER BY account",
+            "SELECT count(*) AS windows, sum(orders_placed) AS p, sum(orders_confirmed) AS c, sum(revenue_cents) AS r, sum(late_events) AS l FROM orders_per_minute",
+            "SELECT topic, count(*) AS n, count(DISTINCT event_id) AS events FROM audit_trail GROUP BY topic ORDER BY topic",
         ],
     ))?;
     // The audit trail, kept by a compliance process killed with the others, is complete and
@@ -175,7 +178,11 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
     // duplicates; the CLI's check agrees.
     drop(doubled);
     drop(killed);
-    let compared = integration::saga::stores_equal_their_event_logs(&stack.cluster, rt.handle())?;
+    let compared = integration::saga::stores_equal_their_event_logs(
+        &stack.cluster,
+        rt.handle(),
+        integration::saga::SAGA_STORES,
+    )?;
     eprintln!("{compared} states equal the folds of their event logs");
     let check = cli(stack, &["replay", "orders", "--check"])?;
     anyhow::ensure!(

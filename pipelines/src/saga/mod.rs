@@ -6,6 +6,7 @@
 //! reservations the inventory participant fans out.
 
 pub mod ledger;
+pub mod products;
 pub mod rebuild;
 pub mod runtime;
 pub mod simulate;
@@ -76,6 +77,7 @@ pub const PARTICIPANTS: &[&str] = &[
     "shipping",
     "notifications",
     "billing",
+    "catalog",
 ];
 
 /// Topics of the saga besides the inventory service's own.
@@ -113,6 +115,10 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
         log(BILLING_EVENTS),
         compacted(BILLING_CHANGELOG),
         dlq(BILLING_DLQ),
+        log(CATALOG_COMMANDS),
+        log(CATALOG_EVENTS),
+        compacted(CATALOG_CHANGELOG),
+        dlq(CATALOG_DLQ),
     ]
 }
 
@@ -131,6 +137,10 @@ pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
             <Notifications as Wiring>::INPUTS,
         ),
         (<Billing as Wiring>::NAME, <Billing as Wiring>::INPUTS),
+        (
+            <processors::catalog::Catalog as Wiring>::NAME,
+            <processors::catalog::Catalog as Wiring>::INPUTS,
+        ),
     ]
 }
 
@@ -187,8 +197,17 @@ pub fn spawn(
             "shipping" => spawn_one(Shipping, opts, rt, &stop),
             "notifications" => spawn_one(Notifications, opts, rt, &stop),
             "billing" => spawn_one(Billing, opts, rt, &stop),
+            "catalog" => spawn_one(processors::catalog::Catalog, opts, rt, &stop),
             other => anyhow::bail!("unknown saga participant {other:?}; known: {PARTICIPANTS:?}"),
         });
+    }
+    if views && names.contains(&"catalog") {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("products-view".into())
+            .spawn(move || products::run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push(("products-view".to_owned(), handle));
     }
     if views && names.contains(&"billing") {
         let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());

@@ -56,6 +56,16 @@ impl EventSourced for processors::saga::billing::Billing {
     }
 }
 
+impl EventSourced for processors::catalog::Catalog {
+    const EVENTS: &'static str = schemas::saga::topics::CATALOG_EVENTS;
+    fn evolve(
+        state: Option<&schemas::products::ProductState>,
+        event: &schemas::products::CatalogEvent,
+    ) -> Option<schemas::products::ProductState> {
+        processors::catalog::evolve(state, event)
+    }
+}
+
 impl EventSourced for Shipping {
     const EVENTS: &'static str = schemas::saga::topics::SHIPPING_REPLIES;
     fn evolve(state: Option<&ShipmentState>, event: &ShipmentReply) -> Option<ShipmentState> {

@@ -55,6 +55,9 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         WIDTH.as_millis() as i64,
         opts.window_lateness.as_millis() as i64,
     );
+    for e in tpl.elements() {
+        windows.track(e.partition());
+    }
     let mut seen = std::collections::HashSet::new();
     let mut checkpoint = Checkpoint::new();
     let mut dirty = true;
@@ -92,6 +95,16 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
                 if at.insert(e.partition(), o) != Some(o) {
                     dirty = true;
                 }
+            }
+        }
+        // A partition read to its end does not hold the watermark back (checked at flush
+        // time: a watermark lookup per partition).
+        if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
+            let ends = kafka::high_watermarks(&consumer, ORDER_EVENTS)?;
+            let at = checkpoint.get(ORDER_EVENTS);
+            for (p, end) in ends {
+                let position = at.and_then(|c| c.get(&p)).copied().unwrap_or(0);
+                windows.set_idle(p, position >= end);
             }
         }
         if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {

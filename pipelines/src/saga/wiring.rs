@@ -213,3 +213,33 @@ impl Wiring for Billing {
         None
     }
 }
+
+impl Wiring for processors::catalog::Catalog {
+    const NAME: &'static str = "catalog";
+    const SERVICE: &'static str = "catalog";
+    const INPUTS: &'static [&'static str] = &[CATALOG_COMMANDS];
+    const OUTPUTS: &'static [&'static str] = &[CATALOG_EVENTS];
+    const CHANGELOG: &'static str = CATALOG_CHANGELOG;
+    const DLQ: &'static str = CATALOG_DLQ;
+    type Changelog = schemas::products::CatalogChangelog;
+    fn to_changelog(state: &schemas::products::ProductState) -> Self::Changelog {
+        state.clone().into()
+    }
+    fn from_changelog(
+        schemas::products::CatalogChangelog::ProductState(s): Self::Changelog,
+    ) -> schemas::products::ProductState {
+        s
+    }
+    fn state_key(state: &schemas::products::ProductState) -> &str {
+        &state.sku
+    }
+    fn input_metadata(input: &schemas::products::CatalogCommand) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &schemas::products::CatalogEvent) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(_: &schemas::products::CatalogEvent) -> Option<&'static str> {
+        None
+    }
+}
