@@ -302,6 +302,7 @@ impl AuditTable {
         let text = serde_json::to_string(checkpoint).expect("a checkpoint serializes");
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(crate::table::ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(vec![KeyValue::new(CHECKPOINT_KEY.into(), text)]))
             .build();
         let batch = to_batch(rows)?;

@@ -142,4 +142,47 @@ mod tests {
             .to_string();
         assert!(err.contains("nope"), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_point_lookup_reads_one_row_group_of_a_sorted_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<StockLevel> = (0..300_000)
+            .map(|i| StockLevel {
+                sku: format!("SKU-{i:06}"),
+                warehouse: "AMS".into(),
+                on_hand: i,
+                reserved: 0,
+                version: 1,
+                updated_at: 0,
+            })
+            .collect();
+        SnapshotTable::open(dir.path(), VIEW)
+            .unwrap()
+            .replace(&to_batch(&rows).unwrap(), "")
+            .unwrap();
+        let engine = QueryEngine::open(dir.path()).await.unwrap();
+        let found = engine
+            .sql("SELECT on_hand FROM stock_levels WHERE sku = 'SKU-250000'")
+            .await
+            .unwrap();
+        assert_eq!(
+            OutputFormat::Csv.render(&found).unwrap(),
+            "on_hand\n250000\n"
+        );
+        let plan = OutputFormat::Csv
+            .render(
+                &engine
+                    .sql(
+                        "EXPLAIN ANALYZE SELECT on_hand FROM stock_levels WHERE sku = 'SKU-250000'",
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+        // 300,000 rows in 5 row groups: 4 pruned by statistics, 1 read.
+        assert!(
+            plan.contains("row_groups_pruned_statistics=5 total \u{2192} 1 matched"),
+            "{plan}"
+        );
+    }
 }

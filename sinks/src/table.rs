@@ -22,6 +22,11 @@ use crate::{Error, Result};
 pub const CHECKPOINT_KEY: &str = "supplystream.checkpoint";
 const FILE: &str = "part-0.parquet";
 
+/// Rows per Parquet row group. Views are written sorted by their lookup key, so with
+/// row groups of this size a point lookup (`WHERE sku = …`) reads one row group and prunes
+/// the rest by their min/max statistics; the default (1M rows) made every view one group.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+
 /// One view's directory and file.
 #[derive(Debug, Clone)]
 pub struct SnapshotTable {
@@ -71,6 +76,7 @@ impl SnapshotTable {
         let file = File::create(&tmp).map_err(self.io(&tmp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_key_value_metadata(Some(vec![KeyValue::new(
                 CHECKPOINT_KEY.into(),
                 checkpoint.to_owned(),
