@@ -17,6 +17,8 @@ records! {
     ReserveStock { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
     /// Command: give back a reservation's stock.
     ReleaseReservation { reservation_id: String, sku: String }
+    /// Command: a reservation's stock leaves the warehouse (its order was confirmed).
+    DispatchStock { reservation_id: String, sku: String }
     /// Command: correct on-hand stock by `delta` (damage, loss, found goods).
     AdjustStock { sku: String, warehouse: String, delta: i64, reason: String }
     /// Command: move stock between two warehouses of one sku.
@@ -41,6 +43,8 @@ records! {
     }
     /// Event: a reservation's stock became available again.
     InventoryReleased { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
+    /// Event: a reservation's stock was shipped; on hand and reserved drop by its quantity.
+    InventoryDispatched { reservation_id: String, sku: String, warehouse: String, quantity: i64 }
     /// Event: on-hand stock corrected.
     InventoryAdjusted { sku: String, warehouse: String, delta: i64, reason: String }
     /// Event: stock moved between warehouses.
@@ -108,6 +112,7 @@ record_union! {
         AdjustStock => "../avro/inventory/AdjustStock.avsc",
         TransferStock => "../avro/inventory/TransferStock.avsc",
         AuditStock => "../avro/inventory/AuditStock.avsc",
+        DispatchStock => "../avro/inventory/DispatchStock.avsc",
     }
 }
 
@@ -122,6 +127,7 @@ record_union! {
         InventoryTransferred => "../avro/inventory/InventoryTransferred.avsc",
         InventoryAudited => "../avro/inventory/InventoryAudited.avsc",
         InventoryCommandRejected => "../avro/inventory/InventoryCommandRejected.avsc",
+        InventoryDispatched => "../avro/inventory/InventoryDispatched.avsc",
     }
 }
 
@@ -140,6 +146,7 @@ union_metadata!(InventoryCommand {
     AdjustStock,
     TransferStock,
     AuditStock,
+    DispatchStock,
 });
 
 impl InventoryCommand {
@@ -152,6 +159,7 @@ impl InventoryCommand {
             InventoryCommand::AdjustStock(c) => &c.sku,
             InventoryCommand::TransferStock(c) => &c.sku,
             InventoryCommand::AuditStock(c) => &c.sku,
+            InventoryCommand::DispatchStock(c) => &c.sku,
         }
     }
 }
@@ -165,6 +173,7 @@ union_metadata!(InventoryEvent {
     InventoryTransferred,
     InventoryAudited,
     InventoryCommandRejected,
+    InventoryDispatched,
 });
 
 impl InventoryEvent {

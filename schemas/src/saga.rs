@@ -6,8 +6,8 @@
 //! refused rather than acted on.
 
 use crate::inventory::{
-    InventoryReleased, InventoryReserved, ReleaseReservation, ReservationRejected, ReserveStock,
-    StockReleased, StockReservationFailed, StockReserved,
+    DispatchStock, InventoryReleased, InventoryReserved, ReleaseReservation, ReservationRejected,
+    ReserveStock, StockReleased, StockReservationFailed, StockReserved,
 };
 use crate::orders::{
     CancelOrder, OrderCancelled, OrderCancelling, OrderConfirmed, OrderPlaced, PlaceOrder,
@@ -49,9 +49,12 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         | "OrderFailed"
         | "OrderCompensationRecorded"
         | "OrderReplyIgnored" => ORDER_EVENTS,
-        "ReserveStock" | "ReleaseReservation" => INVENTORY_COMMANDS,
+        "ReserveStock" | "ReleaseReservation" | "DispatchStock" => INVENTORY_COMMANDS,
         "StockReserved" | "StockReservationFailed" | "StockReleased" => INVENTORY_REPLIES,
-        "InventoryReserved" | "ReservationRejected" | "InventoryReleased" => INVENTORY_RESERVATIONS,
+        "InventoryReserved"
+        | "ReservationRejected"
+        | "InventoryReleased"
+        | "InventoryDispatched" => INVENTORY_RESERVATIONS,
         "PaymentCaptured" | "PaymentDeclined" | "PaymentRefunded" => PAYMENT_REPLIES,
         "ShipmentCreated" | "ShipmentFailed" | "ShipmentCancelled" => SHIPPING_REPLIES,
         "NotificationSent" => NOTIFICATION_EVENTS,
@@ -109,6 +112,7 @@ record_union! {
         InventoryReserved => "../avro/inventory/InventoryReserved.avsc",
         ReservationRejected => "../avro/inventory/ReservationRejected.avsc",
         InventoryReleased => "../avro/inventory/InventoryReleased.avsc",
+        OrderConfirmed => "../avro/orders/OrderConfirmed.avsc",
     }
 }
 union_metadata!(InventorySagaIn {
@@ -118,6 +122,7 @@ union_metadata!(InventorySagaIn {
     InventoryReserved,
     ReservationRejected,
     InventoryReleased,
+    OrderConfirmed,
 });
 
 record_union! {
@@ -128,11 +133,13 @@ record_union! {
         StockReserved => "../avro/inventory/StockReserved.avsc",
         StockReservationFailed => "../avro/inventory/StockReservationFailed.avsc",
         StockReleased => "../avro/inventory/StockReleased.avsc",
+        DispatchStock => "../avro/inventory/DispatchStock.avsc",
     }
 }
 union_metadata!(InventorySagaOut {
     ReserveStock,
     ReleaseReservation,
+    DispatchStock,
     StockReserved,
     StockReservationFailed,
     StockReleased,

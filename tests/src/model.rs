@@ -74,6 +74,20 @@ pub fn expect(commands: &[InventoryCommand]) -> Expected {
                     Some("InventoryCommandRejected")
                 }
             }
+            InventoryCommand::DispatchStock(c) => {
+                let key = (sku.clone(), c.reservation_id.clone());
+                if let Some((w, q)) = open.remove(&key) {
+                    let p = x.positions.entry((sku.clone(), w)).or_default();
+                    p.0 -= q;
+                    p.1 -= q;
+                    closed.insert(key);
+                    Some("InventoryDispatched")
+                } else if closed.contains(&key) {
+                    None
+                } else {
+                    Some("InventoryCommandRejected")
+                }
+            }
             InventoryCommand::AdjustStock(c) => {
                 let (on_hand, reserved) = pos(&mut x, &c.warehouse);
                 if on_hand + c.delta < reserved {

@@ -391,21 +391,24 @@ pub async fn check(
         result.insert(i, ends[0].clone());
     }
 
-    // Stock: per order, what its reservations still hold.
+    // Stock: per order, what its reservations still hold and what left the warehouse.
     let mut held: BTreeMap<usize, i64> = BTreeMap::new();
+    let mut shipped: BTreeMap<usize, i64> = BTreeMap::new();
     for e in read_unique::<InventoryEvent>(cluster, pipelines::topics::inventory::EVENTS, |e| {
         e.metadata().event_id.clone()
     })
     .await?
     {
-        let (rid, delta) = match &e {
-            InventoryEvent::InventoryReserved(r) => (&r.reservation_id, r.quantity),
-            InventoryEvent::InventoryReleased(r) => (&r.reservation_id, -r.quantity),
+        let (rid, delta, out) = match &e {
+            InventoryEvent::InventoryReserved(r) => (&r.reservation_id, r.quantity, 0),
+            InventoryEvent::InventoryReleased(r) => (&r.reservation_id, -r.quantity, 0),
+            InventoryEvent::InventoryDispatched(r) => (&r.reservation_id, -r.quantity, r.quantity),
             _ => continue,
         };
         let order = rid.rsplit_once('/').map_or(rid.as_str(), |(o, _)| o);
         if let Some(i) = index.get(order) {
             *held.entry(*i).or_default() += delta;
+            *shipped.entry(*i).or_default() += out;
         }
     }
     for (i, (id, _, _)) in orders.iter().enumerate() {
@@ -422,16 +425,22 @@ pub async fn check(
                 .unwrap_or_default(),
             Ending::Cancelled(_) => 0,
         };
-        let got = held.get(&i).copied().unwrap_or(0);
+        let got = shipped.get(&i).copied().unwrap_or(0);
         ensure!(
             got == want,
-            "order {id} ({:?}) holds {got} units of stock, expected {want}",
+            "order {id} ({:?}) shipped {got} units of stock, expected {want}",
+            result[&i]
+        );
+        let holds = held.get(&i).copied().unwrap_or(0);
+        ensure!(
+            holds == 0,
+            "order {id} ({:?}) still holds {holds} units of stock",
             result[&i]
         );
     }
 
     // The same, position by position, in the stock_levels view: on hand is what was
-    // received (nothing is dispatched yet), reserved is the lines of confirmed orders.
+    // received less the lines of confirmed orders (shipped), nothing stays reserved.
     let mut positions: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for c in &sim.stock {
         if let schemas::inventory::InventoryCommand::ReceiveStock(r) = c {
@@ -449,7 +458,7 @@ pub async fn check(
                 positions
                     .entry((l.sku.clone(), l.warehouse.clone()))
                     .or_default()
-                    .1 += l.quantity;
+                    .0 -= l.quantity;
             }
         }
     }

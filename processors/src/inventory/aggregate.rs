@@ -50,6 +50,10 @@ pub fn for_each_effect<'e>(event: &'e InventoryEvent, mut f: impl FnMut(&'e str,
             f(&e.to_warehouse, Effect::OnHand(e.quantity));
         }
         InventoryEvent::InventoryAudited(e) => f(&e.warehouse, Effect::Counted(e.counted)),
+        InventoryEvent::InventoryDispatched(e) => {
+            f(&e.warehouse, Effect::OnHand(-e.quantity));
+            f(&e.warehouse, Effect::Reserved(-e.quantity));
+        }
         InventoryEvent::ReservationRejected(_) | InventoryEvent::InventoryCommandRejected(_) => {}
     }
 }
@@ -214,6 +218,9 @@ pub fn reservation_changes(
             InventoryEvent::InventoryReleased(r) => {
                 ((&r.sku, &r.reservation_id, &r.warehouse, r.quantity), false)
             }
+            InventoryEvent::InventoryDispatched(r) => {
+                ((&r.sku, &r.reservation_id, &r.warehouse, r.quantity), false)
+            }
             // A refused reservation id is spent too: a duplicate of the request must not
             // succeed later, when stock has come in, and hold stock nobody waits for.
             InventoryEvent::ReservationRejected(r) => {
@@ -342,6 +349,7 @@ fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand>
             positive("quantity", c.quantity)
         }
         InventoryCommand::ReleaseReservation(c) => named("reservation_id", &c.reservation_id),
+        InventoryCommand::DispatchStock(c) => named("reservation_id", &c.reservation_id),
         InventoryCommand::AdjustStock(c) => {
             named("warehouse", &c.warehouse)?;
             require(c.delta != 0, name, || "field delta must not be zero".into())
@@ -456,6 +464,21 @@ impl Aggregate for SkuInventory {
                     None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
                 }
             }
+            // Acts once like a release: a dispatched (or released) reservation is closed.
+            InventoryCommand::DispatchStock(c) => match self.reservations.get(&c.reservation_id) {
+                Some((warehouse, quantity)) => out.push(|metadata| {
+                    InventoryDispatched {
+                        metadata,
+                        reservation_id: c.reservation_id.clone(),
+                        sku: c.sku.clone(),
+                        warehouse: warehouse.clone(),
+                        quantity: *quantity,
+                    }
+                    .into()
+                }),
+                None if self.closed.contains(&c.reservation_id) => {}
+                None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
+            },
             InventoryCommand::AdjustStock(c) => {
                 let p = self.position(&c.warehouse);
                 if p.on_hand + c.delta < p.reserved {
@@ -542,6 +565,10 @@ impl Aggregate for SkuInventory {
                     .insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
             }
             InventoryEvent::InventoryReleased(e) => {
+                self.reservations.remove(&e.reservation_id);
+                self.closed.insert(e.reservation_id.clone());
+            }
+            InventoryEvent::InventoryDispatched(e) => {
                 self.reservations.remove(&e.reservation_id);
                 self.closed.insert(e.reservation_id.clone());
             }

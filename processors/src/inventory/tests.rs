@@ -170,6 +170,41 @@ fn a_reservation_id_acts_once() {
 }
 
 #[test]
+fn a_dispatched_reservation_leaves_the_warehouse_once() {
+    let mut g = given().received("AMS", 10).reserved("R1", "AMS", 3);
+    let dispatch = |m: Metadata| -> InventoryCommand {
+        DispatchStock {
+            metadata: m,
+            reservation_id: "R1".into(),
+            sku: SKU.into(),
+        }
+        .into()
+    };
+    let events = g.when(dispatch);
+    assert!(matches!(
+        events[..],
+        [InventoryEvent::InventoryDispatched(_)]
+    ));
+    assert_eq!(
+        g.state.position("AMS"),
+        Position {
+            on_hand: 7,
+            reserved: 0
+        }
+    );
+    assert!(g.when(dispatch).is_empty(), "a duplicate dispatch");
+    assert!(
+        g.when(|m| release(m, "R1")).is_empty(),
+        "a release after dispatch"
+    );
+    assert_eq!(g.state.position("AMS").on_hand, 7);
+    // Restored from its changelog records, the reservation stays closed.
+    let records: Vec<_> = reservation_changes(&events).collect();
+    let restored = SkuInventory::restore(&g.state.snapshot(0, 0), &records);
+    assert_eq!(restored, g.state);
+}
+
+#[test]
 fn a_refused_reservation_id_is_spent() {
     let mut g = given().received("AMS", 1);
     let refused = g.when(|m| reserve(m, "R1", "AMS", 3));

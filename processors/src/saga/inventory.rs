@@ -28,6 +28,9 @@ pub mod status {
     pub const LINE_RESERVED: &str = "Reserved";
     pub const LINE_REJECTED: &str = "Rejected";
     pub const LINE_RELEASED: &str = "Released";
+    pub const LINE_DISPATCHED: &str = "Dispatched";
+    /// Confirmed: every line's stock left the warehouse.
+    pub const DISPATCHED: &str = "Dispatched";
 }
 use status::*;
 
@@ -228,6 +231,26 @@ impl Participant for InventorySaga {
             }
             // Releases are not awaited: a release of a held reservation cannot fail.
             InventorySagaIn::InventoryReleased(_) => {}
+            // The order is confirmed and handed to the carrier: its stock leaves the
+            // warehouse (on hand and reserved drop), once.
+            InventorySagaIn::OrderConfirmed(_) => {
+                if s.status == RESERVED {
+                    s.status = DISPATCHED.into();
+                    s.version += 1;
+                    for line in s.lines.iter_mut().filter(|l| l.status == LINE_RESERVED) {
+                        line.status = LINE_DISPATCHED.into();
+                        let metadata = out.meta(&line.sku, -1);
+                        out.emit.push(
+                            DispatchStock {
+                                metadata,
+                                reservation_id: line.reservation_id.clone(),
+                                sku: line.sku.clone(),
+                            }
+                            .into(),
+                        );
+                    }
+                }
+            }
             InventorySagaIn::PaymentDeclined(_) | InventorySagaIn::PaymentRefunded(_) => {
                 match s.status.as_str() {
                     RESERVED => {

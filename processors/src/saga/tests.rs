@@ -107,6 +107,7 @@ impl Bus {
             Msg::OrderCmd(_) => &["orders"],
             Msg::OrderEvt(OrderEvent::OrderPlaced(_)) => &["inventory"],
             Msg::OrderEvt(OrderEvent::OrderCancelling(_)) => &["shipping"],
+            Msg::OrderEvt(OrderEvent::OrderConfirmed(_)) => &["notifications", "inventory"],
             Msg::OrderEvt(_) => &["notifications"],
             Msg::InvCmd(_) | Msg::InvLine(_) => &["inventory"],
             Msg::InvReply(_) => &["orders", "payments"],
@@ -251,6 +252,9 @@ impl Bus {
             ("notifications", Msg::OrderEvt(OrderEvent::OrderConfirmed(x))) => {
                 self.notify(x.into())
             }
+            ("inventory", Msg::OrderEvt(OrderEvent::OrderConfirmed(x))) => {
+                self.inventory_saga(x.into(), &mut out)
+            }
             ("notifications", Msg::OrderEvt(OrderEvent::OrderCancelled(x))) => {
                 self.notify(x.into())
             }
@@ -365,6 +369,7 @@ impl Bus {
                 InventorySagaOut::StockReserved(r) => Msg::InvReply(r.into()),
                 InventorySagaOut::StockReservationFailed(r) => Msg::InvReply(r.into()),
                 InventorySagaOut::StockReleased(r) => Msg::InvReply(r.into()),
+                InventorySagaOut::DispatchStock(c) => Msg::InvCmd(c.into()),
             });
         }
     }
@@ -423,6 +428,10 @@ impl Bus {
         self.skus[sku].position("AMS").available()
     }
 
+    fn on_hand(&self, sku: &str) -> i64 {
+        self.skus[sku].position("AMS").on_hand
+    }
+
     fn reserved(&self) -> i64 {
         self.skus.values().map(|s| s.position("AMS").reserved).sum()
     }
@@ -456,7 +465,9 @@ fn a_good_order_is_reserved_charged_shipped_confirmed_and_notified_once() {
     assert_eq!(bus.status("O-1"), status::CONFIRMED);
     assert_eq!(bus.orders["O-1"].carrier.as_deref(), Some("PostNL"));
     assert_eq!((bus.available("SKU-1"), bus.available("SKU-2")), (8, 9));
-    assert_eq!(bus.reserved(), 3);
+    // Confirmed and handed to the carrier: the lines left the warehouse, nothing stays held.
+    assert_eq!(bus.reserved(), 0);
+    assert_eq!((bus.on_hand("SKU-1"), bus.on_hand("SKU-2")), (8, 9));
     assert_eq!(bus.net_charged(), 750);
     assert_eq!(bus.notification_kinds("O-1"), ["confirmation"]);
     assert_eq!(
