@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Runs the benchmarks against a real Kafka + Apicurio started for the occasion, then stops them.
-#   scripts/bench.sh            # 1,000,000 commands
-#   BENCH_COMMANDS=200000 scripts/bench.sh
-# Built without the DataFusion query feature: the pipeline does not need it and the release
-# build is much shorter.
+#   scripts/bench.sh                 # inventory (1,000,000 commands), then the saga (20,000 orders)
+#   BENCH_COMMANDS=200000 BENCH_ORDERS=5000 scripts/bench.sh
+#   scripts/bench.sh inventory       # one of them
+# Built without the DataFusion query feature: the pipelines do not need it and the release
+# build is much shorter. Each bench gets a fresh stack (the saga's inventory service must not
+# inherit the inventory bench's million commands).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-cargo bench -p pipelines --no-default-features --bench inventory --no-run
-dir="$(mktemp -d -t supplystream-bench-XXXXXX)"
-trap 'scripts/stack.sh down "$dir"' EXIT
-scripts/stack.sh up "$dir"
-# shellcheck disable=SC1091
-source "$dir/env"
-cargo bench -p pipelines --no-default-features --bench inventory
+benches=("${@:-inventory saga}")
+read -r -a benches <<<"${benches[*]}"
+for bench in "${benches[@]}"; do
+  cargo bench -p pipelines --no-default-features --bench "$bench" --no-run
+done
+for bench in "${benches[@]}"; do
+  dir="$(mktemp -d -t supplystream-bench-XXXXXX)"
+  trap 'scripts/stack.sh down "$dir"' EXIT
+  scripts/stack.sh up "$dir"
+  # shellcheck disable=SC1091
+  source "$dir/env"
+  cargo bench -p pipelines --no-default-features --bench "$bench"
+  scripts/stack.sh down "$dir"
+  trap - EXIT
+done

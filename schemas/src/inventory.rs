@@ -400,7 +400,7 @@ mod tests {
             InventoryCommand::names()[0],
             "supplychain.inventory.ReceiveStock"
         );
-        assert_eq!(InventoryEvent::names().len(), 8);
+        assert_eq!(InventoryEvent::names().len(), 9);
         assert_eq!(
             InventoryChangelog::names()[0],
             "supplychain.inventory.InventorySnapshot"
