@@ -116,13 +116,16 @@ pub async fn delete_topics(cluster: &Cluster, topics: &[&str]) -> anyhow::Result
     }
 }
 
-/// Creates the topics that do not exist yet, and checks the partition count of those that do.
+/// Creates the topics that do not exist yet (replicated as the broker's
+/// `default.replication.factor` says), and checks the partition count of those that do.
 pub async fn ensure_topics(cluster: &Cluster, specs: &[TopicSpec]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(cluster).create()?;
     let new: Vec<NewTopic> = specs
         .iter()
         .map(|s| {
-            let t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(1));
+            // -1: the broker's `default.replication.factor` (KIP-464), so a production
+            // cluster replicates as its operators configured it (1 on the test broker).
+            let t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(-1));
             if s.compacted {
                 t.set("cleanup.policy", "compact")
             } else {
