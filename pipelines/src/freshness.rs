@@ -52,6 +52,20 @@ pub const VIEWS: &[&str] = &[
     sinks::audit::VIEW,
 ];
 
+/// The checkpoint stored with `view` under `views_dir`, parsed (`None`: never written). Reads
+/// the Parquet footer only, so polling it is cheap.
+pub fn stored<T: serde::de::DeserializeOwned>(
+    views_dir: &Path,
+    view: &str,
+) -> anyhow::Result<Option<T>> {
+    Ok(match sinks::table::stored_checkpoint(views_dir, view)? {
+        Some(text) if !text.is_empty() => {
+            Some(serde_json::from_str(&text).with_context(|| format!("{view} checkpoint"))?)
+        }
+        _ => None,
+    })
+}
+
 /// The positions stored with `view` under `views_dir` (`None`: the view does not exist yet).
 pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Positions>> {
     if !views_dir.join(view).exists() {
@@ -66,9 +80,12 @@ pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Pos
         v if v == sinks::sagas::SAGAS || v == sinks::sagas::SAGA_STEPS => {
             crate::saga::views::checkpoint(views_dir)?
         }
-        v if v == sinks::ledger::VIEW => crate::saga::ledger::checkpoint(views_dir)?,
-        v if v == sinks::products::VIEW => crate::saga::products::checkpoint(views_dir)?,
-        v if v == sinks::windows::ORDERS_PER_MINUTE => crate::saga::windows::checkpoint(views_dir)?,
+        v if v == sinks::ledger::VIEW
+            || v == sinks::products::VIEW
+            || v == sinks::windows::ORDERS_PER_MINUTE =>
+        {
+            stored(views_dir, v)?
+        }
         v if v == sinks::audit::VIEW => sinks::audit::AuditTable::open(views_dir)?
             .checkpoint()?
             .map(|c| c.positions),

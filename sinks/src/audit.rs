@@ -318,19 +318,7 @@ impl AuditTable {
     pub fn read(&self, part: &Path) -> Result<(Vec<AuditRow>, Checkpoint)> {
         let file = File::open(part).map_err(self.io(part))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(Self::parquet)?;
-        let checkpoint = builder
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == CHECKPOINT_KEY))
-            .and_then(|kv| kv.value.clone())
-            .map(|t| serde_json::from_str(&t))
-            .transpose()
-            .map_err(|e| Error::Layout {
-                view: VIEW.into(),
-                reason: format!("{}: checkpoint: {e}", part.display()),
-            })?
-            .unwrap_or_default();
+        let checkpoint = Self::parse_checkpoint(part, &crate::table::checkpoint_of(&builder))?;
         let mut rows = Vec::new();
         for batch in builder.build().map_err(Self::parquet)? {
             rows.extend(from_batch(VIEW, &batch?)?);
@@ -338,10 +326,27 @@ impl AuditTable {
         Ok((rows, checkpoint))
     }
 
-    /// The checkpoint of the last part (where to resume), if any part exists.
+    fn parse_checkpoint(part: &Path, text: &str) -> Result<Checkpoint> {
+        if text.is_empty() {
+            return Ok(Checkpoint::default());
+        }
+        serde_json::from_str(text).map_err(|e| Error::Layout {
+            view: VIEW.into(),
+            reason: format!("{}: checkpoint: {e}", part.display()),
+        })
+    }
+
+    /// The checkpoint of the last part (where to resume), if any part exists; read from the
+    /// part's footer only.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         match self.parts()?.last() {
-            Some(last) => Ok(Some(self.read(last)?.1)),
+            Some(last) => {
+                let file = File::open(last).map_err(self.io(last))?;
+                let builder =
+                    ParquetRecordBatchReaderBuilder::try_new(file).map_err(Self::parquet)?;
+                let text = crate::table::checkpoint_of(&builder);
+                Ok(Some(Self::parse_checkpoint(last, &text)?))
+            }
             None => Ok(None),
         }
     }

@@ -100,13 +100,7 @@ impl SnapshotTable {
             Err(e) => return Err(self.io(&path)(e)),
         };
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(self.parquet())?;
-        let checkpoint = builder
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == CHECKPOINT_KEY))
-            .and_then(|kv| kv.value.clone())
-            .unwrap_or_default();
+        let checkpoint = checkpoint_of(&builder);
         let batches = builder
             .build()
             .map_err(self.parquet())?
@@ -118,6 +112,41 @@ impl SnapshotTable {
     pub fn view(&self) -> &str {
         &self.view
     }
+}
+
+/// The checkpoint text in a Parquet file's footer (the builder has read only the footer).
+pub(crate) fn checkpoint_of<T>(
+    builder: &parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
+) -> String {
+    builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == CHECKPOINT_KEY))
+        .and_then(|kv| kv.value.clone())
+        .unwrap_or_default()
+}
+
+/// The checkpoint stored with `view` under `views_dir`, read from the file's footer only (no
+/// rows: freshness checks poll it), without creating anything; `None` if never written.
+pub fn stored_checkpoint(views_dir: &Path, view: &str) -> Result<Option<String>> {
+    let path = views_dir.join(view).join(FILE);
+    let io = |source| Error::Io {
+        view: view.into(),
+        path: path.clone(),
+        source,
+    };
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| Error::Parquet {
+            view: view.into(),
+            source,
+        })?;
+    Ok(Some(checkpoint_of(&builder)))
 }
 
 /// Shorthand used by view modules.

@@ -29,13 +29,7 @@ pub type Checkpoint = BTreeMap<i32, i64>;
 
 /// The checkpoint stored in the `stock_levels` table under `views_dir`, if any.
 pub fn stock_levels_checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
-    let table = SnapshotTable::open(views_dir, stock_levels::VIEW)?;
-    Ok(match table.load()? {
-        Some((_, text)) if !text.is_empty() => {
-            Some(serde_json::from_str(&text).context("stock_levels checkpoint")?)
-        }
-        _ => None,
-    })
+    crate::freshness::stored(views_dir, stock_levels::VIEW)
 }
 
 /// Runs the view until `stop`, flushing once more on the way out. Blocking.

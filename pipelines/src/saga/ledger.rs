@@ -28,14 +28,7 @@ pub type Checkpoint = BTreeMap<String, BTreeMap<i32, i64>>;
 
 /// The checkpoint stored with the `ledger` table under `views_dir`, if any.
 pub fn checkpoint(views_dir: &std::path::Path) -> anyhow::Result<Option<Checkpoint>> {
-    Ok(
-        match SnapshotTable::open(views_dir, ledger::VIEW)?.load()? {
-            Some((_, text)) if !text.is_empty() => {
-                Some(serde_json::from_str(&text).context("ledger checkpoint")?)
-            }
-            _ => None,
-        },
-    )
+    crate::freshness::stored(views_dir, ledger::VIEW)
 }
 
 /// Runs the ledger view until `stop`, flushing once more on the way out. Blocking.

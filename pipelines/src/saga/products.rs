@@ -24,14 +24,7 @@ use crate::{Stop, kafka, wire};
 
 /// The checkpoint stored with the table under `views_dir`, if any.
 pub fn checkpoint(views_dir: &std::path::Path) -> anyhow::Result<Option<Checkpoint>> {
-    Ok(
-        match SnapshotTable::open(views_dir, products::VIEW)?.load()? {
-            Some((_, text)) if !text.is_empty() => {
-                Some(serde_json::from_str(&text).context("products checkpoint")?)
-            }
-            _ => None,
-        },
-    )
+    crate::freshness::stored(views_dir, products::VIEW)
 }
 
 /// Runs the view until `stop`, flushing once more on the way out. Blocking.

@@ -44,13 +44,7 @@ pub type Checkpoint = BTreeMap<String, BTreeMap<i32, i64>>;
 
 /// The checkpoint stored with the `saga_steps` table under `views_dir`, if any.
 pub fn checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
-    let table = SnapshotTable::open(views_dir, SAGA_STEPS)?;
-    Ok(match table.load()? {
-        Some((_, text)) if !text.is_empty() => {
-            Some(serde_json::from_str(&text).context("saga_steps checkpoint")?)
-        }
-        _ => None,
-    })
+    crate::freshness::stored(views_dir, SAGA_STEPS)
 }
 
 struct Decoders {

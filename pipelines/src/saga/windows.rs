@@ -28,14 +28,7 @@ pub const WIDTH: Duration = Duration::from_secs(60);
 
 /// The checkpoint stored with the table under `views_dir`, if any.
 pub fn checkpoint(views_dir: &std::path::Path) -> anyhow::Result<Option<Checkpoint>> {
-    Ok(
-        match SnapshotTable::open(views_dir, windows::ORDERS_PER_MINUTE)?.load()? {
-            Some((_, text)) if !text.is_empty() => {
-                Some(serde_json::from_str(&text).context("orders_per_minute checkpoint")?)
-            }
-            _ => None,
-        },
-    )
+    crate::freshness::stored(views_dir, windows::ORDERS_PER_MINUTE)
 }
 
 /// Runs the view until `stop`, flushing once more on the way out. Blocking.
