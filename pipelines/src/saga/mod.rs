@@ -10,6 +10,7 @@ pub mod products;
 pub mod rebuild;
 pub mod runtime;
 pub mod simulate;
+pub mod topic_view;
 pub mod views;
 pub mod windows;
 mod wiring;
@@ -339,37 +340,26 @@ impl ProgressProbe {
             }
             progress.lag.insert(group, lag);
         }
-        let checkpoint = views::checkpoint(&self.views_dir)?.unwrap_or_default();
-        for topic in views::TOPICS {
-            for (p, hw) in end(topic)? {
-                let at = checkpoint
-                    .get(*topic)
-                    .and_then(|c| c.get(&p))
-                    .copied()
-                    .unwrap_or(0);
-                progress.view_lag += (hw - at).max(0);
-            }
-        }
-        // The windowed view, where the views run, and the ledger, where billing does.
-        if let Some(checkpoint) = windows::checkpoint(&self.views_dir)? {
-            for (p, hw) in end(ORDER_EVENTS)? {
-                let at = checkpoint
-                    .get(ORDER_EVENTS)
-                    .and_then(|c| c.get(&p))
-                    .copied()
-                    .unwrap_or(0);
-                progress.view_lag += (hw - at).max(0);
-            }
-        }
-        if let Some(checkpoint) = ledger::checkpoint(&self.views_dir)? {
-            let topic = BILLING_EVENTS;
-            for (p, hw) in end(topic)? {
-                let at = checkpoint
-                    .get(topic)
-                    .and_then(|c| c.get(&p))
-                    .copied()
-                    .unwrap_or(0);
-                progress.view_lag += (hw - at).max(0);
+        // The saga views always; the windows and the ledger where they run.
+        for (view, always) in [
+            (sinks::sagas::SAGA_STEPS, true),
+            (sinks::windows::ORDERS_PER_MINUTE, false),
+            (sinks::ledger::VIEW, false),
+        ] {
+            let positions = match crate::freshness::view_positions(&self.views_dir, view)? {
+                Some(p) => p,
+                None if always => Default::default(),
+                None => continue,
+            };
+            for topic in crate::freshness::view_inputs(view).unwrap_or_default() {
+                for (p, hw) in end(topic)? {
+                    let at = positions
+                        .get(topic)
+                        .and_then(|c| c.get(&p))
+                        .copied()
+                        .unwrap_or(0);
+                    progress.view_lag += (hw - at).max(0);
+                }
             }
         }
         Ok(progress)

@@ -1,0 +1,116 @@
+//! The loop every single-topic snapshot view shares (`ledger`, `products`,
+//! `orders_per_minute`): read the topic from the beginning, decode with the registered
+//! schemas, fold each event, and every `view_flush` replace the Parquet table with the
+//! view's rows and the consumer positions (its checkpoint, for freshness and read-your-writes).
+//! A registry outage stops the view (it restarts and rebuilds); an undecodable record is
+//! left out and reported, like the saga views do.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arrow::record_batch::RecordBatch;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
+use schemas::codec::Decoder;
+use schemas::record::RecordUnion;
+use sinks::SnapshotTable;
+use tokio::runtime::Handle;
+use tracing::{info, info_span, warn};
+
+use super::Options;
+use crate::{Stop, kafka, wire};
+
+/// Positions per topic and partition (the shape every view checkpoint has).
+pub type Checkpoint = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// One view over one topic.
+pub trait TopicView {
+    /// What the topic carries.
+    type Event: RecordUnion;
+    const VIEW: &'static str;
+    const TOPIC: &'static str;
+    /// Its consumer group (for offsets tooling only: positions live in the checkpoint).
+    const GROUP: &'static str;
+
+    /// The partitions it reads, once assigned.
+    fn assigned(&mut self, _partitions: &[i32]) {}
+
+    /// Folds one event read at `offset` of `partition`.
+    fn fold(&mut self, partition: i32, offset: i64, event: Self::Event);
+
+    /// Before a flush: the positions reached and the topic's ends (fetched only when
+    /// [`TopicView::WANTS_ENDS`]).
+    fn before_flush(&mut self, _positions: &BTreeMap<i32, i64>, _ends: &BTreeMap<i32, i64>) {}
+    const WANTS_ENDS: bool = false;
+
+    /// The table as it stands.
+    fn batch(&self) -> anyhow::Result<RecordBatch>;
+}
+
+/// Runs `view` until `stop`, flushing once more on the way out. Blocking.
+pub fn run<V: TopicView>(
+    mut view: V,
+    opts: &Options,
+    rt: &Handle,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    let span = info_span!("view", name = V::VIEW);
+    let _guard = span.enter();
+    let table = SnapshotTable::open(&opts.views_dir, V::VIEW)?;
+    let mut decoder = Decoder::<V::Event>::new(Registry::new(&opts.cluster.registry));
+    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, V::GROUP).create()?;
+    let partitions: Vec<i32> = (0..kafka::partition_count(&consumer, V::TOPIC)? as i32).collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(V::TOPIC, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    view.assigned(&partitions);
+    let mut checkpoint = Checkpoint::new();
+    let mut dirty = true;
+    let mut last_flush = Instant::now();
+    info!(
+        topic = V::TOPIC,
+        "View started (rebuilding from the beginning of its topic)."
+    );
+    loop {
+        let stopping = stop.is_stopped();
+        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
+            match wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), stop) {
+                Ok(event) => view.fold(m.partition(), m.offset(), event),
+                Err(e) if e.is_transient() => return Err(e).context("registry unavailable"),
+                Err(e) => {
+                    warn!(view = V::VIEW, partition = m.partition(), offset = m.offset(), error = %e,
+                    "Undecodable event left out of the view.")
+                }
+            }
+            dirty = true;
+        }
+        // Positions, not last offsets + 1: they step over transaction markers, so a
+        // caught-up view's checkpoint equals the topic's high watermarks.
+        for e in consumer.position()?.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                let at = checkpoint.entry(e.topic().to_owned()).or_default();
+                if at.insert(e.partition(), o) != Some(o) {
+                    dirty = true;
+                }
+            }
+        }
+        if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
+            if V::WANTS_ENDS {
+                let ends = kafka::high_watermarks(&consumer, V::TOPIC)?;
+                let positions = checkpoint.get(V::TOPIC).cloned().unwrap_or_default();
+                view.before_flush(&positions, &ends);
+            }
+            table.replace(&view.batch()?, &serde_json::to_string(&checkpoint)?)?;
+            dirty = false;
+            last_flush = Instant::now();
+        }
+        if stopping {
+            return Ok(());
+        }
+    }
+}
