@@ -448,37 +448,38 @@ impl Aggregate for SkuInventory {
                     }
                 }
             }
-            InventoryCommand::ReleaseReservation(c) => {
-                match self.reservations.get(&c.reservation_id) {
+            // Releasing and dispatching both close an open reservation, once: a closed id
+            // is a duplicate (nothing happens), an unknown one a rejection.
+            InventoryCommand::ReleaseReservation(ReleaseReservation { reservation_id, .. })
+            | InventoryCommand::DispatchStock(DispatchStock { reservation_id, .. }) => {
+                match self.reservations.get(reservation_id) {
                     Some((warehouse, quantity)) => out.push(|metadata| {
-                        InventoryReleased {
-                            metadata,
-                            reservation_id: c.reservation_id.clone(),
-                            sku: c.sku.clone(),
-                            warehouse: warehouse.clone(),
-                            quantity: *quantity,
+                        let (reservation_id, sku) = (reservation_id.clone(), self.sku.clone());
+                        let (warehouse, quantity) = (warehouse.clone(), *quantity);
+                        if matches!(command, InventoryCommand::DispatchStock(_)) {
+                            InventoryDispatched {
+                                metadata,
+                                reservation_id,
+                                sku,
+                                warehouse,
+                                quantity,
+                            }
+                            .into()
+                        } else {
+                            InventoryReleased {
+                                metadata,
+                                reservation_id,
+                                sku,
+                                warehouse,
+                                quantity,
+                            }
+                            .into()
                         }
-                        .into()
                     }),
-                    None if self.closed.contains(&c.reservation_id) => {}
-                    None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
+                    None if self.closed.contains(reservation_id) => {}
+                    None => out.reject(name, format!("unknown reservation {reservation_id:?}")),
                 }
             }
-            // Acts once like a release: a dispatched (or released) reservation is closed.
-            InventoryCommand::DispatchStock(c) => match self.reservations.get(&c.reservation_id) {
-                Some((warehouse, quantity)) => out.push(|metadata| {
-                    InventoryDispatched {
-                        metadata,
-                        reservation_id: c.reservation_id.clone(),
-                        sku: c.sku.clone(),
-                        warehouse: warehouse.clone(),
-                        quantity: *quantity,
-                    }
-                    .into()
-                }),
-                None if self.closed.contains(&c.reservation_id) => {}
-                None => out.reject(name, format!("unknown reservation {:?}", c.reservation_id)),
-            },
             InventoryCommand::AdjustStock(c) => {
                 let p = self.position(&c.warehouse);
                 if p.on_hand + c.delta < p.reserved {
