@@ -25,14 +25,19 @@ fn binary() -> std::path::PathBuf {
         .join("supplystream")
 }
 
+/// Where the child processes log (outlives the run, for post-mortems).
+fn logs_dir() -> std::path::PathBuf {
+    binary()
+        .parent()
+        .expect("target dir")
+        .join("real-kafka-logs")
+}
+
 fn killed_mid_stream(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let views = tempfile::tempdir()?;
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
     // Logs of the killed and restarted processes outlive the run, for post-mortems.
-    let logs = binary()
-        .parent()
-        .expect("target dir")
-        .join("real-kafka-logs");
+    let logs = logs_dir();
     std::fs::create_dir_all(&logs)?;
     let mut runner = ChildProcess::new(
         binary(),
@@ -64,10 +69,7 @@ fn saga_children(
     name: &str,
     extra: &[&str],
 ) -> anyhow::Result<Together> {
-    let logs = binary()
-        .parent()
-        .expect("target dir")
-        .join("real-kafka-logs");
+    let logs = logs_dir();
     std::fs::create_dir_all(&logs)?;
     let mut inventory = ChildProcess::new(
         binary(),
@@ -244,10 +246,7 @@ fn sagas_time_out_while_payments_is_down(
         ]
         .concat(),
     )?;
-    let logs = binary()
-        .parent()
-        .expect("target dir")
-        .join("real-kafka-logs");
+    let logs = logs_dir();
     let mut payments = ChildProcess::new(
         binary(),
         stack.cluster.clone(),
@@ -358,10 +357,7 @@ fn schema_evolution_on_apicurio(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
 fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     ensure_saga_topics(stack, rt)?;
     let views = tempfile::tempdir()?;
-    let logs = binary()
-        .parent()
-        .expect("target dir")
-        .join("real-kafka-logs");
+    let logs = logs_dir();
     let mut runner = ChildProcess::new(
         binary(),
         stack.cluster.clone(),
@@ -378,10 +374,7 @@ fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow:
 fn replay_rebuilds_views(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
     let views = tempfile::tempdir()?;
-    let logs = binary()
-        .parent()
-        .expect("target dir")
-        .join("real-kafka-logs");
+    let logs = logs_dir();
     let mut runner = ChildProcess::new(
         binary(),
         stack.cluster.clone(),
