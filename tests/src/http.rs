@@ -121,6 +121,32 @@ pub async fn read_your_writes(
         );
     }
     ensure!(last.starts_with("catalog.commands@"), "token {last}");
+    // Schema-valid but against a catalog rule of form (a price of 0): accepted over HTTP,
+    // then dead-lettered by the catalog with the reason, and the catalog keeps going.
+    let (status, answer) = post(
+        &client,
+        format!("{base}/commands/catalog/CreateProduct"),
+        json!({"sku": "SKU-HTTP-FREE", "name": "Free lunch", "price_cents": 0}),
+    )
+    .await?;
+    ensure!(status == 200, "CreateProduct refused: {answer}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let dead = crate::topic::read_all(cluster, "catalog.dlq")?;
+        if let Some(r) = dead.iter().find(|r| r.key == b"SKU-HTTP-FREE") {
+            let reason = r.header("dlq.reason").unwrap_or_default();
+            ensure!(
+                reason.contains("field price_cents must be positive, got 0"),
+                "dead letter reason {reason:?}"
+            );
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the invalid CreateProduct never reached catalog.dlq"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let stopped = tokio::task::spawn_blocking(move || catalog.stop()).await?;
     stopped?;
     // The catalog's store is the fold of catalog.events.
