@@ -23,6 +23,7 @@
 pub mod catalog;
 pub mod inventory;
 pub mod saga;
+pub mod suppliers;
 pub mod windows;
 
 /// An event-sourced aggregate: state = fold of its events.

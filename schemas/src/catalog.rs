@@ -7,7 +7,8 @@ use apache_avro::Schema;
 
 use crate::billing::{BillingChangelog, BillingEvent};
 use crate::inventory::{
-    InventoryChangelog, InventoryCommand, InventoryEvent, InventoryReply, InventorySagaChangelog,
+    InventoryAlert, InventoryChangelog, InventoryCommand, InventoryEvent,
+    InventoryReceivingChangelog, InventoryReply, InventorySagaChangelog,
 };
 use crate::notifications::{NotificationChangelog, NotificationEvent};
 use crate::orders::{OrderChangelog, OrderCommand, OrderEvent};
@@ -16,6 +17,7 @@ use crate::products::{CatalogChangelog, CatalogCommand, CatalogEvent};
 use crate::record::RecordUnion;
 use crate::saga::topics::INVENTORY_RESERVATIONS;
 use crate::shipping::{ShipmentChangelog, ShipmentReply};
+use crate::suppliers::{SupplierEvent, SuppliersChangelog};
 
 /// One subject: a record on a topic.
 #[derive(Debug, Clone)]
@@ -72,6 +74,10 @@ pub fn subjects() -> Vec<Subject> {
         of::<CatalogEvent>("catalog.events", all),
         of::<CatalogChangelog>("catalog.changelog", all),
         of::<BillingChangelog>("billing.changelog", all),
+        of::<InventoryAlert>("inventory.alerts", all),
+        of::<InventoryReceivingChangelog>("inventory.receiving-changelog", all),
+        of::<SupplierEvent>("suppliers.events", all),
+        of::<SuppliersChangelog>("suppliers.changelog", all),
     ]
     .into_iter()
     .flatten()

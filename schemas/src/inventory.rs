@@ -51,6 +51,9 @@ records! {
     InventoryTransferred { sku: String, from_warehouse: String, to_warehouse: String, quantity: i64 }
     /// Event: a physical count was recorded; on-hand is now the count.
     InventoryAudited { sku: String, warehouse: String, expected: i64, counted: i64 }
+    /// Alert (on `inventory.alerts`): an event left a position's available stock below the
+    /// low-stock threshold (crossing it, or a receipt not lifting it back).
+    StockLow { sku: String, warehouse: String, available: i64, threshold: i64 }
     /// Event: a well-formed command broke a business rule (other than a reservation).
     InventoryCommandRejected {
         sku: String,
@@ -129,6 +132,34 @@ record_union! {
         InventoryCommandRejected => "../avro/inventory/InventoryCommandRejected.avsc",
         InventoryDispatched => "../avro/inventory/InventoryDispatched.avsc",
     }
+}
+
+/// Changelog record of `inventory-receiving`: the purchase-order receipts of one sku it has
+/// booked as `ReceiveStock` commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivingState {
+    pub sku: String,
+    /// Suppliers' version of the last receipt handled (redeliveries at or below are skipped).
+    pub last_version: i64,
+    pub receipts: i64,
+    pub received_quantity: i64,
+}
+
+record_union! {
+    /// Everything `inventory.alerts` may carry.
+    InventoryAlert { StockLow => "../avro/inventory/StockLow.avsc" }
+}
+union_metadata!(InventoryAlert { StockLow });
+
+record_union! {
+    /// What inventory-receiving writes (on `inventory.commands`).
+    ReceivingOut { ReceiveStock => "../avro/inventory/ReceiveStock.avsc" }
+}
+union_metadata!(ReceivingOut { ReceiveStock });
+
+record_union! {
+    /// Everything `inventory.receiving-changelog` may carry.
+    InventoryReceivingChangelog { ReceivingState => "../avro/inventory/ReceivingState.avsc" }
 }
 
 record_union! {

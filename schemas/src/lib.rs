@@ -39,6 +39,7 @@ pub mod record;
 pub mod registry;
 pub mod saga;
 pub mod shipping;
+pub mod suppliers;
 pub mod upcast;
 
 #[cfg(feature = "registry")]

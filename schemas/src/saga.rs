@@ -32,6 +32,10 @@ pub mod topics {
     pub const BILLING_EVENTS: &str = "billing.events";
     pub const CATALOG_COMMANDS: &str = "catalog.commands";
     pub const CATALOG_EVENTS: &str = "catalog.events";
+    /// Inventory's low-stock alerts, keyed by sku (read by suppliers).
+    pub const INVENTORY_ALERTS: &str = "inventory.alerts";
+    /// Purchase orders placed and received, keyed by sku.
+    pub const SUPPLIER_EVENTS: &str = "suppliers.events";
 }
 
 /// The topic a record of the saga travels on (`None`: not a saga record).
@@ -49,7 +53,11 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         | "OrderFailed"
         | "OrderCompensationRecorded"
         | "OrderReplyIgnored" => ORDER_EVENTS,
-        "ReserveStock" | "ReleaseReservation" | "DispatchStock" => INVENTORY_COMMANDS,
+        "ReserveStock" | "ReleaseReservation" | "DispatchStock" | "ReceiveStock" => {
+            INVENTORY_COMMANDS
+        }
+        "StockLow" => INVENTORY_ALERTS,
+        "PurchaseOrderPlaced" | "PurchaseOrderReceived" => SUPPLIER_EVENTS,
         "StockReserved" | "StockReservationFailed" | "StockReleased" => INVENTORY_REPLIES,
         "InventoryReserved"
         | "ReservationRejected"
@@ -230,6 +238,9 @@ mod tests {
             names::<crate::products::CatalogCommand>(),
             names::<crate::products::CatalogEvent>(),
             names::<crate::billing::BillingEvent>(),
+            names::<crate::suppliers::SupplierEvent>(),
+            names::<crate::suppliers::SuppliersIn>(),
+            names::<crate::suppliers::ReceivingIn>(),
         ];
         for name in messages.iter().flatten() {
             assert!(expected_topic(name).is_some(), "{name} has no topic");

@@ -7,9 +7,12 @@
 //! - releasing an unknown reservation is an `InventoryCommandRejected` event, not a panic.
 
 mod aggregate;
+mod alerts;
 mod projection;
+pub mod receiving;
 #[cfg(test)]
 mod tests;
 
 pub use aggregate::{Effect, Position, SkuInventory, for_each_effect, reservation_changes};
+pub use alerts::LowStock;
 pub use projection::{ProjectedPosition, StockLevelsProjection};
