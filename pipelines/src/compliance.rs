@@ -38,6 +38,8 @@ pub const EVENT_TOPICS: &[(&str, &str)] = &[
     ("notifications.events", "notifications"),
     ("billing.events", "billing"),
     ("catalog.events", "catalog"),
+    ("inventory.alerts", "inventory"),
+    ("suppliers.events", "suppliers"),
 ];
 
 /// Options of the compliance service.
@@ -80,6 +82,8 @@ fn decoder_for(topic: &str, registry: &Registry) -> Box<dyn MetaDecoder> {
         "shipping.replies" => Box::new(Decoder::<ShipmentReply>::new(r)),
         "billing.events" => Box::new(Decoder::<schemas::billing::BillingEvent>::new(r)),
         "catalog.events" => Box::new(Decoder::<schemas::products::CatalogEvent>::new(r)),
+        "inventory.alerts" => Box::new(Decoder::<schemas::inventory::InventoryAlert>::new(r)),
+        "suppliers.events" => Box::new(Decoder::<schemas::suppliers::SupplierEvent>::new(r)),
         _ => Box::new(Decoder::<NotificationEvent>::new(r)),
     }
 }

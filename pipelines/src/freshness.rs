@@ -32,6 +32,7 @@ pub fn view_inputs(view: &str) -> Option<Vec<&'static str>> {
         }
         v if v == sinks::ledger::VIEW => vec![schemas::saga::topics::BILLING_EVENTS],
         v if v == sinks::products::VIEW => vec![schemas::saga::topics::CATALOG_EVENTS],
+        v if v == sinks::purchasing::VIEW => vec![schemas::saga::topics::SUPPLIER_EVENTS],
         v if v == sinks::windows::ORDERS_PER_MINUTE => vec![schemas::saga::topics::ORDER_EVENTS],
         v if v == sinks::audit::VIEW => crate::compliance::EVENT_TOPICS
             .iter()
@@ -48,6 +49,7 @@ pub const VIEWS: &[&str] = &[
     sinks::sagas::SAGA_STEPS,
     sinks::ledger::VIEW,
     sinks::products::VIEW,
+    sinks::purchasing::VIEW,
     sinks::windows::ORDERS_PER_MINUTE,
     sinks::audit::VIEW,
 ];
@@ -82,6 +84,7 @@ pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Pos
         }
         v if v == sinks::ledger::VIEW
             || v == sinks::products::VIEW
+            || v == sinks::purchasing::VIEW
             || v == sinks::windows::ORDERS_PER_MINUTE =>
         {
             stored(views_dir, v)?

@@ -75,8 +75,8 @@ enum Service {
 /// Options of `run saga`.
 #[derive(clap::Args, Clone)]
 struct SagaArgs {
-    /// Participants to run (comma-separated); all when absent:
-    /// orders, inventory-saga, payments, shipping, notifications.
+    /// Participants to run (comma-separated); all when absent: orders, inventory-saga,
+    /// payments, shipping, notifications, billing, catalog, suppliers, inventory-receiving.
     #[arg(long, value_delimiter = ',')]
     participants: Vec<String>,
     /// Deadline of each saga step (and each compensation round), in milliseconds.
@@ -91,6 +91,17 @@ struct SagaArgs {
     /// Allowed lateness of order events in the orders_per_minute windows, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     window_lateness_ms: u64,
+    /// Purchasing: lead time of the fastest supplier, in milliseconds (others take 1.5x
+    /// and 2.5x).
+    #[arg(long, default_value_t = 5_000)]
+    lead_time_ms: u64,
+    /// Purchasing: units ordered on top of what brings a position back to its threshold.
+    #[arg(long, default_value_t = 100)]
+    reorder_quantity: i64,
+    /// Inventory: a position whose available stock falls below this raises a StockLow
+    /// alert, which suppliers answers with a purchase order (0: no alerts).
+    #[arg(long, default_value_t = 10)]
+    low_stock_threshold: i64,
 }
 
 /// What `simulate` generates.
@@ -111,6 +122,10 @@ struct SimArgs {
     ship_failures: f64,
     #[arg(long, default_value_t = 0.05)]
     cancellations: f64,
+    /// Stock per (sku, warehouse) before the orders; a little (e.g. 30) makes inventory
+    /// run low, so suppliers order more.
+    #[arg(long, default_value_t = saga::simulate::STOCK_PER_POSITION)]
+    stock_per_position: i64,
 }
 
 impl SimArgs {
@@ -124,6 +139,7 @@ impl SimArgs {
             declines: self.declines,
             ship_failures: self.ship_failures,
             cancellations: self.cancellations,
+            stock_per_position: self.stock_per_position,
         }
     }
 }
@@ -389,6 +405,9 @@ fn main() -> anyhow::Result<()> {
                 if names.contains(&"catalog") {
                     names.push("products-view");
                 }
+                if names.contains(&"suppliers") {
+                    names.push("purchase-orders-view");
+                }
             }
             ownership()?.enforce(&names)?
         }
@@ -442,14 +461,15 @@ fn main() -> anyhow::Result<()> {
             instance,
             partitions,
             batch_size,
-            saga: _,
-        } => rt.block_on(run(
-            cluster.cluster(),
-            views,
-            instance,
-            partitions,
-            batch_size,
-        )),
+            saga,
+        } => {
+            let mut opts = Options::new(cluster.cluster(), views);
+            opts.instance = instance;
+            opts.partitions = partitions;
+            opts.batch_size = batch_size;
+            opts.low_stock_threshold = saga.low_stock_threshold;
+            rt.block_on(run(opts))
+        }
         Command::Run {
             service: Service::Saga,
             cluster,
@@ -466,6 +486,8 @@ fn main() -> anyhow::Result<()> {
             opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
             opts.duplicate_outputs = saga.chaos_duplicate_outputs;
             opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);
+            opts.lead_time = Duration::from_millis(saga.lead_time_ms);
+            opts.reorder_quantity = saga.reorder_quantity;
             rt.block_on(run_saga(opts, saga.participants, !saga.no_views))
         }
         Command::Simulate { cluster, sim, rate } => rt.block_on(async {
@@ -969,18 +991,8 @@ async fn saga_show(saga_id: &str, views: &std::path::Path) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn run(
-    cluster: Cluster,
-    views: PathBuf,
-    instance: String,
-    partitions: i32,
-    batch_size: usize,
-) -> anyhow::Result<()> {
-    kafka::ensure_topics(&cluster, &inventory::topics(partitions)).await?;
-    let mut opts = Options::new(cluster, views);
-    opts.instance = instance;
-    opts.partitions = partitions;
-    opts.batch_size = batch_size;
+async fn run(opts: Options) -> anyhow::Result<()> {
+    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
     let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
     loop {
         tokio::select! {

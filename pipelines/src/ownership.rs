@@ -83,6 +83,10 @@ const BUNDLED: &[(&str, &str)] = &[
         "shipping.toml",
         include_str!("../definitions/shipping.toml"),
     ),
+    (
+        "suppliers.toml",
+        include_str!("../definitions/suppliers.toml"),
+    ),
 ];
 
 /// The validated ownership map.
@@ -461,7 +465,13 @@ pub fn code_pipelines() -> Vec<CodePipeline> {
             name: "inventory",
             service: "inventory",
             reads: vec![inv::COMMANDS],
-            writes: vec![inv::EVENTS, inv::RESERVATIONS, inv::CHANGELOG, inv::DLQ],
+            writes: vec![
+                inv::EVENTS,
+                inv::RESERVATIONS,
+                inv::CHANGELOG,
+                inv::ALERTS,
+                inv::DLQ,
+            ],
             views: Vec::new(),
         },
         CodePipeline {
@@ -478,6 +488,15 @@ pub fn code_pipelines() -> Vec<CodePipeline> {
         participant::<Notifications>(),
         participant::<Billing>(),
         participant::<processors::catalog::Catalog>(),
+        participant::<processors::suppliers::Suppliers>(),
+        participant::<processors::inventory::receiving::Receiving>(),
+        CodePipeline {
+            name: "purchase-orders-view",
+            service: "suppliers",
+            reads: vec![schemas::saga::topics::SUPPLIER_EVENTS],
+            writes: Vec::new(),
+            views: vec![sinks::purchasing::VIEW],
+        },
         CodePipeline {
             name: "products-view",
             service: "catalog",

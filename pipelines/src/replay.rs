@@ -427,6 +427,7 @@ pub const REBUILDABLE: &[&str] = &[
     "shipping",
     "billing",
     "catalog",
+    "suppliers",
     "inventory",
 ];
 
@@ -495,6 +496,7 @@ pub fn replay_store(
         "shipping" => <Shipping as EventSourced>::EVENTS,
         "billing" => <Billing as EventSourced>::EVENTS,
         "catalog" => <processors::catalog::Catalog as EventSourced>::EVENTS,
+        "suppliers" => <processors::suppliers::Suppliers as EventSourced>::EVENTS,
         "inventory" => crate::topics::inventory::EVENTS,
         _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
     };
@@ -509,6 +511,9 @@ pub fn replay_store(
         "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar),
         "billing" => saga_store::<Billing>(cluster, rt, service, check, &bar),
         "catalog" => saga_store::<processors::catalog::Catalog>(cluster, rt, service, check, &bar),
+        "suppliers" => {
+            saga_store::<processors::suppliers::Suppliers>(cluster, rt, service, check, &bar)
+        }
         "inventory" => {
             let (stores, events) = fold_inventory(cluster, rt, &bar)?;
             bar.finish_and_clear();

@@ -15,6 +15,11 @@ pub mod inventory {
     pub const CHANGELOG: &str = "inventory.changelog";
     /// Dead letters with reasons in headers.
     pub const DLQ: &str = "inventory.dlq";
+    /// Low-stock alerts, keyed by sku (read by suppliers).
+    pub const ALERTS: &str = schemas::saga::topics::INVENTORY_ALERTS;
+    /// State of `inventory-receiving` (receipts booked per sku), co-partitioned with
+    /// `suppliers.events`.
+    pub const RECEIVING_CHANGELOG: &str = "inventory.receiving-changelog";
     /// Consumer group of the service.
     pub const GROUP: &str = "inventory";
 }
@@ -36,6 +41,8 @@ pub mod saga {
     pub const BILLING_DLQ: &str = "billing.dlq";
     pub const CATALOG_CHANGELOG: &str = "catalog.changelog";
     pub const CATALOG_DLQ: &str = "catalog.dlq";
+    pub const SUPPLIERS_CHANGELOG: &str = "suppliers.changelog";
+    pub const SUPPLIERS_DLQ: &str = "suppliers.dlq";
 }
 
 /// Headers written on dead letters.

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod format;
 pub mod ledger;
 pub mod products;
+pub mod purchasing;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod sagas;

@@ -1,6 +1,8 @@
 //! The inventory scenario on the embedded broker and registry (fast tier, no installs).
 
-use integration::saga::{InProcessSaga, participant_down_past_deadline, saga_end_to_end};
+use integration::saga::{
+    InProcessSaga, participant_down_past_deadline, purchasing_end_to_end, saga_end_to_end,
+};
 use integration::scenario::{InProcess, inventory_end_to_end};
 use pipelines::embedded::Embedded;
 use pipelines::inventory::{self, Options};
@@ -72,6 +74,42 @@ async fn order_sagas_end_as_their_failures_say_on_the_embedded_broker() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_sagas_with_every_message_delivered_twice() -> anyhow::Result<()> {
     saga_scenario(4, true).await
+}
+
+/// A purchasing run: little stock, so orders drain it; inventory alerts, suppliers order,
+/// receipts restock it while orders keep coming. Every purchase order traces to its alert,
+/// each receipt is booked once, on hand = received + receipts − shipped; the suppliers
+/// store is the fold of its event log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_stock_is_reordered_and_receipts_restock_inventory() -> anyhow::Result<()> {
+    logs();
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    embedded.create_topics(&saga::topics(3))?;
+    let views = tempfile::tempdir()?;
+    let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
+    runner.saga.lead_time = std::time::Duration::from_millis(800);
+    let spec = SimSpec {
+        orders: 300,
+        skus: 3,
+        seed: 8,
+        stockouts: 0.0,
+        stock_per_position: 30,
+        ..SimSpec::default()
+    };
+    let placed =
+        purchasing_end_to_end(&cluster, views.path(), &mut runner, &spec, 0, 100.0).await?;
+    assert!(
+        placed >= 9,
+        "every position ran low at least once: {placed} orders"
+    );
+    let (c, rt) = (cluster.clone(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        integration::saga::stores_equal_their_event_logs(&c, &rt, &["suppliers", "inventory"])
+    })
+    .await??;
+    Ok(())
 }
 
 /// Payments stays down past the deadline: sagas time out, compensations wait for it, and

@@ -7,7 +7,9 @@
 use std::process::ExitCode;
 
 use integration::duckdb;
-use integration::saga::{Together, participant_down_past_deadline, saga_end_to_end};
+use integration::saga::{
+    Together, participant_down_past_deadline, purchasing_end_to_end, saga_end_to_end,
+};
 use integration::scenario::{ChildProcess, inventory_end_to_end};
 use integration::stack::{Stack, repo_root};
 use pipelines::inventory;
@@ -119,6 +121,7 @@ const SAGA_SPEC: SimSpec = SimSpec {
     declines: 0.10,
     ship_failures: 0.05,
     cancellations: 0.05,
+    stock_per_position: saga::simulate::STOCK_PER_POSITION,
 };
 
 /// 2,000 orders with failures while every service is SIGKILLed three times; then the same
@@ -241,7 +244,7 @@ fn sagas_time_out_while_payments_is_down(
             &timeout[..],
             &[
                 "--participants",
-                "orders,inventory-saga,shipping,notifications,billing",
+                "orders,inventory-saga,shipping,notifications,billing,suppliers,inventory-receiving",
             ],
         ]
         .concat(),
@@ -371,6 +374,57 @@ fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow:
     ))
 }
 
+/// Purchasing with every process SIGKILLed once mid-run: little stock, so orders drain it,
+/// inventory alerts, suppliers order, receipts (1 s lead time) restock it while orders keep
+/// coming. Every purchase order traces to its alert and is placed once, each receipt is
+/// booked into inventory once (exactly-once across the kill), on hand = received + receipts −
+/// shipped; the suppliers store is the fold of its log; DuckDB reads the view alike.
+fn purchasing_killed_mid_run(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    let mut runner = saga_children(
+        stack,
+        views.path(),
+        "purchasing",
+        &["--lead-time-ms", "1000"],
+    )?;
+    let spec = SimSpec {
+        orders: 600,
+        skus: 4,
+        seed: 31,
+        stockouts: 0.0,
+        stock_per_position: 30,
+        ..SAGA_SPEC
+    };
+    let placed = rt.block_on(purchasing_end_to_end(
+        &stack.cluster,
+        views.path(),
+        &mut runner,
+        &spec,
+        1,
+        100.0,
+    ))?;
+    anyhow::ensure!(
+        placed >= 12,
+        "only {placed} purchase orders for 12 positions"
+    );
+    drop(runner);
+    integration::saga::stores_equal_their_event_logs(&stack.cluster, rt.handle(), &["suppliers"])?;
+    let check = cli(stack, &["replay", "suppliers", "--check"])?;
+    anyhow::ensure!(
+        check.status.success(),
+        "replay suppliers --check failed: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    rt.block_on(duckdb::same_answers(
+        views.path(),
+        &[
+            "SELECT supplier_id, count(*) AS n, sum(quantity) AS q, count(received_at) AS received FROM purchase_orders GROUP BY supplier_id ORDER BY supplier_id",
+            "SELECT sku, warehouse, on_hand, reserved FROM stock_levels ORDER BY sku, warehouse",
+        ],
+    ))
+}
+
 fn replay_rebuilds_views(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
     let views = tempfile::tempdir()?;
@@ -414,7 +468,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         (
             "inventory_killed_mid_stream_exactly_once",
             killed_mid_stream,
@@ -430,6 +484,7 @@ fn main() -> ExitCode {
         ("schema_evolution_on_apicurio", schema_evolution_on_apicurio),
         ("replay_rebuilds_views", replay_rebuilds_views),
         ("http_read_your_writes", http_read_your_writes),
+        ("purchasing_killed_mid_run", purchasing_killed_mid_run),
     ];
     // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));

@@ -32,6 +32,9 @@ pub struct Options {
     pub batch_size: usize,
     /// How often a changed view is flushed to Parquet.
     pub view_flush: Duration,
+    /// A position whose available stock drops below this raises a `StockLow` alert on
+    /// `inventory.alerts` (0: no alerts).
+    pub low_stock_threshold: i64,
 }
 
 impl Options {
@@ -45,6 +48,7 @@ impl Options {
             partitions: 3,
             batch_size: 2_000,
             view_flush: Duration::from_millis(500),
+            low_stock_threshold: 10,
         }
     }
 }
@@ -76,6 +80,11 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
             name: CHANGELOG,
             partitions,
             compacted: true,
+        },
+        TopicSpec {
+            name: ALERTS,
+            partitions,
+            compacted: false,
         },
         TopicSpec {
             name: DLQ,

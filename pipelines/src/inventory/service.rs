@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use processors::Aggregate;
-use processors::inventory::{SkuInventory, reservation_changes};
+use processors::inventory::{LowStock, SkuInventory, for_each_effect, reservation_changes};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::Registry;
 use schemas::codec::{DecodeError, Decoder, Encoder};
 use schemas::inventory::{
-    InventoryChangelog, InventoryCommand, InventoryEvent, InventorySnapshot, ReservationState,
+    InventoryAlert, InventoryChangelog, InventoryCommand, InventoryEvent, InventorySnapshot,
+    ReservationState,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, info, info_span, warn};
@@ -28,6 +29,8 @@ pub struct Stats {
     pub commands: u64,
     pub events: u64,
     pub dead_letters: u64,
+    /// Low-stock alerts raised.
+    pub alerts: u64,
     /// Redeliveries skipped because the aggregate had already applied them.
     pub skipped: u64,
     pub transactions: u64,
@@ -38,13 +41,16 @@ pub struct Stats {
     pub commit_time: Duration,
 }
 
-/// The wire side of the service: decoder of commands, encoders of its outputs, a buffer.
+/// The wire side of the service: decoder of commands, encoders of its outputs, a buffer;
+/// and the rule its low-stock alerts follow.
 struct Codecs {
     commands: Decoder<InventoryCommand>,
     events: Encoder<InventoryEvent>,
     changelog: Encoder<InventoryChangelog>,
     /// Per-line answers to saga commands, on the reply topic they name (keyed by saga id).
     replies: Encoder<InventoryEvent>,
+    alerts: Encoder<InventoryAlert>,
+    low_stock: LowStock,
     buf: Vec<u8>,
 }
 
@@ -72,6 +78,10 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
         replies: rt.block_on(Encoder::register_where(&registry, RESERVATIONS, |name| {
             schemas::saga::expected_topic(name) == Some(RESERVATIONS)
         }))?,
+        alerts: rt.block_on(Encoder::register(&registry, ALERTS))?,
+        low_stock: LowStock {
+            threshold: opts.low_stock_threshold,
+        },
         buf: Vec::with_capacity(256),
     };
     let mut snapshot_decoder = Decoder::<InventoryChangelog>::new(registry);
@@ -133,6 +143,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
                 stats.commands += batch_stats.commands;
                 stats.events += batch_stats.events;
                 stats.dead_letters += batch_stats.dead_letters;
+                stats.alerts += batch_stats.alerts;
                 stats.skipped += batch_stats.skipped;
                 stats.transactions += 1;
                 stats.process_time += batch_stats.process_time;
@@ -176,6 +187,8 @@ fn process_batch(
         events,
         changelog: snapshots,
         replies,
+        alerts,
+        low_stock,
         buf,
     } = codecs;
     let started = std::time::Instant::now();
@@ -237,9 +250,26 @@ fn process_batch(
             }
             Ok(produced) => {
                 for event in &produced {
+                    // Available stock before and after, per position the event touches.
+                    let mut touched: Vec<(&str, i64)> = Vec::with_capacity(2);
+                    if low_stock.threshold > 0 {
+                        for_each_effect(event, |w, _| {
+                            if !touched.iter().any(|(t, _)| *t == w) {
+                                touched.push((w, entry.aggregate.position(w).available()));
+                            }
+                        });
+                    }
                     entry.aggregate.apply(event);
                     events.encode_into(event, buf)?;
                     output.send(EVENTS, None, sku.as_bytes(), buf, None)?;
+                    for (warehouse, before) in touched {
+                        let after = entry.aggregate.position(warehouse).available();
+                        if let Some(alert) = low_stock.check(event, warehouse, before, after) {
+                            alerts.encode_into(&alert.into(), buf)?;
+                            output.send(ALERTS, None, sku.as_bytes(), buf, None)?;
+                            stats.alerts += 1;
+                        }
+                    }
                 }
                 // A saga's command names its reply topic: answer there too, keyed by saga.
                 if let (Some(RESERVATIONS), Some(saga)) = (

@@ -7,6 +7,7 @@
 
 pub mod ledger;
 pub mod products;
+pub mod purchasing;
 pub mod rebuild;
 pub mod runtime;
 pub mod simulate;
@@ -52,6 +53,10 @@ pub struct Options {
     /// How far behind the latest event time an order event may arrive and still count in
     /// its `orders_per_minute` window.
     pub window_lateness: Duration,
+    /// Purchasing: lead time of a supplier at 100% (others take 150% and 250%).
+    pub lead_time: Duration,
+    /// Purchasing: units ordered on top of what brings a position back to its threshold.
+    pub reorder_quantity: i64,
 }
 
 impl Options {
@@ -66,6 +71,8 @@ impl Options {
             view_flush: Duration::from_millis(500),
             duplicate_outputs: false,
             window_lateness: Duration::from_secs(10),
+            lead_time: Duration::from_secs(5),
+            reorder_quantity: 100,
         }
     }
 }
@@ -79,6 +86,8 @@ pub const PARTICIPANTS: &[&str] = &[
     "notifications",
     "billing",
     "catalog",
+    "suppliers",
+    "inventory-receiving",
 ];
 
 /// Topics of the saga besides the inventory service's own.
@@ -120,6 +129,10 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
         log(CATALOG_EVENTS),
         compacted(CATALOG_CHANGELOG),
         dlq(CATALOG_DLQ),
+        log(SUPPLIER_EVENTS),
+        compacted(SUPPLIERS_CHANGELOG),
+        dlq(SUPPLIERS_DLQ),
+        compacted(crate::topics::inventory::RECEIVING_CHANGELOG),
     ]
 }
 
@@ -141,6 +154,14 @@ pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
         (
             <processors::catalog::Catalog as Wiring>::NAME,
             <processors::catalog::Catalog as Wiring>::INPUTS,
+        ),
+        (
+            <processors::suppliers::Suppliers as Wiring>::NAME,
+            <processors::suppliers::Suppliers as Wiring>::INPUTS,
+        ),
+        (
+            <processors::inventory::receiving::Receiving as Wiring>::NAME,
+            <processors::inventory::receiving::Receiving as Wiring>::INPUTS,
         ),
     ]
 }
@@ -199,6 +220,18 @@ pub fn spawn(
             "notifications" => spawn_one(Notifications, opts, rt, &stop),
             "billing" => spawn_one(Billing, opts, rt, &stop),
             "catalog" => spawn_one(processors::catalog::Catalog, opts, rt, &stop),
+            "suppliers" => spawn_one(
+                processors::suppliers::Suppliers {
+                    lead_time_ms: opts.lead_time.as_millis() as i64,
+                    reorder_quantity: opts.reorder_quantity,
+                },
+                opts,
+                rt,
+                &stop,
+            ),
+            "inventory-receiving" => {
+                spawn_one(processors::inventory::receiving::Receiving, opts, rt, &stop)
+            }
             other => anyhow::bail!("unknown saga participant {other:?}; known: {PARTICIPANTS:?}"),
         });
     }
@@ -209,6 +242,14 @@ pub fn spawn(
             .spawn(move || products::run(&o, &r, &s))
             .expect("spawning a thread");
         threads.push(("products-view".to_owned(), handle));
+    }
+    if views && names.contains(&"suppliers") {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("purchase-orders-view".into())
+            .spawn(move || purchasing::run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push(("purchase-orders-view".to_owned(), handle));
     }
     if views && names.contains(&"billing") {
         let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());

@@ -56,6 +56,16 @@ impl EventSourced for processors::saga::billing::Billing {
     }
 }
 
+impl EventSourced for processors::suppliers::Suppliers {
+    const EVENTS: &'static str = schemas::saga::topics::SUPPLIER_EVENTS;
+    fn evolve(
+        state: Option<&schemas::suppliers::SupplyState>,
+        event: &schemas::suppliers::SupplierEvent,
+    ) -> Option<schemas::suppliers::SupplyState> {
+        Some(processors::suppliers::evolve(state, event))
+    }
+}
+
 impl EventSourced for processors::catalog::Catalog {
     const EVENTS: &'static str = schemas::saga::topics::CATALOG_EVENTS;
     fn evolve(

@@ -34,6 +34,10 @@ pub struct SimSpec {
     pub declines: f64,
     pub ship_failures: f64,
     pub cancellations: f64,
+    /// Stock received per (sku, warehouse) before the orders. The default,
+    /// [`STOCK_PER_POSITION`], is more than ordinary orders take; a little makes the run
+    /// a purchasing one (low-stock alerts, purchase orders, receipts).
+    pub stock_per_position: i64,
 }
 
 impl Default for SimSpec {
@@ -47,6 +51,7 @@ impl Default for SimSpec {
             declines: 0.10,
             ship_failures: 0.05,
             cancellations: 0.05,
+            stock_per_position: STOCK_PER_POSITION,
         }
     }
 }
@@ -101,7 +106,7 @@ pub fn generate(spec: &SimSpec) -> Simulation {
                     metadata: Metadata::command(&id, &sku(&label, s), base_time),
                     sku: sku(&label, s),
                     warehouse: (*w).into(),
-                    quantity: STOCK_PER_POSITION,
+                    quantity: spec.stock_per_position,
                 }
                 .into(),
             );
@@ -137,7 +142,7 @@ pub fn generate(spec: &SimSpec) -> Simulation {
             .collect();
         if intent == Intent::StockOut {
             let last = lines.len() - 1;
-            lines[last].quantity = STOCK_PER_POSITION * 10;
+            lines[last].quantity = spec.stock_per_position.max(STOCK_PER_POSITION) * 10;
         }
         let at = base_time + n as i64 * 1_000;
         let place = PlaceOrder {

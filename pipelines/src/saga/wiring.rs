@@ -243,3 +243,63 @@ impl Wiring for processors::catalog::Catalog {
         None
     }
 }
+
+impl Wiring for processors::suppliers::Suppliers {
+    const NAME: &'static str = "suppliers";
+    const SERVICE: &'static str = "suppliers";
+    const INPUTS: &'static [&'static str] = &[INVENTORY_ALERTS];
+    const OUTPUTS: &'static [&'static str] = &[SUPPLIER_EVENTS];
+    const CHANGELOG: &'static str = SUPPLIERS_CHANGELOG;
+    const DLQ: &'static str = SUPPLIERS_DLQ;
+    type Changelog = schemas::suppliers::SuppliersChangelog;
+    fn to_changelog(state: &schemas::suppliers::SupplyState) -> Self::Changelog {
+        state.clone().into()
+    }
+    fn from_changelog(
+        schemas::suppliers::SuppliersChangelog::SupplyState(s): Self::Changelog,
+    ) -> schemas::suppliers::SupplyState {
+        s
+    }
+    fn state_key(state: &schemas::suppliers::SupplyState) -> &str {
+        &state.sku
+    }
+    fn input_metadata(input: &schemas::suppliers::SuppliersIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &schemas::suppliers::SupplierEvent) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(_: &schemas::suppliers::SupplierEvent) -> Option<&'static str> {
+        None
+    }
+}
+
+impl Wiring for processors::inventory::receiving::Receiving {
+    const NAME: &'static str = "inventory-receiving";
+    const SERVICE: &'static str = "inventory";
+    const INPUTS: &'static [&'static str] = &[SUPPLIER_EVENTS];
+    const OUTPUTS: &'static [&'static str] = &[INVENTORY_COMMANDS];
+    const CHANGELOG: &'static str = crate::topics::inventory::RECEIVING_CHANGELOG;
+    const DLQ: &'static str = crate::topics::inventory::DLQ;
+    type Changelog = schemas::inventory::InventoryReceivingChangelog;
+    fn to_changelog(state: &schemas::inventory::ReceivingState) -> Self::Changelog {
+        state.clone().into()
+    }
+    fn from_changelog(
+        schemas::inventory::InventoryReceivingChangelog::ReceivingState(s): Self::Changelog,
+    ) -> schemas::inventory::ReceivingState {
+        s
+    }
+    fn state_key(state: &schemas::inventory::ReceivingState) -> &str {
+        &state.sku
+    }
+    fn input_metadata(input: &schemas::suppliers::ReceivingIn) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &schemas::inventory::ReceivingOut) -> &Metadata {
+        output.metadata()
+    }
+    fn reply_to(_: &schemas::inventory::ReceivingOut) -> Option<&'static str> {
+        None
+    }
+}

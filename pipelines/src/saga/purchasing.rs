@@ -1,0 +1,64 @@
+//! The suppliers service's `purchase_orders` view over `suppliers.events`, rebuilt from the
+//! beginning of the topic when it starts and kept current (the single-topic view loop).
+
+use std::collections::BTreeMap;
+
+use schemas::saga::topics::SUPPLIER_EVENTS;
+use schemas::suppliers::SupplierEvent;
+use sinks::purchasing::{self, PurchaseOrderRow};
+use tokio::runtime::Handle;
+
+use super::Options;
+use super::topic_view::{self, TopicView};
+use crate::Stop;
+
+#[derive(Default)]
+struct PurchaseOrders {
+    /// By purchase order id; a receipt completes its order's row.
+    rows: BTreeMap<String, PurchaseOrderRow>,
+}
+
+impl TopicView for PurchaseOrders {
+    type Event = SupplierEvent;
+    const VIEW: &'static str = purchasing::VIEW;
+    const TOPIC: &'static str = SUPPLIER_EVENTS;
+    const GROUP: &'static str = "purchase-orders-view";
+
+    fn fold(&mut self, _partition: i32, _offset: i64, e: SupplierEvent) {
+        // Events of one sku share a partition and arrive in order; published twice
+        // (at-least-once), they set the same values twice.
+        match e {
+            SupplierEvent::PurchaseOrderPlaced(p) => {
+                let row = self
+                    .rows
+                    .entry(p.po_id.clone())
+                    .or_insert_with(|| PurchaseOrderRow {
+                        po_id: p.po_id.clone(),
+                        sku: p.sku.clone(),
+                        warehouse: p.warehouse.clone(),
+                        supplier_id: p.supplier_id.clone(),
+                        quantity: p.quantity,
+                        low_stock_event_id: p.low_stock_event_id.clone(),
+                        placed_at: p.metadata.occurred_at,
+                        expected_at: p.expected_at,
+                        received_at: None,
+                    });
+                row.low_stock_event_id = p.low_stock_event_id;
+            }
+            SupplierEvent::PurchaseOrderReceived(r) => {
+                if let Some(row) = self.rows.get_mut(&r.po_id) {
+                    row.received_at = Some(r.metadata.occurred_at);
+                }
+            }
+        }
+    }
+
+    fn batch(&self) -> anyhow::Result<arrow::record_batch::RecordBatch> {
+        Ok(purchasing::to_batch(self.rows.values())?)
+    }
+}
+
+/// Runs the purchase_orders view until `stop`, flushing once more on the way out. Blocking.
+pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
+    topic_view::run(PurchaseOrders::default(), opts, rt, stop)
+}
