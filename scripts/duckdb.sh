@@ -29,6 +29,8 @@ import duckdb
 
 views, sql = pathlib.Path(sys.argv[1]), sys.argv[2]
 con = duckdb.connect()
+# Dates of timestamps in UTC, as DataFusion makes them (DuckDB uses the machine's zone).
+con.execute("SET TimeZone = 'UTC'")
 for d in sorted(p for p in views.iterdir() if p.is_dir() and any(p.glob("*.parquet"))):
     con.execute(f"CREATE VIEW \"{d.name}\" AS SELECT * FROM read_parquet('{d}/*.parquet')")
 cur = con.execute(sql)

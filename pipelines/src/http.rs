@@ -323,13 +323,22 @@ fn names(sql: &str, table: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(table))
 }
 
-/// The views a SQL text names.
+/// The materialized views a SQL text reads: those it names, and the base tables of the
+/// derived views it names (a derived view is as fresh as they are).
 fn views_named(sql: &str) -> Vec<&'static str> {
-    freshness::VIEWS
+    let derived = sinks::derived::DERIVED
+        .iter()
+        .filter(|d| names(sql, d.name))
+        .flat_map(|d| d.from.iter().copied());
+    let mut views: Vec<&'static str> = freshness::VIEWS
         .iter()
         .copied()
         .filter(|v| names(sql, v))
-        .collect()
+        .chain(derived)
+        .collect();
+    views.sort_unstable();
+    views.dedup();
+    views
 }
 
 async fn query(api: Arc<Api>, params: QueryParams) -> Result<Response, ApiError> {
@@ -486,9 +495,14 @@ mod tests {
     fn the_views_a_query_reads_are_found_by_name() {
         assert_eq!(
             views_named("SELECT * FROM stock_levels s JOIN sagas ON s.sku = sagas.x"),
-            vec!["stock_levels", "sagas"]
+            vec!["sagas", "stock_levels"]
         );
         assert!(views_named("SELECT * FROM stock_levels_old").is_empty());
+        // A derived view is read through its base tables.
+        assert_eq!(
+            views_named("SELECT * FROM revenue JOIN sales_by_day ON true"),
+            vec!["ledger"]
+        );
     }
 
     #[test]

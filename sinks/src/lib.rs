@@ -13,6 +13,7 @@
 //! Files are plain Parquet (Snappy), readable by DuckDB, Spark or any other engine.
 
 pub mod audit;
+pub mod derived;
 pub mod format;
 pub mod ledger;
 pub mod products;

@@ -1,7 +1,8 @@
 //! SQL over the views with DataFusion.
 //!
 //! Every subdirectory of the views directory that holds Parquet files is registered as a
-//! table named after the directory, so `stock_levels/part-0.parquet` is `stock_levels`.
+//! table named after the directory, so `stock_levels/part-0.parquet` is `stock_levels`; and
+//! every [derived view](crate::derived) whose base tables are there, as a SQL view.
 //!
 //! ```no_run
 //! # async fn demo() -> sinks::Result<()> {
@@ -58,6 +59,14 @@ impl QueryEngine {
                 ctx.register_parquet(name, &url, ParquetReadOptions::default())
                     .await?;
                 tables.push(name.to_owned());
+            }
+        }
+        // Derived views whose base tables are all here.
+        for d in crate::derived::DERIVED {
+            if d.from.iter().all(|t| tables.iter().any(|have| have == t)) {
+                ctx.sql(&format!("CREATE VIEW {} AS {}", d.name, d.sql))
+                    .await?;
+                tables.push(d.name.to_owned());
             }
         }
         tables.sort();
@@ -128,6 +137,66 @@ mod tests {
                 .render(&batches)
                 .unwrap()
                 .contains("| SKU-1 | 12")
+        );
+    }
+
+    #[tokio::test]
+    async fn derived_views_answer_from_their_base_tables() {
+        use crate::ledger::{self, LedgerRow};
+        let dir = tempfile::tempdir().unwrap();
+        let row = |order: &str, entry: &str, account: &str, d: i64, c: i64, at: i64| LedgerRow {
+            order_id: order.into(),
+            entry: entry.into(),
+            document: format!("{entry}-{order}"),
+            account: account.into(),
+            debit_cents: d,
+            credit_cents: c,
+            occurred_at: at,
+            event_id: format!("{entry}-{order}"),
+            partition: 0,
+            offset: 0,
+        };
+        let day = 86_400_000;
+        let rows = vec![
+            // O-1: paid 500, invoiced on day 1.
+            row("O-1", "PaymentReceived", "cash", 500, 0, 10),
+            row("O-1", "PaymentReceived", "customer_deposits", 0, 500, 10),
+            row("O-1", "InvoiceIssued", "customer_deposits", 500, 0, day + 5),
+            row("O-1", "InvoiceIssued", "revenue", 0, 500, day + 5),
+            // O-2: paid 300, refunded on day 1.
+            row("O-2", "PaymentReceived", "cash", 300, 0, 20),
+            row("O-2", "PaymentReceived", "customer_deposits", 0, 300, 20),
+            row(
+                "O-2",
+                "CreditNoteIssued",
+                "customer_deposits",
+                300,
+                0,
+                day + 9,
+            ),
+            row("O-2", "CreditNoteIssued", "cash", 0, 300, day + 9),
+        ];
+        SnapshotTable::open(dir.path(), ledger::VIEW)
+            .unwrap()
+            .replace(&ledger::to_batch(&rows).unwrap(), "")
+            .unwrap();
+        let engine = QueryEngine::open(dir.path()).await.unwrap();
+        assert_eq!(engine.tables(), ["ledger", "revenue", "sales_by_day"]);
+        let csv = |sql: &'static str| {
+            let engine = &engine;
+            async move {
+                OutputFormat::Csv
+                    .render(&engine.sql(sql).await.unwrap())
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            csv("SELECT * FROM revenue ORDER BY order_id").await,
+            "order_id,captured_cents,refunded_cents,revenue_cents\nO-1,500,0,500\nO-2,300,300,0\n"
+        );
+        assert_eq!(
+            csv("SELECT * FROM sales_by_day ORDER BY day").await,
+            "day,invoices,revenue_cents,refunded_cents\n1970-01-01,0,0,0\n1970-01-02,1,500,300\n"
         );
     }
 

@@ -664,6 +664,73 @@ pub async fn check(
         windows.lines().nth(1)
     );
 
+    // The derived views agree: revenue = captured − refunded = what was invoiced, per order;
+    // the funnel's endings are the topic's; orders_current finds an order by id.
+    let csv = OutputFormat::Csv.render(
+        &engine
+            .sql("SELECT order_id, captured_cents, refunded_cents, revenue_cents FROM revenue")
+            .await?,
+    )?;
+    let by_order: BTreeMap<&str, (i64, i64, i64)> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((
+                f[0],
+                (f[1].parse().ok()?, f[2].parse().ok()?, f[3].parse().ok()?),
+            ))
+        })
+        .collect();
+    for (i, (id, _, total)) in orders.iter().enumerate() {
+        let (captured, refunded, revenue) = by_order.get(id.as_str()).copied().unwrap_or_default();
+        let want = if result[&i] == Ending::Confirmed {
+            *total
+        } else {
+            0
+        };
+        ensure!(
+            revenue == captured - refunded && revenue == want,
+            "revenue view, order {id}: captured {captured} − refunded {refunded}, revenue {revenue}, expected {want}"
+        );
+    }
+    let funnel = OutputFormat::Csv.render(
+        &engine
+            .sql("SELECT placed, reserved, paid, shipped, confirmed, cancelled FROM order_funnel")
+            .await?,
+    )?;
+    let f: Vec<i64> = funnel
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    ensure!(
+        f.len() == 6
+            && f[4] == confirmed_all
+            && f[5] == cancelled_all
+            && f[0] >= f[1]
+            && f[1] >= f[2]
+            && f[2] >= f[3]
+            && f[3] >= f[4],
+        "order_funnel {funnel:?}: the topic has {confirmed_all} confirmed, {cancelled_all} cancelled"
+    );
+    if let Some((id, _, _)) = orders.last() {
+        let i = orders.len() - 1;
+        let sql = format!("SELECT status FROM orders_current WHERE order_id = '{id}'");
+        let got = OutputFormat::Csv.render(&engine.sql(&sql).await?)?;
+        let want = if result[&i] == Ending::Confirmed {
+            "Confirmed"
+        } else {
+            "Cancelled"
+        };
+        ensure!(
+            got == format!("status\n{want}\n"),
+            "orders_current for {id}: {got:?}"
+        );
+    }
+
     // The views agree with the topics.
     let ids: Vec<String> = orders.iter().map(|(id, _, _)| id.clone()).collect();
     let statuses = view_statuses(views, &ids).await?;

@@ -147,6 +147,10 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
             "SELECT account, sum(debit_cents) AS d, sum(credit_cents) AS c, count(*) AS n FROM ledger GROUP BY account ORDER BY account",
             "SELECT count(*) AS windows, sum(orders_placed) AS p, sum(orders_confirmed) AS c, sum(revenue_cents) AS r, sum(late_events) AS l FROM orders_per_minute",
             "SELECT topic, count(*) AS n, count(DISTINCT event_id) AS events FROM audit_trail GROUP BY topic ORDER BY topic",
+            "SELECT * FROM revenue ORDER BY order_id",
+            "SELECT * FROM sales_by_day ORDER BY day",
+            "SELECT * FROM order_funnel",
+            "SELECT order_id, status, current_step, total_cents FROM orders_current WHERE status = 'Cancelled' ORDER BY order_id",
         ],
     ))?;
     // The audit trail, kept by a compliance process killed with the others, is complete and
@@ -420,6 +424,7 @@ fn purchasing_killed_mid_run(stack: &Stack, rt: &tokio::runtime::Runtime) -> any
         views.path(),
         &[
             "SELECT supplier_id, count(*) AS n, sum(quantity) AS q, count(received_at) AS received FROM purchase_orders GROUP BY supplier_id ORDER BY supplier_id",
+            "SELECT * FROM supplier_performance ORDER BY supplier_id",
             "SELECT sku, warehouse, on_hand, reserved FROM stock_levels ORDER BY sku, warehouse",
         ],
     ))
