@@ -42,6 +42,9 @@ pub const EVENT_TOPICS: &[(&str, &str)] = &[
     ("suppliers.events", "suppliers"),
 ];
 
+/// Small audit parts merged at a time (see `AuditTable::compact`).
+const COMPACT_RUN: usize = 16;
+
 /// Options of the compliance service.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -93,6 +96,8 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     let span = info_span!("compliance");
     let _guard = span.enter();
     let table = AuditTable::open(&opts.views_dir)?;
+    // Leftovers of a compaction cut short go first (readers already ignore them).
+    table.compact(COMPACT_RUN)?;
     let mut checkpoint = table.checkpoint()?.unwrap_or_default();
     let registry = Registry::new(&opts.cluster.registry);
     let mut decoders: BTreeMap<&str, (&str, Box<dyn MetaDecoder>)> = EVENT_TOPICS
@@ -164,6 +169,11 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
             }
             table.append(&pending, &checkpoint)?;
             pending.clear();
+            // Small parts (one per flush) do not pile up: merge a run of them now and then.
+            let merged = table.compact(COMPACT_RUN)?;
+            if merged > 0 {
+                info!(parts = merged, "Audit trail parts merged.");
+            }
             last_flush = Instant::now();
         }
         if stopping {

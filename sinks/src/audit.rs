@@ -4,7 +4,10 @@
 //!
 //! The table is append-only: each flush writes a new `part-<n>.parquet` (never rewrites one),
 //! carrying in its metadata the topic positions it reflects and the head hash of every
-//! partition. `hash = SHA-256(prev_hash ␟ topic ␟ partition ␟ offset ␟ … ␟ payload_sha256)`
+//! partition. So that small parts do not pile up, [`AuditTable::compact`] merges a run of
+//! small parts `a..=b` into one `part-<b>~<a>.parquet` holding their rows in order and the
+//! checkpoint of `b`, then deletes them; a part covered by a merged one is ignored by every
+//! reader, so a crash between the merge and the deletes shows each row once. `hash = SHA-256(prev_hash ␟ topic ␟ partition ␟ offset ␟ … ␟ payload_sha256)`
 //! in lowercase hex; the first row of a partition chains to the empty string.
 
 use std::collections::BTreeMap;
@@ -228,6 +231,10 @@ pub fn head_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
+/// The appends a part file holds, first and last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartRange(u64, u64);
+
 /// The append-only table of the audit trail.
 #[derive(Debug, Clone)]
 pub struct AuditTable {
@@ -262,24 +269,53 @@ impl AuditTable {
         }
     }
 
-    /// The parts, in the order they were written.
-    pub fn parts(&self) -> Result<Vec<PathBuf>> {
-        let mut parts: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+    /// Every part file with the range of appends it holds (`part-<n>`: n..=n;
+    /// `part-<b>~<a>`: a..=b), by range.
+    fn all_parts(&self) -> Result<Vec<(PartRange, PathBuf)>> {
+        let mut parts: Vec<(PartRange, PathBuf)> = std::fs::read_dir(&self.dir)
             .map_err(self.io(&self.dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet"))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let range = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+                let range = match range.split_once('~') {
+                    Some((last, first)) => PartRange(first.parse().ok()?, last.parse().ok()?),
+                    None => {
+                        let n = range.parse().ok()?;
+                        PartRange(n, n)
+                    }
+                };
+                Some((range, p))
             })
             .collect();
-        parts.sort();
+        parts.sort_by_key(|(r, _)| (r.1, std::cmp::Reverse(r.0)));
         Ok(parts)
+    }
+
+    /// The parts, in the order they were written; parts merged into a later one (left by
+    /// a compaction that did not get to delete them) are not parts any more.
+    pub fn parts(&self) -> Result<Vec<PathBuf>> {
+        Ok(self.live_parts()?.into_iter().map(|(_, p)| p).collect())
+    }
+
+    fn live_parts(&self) -> Result<Vec<(PartRange, PathBuf)>> {
+        let all = self.all_parts()?;
+        Ok(all
+            .iter()
+            .filter(|(r, _)| !all.iter().any(|(o, _)| o != r && o.0 <= r.0 && r.1 <= o.1))
+            .cloned()
+            .collect())
     }
 
     /// Appends `rows` as a new part recording `checkpoint`: written beside, fsynced, renamed.
     pub fn append(&self, rows: &[AuditRow], checkpoint: &Checkpoint) -> Result<PathBuf> {
-        let next = self.parts()?.len() + 1;
+        let next = self
+            .all_parts()?
+            .iter()
+            .map(|(r, _)| r.1)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let path = self.dir.join(format!("part-{next:08}.parquet"));
         let tmp = self.dir.join(format!("part-{next:08}.parquet.tmp"));
         self.write_part(&tmp, rows, checkpoint)?;
@@ -312,6 +348,66 @@ impl AuditTable {
         let file = writer.into_inner().map_err(Self::parquet)?;
         file.sync_all().map_err(self.io(tmp))?;
         Ok(())
+    }
+
+    /// Merges the oldest run of at least `min_run` consecutive small parts (fewer than
+    /// [`ROW_GROUP_ROWS`](crate::table::ROW_GROUP_ROWS) rows each, at most that many together
+    /// times 16) into one, keeping every row, hash and the run's last checkpoint; deletes
+    /// parts an earlier merge left behind. Returns how many parts were merged (0: none).
+    /// Call it from the appending process only, between appends.
+    pub fn compact(&self, min_run: usize) -> Result<usize> {
+        let all = self.all_parts()?;
+        let live = self.live_parts()?;
+        for (_, p) in all.iter().filter(|part| !live.contains(part)) {
+            std::fs::remove_file(p).map_err(self.io(p))?;
+        }
+        let small = crate::table::ROW_GROUP_ROWS;
+        let mut run: Vec<&(PartRange, PathBuf)> = Vec::new();
+        let mut run_rows = 0;
+        for part in &live {
+            let rows = self.row_count(&part.1)?;
+            if rows < small && run_rows + rows <= small * 16 {
+                run.push(part);
+                run_rows += rows;
+                continue;
+            }
+            if run.len() >= min_run {
+                break;
+            }
+            run.clear();
+            run_rows = 0;
+            if rows < small {
+                run.push(part);
+                run_rows = rows;
+            }
+        }
+        if run.len() < min_run.max(2) {
+            return Ok(0);
+        }
+        let (first, last) = (run[0].0.0, run[run.len() - 1].0.1);
+        let mut rows = Vec::with_capacity(run_rows);
+        let mut checkpoint = Checkpoint::default();
+        for (_, p) in &run {
+            let (r, c) = self.read(p)?;
+            rows.extend(r);
+            checkpoint = c;
+        }
+        let path = self.dir.join(format!("part-{last:08}~{first:08}.parquet"));
+        let tmp = self
+            .dir
+            .join(format!("part-{last:08}~{first:08}.parquet.tmp"));
+        self.write_part(&tmp, &rows, &checkpoint)?;
+        std::fs::rename(&tmp, &path).map_err(self.io(&tmp))?;
+        for (_, p) in &run {
+            std::fs::remove_file(p).map_err(self.io(p))?;
+        }
+        Ok(run.len())
+    }
+
+    fn row_count(&self, part: &Path) -> Result<usize> {
+        let file = File::open(part).map_err(self.io(part))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(Self::parquet)?;
+        Ok(builder.metadata().file_metadata().num_rows() as usize)
     }
 
     /// Rows and checkpoint of one part.
@@ -524,5 +620,74 @@ mod tests {
                 "{what}: {e}"
             );
         }
+    }
+
+    fn checkpoint_after(rows: &[AuditRow]) -> Checkpoint {
+        let mut checkpoint = Checkpoint::default();
+        let last = rows.last().unwrap();
+        checkpoint
+            .heads
+            .insert(head_key(&last.topic, last.partition), last.hash.clone());
+        checkpoint
+    }
+
+    #[test]
+    fn compaction_merges_small_parts_keeping_every_row_and_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = AuditTable::open(dir.path()).unwrap();
+        let all = rows("orders.events", 200, "");
+        for chunk in all.chunks(10) {
+            table.append(chunk, &checkpoint_after(chunk)).unwrap();
+        }
+        assert_eq!(table.parts().unwrap().len(), 20);
+        let before = table.checkpoint().unwrap();
+        assert_eq!(table.compact(8).unwrap(), 20);
+        let parts = table.parts().unwrap();
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert!(parts[0].ends_with("part-00000020~00000001.parquet"));
+        assert_eq!(table.checkpoint().unwrap(), before);
+        let v = verify(dir.path()).unwrap();
+        assert_eq!((v.records, v.parts), (200, 1));
+        // Appends go on after the merged part, and compact again with it.
+        let more = rows("orders.events", 230, "");
+        for chunk in more[200..].chunks(10) {
+            table.append(chunk, &checkpoint_after(chunk)).unwrap();
+        }
+        assert!(table.parts().unwrap()[1].ends_with("part-00000021.parquet"));
+        assert_eq!(
+            table.compact(8).unwrap(),
+            0,
+            "3 new parts: not enough to merge"
+        );
+        assert_eq!(
+            table.compact(2).unwrap(),
+            4,
+            "the merged part is small: it merges too"
+        );
+        assert_eq!(verify(dir.path()).unwrap().records, 230);
+    }
+
+    #[test]
+    fn a_crash_between_merge_and_deletes_shows_each_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = AuditTable::open(dir.path()).unwrap();
+        let all = rows("orders.events", 40, "");
+        for chunk in all.chunks(10) {
+            table.append(chunk, &checkpoint_after(chunk)).unwrap();
+        }
+        // What compact writes before its deletes: the merged part beside its inputs.
+        table
+            .write_part(
+                &dir.path().join(VIEW).join("part-00000004~00000001.parquet"),
+                &all,
+                &checkpoint_after(&all),
+            )
+            .unwrap();
+        assert_eq!(table.parts().unwrap().len(), 1);
+        assert_eq!(verify(dir.path()).unwrap().records, 40);
+        // The next compaction removes the leftovers.
+        table.compact(8).unwrap();
+        let files = std::fs::read_dir(dir.path().join(VIEW)).unwrap().count();
+        assert_eq!(files, 1);
     }
 }
