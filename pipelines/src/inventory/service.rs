@@ -250,19 +250,23 @@ fn process_batch(
             }
             Ok(produced) => {
                 for event in &produced {
-                    // Available stock before and after, per position the event touches.
-                    let mut touched: Vec<(&str, i64)> = Vec::with_capacity(2);
+                    // Available stock before and after, per position the event touches (at
+                    // most two: a transfer's); no allocation on this path.
+                    let mut touched: [Option<(&str, i64)>; 2] = [None, None];
                     if low_stock.threshold > 0 {
                         for_each_effect(event, |w, _| {
-                            if !touched.iter().any(|(t, _)| *t == w) {
-                                touched.push((w, entry.aggregate.position(w).available()));
+                            if touched.iter().flatten().any(|(t, _)| *t == w) {
+                                return;
                             }
+                            let before = entry.aggregate.position(w).available();
+                            let slot = if touched[0].is_none() { 0 } else { 1 };
+                            touched[slot] = Some((w, before));
                         });
                     }
                     entry.aggregate.apply(event);
                     events.encode_into(event, buf)?;
                     output.send(EVENTS, None, sku.as_bytes(), buf, None)?;
-                    for (warehouse, before) in touched {
+                    for (warehouse, before) in touched.into_iter().flatten() {
                         let after = entry.aggregate.position(warehouse).available();
                         if let Some(alert) = low_stock.check(event, warehouse, before, after) {
                             alerts.encode_into(&alert.into(), buf)?;
