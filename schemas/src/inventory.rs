@@ -272,10 +272,9 @@ record_union! {
 
 #[cfg(test)]
 mod tests {
-    use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
-
     use super::*;
     use crate::record::RecordUnion;
+    use crate::record::testing::round_trip;
 
     fn meta() -> Metadata {
         Metadata {
@@ -283,22 +282,6 @@ mod tests {
             saga_id: None,
             ..Metadata::command("id", "SKU-1", 1_700_000_000_000)
         }
-    }
-
-    fn round_trip<T: RecordUnion + std::fmt::Debug + PartialEq>(value: T) {
-        let schema = &T::schemas()[value.variant()];
-        let writer = GenericDatumWriter::builder(schema).build().unwrap();
-        let mut buf = Vec::new();
-        value.write(&writer, &mut buf).unwrap();
-        let reader = GenericDatumReader::builder(schema).build().unwrap();
-        let back = T::read(value.variant(), &reader, &mut buf.as_slice()).unwrap();
-        assert_eq!(back, value);
-        // The generic (Value) path must agree with the serde path.
-        let value_path = reader.read_value(&mut buf.as_slice()).unwrap();
-        assert_eq!(
-            T::from_resolved(value.variant(), value_path).unwrap(),
-            value
-        );
     }
 
     #[test]

@@ -164,3 +164,28 @@ macro_rules! union_metadata {
         }
     };
 }
+
+/// Test support shared by the record modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
+
+    use super::RecordUnion;
+
+    /// Writes `value` with its schema and reads it back through the serde path and the
+    /// generic (`Value`) path: both must give `value`.
+    pub(crate) fn round_trip<T: RecordUnion + std::fmt::Debug + PartialEq>(value: T) {
+        let schema = &T::schemas()[value.variant()];
+        let writer = GenericDatumWriter::builder(schema).build().unwrap();
+        let mut buf = Vec::new();
+        value.write(&writer, &mut buf).unwrap();
+        let reader = GenericDatumReader::builder(schema).build().unwrap();
+        let back = T::read(value.variant(), &reader, &mut buf.as_slice()).unwrap();
+        assert_eq!(back, value);
+        let value_path = reader.read_value(&mut buf.as_slice()).unwrap();
+        assert_eq!(
+            T::from_resolved(value.variant(), value_path).unwrap(),
+            value
+        );
+    }
+}

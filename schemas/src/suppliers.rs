@@ -86,27 +86,10 @@ union_metadata!(ReceivingIn {
 
 #[cfg(test)]
 mod tests {
-    use apache_avro::{reader::datum::GenericDatumReader, writer::datum::GenericDatumWriter};
-
     use super::*;
     use crate::common::Metadata;
     use crate::inventory::{InventoryAlert, InventoryReceivingChangelog, ReceivingState};
-    use crate::record::RecordUnion;
-
-    fn round_trip<T: RecordUnion + std::fmt::Debug + PartialEq>(value: T) {
-        let schema = &T::schemas()[value.variant()];
-        let writer = GenericDatumWriter::builder(schema).build().unwrap();
-        let mut buf = Vec::new();
-        value.write(&writer, &mut buf).unwrap();
-        let reader = GenericDatumReader::builder(schema).build().unwrap();
-        let back = T::read(value.variant(), &reader, &mut buf.as_slice()).unwrap();
-        assert_eq!(back, value);
-        let value_path = reader.read_value(&mut buf.as_slice()).unwrap();
-        assert_eq!(
-            T::from_resolved(value.variant(), value_path).unwrap(),
-            value
-        );
-    }
+    use crate::record::testing::round_trip;
 
     #[test]
     fn every_purchasing_record_round_trips_through_its_schema() {
