@@ -317,23 +317,14 @@ async fn query_post(
     query(api, params).await
 }
 
-/// Whether a SQL text names `table` (identifiers compared whole, case-insensitively).
-fn names(sql: &str, table: &str) -> bool {
-    sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .any(|w| w.eq_ignore_ascii_case(table))
-}
-
 /// The materialized views a SQL text reads: those it names, and the base tables of the
 /// derived views it names (a derived view is as fresh as they are).
 fn views_named(sql: &str) -> Vec<&'static str> {
-    let derived = sinks::derived::DERIVED
-        .iter()
-        .filter(|d| names(sql, d.name))
-        .flat_map(|d| d.from.iter().copied());
+    let derived = sinks::derived::named_in(sql).flat_map(|d| d.from.iter().copied());
     let mut views: Vec<&'static str> = freshness::VIEWS
         .iter()
         .copied()
-        .filter(|v| names(sql, v))
+        .filter(|v| sinks::derived::mentions(sql, v))
         .chain(derived)
         .collect();
     views.sort_unstable();
@@ -380,7 +371,7 @@ async fn query(api: Arc<Api>, params: QueryParams) -> Result<Response, ApiError>
     let mut engine = sinks::QueryEngine::open(&api.views_dir)
         .await
         .map_err(ApiError::internal)?;
-    if names(&params.sql, "views") {
+    if sinks::derived::mentions(&params.sql, "views") {
         let a = api.clone();
         let rows =
             tokio::task::spawn_blocking(move || freshness::freshness(&a.cluster, &a.views_dir))

@@ -74,7 +74,13 @@ pub const DERIVED: &[DerivedView] = &[
     },
 ];
 
-/// The derived view called `name`.
-pub fn derived(name: &str) -> Option<&'static DerivedView> {
-    DERIVED.iter().find(|d| d.name == name)
+/// Whether a SQL text names `table` (identifiers compared whole, case-insensitively).
+pub fn mentions(sql: &str, table: &str) -> bool {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case(table))
+}
+
+/// The derived views a SQL text names.
+pub fn named_in(sql: &str) -> impl Iterator<Item = &'static DerivedView> {
+    DERIVED.iter().filter(move |d| mentions(sql, d.name))
 }

@@ -20,20 +20,12 @@ fn rows(csv: &str) -> Vec<Vec<String>> {
 /// `sql` with a CTE for each derived view it names, of the SQL DataFusion registers for it:
 /// DuckDB sees only the Parquet files, and must get the same answers from the same text.
 pub fn with_derived(sql: &str) -> String {
-    let named: Vec<&sinks::derived::DerivedView> = sinks::derived::DERIVED
-        .iter()
-        .filter(|d| {
-            sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                .any(|w| w.eq_ignore_ascii_case(d.name))
-        })
-        .collect();
-    if named.is_empty() {
-        return sql.to_owned();
-    }
-    let ctes: Vec<String> = named
-        .iter()
+    let ctes: Vec<String> = sinks::derived::named_in(sql)
         .map(|d| format!("{} AS ({})", d.name, d.sql))
         .collect();
+    if ctes.is_empty() {
+        return sql.to_owned();
+    }
     format!("WITH {} {sql}", ctes.join(", "))
 }
 
