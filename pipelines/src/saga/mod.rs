@@ -381,11 +381,13 @@ impl ProgressProbe {
             }
             progress.lag.insert(group, lag);
         }
-        // The saga views always; the windows and the ledger where they run.
+        // The saga views always; the others where they run.
         for (view, always) in [
             (sinks::sagas::SAGA_STEPS, true),
             (sinks::windows::ORDERS_PER_MINUTE, false),
             (sinks::ledger::VIEW, false),
+            (sinks::products::VIEW, false),
+            (sinks::purchasing::VIEW, false),
         ] {
             let positions = match crate::freshness::view_positions(&self.views_dir, view)? {
                 Some(p) => p,
