@@ -333,6 +333,26 @@ async fn read_unique<T: RecordUnion>(
     topic: &str,
     id: impl Fn(&T) -> String,
 ) -> anyhow::Result<Vec<T>> {
+    read_records(cluster, topic, id, false).await
+}
+
+/// [`read_unique`] for a topic that takes input from outside: records that do not decode
+/// (other scenarios put malformed ones there on purpose; the service dead-letters them) are
+/// left out.
+async fn read_decodable<T: RecordUnion>(
+    cluster: &Cluster,
+    topic: &str,
+    id: impl Fn(&T) -> String,
+) -> anyhow::Result<Vec<T>> {
+    read_records(cluster, topic, id, true).await
+}
+
+async fn read_records<T: RecordUnion>(
+    cluster: &Cluster,
+    topic: &str,
+    id: impl Fn(&T) -> String,
+    skip_undecodable: bool,
+) -> anyhow::Result<Vec<T>> {
     let mut decoder = Decoder::<T>::new(Registry::new(&cluster.registry));
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -341,6 +361,7 @@ async fn read_unique<T: RecordUnion>(
             Ok(v) => v,
             // Shared topics carry records of other unions (e.g. inventory.events).
             Err(schemas::DecodeError::UnexpectedRecord { .. }) => continue,
+            Err(_) if skip_undecodable => continue,
             Err(e) => return Err(e).with_context(|| format!("{topic} offset {}", r.offset)),
         };
         if seen.insert(id(&value)) {
@@ -348,6 +369,18 @@ async fn read_unique<T: RecordUnion>(
         }
     }
     Ok(out)
+}
+
+/// The first row of `sql`'s answer as integers (`None` for a non-integer field).
+async fn first_row(engine: &QueryEngine, sql: &str) -> anyhow::Result<Vec<Option<i64>>> {
+    let csv = OutputFormat::Csv.render(&engine.sql(sql).await?)?;
+    Ok(csv
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split(',')
+        .map(|n| n.parse().ok())
+        .collect())
 }
 
 /// Checks every invariant of a finished simulation; returns each order's ending.
@@ -694,18 +727,12 @@ pub async fn check(
             "revenue view, order {id}: captured {captured} − refunded {refunded}, revenue {revenue}, expected {want}"
         );
     }
-    let funnel = OutputFormat::Csv.render(
-        &engine
-            .sql("SELECT placed, reserved, paid, shipped, confirmed, cancelled FROM order_funnel")
-            .await?,
-    )?;
-    let f: Vec<i64> = funnel
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let funnel = first_row(
+        &engine,
+        "SELECT placed, reserved, paid, shipped, confirmed, cancelled FROM order_funnel",
+    )
+    .await?;
+    let f: Vec<i64> = funnel.iter().flatten().copied().collect();
     ensure!(
         f.len() == 6
             && f[4] == confirmed_all
@@ -822,19 +849,12 @@ pub async fn purchasing_end_to_end(
     })
     .await?;
     let engine = QueryEngine::open(views).await?;
-    let csv = OutputFormat::Csv.render(
-        &engine
-            .sql("SELECT count(*), count(received_at) FROM purchase_orders")
-            .await?,
-    )?;
-    let counts: Vec<usize> = csv
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let (placed, received) = (counts[0], counts[1]);
+    let counts = first_row(
+        &engine,
+        "SELECT count(*), count(received_at) FROM purchase_orders",
+    )
+    .await?;
+    let (placed, received) = (counts[0].unwrap_or(0), counts[1].unwrap_or(0));
     ensure!(
         placed > 0,
         "no purchase order was placed: stock never ran low?"
@@ -851,7 +871,7 @@ pub async fn purchasing_end_to_end(
         "purchasing: {placed} purchase orders placed and received; {confirmed} of {} orders confirmed",
         endings.len()
     );
-    Ok(placed)
+    Ok(placed as usize)
 }
 
 /// Waits until the `purchase_orders` view has no open order, and everything (the receipts'
@@ -865,25 +885,21 @@ async fn wait_purchase_orders_received(
     loop {
         wait_caught_up(cluster, views).await?;
         let engine = QueryEngine::open(views).await?;
-        let open = match engine
-            .sql("SELECT count(*) FROM purchase_orders WHERE received_at IS NULL")
-            .await
-        {
-            Ok(b) => OutputFormat::Csv
-                .render(&b)?
-                .lines()
-                .nth(1)
-                .unwrap_or("?")
-                .to_owned(),
-            Err(_) => "?".to_owned(), // not written yet
-        };
-        if open == "0" {
+        // An error: the view is not written yet.
+        let open = first_row(
+            &engine,
+            "SELECT count(*) FROM purchase_orders WHERE received_at IS NULL",
+        )
+        .await
+        .ok()
+        .and_then(|r| r.first().copied().flatten());
+        if open == Some(0) {
             // The last receipt's stock may still be on its way through inventory.
             return wait_caught_up(cluster, views).await;
         }
         ensure!(
             Instant::now() < deadline,
-            "{open} purchase orders still open after {timeout:?}"
+            "{open:?} purchase orders still open after {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -958,19 +974,14 @@ async fn check_purchasing(
         .filter_map(|(po, (_, _, _, received))| received.as_deref().map(|r| (r, po.as_str())))
         .collect();
     let mut commands: HashMap<String, &str> = HashMap::new();
-    // inventory.commands takes input from outside: other scenarios put malformed records
-    // there on purpose (the service dead-letters them); only ours are read here.
-    let mut decoder = Decoder::<InventoryCommand>::new(Registry::new(&cluster.registry));
-    let mut decoded = Vec::new();
-    if !receipts.is_empty() {
-        for r in topic::read_all(cluster, pipelines::topics::inventory::COMMANDS)? {
-            if let Ok(c) = decoder.decode_learning(&r.payload).await {
-                decoded.push(c);
-            }
-        }
-    }
-    let mut seen = HashSet::new();
-    decoded.retain(|c| seen.insert(c.metadata().event_id.clone()));
+    let decoded = if receipts.is_empty() {
+        Vec::new()
+    } else {
+        read_decodable::<InventoryCommand>(cluster, pipelines::topics::inventory::COMMANDS, |c| {
+            c.metadata().event_id.clone()
+        })
+        .await?
+    };
     for c in decoded {
         if let InventoryCommand::ReceiveStock(r) = &c
             && let Some(po) = r
