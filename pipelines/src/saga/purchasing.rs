@@ -29,21 +29,19 @@ impl TopicView for PurchaseOrders {
         // (at-least-once), they set the same values twice.
         match e {
             SupplierEvent::PurchaseOrderPlaced(p) => {
-                let row = self
-                    .rows
+                self.rows
                     .entry(p.po_id.clone())
                     .or_insert_with(|| PurchaseOrderRow {
-                        po_id: p.po_id.clone(),
-                        sku: p.sku.clone(),
-                        warehouse: p.warehouse.clone(),
-                        supplier_id: p.supplier_id.clone(),
+                        po_id: p.po_id,
+                        sku: p.sku,
+                        warehouse: p.warehouse,
+                        supplier_id: p.supplier_id,
                         quantity: p.quantity,
-                        low_stock_event_id: p.low_stock_event_id.clone(),
+                        low_stock_event_id: p.low_stock_event_id,
                         placed_at: p.metadata.occurred_at,
                         expected_at: p.expected_at,
                         received_at: None,
                     });
-                row.low_stock_event_id = p.low_stock_event_id;
             }
             SupplierEvent::PurchaseOrderReceived(r) => {
                 if let Some(row) = self.rows.get_mut(&r.po_id) {
