@@ -96,7 +96,7 @@ struct SagaArgs {
     #[arg(long, default_value_t = 5_000)]
     lead_time_ms: u64,
     /// Purchasing: units ordered on top of what brings a position back to its threshold.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
     reorder_quantity: i64,
     /// Inventory: a position whose available stock falls below this raises a StockLow
     /// alert, which suppliers answers with a purchase order (0: no alerts).

@@ -272,6 +272,17 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_whose_sku_is_not_its_key_is_refused_naming_both() {
+        let SuppliersIn::StockLow(mut a) = alert(3, "AMS", 1);
+        a.sku = "SKU-2".into();
+        let err = Suppliers::default()
+            .handle(None, &a.into(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SKU-2") && err.contains("SKU-1"), "{err}");
+    }
+
+    #[test]
     fn suppliers_are_spread_over_skus_and_stable() {
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..30 {
