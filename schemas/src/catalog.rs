@@ -16,7 +16,7 @@ use crate::payments::{PaymentChangelog, PaymentReply};
 use crate::products::{CatalogChangelog, CatalogCommand, CatalogEvent};
 use crate::record::RecordUnion;
 use crate::saga::topics::INVENTORY_RESERVATIONS;
-use crate::shipping::{ShipmentChangelog, ShipmentReply};
+use crate::shipping::{ShipmentChangelog, ShipmentReply, TrackingEvent};
 use crate::suppliers::{SupplierEvent, SuppliersChangelog};
 
 /// One subject: a record on a topic.
@@ -67,6 +67,7 @@ pub fn subjects() -> Vec<Subject> {
         of::<PaymentChangelog>("payments.changelog", all),
         of::<ShipmentReply>("shipping.replies", all),
         of::<ShipmentChangelog>("shipping.changelog", all),
+        of::<TrackingEvent>(crate::saga::topics::SHIPPING_TRACKING, all),
         of::<NotificationEvent>("notifications.events", all),
         of::<NotificationChangelog>("notifications.changelog", all),
         of::<BillingEvent>("billing.events", all),

@@ -36,6 +36,9 @@ pub mod topics {
     pub const INVENTORY_ALERTS: &str = "inventory.alerts";
     /// Purchase orders placed and received, keyed by sku.
     pub const SUPPLIER_EVENTS: &str = "suppliers.events";
+    /// Carriers' tracking events, keyed by shipment id: external events (written by outside
+    /// producers only, through `POST /events/shipping.tracking`).
+    pub const SHIPPING_TRACKING: &str = "shipping.tracking";
 }
 
 /// The topic a record of the saga travels on (`None`: not a saga record).
@@ -65,6 +68,7 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         | "InventoryDispatched" => INVENTORY_RESERVATIONS,
         "PaymentCaptured" | "PaymentDeclined" | "PaymentRefunded" => PAYMENT_REPLIES,
         "ShipmentCreated" | "ShipmentFailed" | "ShipmentCancelled" => SHIPPING_REPLIES,
+        "ParcelPickedUp" | "DeliveryAttemptFailed" | "ParcelDelivered" => SHIPPING_TRACKING,
         "NotificationSent" => NOTIFICATION_EVENTS,
         "PaymentReceived" | "InvoiceIssued" | "CreditNoteIssued" => BILLING_EVENTS,
         "CreateProduct" | "ChangePrice" | "DiscontinueProduct" => CATALOG_COMMANDS,
@@ -241,6 +245,7 @@ mod tests {
             names::<crate::suppliers::SupplierEvent>(),
             names::<crate::suppliers::SuppliersIn>(),
             names::<crate::suppliers::ReceivingIn>(),
+            names::<crate::shipping::TrackingEvent>(),
         ];
         for name in messages.iter().flatten() {
             assert!(expected_topic(name).is_some(), "{name} has no topic");
