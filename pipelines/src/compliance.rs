@@ -40,6 +40,7 @@ pub const EVENT_TOPICS: &[(&str, &str)] = &[
     ("catalog.events", "catalog"),
     ("inventory.alerts", "inventory"),
     ("suppliers.events", "suppliers"),
+    ("shipping.tracking", "shipping"),
 ];
 
 /// Small audit parts merged at a time (see `AuditTable::compact`).
@@ -87,6 +88,7 @@ fn decoder_for(topic: &str, registry: &Registry) -> Box<dyn MetaDecoder> {
         "catalog.events" => Box::new(Decoder::<schemas::products::CatalogEvent>::new(r)),
         "inventory.alerts" => Box::new(Decoder::<schemas::inventory::InventoryAlert>::new(r)),
         "suppliers.events" => Box::new(Decoder::<schemas::suppliers::SupplierEvent>::new(r)),
+        "shipping.tracking" => Box::new(Decoder::<schemas::shipping::TrackingEvent>::new(r)),
         _ => Box::new(Decoder::<NotificationEvent>::new(r)),
     }
 }

@@ -33,6 +33,7 @@ pub fn view_inputs(view: &str) -> Option<Vec<&'static str>> {
         v if v == sinks::ledger::VIEW => vec![schemas::saga::topics::BILLING_EVENTS],
         v if v == sinks::products::VIEW => vec![schemas::saga::topics::CATALOG_EVENTS],
         v if v == sinks::purchasing::VIEW => vec![schemas::saga::topics::SUPPLIER_EVENTS],
+        v if v == sinks::shipments::VIEW => vec![schemas::saga::topics::SHIPPING_TRACKING],
         v if v == sinks::windows::ORDERS_PER_MINUTE => vec![schemas::saga::topics::ORDER_EVENTS],
         v if v == sinks::audit::VIEW => crate::compliance::EVENT_TOPICS
             .iter()
@@ -50,6 +51,7 @@ pub const VIEWS: &[&str] = &[
     sinks::ledger::VIEW,
     sinks::products::VIEW,
     sinks::purchasing::VIEW,
+    sinks::shipments::VIEW,
     sinks::windows::ORDERS_PER_MINUTE,
     sinks::audit::VIEW,
 ];
@@ -85,6 +87,7 @@ pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Pos
         v if v == sinks::ledger::VIEW
             || v == sinks::products::VIEW
             || v == sinks::purchasing::VIEW
+            || v == sinks::shipments::VIEW
             || v == sinks::windows::ORDERS_PER_MINUTE =>
         {
             stored(views_dir, v)?
@@ -171,40 +174,21 @@ impl std::str::FromStr for Token {
 }
 
 /// Waits (up to `timeout`) until `views` reflect the write at `token`: its consumer group
-/// (`group`, the pipeline that reads the token's topic) has committed past it, and each view
-/// has folded its input topics up to their ends as of that commit.
+/// (`group`, the pipeline that processes the token's topic) has committed past it, and each
+/// view has folded its input topics up to their ends as of that commit. Without a group (an
+/// external event, folded by views directly) the ends are read at once: the write was
+/// acknowledged, so they are past it.
 pub fn wait_for(
     cluster: &Cluster,
     views_dir: &Path,
     token: &Token,
-    group: &str,
+    group: Option<&str>,
     views: &[&str],
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
-    let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&token.topic, token.partition);
-    loop {
-        let committed = consumer
-            .committed_offsets(tpl.clone(), TX_TIMEOUT)
-            .with_context(|| format!("reading {group}'s committed offsets"))?;
-        let at = match committed
-            .find_partition(&token.topic, token.partition)
-            .map(|e| e.offset())
-        {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        };
-        if at > token.offset {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "timed out after {timeout:?} waiting for {group} to process {token} (it has committed up to offset {at})"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if let Some(group) = group {
+        wait_committed(cluster, token, group, deadline, timeout)?;
     }
     let probe: BaseConsumer = kafka::client_config(cluster).create()?;
     for view in views {
@@ -241,6 +225,40 @@ pub fn wait_for(
         }
     }
     Ok(())
+}
+
+/// Waits until `group` has committed past `token`.
+fn wait_committed(
+    cluster: &Cluster,
+    token: &Token,
+    group: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&token.topic, token.partition);
+    loop {
+        let committed = consumer
+            .committed_offsets(tpl.clone(), TX_TIMEOUT)
+            .with_context(|| format!("reading {group}'s committed offsets"))?;
+        let at = match committed
+            .find_partition(&token.topic, token.partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        };
+        if at > token.offset {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {group} to process {token} (it has committed up to offset {at})"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,13 @@
 //!   A field of the wrong type or missing is a 400 naming the field. The command is encoded
 //!   with its registered schema and written to `<service>.commands`, keyed by aggregate id;
 //!   the answer carries the command id and the offset token of the write.
+//! - `POST /events/<topic>`: for producers outside the system publishing their own events
+//!   (a carrier's scans) on a topic its owner declares `external_events` (no pipeline writes
+//!   it). The body is `{"record": "<Name>", …fields}`, validated against the topic's records
+//!   like a command; `metadata` optional, or just `event_id` (the producer's own id: the
+//!   same id twice is one event to the views) and `occurred_at` (epoch ms; default now).
+//!   Answered with the event id and the offset token of the write. Any other topic is a 403
+//!   naming its owner.
 //! - `GET /query?sql=…` or `POST /query {"sql": …}`, with `format` json (default) | csv |
 //!   arrow (an Arrow IPC stream), and optionally `token` (from a command) and `timeout_ms`:
 //!   the query waits until every view it reads reflects the command (read-your-writes).
@@ -32,6 +39,8 @@ use schemas::codec::Encoder;
 use schemas::inventory::*;
 use schemas::orders::*;
 use schemas::products::*;
+use schemas::saga::topics::SHIPPING_TRACKING;
+use schemas::shipping::*;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -50,6 +59,7 @@ pub struct Api {
     inventory: Encoder<InventoryCommand>,
     orders: Encoder<OrderCommand>,
     catalog: Encoder<CatalogCommand>,
+    tracking: Encoder<TrackingEvent>,
     /// Longest a query waits for its token (unless it asks for less).
     pub max_wait: Duration,
 }
@@ -61,6 +71,21 @@ impl Api {
         views_dir: PathBuf,
         ownership: OwnershipMap,
     ) -> anyhow::Result<Self> {
+        // Every topic declared external must be one the API can encode, and the other way
+        // round: the definitions and the code agree, as for the pipelines.
+        for (topic, service) in ownership.external_events() {
+            anyhow::ensure!(
+                EVENT_TOPICS.contains(&topic),
+                "{service} declares external events on {topic}, which the HTTP API has no records for (it takes events on {})",
+                EVENT_TOPICS.join(", ")
+            );
+        }
+        for topic in EVENT_TOPICS {
+            anyhow::ensure!(
+                ownership.external_events().any(|(t, _)| t == *topic),
+                "the HTTP API takes events on {topic}, which no pipeline definition declares external_events"
+            );
+        }
         let registry = Registry::new(&cluster.registry);
         let producer: FutureProducer = kafka::producer_config(&cluster)
             .set("linger.ms", "0")
@@ -69,6 +94,7 @@ impl Api {
             inventory: Encoder::register(&registry, crate::topics::inventory::COMMANDS).await?,
             orders: Encoder::register(&registry, schemas::saga::topics::ORDER_COMMANDS).await?,
             catalog: Encoder::register(&registry, schemas::saga::topics::CATALOG_COMMANDS).await?,
+            tracking: Encoder::register(&registry, SHIPPING_TRACKING).await?,
             cluster,
             views_dir,
             ownership,
@@ -81,6 +107,7 @@ impl Api {
     pub fn router(self) -> Router {
         Router::new()
             .route("/commands/{service}/{command}", post(command))
+            .route("/events/{topic}", post(event))
             .route("/query", get(query_get).post(query_post))
             .route("/views", get(views))
             .with_state(Arc::new(self))
@@ -257,6 +284,13 @@ async fn command(
     };
     let (body, command_id) = with_metadata(body, key_field)?;
     let encoded = encode_command(&api, &service, &command, body)?;
+    let mut answer = write(&api, &encoded).await?;
+    answer["command_id"] = json!(command_id);
+    Ok(Json(answer))
+}
+
+/// Writes one encoded record; the answer names where it landed, with its offset token.
+async fn write(api: &Api, encoded: &Encoded) -> Result<Value, ApiError> {
     let delivery = api
         .producer
         .send(
@@ -278,13 +312,167 @@ async fn command(
         partition,
         offset,
     };
-    Ok(Json(json!({
-        "command_id": command_id,
+    Ok(json!({
         "topic": encoded.topic,
         "partition": partition,
         "offset": offset,
         "token": token.to_string(),
-    })))
+    }))
+}
+
+/// The topics that take events from outside producers, each with the records it carries.
+pub const EVENT_TOPICS: &[&str] = &[SHIPPING_TRACKING];
+
+fn encode_event(api: &Api, topic: &str, record: &str, body: Value) -> Result<Encoded, ApiError> {
+    macro_rules! events {
+        ($encoder:expr, $topic:expr, $union:ident, $key:ident, [$($record:ident),+]) => {
+            match record {
+                $(stringify!($record) => {
+                    let e: $union = parse::<$record>(body)?.into();
+                    let key = e.$key().to_owned();
+                    if key.is_empty() {
+                        return Err(ApiError::bad_field(stringify!($key).into(), "must not be empty"));
+                    }
+                    let payload = $encoder.encode(&e).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+                    return Ok(Encoded { topic: $topic, key, payload });
+                })+
+                _ => {
+                    return Err(ApiError::bad_field(
+                        "record".into(),
+                        format!(
+                            "{topic} carries no record {record:?} (records: {})",
+                            [$(stringify!($record)),+].join(", ")
+                        ),
+                    ))
+                }
+            }
+        };
+    }
+    match topic {
+        SHIPPING_TRACKING => events!(
+            api.tracking,
+            SHIPPING_TRACKING,
+            TrackingEvent,
+            shipment_id,
+            [ParcelPickedUp, DeliveryAttemptFailed, ParcelDelivered]
+        ),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("the API has no records for {topic}"),
+        )),
+    }
+}
+
+/// The key field of each event topic (the aggregate its events are about).
+fn event_key(topic: &str) -> &'static str {
+    match topic {
+        SHIPPING_TRACKING => "shipment_id",
+        _ => "",
+    }
+}
+
+/// Takes `record` out of an event's body and fills in its metadata when the caller did not
+/// send it: `event_id` (default a new id) and `occurred_at` (default now) may be given alone.
+fn event_metadata(mut body: Value, key_field: &str) -> Result<(Value, String, String), ApiError> {
+    let Some(object) = body.as_object_mut() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object: {\"record\": \"<Name>\", …the record's fields}",
+        ));
+    };
+    let record = match object.remove("record") {
+        Some(Value::String(r)) => r,
+        None => {
+            return Err(ApiError::bad_field(
+                "record".into(),
+                "missing (the record's name)",
+            ));
+        }
+        Some(_) => return Err(ApiError::bad_field("record".into(), "must be a string")),
+    };
+    let event_id = match object.remove("event_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if !id.is_empty() => Some(id),
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "event_id".into(),
+                "must be a non-empty string",
+            ));
+        }
+    };
+    let occurred_at = match object.remove("occurred_at") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().ok_or_else(|| {
+            ApiError::bad_field("occurred_at".into(), "must be an integer (epoch ms)")
+        })?),
+    };
+    if let Some(m) = object.get("metadata") {
+        if event_id.is_some() || occurred_at.is_some() {
+            return Err(ApiError::bad_field(
+                "metadata".into(),
+                "give either metadata or event_id / occurred_at, not both",
+            ));
+        }
+        let id = m
+            .get("event_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        return Ok((body, record, id));
+    }
+    let id = event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let aggregate = object
+        .get(key_field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let metadata = Metadata::command(
+        &id,
+        &aggregate,
+        occurred_at.unwrap_or_else(crate::wire::now_ms),
+    );
+    object.insert(
+        "metadata".into(),
+        serde_json::to_value(metadata).map_err(ApiError::internal)?,
+    );
+    Ok((body, record, id))
+}
+
+async fn event(
+    State(api): State<Arc<Api>>,
+    Path(topic): Path<String>,
+    body: Option<Json<Value>>,
+) -> Result<Json<Value>, ApiError> {
+    if !api.ownership.external_events().any(|(t, _)| t == topic) {
+        let external: Vec<&str> = api.ownership.external_events().map(|(t, _)| t).collect();
+        return Err(match api.ownership.owner_of(&topic) {
+            Some(owner) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{topic} belongs to {owner} and only its pipelines write it; events from outside go to {}",
+                    external.join(", ")
+                ),
+            ),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no topic {topic:?} (events from outside go to {})",
+                    external.join(", ")
+                ),
+            ),
+        });
+    }
+    let Some(Json(body)) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    };
+    let (body, record, event_id) = event_metadata(body, event_key(&topic))?;
+    let encoded = encode_event(&api, &topic, &record, body)?;
+    let mut answer = write(&api, &encoded).await?;
+    answer["event_id"] = json!(event_id);
+    Ok(Json(answer))
 }
 
 /// A query's parameters (query string or JSON body).
@@ -344,16 +532,18 @@ async fn query(api: Arc<Api>, params: QueryParams) -> Result<Response, ApiError>
         let token: Token = token
             .parse()
             .map_err(|e: String| ApiError::bad_field("token".into(), e))?;
-        let group = api
-            .ownership
-            .consumer_of(&token.topic)
-            .ok_or_else(|| {
-                ApiError::bad_field(
+        // A command's token waits for the pipeline that processes it; an external event's,
+        // only for the views that fold its topic directly.
+        let group = match api.ownership.consumer_of(&token.topic) {
+            Some(g) => Some(g.to_owned()),
+            None if api.ownership.viewed_directly(&token.topic) => None,
+            None => {
+                return Err(ApiError::bad_field(
                     "token".into(),
                     format!("no pipeline consumes {}", token.topic),
-                )
-            })?
-            .to_owned();
+                ));
+            }
+        };
         let wait = params
             .timeout_ms
             .map(Duration::from_millis)
@@ -362,7 +552,14 @@ async fn query(api: Arc<Api>, params: QueryParams) -> Result<Response, ApiError>
         let views = views_named(&params.sql);
         let a = api.clone();
         tokio::task::spawn_blocking(move || {
-            freshness::wait_for(&a.cluster, &a.views_dir, &token, &group, &views, wait)
+            freshness::wait_for(
+                &a.cluster,
+                &a.views_dir,
+                &token,
+                group.as_deref(),
+                &views,
+                wait,
+            )
         })
         .await
         .map_err(ApiError::internal)?
@@ -494,6 +691,50 @@ mod tests {
             views_named("SELECT * FROM revenue JOIN sales_by_day ON true"),
             vec!["ledger"]
         );
+    }
+
+    #[test]
+    fn an_events_metadata_is_the_producers_or_filled_in() {
+        let (body, record, id) = event_metadata(
+            json!({"record": "ParcelPickedUp", "shipment_id": "SHP-1", "carrier": "UPS",
+                   "location": "Lyon", "event_id": "scan-9", "occurred_at": 1234}),
+            "shipment_id",
+        )
+        .unwrap();
+        assert_eq!((record.as_str(), id.as_str()), ("ParcelPickedUp", "scan-9"));
+        let e = parse::<ParcelPickedUp>(body).unwrap();
+        assert_eq!(e.metadata.event_id, "scan-9");
+        assert_eq!(e.metadata.aggregate_id, "SHP-1");
+        assert_eq!(e.metadata.occurred_at, 1234);
+        // A new id and now when not given.
+        let (body, _, id) = event_metadata(
+            json!({"record": "ParcelPickedUp", "shipment_id": "S"}),
+            "shipment_id",
+        )
+        .unwrap();
+        assert!(!id.is_empty());
+        assert_eq!(body["metadata"]["event_id"], id.as_str());
+        // Bad input is named.
+        for (bad, field) in [
+            (json!({"shipment_id": "S"}), "record"),
+            (json!({"record": 7}), "record"),
+            (
+                json!({"record": "ParcelPickedUp", "event_id": 7}),
+                "event_id",
+            ),
+            (
+                json!({"record": "ParcelPickedUp", "occurred_at": "noon"}),
+                "occurred_at",
+            ),
+            (
+                json!({"record": "ParcelPickedUp", "event_id": "x", "metadata": {}}),
+                "metadata",
+            ),
+        ] {
+            let e = event_metadata(bad.clone(), "shipment_id").unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.body["field"], field, "{bad}: {:?}", e.body);
+        }
     }
 
     #[test]

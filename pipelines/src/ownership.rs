@@ -25,6 +25,11 @@ pub struct ServiceDef {
     pub description: String,
     /// Topics only this service writes (its commands, events, replies, changelogs, DLQ).
     pub owns: Vec<String>,
+    /// Topics it owns that only outside producers write (`POST /events/<topic>`), events of
+    /// the world outside (a carrier's scans): no pipeline writes them, so no store of the
+    /// service is a fold that an outside write could contradict.
+    #[serde(default)]
+    pub external_events: Vec<String>,
     /// Views (Parquet tables) only this service materializes.
     #[serde(default)]
     pub views: Vec<String>,
@@ -177,6 +182,14 @@ impl OwnershipMap {
                     ));
                 }
             }
+            for t in &s.external_events {
+                if !s.owns.contains(t) {
+                    out.push(format!(
+                        "service {} ({}) declares external events on {t}, which it does not own",
+                        s.service, s.source
+                    ));
+                }
+            }
             for v in &s.views {
                 if let Some(other) = views.insert(v, s)
                     && other.service != s.service
@@ -200,6 +213,10 @@ impl OwnershipMap {
             for p in &s.pipelines {
                 for t in &p.writes {
                     match topics.get(t.as_str()) {
+                        Some(owner) if owner.external_events.contains(t) => out.push(format!(
+                            "pipeline {} of {} ({}) writes {t}, which {} ({}) declares external events: only outside producers write it",
+                            p.name, s.service, s.source, owner.service, owner.source
+                        )),
                         Some(owner) if owner.service == s.service => {}
                         Some(owner) => out.push(format!(
                             "pipeline {} of {} ({}) writes {t}, which belongs to {} ({}): a service writes only its own topics",
@@ -245,8 +262,9 @@ impl OwnershipMap {
             .map(|s| s.service.as_str())
     }
 
-    /// The pipeline (= consumer group) of `topic`'s owner that consumes it: who turns a
-    /// command written there into events.
+    /// The pipeline (= consumer group) of `topic`'s owner that processes it: who turns a
+    /// command written there into events. Pipelines that only materialize views are not
+    /// processors (their positions are in their views' checkpoints, not in a group).
     pub fn consumer_of(&self, topic: &str) -> Option<&str> {
         let owner = self
             .services
@@ -255,8 +273,26 @@ impl OwnershipMap {
         owner
             .pipelines
             .iter()
-            .find(|p| p.reads.iter().any(|t| t == topic))
+            .find(|p| p.views.is_empty() && p.reads.iter().any(|t| t == topic))
             .map(|p| p.name.as_str())
+    }
+
+    /// Whether any view of `topic`'s owner folds it directly.
+    pub fn viewed_directly(&self, topic: &str) -> bool {
+        self.services
+            .iter()
+            .filter(|s| s.owns.iter().any(|t| t == topic))
+            .flat_map(|s| &s.pipelines)
+            .any(|p| !p.views.is_empty() && p.reads.iter().any(|t| t == topic))
+    }
+
+    /// Every topic declared as external events, with its service.
+    pub fn external_events(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.services.iter().flat_map(|s| {
+            s.external_events
+                .iter()
+                .map(move |t| (t.as_str(), s.service.as_str()))
+        })
     }
 
     /// Refuses `code` unless its definition declares everything it reads, writes and
@@ -355,6 +391,12 @@ impl OwnershipMap {
         for s in &self.services {
             line(&mut out, format!("{}  {}", s.service, s.description));
             line(&mut out, format!("  owns   {}", list(&s.owns)));
+            if !s.external_events.is_empty() {
+                line(
+                    &mut out,
+                    format!("  external events  {}", list(&s.external_events)),
+                );
+            }
             line(&mut out, format!("  views  {}", list(&s.views)));
             for p in &s.pipelines {
                 line(&mut out, format!("  pipeline {}", p.name));
@@ -382,7 +424,12 @@ impl OwnershipMap {
             );
             line(&mut out, format!("    label={};", q(&s.service)));
             for t in &s.owns {
-                line(&mut out, format!("    {} [shape=cylinder];", q(t)));
+                let style = if s.external_events.contains(t) {
+                    ", style=dashed"
+                } else {
+                    ""
+                };
+                line(&mut out, format!("    {} [shape=cylinder{style}];", q(t)));
             }
             for p in &s.pipelines {
                 line(
@@ -519,6 +566,13 @@ pub fn code_pipelines() -> Vec<CodePipeline> {
             views: vec![sinks::windows::ORDERS_PER_MINUTE],
         },
         CodePipeline {
+            name: "shipments-view",
+            service: "shipping",
+            reads: vec![schemas::saga::topics::SHIPPING_TRACKING],
+            writes: vec![crate::topics::saga::SHIPPING_DLQ],
+            views: vec![sinks::shipments::VIEW],
+        },
+        CodePipeline {
             name: "ledger-view",
             service: "billing",
             reads: vec![schemas::saga::topics::BILLING_EVENTS],
@@ -589,6 +643,49 @@ mod tests {
         assert!(
             err.contains(
                 "pipeline payments of payments (payments.toml) writes orders.events, which belongs to orders (orders.toml)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn external_events_are_written_by_no_pipeline_and_owned_by_their_service() {
+        let map = OwnershipMap::bundled().unwrap();
+        assert_eq!(
+            map.external_events().collect::<Vec<_>>(),
+            [("shipping.tracking", "shipping")]
+        );
+        // Its view folds it directly: a token on it waits for no consumer group.
+        assert!(map.viewed_directly("shipping.tracking"));
+        assert_eq!(map.consumer_of("shipping.tracking"), None);
+        assert_eq!(map.consumer_of("catalog.commands"), Some("catalog"));
+
+        let mut sources = bundled_sources();
+        let shipping = sources
+            .iter_mut()
+            .find(|(n, _)| n == "shipping.toml")
+            .unwrap();
+        shipping.1 = shipping.1.replace(
+            r#"writes = ["shipping.replies", "shipping.changelog", "shipping.dlq"]"#,
+            r#"writes = ["shipping.replies", "shipping.changelog", "shipping.dlq", "shipping.tracking"]"#,
+        );
+        let err = OwnershipMap::parse(sources).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "pipeline shipping of shipping (shipping.toml) writes shipping.tracking, which shipping (shipping.toml) declares external events: only outside producers write it"
+            ),
+            "{err}"
+        );
+
+        let mut sources = bundled_sources();
+        sources.push((
+            "rogue.toml".into(),
+            "service = \"rogue\"\nowns = []\nexternal_events = [\"orders.events\"]\n".into(),
+        ));
+        let err = OwnershipMap::parse(sources).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "service rogue (rogue.toml) declares external events on orders.events, which it does not own"
             ),
             "{err}"
         );

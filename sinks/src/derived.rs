@@ -1,10 +1,10 @@
 //! Views derived from the materialized ones by SQL: analytics that are a GROUP BY away from
 //! a table a service already keeps (`revenue` and `sales_by_day` from the billing ledger,
 //! `order_funnel` and `orders_current` from the saga views, `supplier_performance` from
-//! `purchase_orders`). They are registered in every query context as SQL views over those
-//! tables, so they are always exactly as fresh as their base tables and cost nothing to keep;
-//! their SQL is plain enough to run unchanged on DuckDB over the same Parquet files (the
-//! integration suite does, through a CTE of the same text).
+//! `purchase_orders`, `carrier_performance` from `shipments`). They are registered in every
+//! query context as SQL views over those tables, so they are always exactly as fresh as their
+//! base tables and cost nothing to keep; their SQL is plain enough to run unchanged on DuckDB
+//! over the same Parquet files (the integration suite does, through a CTE of the same text).
 //!
 //! A derived view is materialized only if a query over it becomes too slow to answer from its
 //! base table; none is today (its base tables are sorted by the keys these views group by).
@@ -71,6 +71,17 @@ pub const DERIVED: &[DerivedView] = &[
               CAST(round(avg(lead_time_ms)) AS BIGINT) AS mean_lead_time_ms, \
               max(lead_time_ms) AS max_lead_time_ms \
               FROM purchase_orders GROUP BY supplier_id",
+    },
+    DerivedView {
+        name: "carrier_performance",
+        from: &["shipments"],
+        about: "Per carrier: shipments reported on, delivered, failed delivery attempts, \
+                transit times from pick-up to delivery (ms).",
+        sql: "SELECT carrier, count(*) AS shipments, count(delivered_at) AS delivered, \
+              sum(failed_attempts) AS failed_attempts, \
+              CAST(round(avg(transit_ms)) AS BIGINT) AS mean_transit_ms, \
+              max(transit_ms) AS max_transit_ms \
+              FROM shipments GROUP BY carrier",
     },
 ];
 

@@ -21,6 +21,7 @@ pub mod purchasing;
 #[cfg(feature = "query")]
 pub mod query;
 pub mod sagas;
+pub mod shipments;
 pub mod stock_levels;
 pub mod table;
 pub mod windows;

@@ -67,14 +67,18 @@ pub async fn read_your_writes(
         );
     }
 
-    // The catalog, in this process: a product created, repriced, discontinued; each write
-    // read back from the products view with its token; a rule broken is an event, not a 4xx.
-    let catalog = pipelines::saga::spawn(
-        &pipelines::saga::Options::new(cluster.clone(), views.to_path_buf()),
-        &tokio::runtime::Handle::current(),
-        &["catalog"],
-        true,
-    )?;
+    // The catalog and shipping, in this process: a product created, repriced, discontinued;
+    // each write read back from the products view with its token; a rule broken is an event,
+    // not a 4xx.
+    let services = || {
+        pipelines::saga::spawn(
+            &pipelines::saga::Options::new(cluster.clone(), views.to_path_buf()),
+            &tokio::runtime::Handle::current(),
+            &["catalog", "shipping"],
+            true,
+        )
+    };
+    let catalog = services()?;
     let mut last = String::new();
     for (command, body, want) in [
         (
@@ -147,6 +151,7 @@ pub async fn read_your_writes(
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    let catalog = external_events(cluster, &client, &base, catalog, services).await?;
     let stopped = tokio::task::spawn_blocking(move || catalog.stop()).await?;
     stopped?;
     // The catalog's store is the fold of catalog.events.
@@ -256,4 +261,244 @@ pub async fn read_your_writes(
     server.abort();
     runner.stop()?;
     Ok(())
+}
+
+/// A carrier's events posted to `POST /events/shipping.tracking` (an external events topic),
+/// read back from the `shipments` view with their tokens on the first try; a retried scan
+/// counts once; bad input is a 4xx naming what was wrong and writes nothing; a malformed
+/// record that a producer writes to the topic directly is dead-lettered to `shipping.dlq` with
+/// its reason, once, even after the view restarts and rebuilds.
+async fn external_events(
+    cluster: &Cluster,
+    client: &reqwest::Client,
+    base: &str,
+    running: pipelines::saga::Running,
+    restart: impl Fn() -> anyhow::Result<pipelines::saga::Running>,
+) -> anyhow::Result<pipelines::saga::Running> {
+    use pipelines::kafka::Output;
+    use pipelines::{Guarantee, topics::dlq_headers};
+
+    const TOPIC: &str = "shipping.tracking";
+    let url = format!("{base}/events/{TOPIC}");
+    let shipment = |sql: &str, token: &str| {
+        let (client, sql, token) = (client.clone(), sql.to_owned(), token.to_owned());
+        let base = base.to_owned();
+        async move {
+            let r = client
+                .get(format!("{base}/query"))
+                .query(&[("sql", sql.as_str()), ("token", token.as_str())])
+                .send()
+                .await?;
+            anyhow::Ok(r.json::<Value>().await?)
+        }
+    };
+    let t0 = 1_790_000_000_000_i64;
+    let scan = |record: &str, id: &str, minutes: i64, extra: Value| {
+        let mut body = json!({
+            "record": record, "shipment_id": "SHP-HTTP", "carrier": "PostNL",
+            "location": "Utrecht", "event_id": id, "occurred_at": t0 + minutes * 60_000,
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let sql = "SELECT status, scans, failed_attempts, received_by, transit_ms FROM shipments \
+               WHERE shipment_id = 'SHP-HTTP'";
+    let (status, answer) = post(
+        client,
+        url.clone(),
+        scan("ParcelPickedUp", "scan-1", 0, json!({})),
+    )
+    .await?;
+    ensure!(status == 200, "ParcelPickedUp refused: {answer}");
+    ensure!(answer["event_id"] == "scan-1", "event id: {answer}");
+    let token = answer["token"].as_str().context("a token")?.to_owned();
+    ensure!(token.starts_with("shipping.tracking@"), "token {token}");
+    let rows = shipment(sql, &token).await?;
+    ensure!(
+        rows == json!([{"status": "in_transit", "scans": 1, "failed_attempts": 0}]),
+        "after the pick-up, shipments says {rows}"
+    );
+    let mut last = String::new();
+    for body in [
+        scan(
+            "DeliveryAttemptFailed",
+            "scan-2",
+            600,
+            json!({"location": "Amsterdam", "reason": "nobody home"}),
+        ),
+        scan(
+            "ParcelDelivered",
+            "scan-3",
+            1500,
+            json!({"location": "Amsterdam", "received_by": "neighbour"}),
+        ),
+        // The carrier retries the last one: the same scan.
+        scan(
+            "ParcelDelivered",
+            "scan-3",
+            1500,
+            json!({"location": "Amsterdam", "received_by": "neighbour"}),
+        ),
+    ] {
+        let (status, answer) = post(client, url.clone(), body).await?;
+        ensure!(status == 200, "refused: {answer}");
+        last = answer["token"].as_str().context("a token")?.to_owned();
+    }
+    let rows = shipment(sql, &last).await?;
+    let want = json!([{"status": "delivered", "scans": 3, "failed_attempts": 1,
+                       "received_by": "neighbour", "transit_ms": 1500 * 60_000}]);
+    ensure!(rows == want, "shipments says {rows}, expected {want}");
+    let rows = shipment(
+        "SELECT delivered, failed_attempts FROM carrier_performance WHERE carrier = 'PostNL'",
+        &last,
+    )
+    .await?;
+    ensure!(
+        rows.as_array()
+            .and_then(|r| r.first())
+            .is_some_and(|r| r["delivered"].as_i64() >= Some(1)),
+        "carrier_performance says {rows}"
+    );
+
+    // Bad input: named, 4xx, nothing written.
+    let before = crate::topic::read_all(cluster, TOPIC)?.len();
+    let (status, e) = post(
+        client,
+        url.clone(),
+        scan("ParcelPickedUp", "scan-x", 0, json!({"location": 5})),
+    )
+    .await?;
+    ensure!(
+        status == 400 && e["field"] == "location",
+        "bad field: {status} {e}"
+    );
+    let (status, e) = post(
+        client,
+        url.clone(),
+        scan("ParcelLost", "scan-x", 0, json!({})),
+    )
+    .await?;
+    ensure!(
+        status == 400
+            && e["field"] == "record"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("ParcelDelivered")),
+        "unknown record: {status} {e}"
+    );
+    let mut no_record = scan("ParcelPickedUp", "scan-x", 0, json!({}));
+    no_record
+        .as_object_mut()
+        .context("an object")?
+        .remove("record");
+    let (status, e) = post(client, url.clone(), no_record).await?;
+    ensure!(
+        status == 400 && e["field"] == "record",
+        "no record: {status} {e}"
+    );
+    let (status, e) = post(
+        client,
+        url.clone(),
+        scan("ParcelPickedUp", "scan-x", 0, json!({"shipment_id": ""})),
+    )
+    .await?;
+    ensure!(
+        status == 400 && e["field"] == "shipment_id",
+        "empty key: {status} {e}"
+    );
+    let (status, e) = post(
+        client,
+        format!("{base}/events/orders.events"),
+        scan("ParcelPickedUp", "scan-x", 0, json!({})),
+    )
+    .await?;
+    ensure!(
+        status == 403
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("belongs to orders")),
+        "another service's event log: {status} {e}"
+    );
+    let (status, e) = post(client, format!("{base}/events/no.such.topic"), json!({})).await?;
+    ensure!(status == 404, "unknown topic: {status} {e}");
+    let after = crate::topic::read_all(cluster, TOPIC)?.len();
+    ensure!(
+        after == before,
+        "a refused event was written ({before} → {after})"
+    );
+
+    // A producer that bypasses the API and writes garbage: dead-lettered with its reason.
+    let bad: [(&[u8], &[u8]); 2] = [
+        (b"SHP-BAD-0", b"{\"this\": \"is JSON, not Avro\"}"),
+        (b"SHP-BAD-1", &[0, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6]),
+    ];
+    let raw = Output::new(
+        &Cluster {
+            guarantee: Guarantee::AtLeastOnce,
+            ..cluster.clone()
+        },
+        "test",
+        "carrier",
+    )?;
+    for (key, payload) in bad {
+        raw.send(TOPIC, None, key, payload, None)?;
+    }
+    raw.flush()?;
+    let dead_letters = || -> anyhow::Result<Vec<crate::topic::Record>> {
+        Ok(crate::topic::read_all(cluster, "shipping.dlq")?
+            .into_iter()
+            .filter(|r| r.key.starts_with(b"SHP-BAD-"))
+            .collect())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dead_letters()?.len() < bad.len() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the malformed tracking records never reached shipping.dlq"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for r in dead_letters()? {
+        let reason = r.header(dlq_headers::REASON).unwrap_or_default();
+        ensure!(
+            !reason.is_empty() && r.header(dlq_headers::SOURCE_TOPIC) == Some(TOPIC),
+            "dead letter without its reason or source: {:?}",
+            r.headers
+        );
+    }
+    // The view restarts (rebuilding from the topic): the bad records are not dead-lettered
+    // again, and the view still answers with the carrier's scans.
+    tokio::task::spawn_blocking(move || running.stop()).await??;
+    let running = restart()?;
+    let (status, answer) = post(
+        client,
+        url.clone(),
+        scan(
+            "ParcelPickedUp",
+            "scan-4",
+            2000,
+            json!({"shipment_id": "SHP-HTTP-2"}),
+        ),
+    )
+    .await?;
+    ensure!(status == 200, "refused after restart: {answer}");
+    let token = answer["token"].as_str().context("a token")?.to_owned();
+    let rows = shipment("SELECT shipment_id, status, scans FROM shipments WHERE shipment_id LIKE 'SHP-HTTP%' ORDER BY shipment_id", &token).await?;
+    let want = json!([
+        {"shipment_id": "SHP-HTTP", "status": "delivered", "scans": 3},
+        {"shipment_id": "SHP-HTTP-2", "status": "in_transit", "scans": 1},
+    ]);
+    ensure!(
+        rows == want,
+        "after a restart shipments says {rows}, expected {want}"
+    );
+    let again = dead_letters()?.len();
+    ensure!(
+        again == bad.len(),
+        "{again} dead letters for {} bad records after a restart",
+        bad.len()
+    );
+    Ok(running)
 }

@@ -360,7 +360,8 @@ fn schema_evolution_on_apicurio(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
 /// view deleted and rebuilt from the earliest offset (identical), and rebuilt as of a
 /// mid-stream time (equal to the fold of the events recorded before it).
 /// The HTTP API against real Kafka: the inventory service in its own process, transactions
-/// on; a command's token makes the next query see it.
+/// on; a command's token makes the next query see it; a carrier's events posted to an
+/// external events topic are read back alike, and DuckDB reads their view the same.
 fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     ensure_saga_topics(stack, rt)?;
     let views = tempfile::tempdir()?;
@@ -375,6 +376,16 @@ fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow:
         &stack.cluster,
         views.path(),
         &mut runner,
+    ))?;
+    // The carrier's events, as another engine reads them.
+    rt.block_on(duckdb::same_answers(
+        views.path(),
+        &[
+            "SELECT shipment_id, carrier, status, failed_attempts, coalesce(received_by, '-') AS received_by, \
+             coalesce(transit_ms, -1) AS transit_ms, scans FROM shipments ORDER BY shipment_id",
+            "SELECT carrier, shipments, delivered, failed_attempts, mean_transit_ms FROM carrier_performance ORDER BY carrier",
+            "SELECT sku, price_cents, CAST(discontinued AS INTEGER) AS discontinued FROM products ORDER BY sku",
+        ],
     ))
 }
 

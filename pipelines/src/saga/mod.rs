@@ -10,6 +10,7 @@ pub mod products;
 pub mod purchasing;
 pub mod rebuild;
 pub mod runtime;
+pub mod shipments;
 pub mod simulate;
 pub mod topic_view;
 pub mod views;
@@ -130,6 +131,7 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
         compacted(CATALOG_CHANGELOG),
         dlq(CATALOG_DLQ),
         log(SUPPLIER_EVENTS),
+        log(SHIPPING_TRACKING),
         compacted(SUPPLIERS_CHANGELOG),
         dlq(SUPPLIERS_DLQ),
         compacted(crate::topics::inventory::RECEIVING_CHANGELOG),
@@ -250,6 +252,14 @@ pub fn spawn(
             .spawn(move || purchasing::run(&o, &r, &s))
             .expect("spawning a thread");
         threads.push(("purchase-orders-view".to_owned(), handle));
+    }
+    if views && names.contains(&"shipping") {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("shipments-view".into())
+            .spawn(move || shipments::run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push(("shipments-view".to_owned(), handle));
     }
     if views && names.contains(&"billing") {
         let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
@@ -388,6 +398,7 @@ impl ProgressProbe {
             (sinks::ledger::VIEW, false),
             (sinks::products::VIEW, false),
             (sinks::purchasing::VIEW, false),
+            (sinks::shipments::VIEW, false),
         ] {
             let positions = match crate::freshness::view_positions(&self.views_dir, view)? {
                 Some(p) => p,

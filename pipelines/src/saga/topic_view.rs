@@ -2,8 +2,13 @@
 //! `orders_per_minute`): read the topic from the beginning, decode with the registered
 //! schemas, fold each event, and every `view_flush` replace the Parquet table with the
 //! view's rows and the consumer positions (its checkpoint, for freshness and read-your-writes).
-//! A registry outage stops the view (it restarts and rebuilds); an undecodable record is
-//! left out and reported, like the saga views do.
+//! A registry outage stops the view (it restarts and rebuilds). An undecodable record is left
+//! out of the view; on a topic this service's own code writes it is reported (a bug to see;
+//! the audit trail records it too), on a topic outside producers write ([`TopicView::DLQ`]) it
+//! is dead-lettered with the reason in its headers, once: records below the stored checkpoint
+//! were handled by an earlier run, and the dead letters are delivered before the checkpoint
+//! that covers them is written (a crash in between can repeat one, with the same source
+//! coordinates in its headers).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -48,6 +53,10 @@ pub trait TopicView {
 
     /// The table as it stands.
     fn batch(&self) -> anyhow::Result<RecordBatch>;
+
+    /// Where undecodable records go, with the service that owns it: set for topics outside
+    /// producers write (`external_events`); `None` leaves them out with a warning.
+    const DLQ: Option<(&'static str, &'static str)> = None;
 }
 
 /// Runs `view` until `stop`, flushing once more on the way out. Blocking.
@@ -69,6 +78,24 @@ pub fn run<V: TopicView>(
     }
     consumer.assign(&tpl)?;
     view.assigned(&partitions);
+    let dead_letters = match V::DLQ {
+        None => None,
+        Some(_) => Some(kafka::Output::new(
+            &crate::Cluster {
+                guarantee: crate::Guarantee::AtLeastOnce,
+                ..opts.cluster.clone()
+            },
+            V::GROUP,
+            &opts.instance,
+        )?),
+    };
+    // What an earlier run has already dead-lettered: everything below its checkpoint.
+    let handled: BTreeMap<i32, i64> = match V::DLQ {
+        None => BTreeMap::new(),
+        Some(_) => crate::freshness::stored::<Checkpoint>(&opts.views_dir, V::VIEW)?
+            .and_then(|mut c| c.remove(V::TOPIC))
+            .unwrap_or_default(),
+    };
     let mut checkpoint = Checkpoint::new();
     let mut dirty = true;
     let mut last_flush = Instant::now();
@@ -82,10 +109,17 @@ pub fn run<V: TopicView>(
             match wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), stop) {
                 Ok(event) => view.fold(m.partition(), m.offset(), event),
                 Err(e) if e.is_transient() => return Err(e).context("registry unavailable"),
-                Err(e) => {
-                    warn!(view = V::VIEW, partition = m.partition(), offset = m.offset(), error = %e,
+                Err(e) => match (&dead_letters, V::DLQ) {
+                    (Some(out), Some((dlq, service))) => {
+                        if m.offset() >= handled.get(&m.partition()).copied().unwrap_or(0) {
+                            out.dead_letter(dlq, service, &m, e.kind(), &e.to_string())?;
+                        }
+                    }
+                    _ => {
+                        warn!(view = V::VIEW, partition = m.partition(), offset = m.offset(), error = %e,
                     "Undecodable event left out of the view.")
-                }
+                    }
+                },
             }
             dirty = true;
         }
@@ -104,6 +138,9 @@ pub fn run<V: TopicView>(
                 let ends = kafka::high_watermarks(&consumer, V::TOPIC)?;
                 let positions = checkpoint.get(V::TOPIC).cloned().unwrap_or_default();
                 view.before_flush(&positions, &ends);
+            }
+            if let Some(out) = &dead_letters {
+                out.flush().context("dead letters not delivered")?;
             }
             table.replace(&view.batch()?, &serde_json::to_string(&checkpoint)?)?;
             dirty = false;
