@@ -104,7 +104,10 @@ PROPS
 
   log "Starting Apicurio Registry $apicurio_version on 127.0.0.1:$rport"
   local jar; jar="$(apicurio_jar)"
-  (cd "$(dirname "$jar")" && nohup java -Xms128m -Xmx768m \
+  # `cd` first, then java as its own background job: `$!` of a backgrounded `cd && java`
+  # list is the subshell running it, and killing that left Apicurio running.
+  (cd "$(dirname "$jar")" || exit 1
+    nohup java -Xms128m -Xmx768m \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$rport" \
     -Dquarkus.management.enabled=false \
     -Dapicurio.rest.deletion.artifact.enabled=true \
