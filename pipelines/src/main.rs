@@ -792,7 +792,11 @@ async fn demo_saga(
 ) -> anyhow::Result<()> {
     let cluster = embedded.cluster();
     embedded.create_topics(&saga::topics(3))?;
-    let opts = saga::Options::new(cluster.clone(), views.to_path_buf());
+    let opts = saga::Options {
+        // Purchase orders arrive within the demo.
+        lead_time: Duration::from_secs(1),
+        ..saga::Options::new(cluster.clone(), views.to_path_buf())
+    };
     let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &[], true)?;
     let audit_stop = pipelines::Stop::default();
     let audit = pipelines::compliance::spawn(
@@ -807,13 +811,20 @@ async fn demo_saga(
     let started = Instant::now();
     let spec = saga::simulate::SimSpec {
         orders,
+        // Little stock, so orders drain positions and purchasing restocks them.
+        stock_per_position: 25,
         ..saga::simulate::SimSpec::default()
     };
     saga::simulate::produce(&cluster, &saga::simulate::generate(&spec), None).await?;
     let views_dir = views.to_path_buf();
     let probe = saga::ProgressProbe::new(&opts)?;
+    let (c, rt) = (cluster.clone(), tokio::runtime::Handle::current());
     let ended = tokio::task::spawn_blocking(move || {
         wait_sagas_ended(&views_dir, orders, Duration::from_secs(120))?;
+        // Then the carriers report on the shipments (external events).
+        let scanned = rt.block_on(saga::simulate::carriers(&c))?;
+        eprintln!("Carriers reported on {scanned} shipments.");
+        wait_no_open_purchase_orders(&views_dir, Duration::from_secs(60))?;
         // Billing and the ledger follow the sagas' outcomes: let them catch up too.
         let deadline = Instant::now() + Duration::from_secs(60);
         while !probe.progress()?.caught_up() {
@@ -852,6 +863,20 @@ async fn demo_saga(
         "Explain one: supplystream saga show --views {} O-11-000003",
         views.display()
     );
+    let purchasing = "SELECT supplier_id, purchase_orders, received, units_ordered, mean_lead_time_ms \
+                      FROM supplier_performance ORDER BY supplier_id";
+    println!("purchasing (low-stock alerts → purchase orders → receipts booked into inventory):");
+    println!(
+        "{}",
+        OutputFormat::Table.render(&engine.sql(purchasing).await?)?
+    );
+    let carriers = "SELECT carrier, shipments, delivered, failed_attempts, mean_transit_ms \
+                    FROM carrier_performance ORDER BY carrier";
+    println!("carriers (their scans on shipping.tracking, external events):");
+    println!(
+        "{}",
+        OutputFormat::Table.render(&engine.sql(carriers).await?)?
+    );
     let ledger = "SELECT account, sum(debit_cents) AS debit_cents, sum(credit_cents) AS credit_cents, \
                   sum(credit_cents) - sum(debit_cents) AS balance_cents FROM ledger \
                   GROUP BY account ORDER BY account";
@@ -861,6 +886,32 @@ async fn demo_saga(
         OutputFormat::Table.render(&engine.sql(ledger).await?)?
     );
     Ok(())
+}
+
+/// Waits until every purchase order placed has been received (none placed: at once).
+fn wait_no_open_purchase_orders(views: &std::path::Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    loop {
+        let engine = rt.block_on(QueryEngine::open(views))?;
+        let sql = "SELECT count(*) FROM purchase_orders WHERE received_at IS NULL";
+        let open = rt
+            .block_on(engine.sql(sql))
+            .ok()
+            .and_then(|b| OutputFormat::Csv.render(&b).ok())
+            .and_then(|csv| {
+                csv.lines()
+                    .nth(1)
+                    .and_then(|l| l.trim().parse::<usize>().ok())
+            });
+        if open == Some(0) || (open.is_none() && !views.join(sinks::purchasing::VIEW).exists()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{open:?} purchase orders still open after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Waits until the sagas view holds `n` sagas, all ended.

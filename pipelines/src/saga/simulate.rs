@@ -216,3 +216,98 @@ pub async fn produce(cluster: &Cluster, sim: &Simulation, rate: Option<f64>) -> 
     .await
     .context("producer thread")?
 }
+
+/// Plays the carriers: for every shipment created so far on `shipping.replies` (and not
+/// cancelled), publishes its scans on `shipping.tracking` as an outside producer would (a
+/// pick-up two hours after the shipment, delivery a day later; one in five first has a failed
+/// attempt and is delivered a day later still). Ids are the shipment's and the scan's, so running it twice posts the same scans
+/// (the `shipments` view counts each once). Returns the shipments scanned.
+pub async fn carriers(cluster: &Cluster) -> anyhow::Result<usize> {
+    use schemas::saga::topics::{SHIPPING_REPLIES, SHIPPING_TRACKING};
+    use schemas::shipping::{
+        DeliveryAttemptFailed, ParcelDelivered, ParcelPickedUp, ShipmentReply, TrackingEvent,
+    };
+
+    let registry = Registry::new(&cluster.registry);
+    let encoder = Encoder::<TrackingEvent>::register(&registry, SHIPPING_TRACKING).await?;
+    let plain = Cluster {
+        guarantee: Guarantee::AtLeastOnce,
+        ..cluster.clone()
+    };
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        // Shipment id → (carrier, created at), less the cancelled ones.
+        let mut shipments = std::collections::BTreeMap::new();
+        let mut decoder = schemas::codec::Decoder::<ShipmentReply>::new(registry);
+        let stop = crate::Stop::default();
+        let probe: rdkafka::consumer::BaseConsumer =
+            crate::kafka::client_config(&plain).create()?;
+        for p in 0..crate::kafka::partition_count(&probe, SHIPPING_REPLIES)? as i32 {
+            crate::kafka::read_partition_to_end(&plain, "carriers", SHIPPING_REPLIES, p, |m| {
+                use rdkafka::message::Message;
+                let payload = m.payload().unwrap_or_default();
+                match crate::wire::decode(&rt, &mut decoder, payload, &stop)? {
+                    ShipmentReply::ShipmentCreated(c) => {
+                        shipments.insert(c.shipment_id, (c.carrier, c.metadata.occurred_at));
+                    }
+                    ShipmentReply::ShipmentCancelled(c) => {
+                        if let Some(id) = c.shipment_id {
+                            shipments.remove(&id);
+                        }
+                    }
+                    ShipmentReply::ShipmentFailed(_) => {}
+                }
+                Ok(())
+            })?;
+        }
+        let output = Output::new(&plain, "producer", "carriers")?;
+        let mut buf = Vec::with_capacity(256);
+        const HOUR: i64 = 3_600_000;
+        for (n, (shipment_id, (carrier, created))) in shipments.iter().enumerate() {
+            let meta = |scan: &str, at: i64| {
+                Metadata::command(&format!("{shipment_id}/{scan}"), shipment_id, at)
+            };
+            let (id, carrier) = (shipment_id.clone(), carrier.clone());
+            let mut scans: Vec<TrackingEvent> = vec![
+                ParcelPickedUp {
+                    metadata: meta("pickup", created + 2 * HOUR),
+                    shipment_id: id.clone(),
+                    carrier: carrier.clone(),
+                    location: "depot".into(),
+                }
+                .into(),
+            ];
+            let failed = n % 5 == 4;
+            if failed {
+                scans.push(
+                    DeliveryAttemptFailed {
+                        metadata: meta("attempt-1", created + 20 * HOUR),
+                        shipment_id: id.clone(),
+                        carrier: carrier.clone(),
+                        location: "doorstep".into(),
+                        reason: "nobody home".into(),
+                    }
+                    .into(),
+                );
+            }
+            scans.push(
+                ParcelDelivered {
+                    metadata: meta("delivered", created + if failed { 50 } else { 26 } * HOUR),
+                    shipment_id: id.clone(),
+                    carrier,
+                    location: "doorstep".into(),
+                    received_by: (n % 3 == 0).then(|| "neighbour".to_owned()),
+                }
+                .into(),
+            );
+            for s in &scans {
+                encoder.encode_into(s, &mut buf)?;
+                output.send(SHIPPING_TRACKING, None, id.as_bytes(), &buf, None)?;
+            }
+        }
+        output.flush()?;
+        Ok(shipments.len())
+    })
+    .await
+    .context("carriers thread")?
+}
