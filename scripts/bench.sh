@@ -23,4 +23,6 @@ for bench in "${benches[@]}"; do
   cargo bench -p pipelines --no-default-features --bench "$bench"
   scripts/stack.sh down "$dir"
   trap - EXIT
+  # Kept only when a bench fails (the trap stops the stack and leaves its logs).
+  rm -rf "$dir"
 done
