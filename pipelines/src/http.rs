@@ -161,38 +161,38 @@ struct Encoded {
     payload: Vec<u8>,
 }
 
+/// Parses `$body` as the record named `$name` (one of `[$record]`), makes it a `$union`,
+/// checks its key (`$key`) and encodes it for `$topic`; another name is `$unknown(names)`.
+macro_rules! encode_record {
+    ($name:expr, $body:expr, $encoder:expr, $topic:expr, $union:ident, $key:ident,
+     [$($record:ident),+], $unknown:expr) => {
+        match $name {
+            $(stringify!($record) => {
+                let r: $union = parse::<$record>($body)?.into();
+                let key = r.$key().to_owned();
+                if key.is_empty() {
+                    return Err(ApiError::bad_field(stringify!($key).into(), "must not be empty"));
+                }
+                let payload = $encoder
+                    .encode(&r)
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+                Ok(Encoded { topic: $topic, key, payload })
+            })+
+            _ => Err(($unknown)([$(stringify!($record)),+].join(", "))),
+        }
+    };
+}
+
 fn encode_command(
     api: &Api,
     service: &str,
     command: &str,
     body: Value,
 ) -> Result<Encoded, ApiError> {
-    macro_rules! commands {
-        ($encoder:expr, $topic:expr, $union:ident, $key:ident, [$($record:ident),+]) => {
-            match command {
-                $(stringify!($record) => {
-                    let c: $union = parse::<$record>(body)?.into();
-                    let key = c.$key().to_owned();
-                    if key.is_empty() {
-                        return Err(ApiError::bad_field(stringify!($key).into(), "must not be empty"));
-                    }
-                    let payload = $encoder.encode(&c).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-                    return Ok(Encoded { topic: $topic, key, payload });
-                })+
-                _ => {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!(
-                            "{service} has no command {command:?} (commands: {})",
-                            [$(stringify!($record)),+].join(", ")
-                        ),
-                    ))
-                }
-            }
-        };
-    }
     match service {
-        "inventory" => commands!(
+        "inventory" => encode_record!(
+            command,
+            body,
             api.inventory,
             crate::topics::inventory::COMMANDS,
             InventoryCommand,
@@ -204,21 +204,37 @@ fn encode_command(
                 AdjustStock,
                 TransferStock,
                 AuditStock
-            ]
+            ],
+            |names: String| ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{service} has no command {command:?} (commands: {names})"),
+            )
         ),
-        "orders" => commands!(
+        "orders" => encode_record!(
+            command,
+            body,
             api.orders,
             schemas::saga::topics::ORDER_COMMANDS,
             OrderCommand,
             order_id,
-            [PlaceOrder, CancelOrder]
+            [PlaceOrder, CancelOrder],
+            |names: String| ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{service} has no command {command:?} (commands: {names})"),
+            )
         ),
-        "catalog" => commands!(
+        "catalog" => encode_record!(
+            command,
+            body,
             api.catalog,
             schemas::saga::topics::CATALOG_COMMANDS,
             CatalogCommand,
             sku,
-            [CreateProduct, ChangePrice, DiscontinueProduct]
+            [CreateProduct, ChangePrice, DiscontinueProduct],
+            |names: String| ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{service} has no command {command:?} (commands: {names})"),
+            )
         ),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -250,20 +266,32 @@ fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), Ap
         return Ok((body, id));
     }
     let id = uuid::Uuid::new_v4().to_string();
+    insert_metadata(object, key_field, &id, crate::wire::now_ms(), expected)?;
+    Ok((body, id))
+}
+
+/// Inserts the metadata of a new message `id` about the aggregate named by `key_field`.
+fn insert_metadata(
+    object: &mut serde_json::Map<String, Value>,
+    key_field: &str,
+    id: &str,
+    occurred_at: i64,
+    aggregate_version: i64,
+) -> Result<(), ApiError> {
     let aggregate = object
         .get(key_field)
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
     let metadata = Metadata {
-        aggregate_version: expected,
-        ..Metadata::command(&id, &aggregate, crate::wire::now_ms())
+        aggregate_version,
+        ..Metadata::command(id, &aggregate, occurred_at)
     };
     object.insert(
         "metadata".into(),
         serde_json::to_value(metadata).map_err(ApiError::internal)?,
     );
-    Ok((body, id))
+    Ok(())
 }
 
 async fn command(
@@ -324,37 +352,19 @@ async fn write(api: &Api, encoded: &Encoded) -> Result<Value, ApiError> {
 pub const EVENT_TOPICS: &[&str] = &[SHIPPING_TRACKING];
 
 fn encode_event(api: &Api, topic: &str, record: &str, body: Value) -> Result<Encoded, ApiError> {
-    macro_rules! events {
-        ($encoder:expr, $topic:expr, $union:ident, $key:ident, [$($record:ident),+]) => {
-            match record {
-                $(stringify!($record) => {
-                    let e: $union = parse::<$record>(body)?.into();
-                    let key = e.$key().to_owned();
-                    if key.is_empty() {
-                        return Err(ApiError::bad_field(stringify!($key).into(), "must not be empty"));
-                    }
-                    let payload = $encoder.encode(&e).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-                    return Ok(Encoded { topic: $topic, key, payload });
-                })+
-                _ => {
-                    return Err(ApiError::bad_field(
-                        "record".into(),
-                        format!(
-                            "{topic} carries no record {record:?} (records: {})",
-                            [$(stringify!($record)),+].join(", ")
-                        ),
-                    ))
-                }
-            }
-        };
-    }
     match topic {
-        SHIPPING_TRACKING => events!(
+        SHIPPING_TRACKING => encode_record!(
+            record,
+            body,
             api.tracking,
             SHIPPING_TRACKING,
             TrackingEvent,
             shipment_id,
-            [ParcelPickedUp, DeliveryAttemptFailed, ParcelDelivered]
+            [ParcelPickedUp, DeliveryAttemptFailed, ParcelDelivered],
+            |names: String| ApiError::bad_field(
+                "record".into(),
+                format!("{topic} carries no record {record:?} (records: {names})"),
+            )
         ),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -421,20 +431,9 @@ fn event_metadata(mut body: Value, key_field: &str) -> Result<(Value, String, St
         return Ok((body, record, id));
     }
     let id = event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let aggregate = object
-        .get(key_field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let metadata = Metadata::command(
-        &id,
-        &aggregate,
-        occurred_at.unwrap_or_else(crate::wire::now_ms),
-    );
-    object.insert(
-        "metadata".into(),
-        serde_json::to_value(metadata).map_err(ApiError::internal)?,
-    );
+    let at = occurred_at.unwrap_or_else(crate::wire::now_ms);
+    // Events of the world outside carry no version of ours.
+    insert_metadata(object, key_field, &id, at, -1)?;
     Ok((body, record, id))
 }
 

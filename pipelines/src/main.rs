@@ -408,6 +408,9 @@ fn main() -> anyhow::Result<()> {
                 if names.contains(&"suppliers") {
                     names.push("purchase-orders-view");
                 }
+                if names.contains(&"shipping") {
+                    names.push("shipments-view");
+                }
             }
             ownership()?.enforce(&names)?
         }
@@ -888,22 +891,28 @@ async fn demo_saga(
     Ok(())
 }
 
+/// The single count a SQL text over `views` answers (`None`: no answer yet, e.g. the view
+/// is not written yet).
+fn count(
+    rt: &tokio::runtime::Runtime,
+    views: &std::path::Path,
+    sql: &str,
+) -> anyhow::Result<Option<usize>> {
+    let engine = rt.block_on(QueryEngine::open(views))?;
+    Ok(rt
+        .block_on(engine.sql(sql))
+        .ok()
+        .and_then(|b| OutputFormat::Csv.render(&b).ok())
+        .and_then(|csv| csv.lines().nth(1)?.trim().parse().ok()))
+}
+
 /// Waits until every purchase order placed has been received (none placed: at once).
 fn wait_no_open_purchase_orders(views: &std::path::Path, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     loop {
-        let engine = rt.block_on(QueryEngine::open(views))?;
         let sql = "SELECT count(*) FROM purchase_orders WHERE received_at IS NULL";
-        let open = rt
-            .block_on(engine.sql(sql))
-            .ok()
-            .and_then(|b| OutputFormat::Csv.render(&b).ok())
-            .and_then(|csv| {
-                csv.lines()
-                    .nth(1)
-                    .and_then(|l| l.trim().parse::<usize>().ok())
-            });
+        let open = count(&rt, views, sql)?;
         if open == Some(0) || (open.is_none() && !views.join(sinks::purchasing::VIEW).exists()) {
             return Ok(());
         }
@@ -919,18 +928,8 @@ fn wait_sagas_ended(views: &std::path::Path, n: usize, timeout: Duration) -> any
     let deadline = Instant::now() + timeout;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     loop {
-        let engine = rt.block_on(QueryEngine::open(views))?;
         let sql = "SELECT count(*) FILTER (WHERE status IN ('Confirmed', 'Cancelled')) AS ended FROM sagas";
-        let ended = rt
-            .block_on(engine.sql(sql))
-            .ok()
-            .and_then(|b| OutputFormat::Csv.render(&b).ok())
-            .and_then(|csv| {
-                csv.lines()
-                    .nth(1)
-                    .and_then(|l| l.trim().parse::<usize>().ok())
-            })
-            .unwrap_or(0);
+        let ended = count(&rt, views, sql)?.unwrap_or(0);
         if ended >= n {
             return Ok(());
         }

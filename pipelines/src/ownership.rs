@@ -603,6 +603,16 @@ mod tests {
             .collect()
     }
 
+    /// The bundled definitions with `from` replaced by `to` in `file` (which must change).
+    fn edited(file: &str, from: &str, to: &str) -> Vec<(String, String)> {
+        let mut sources = bundled_sources();
+        let (_, text) = sources.iter_mut().find(|(n, _)| n == file).unwrap();
+        let changed = text.replacen(from, to, 1);
+        assert_ne!(*text, changed, "{from:?} is not in {file}");
+        *text = changed;
+        sources
+    }
+
     #[test]
     fn the_bundled_definitions_hold_and_declare_every_pipeline_of_the_code() {
         let map = OwnershipMap::bundled().unwrap();
@@ -630,12 +640,8 @@ mod tests {
 
     #[test]
     fn a_pipeline_writing_another_services_topic_is_refused_naming_both() {
-        let mut sources = bundled_sources();
-        let payments = sources
-            .iter_mut()
-            .find(|(n, _)| n == "payments.toml")
-            .unwrap();
-        payments.1 = payments.1.replace(
+        let sources = edited(
+            "payments.toml",
             r#"writes = ["payments.replies""#,
             r#"writes = ["orders.events", "payments.replies""#,
         );
@@ -660,12 +666,8 @@ mod tests {
         assert_eq!(map.consumer_of("shipping.tracking"), None);
         assert_eq!(map.consumer_of("catalog.commands"), Some("catalog"));
 
-        let mut sources = bundled_sources();
-        let shipping = sources
-            .iter_mut()
-            .find(|(n, _)| n == "shipping.toml")
-            .unwrap();
-        shipping.1 = shipping.1.replace(
+        let sources = edited(
+            "shipping.toml",
             r#"writes = ["shipping.replies", "shipping.changelog", "shipping.dlq"]"#,
             r#"writes = ["shipping.replies", "shipping.changelog", "shipping.dlq", "shipping.tracking"]"#,
         );
@@ -720,12 +722,8 @@ views = ["stock_levels"]
 
     #[test]
     fn code_that_writes_an_undeclared_topic_does_not_start() {
-        let mut sources = bundled_sources();
-        let shipping = sources
-            .iter_mut()
-            .find(|(n, _)| n == "shipping.toml")
-            .unwrap();
-        shipping.1 = shipping.1.replace(
+        let sources = edited(
+            "shipping.toml",
             r#"writes = ["shipping.replies", "shipping.changelog", "shipping.dlq"]"#,
             r#"writes = ["shipping.changelog", "shipping.dlq"]"#,
         );
@@ -740,14 +738,11 @@ views = ["stock_levels"]
 
     #[test]
     fn a_definition_that_claims_more_than_the_code_does_is_refused() {
-        let mut sources = bundled_sources();
-        let compliance = sources
-            .iter_mut()
-            .find(|(n, _)| n == "compliance.toml")
-            .unwrap();
-        compliance.1 = compliance
-            .1
-            .replace("reads = [", r#"reads = ["billing.changelog", "#);
+        let sources = edited(
+            "compliance.toml",
+            "reads = [",
+            r#"reads = ["billing.changelog", "#,
+        );
         let map = OwnershipMap::parse(sources).unwrap();
         let err = map.enforce(&["compliance"]).unwrap_err().to_string();
         assert!(
