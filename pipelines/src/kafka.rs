@@ -1,7 +1,7 @@
 //! Kafka plumbing shared by the services: client configuration, topic provisioning,
 //! the output side (transactional or at-least-once) and the dead-letter queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -247,6 +247,11 @@ pub fn committed_offsets(
 #[derive(Default)]
 pub struct DeliveryCounter {
     failed: AtomicU64,
+    /// Highest offset delivered per (topic, partition), for the topics asked for.
+    delivered: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    /// Topics whose delivered offsets are kept (changelogs: a local snapshot names the last
+    /// offset of this instance it covers).
+    track: std::sync::OnceLock<Vec<String>>,
 }
 
 impl ClientContext for DeliveryCounter {}
@@ -255,9 +260,22 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, topic = m.topic(), partition = m.partition(), "Delivery failed.");
+        match result {
+            Err((e, m)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, topic = m.topic(), partition = m.partition(), "Delivery failed.");
+            }
+            Ok(m) => {
+                if let Some(track) = self.track.get()
+                    && track.iter().any(|t| t == m.topic())
+                {
+                    let mut delivered = self.delivered.lock().expect("not poisoned");
+                    let at = delivered
+                        .entry((m.topic().to_owned(), m.partition()))
+                        .or_insert(m.offset());
+                    *at = (*at).max(m.offset());
+                }
+            }
         }
     }
 }
@@ -405,6 +423,34 @@ impl Output {
         Ok(())
     }
 
+    /// Keeps the highest offset delivered per partition of `topics` (see [`Output::delivered`]);
+    /// once per output (later calls change nothing).
+    pub fn track_deliveries(&self, topics: &[&str]) {
+        let unchanged = self
+            .producer
+            .context()
+            .track
+            .set(topics.iter().map(|t| (*t).to_owned()).collect());
+        if unchanged.is_err() {
+            tracing::debug!("Deliveries already tracked.");
+        }
+    }
+
+    /// The highest offset delivered per partition of tracked `topic` so far.
+    pub fn delivered(&self, topic: &str) -> HashMap<i32, i64> {
+        let delivered = self
+            .producer
+            .context()
+            .delivered
+            .lock()
+            .expect("not poisoned");
+        delivered
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .map(|((_, p), o)| (*p, *o))
+            .collect()
+    }
+
     /// Ends a unit of work that consumed nothing (exactly-once: commits the transaction).
     pub fn end(&self) -> anyhow::Result<()> {
         self.flush().context("outputs not delivered")?;
@@ -546,15 +592,29 @@ pub fn read_partition_to_end(
     group: &str,
     topic: &str,
     p: i32,
-    mut f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+    f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    read_partition_from(cluster, group, topic, p, None, f).map(|_| ())
+}
+
+/// [`read_partition_to_end`] from offset `from` (`None`: the beginning); returns the high
+/// watermark it read up to.
+pub fn read_partition_from(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    p: i32,
+    from: Option<i64>,
+    mut f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<i64> {
     let reader: BaseConsumer = consumer_config(cluster, group).create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    tpl.add_partition_offset(topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
     reader.assign(&tpl)?;
     let (low, high) = watermarks(&reader, topic, p)?;
+    let low = from.map_or(low, |o| o.max(low));
     if high <= low {
-        return Ok(());
+        return Ok(high);
     }
     // A stall, not a long read, is the error: a big changelog may take minutes.
     let mut last_progress = std::time::Instant::now();
@@ -584,7 +644,7 @@ pub fn read_partition_to_end(
             f(&m)?;
         }
     }
-    Ok(())
+    Ok(high)
 }
 
 /// The offsets a processor has committed, so that when idle it can commit positions that
@@ -597,7 +657,7 @@ pub fn read_partition_to_end(
 /// makes "caught up" exact.
 #[derive(Debug, Default)]
 pub struct Committed {
-    offsets: std::collections::HashMap<(String, i32), i64>,
+    offsets: HashMap<(String, i32), i64>,
     checked: Option<std::time::Instant>,
 }
 

@@ -24,6 +24,7 @@ pub mod produce;
 pub mod replay;
 pub mod saga;
 pub mod schemas_cli;
+pub mod state;
 pub mod topics;
 pub mod wire;
 

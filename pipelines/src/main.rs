@@ -252,6 +252,17 @@ enum Command {
         /// Input records per transaction at most.
         #[arg(long, default_value_t = 2_000)]
         batch_size: usize,
+        /// Local state: `<state-dir>/<service>/<pipeline>/` holds snapshots of the changelog
+        /// partitions a processor owns, so a restart reads only the changelog's tail. One
+        /// directory per instance (it is locked).
+        #[arg(long, default_value = "data/state")]
+        state_dir: PathBuf,
+        /// Keep no local state: every restart restores from the whole changelog.
+        #[arg(long)]
+        no_state_dir: bool,
+        /// How often changed state is snapshotted (also on a clean stop).
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_every_ms: u64,
         #[command(flatten)]
         saga: SagaArgs,
     },
@@ -337,6 +348,10 @@ enum Command {
         /// Write `<out>/<view>/` instead of replacing the live view.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Stores with --check: restore as a restart on this state directory would (its
+        /// local snapshots, then the changelog's tail); the service must be stopped.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Inspect or move consumer-group offsets.
     Offsets {
@@ -464,9 +479,14 @@ fn main() -> anyhow::Result<()> {
             instance,
             partitions,
             batch_size,
+            state_dir,
+            no_state_dir,
+            snapshot_every_ms,
             saga,
         } => {
             let mut opts = Options::new(cluster.cluster(), views);
+            opts.state_dir = (!no_state_dir).then_some(state_dir);
+            opts.snapshot_every = Duration::from_millis(snapshot_every_ms);
             opts.instance = instance;
             opts.partitions = partitions;
             opts.batch_size = batch_size;
@@ -480,9 +500,14 @@ fn main() -> anyhow::Result<()> {
             instance,
             partitions,
             batch_size,
+            state_dir,
+            no_state_dir,
+            snapshot_every_ms,
             saga,
         } => {
             let mut opts = saga::Options::new(cluster.cluster(), views);
+            opts.state_dir = (!no_state_dir).then_some(state_dir);
+            opts.snapshot_every = Duration::from_millis(snapshot_every_ms);
             opts.instance = instance;
             opts.partitions = partitions;
             opts.batch_size = batch_size;
@@ -615,6 +640,7 @@ fn main() -> anyhow::Result<()> {
             from,
             to,
             out,
+            state_dir,
         } => {
             let started = Instant::now();
             if pipelines::replay::REBUILDABLE.contains(&view.as_str()) {
@@ -629,6 +655,7 @@ fn main() -> anyhow::Result<()> {
                     &view,
                     check,
                     true,
+                    state_dir.as_deref(),
                 )?;
                 eprintln!(
                     "Folded {} events of {} into {} {view} states in {:.1?}.",
@@ -639,10 +666,15 @@ fn main() -> anyhow::Result<()> {
                 );
                 return match r.differing {
                     Some(d) if d.is_empty() => {
-                        println!(
-                            "{view}: the changelog equals the fold of {}",
-                            r.events_topic
-                        );
+                        let source = match &state_dir {
+                            Some(dir) => format!(
+                                "the restore from {} ({} records from local snapshots)",
+                                dir.display(),
+                                r.from_snapshot
+                            ),
+                            None => "the changelog".to_owned(),
+                        };
+                        println!("{view}: {source} equals the fold of {}", r.events_topic);
                         Ok(())
                     }
                     Some(d) => anyhow::bail!(
@@ -733,8 +765,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn demo(commands: usize, seed: u64, views: PathBuf, orders: usize) -> anyhow::Result<()> {
-    if views.exists() {
-        std::fs::remove_dir_all(&views).with_context(|| format!("clearing {}", views.display()))?;
+    // Local state beside the views (data/demo/state): a new embedded cluster each run.
+    let state = views.with_file_name("state");
+    for dir in [&views, &state] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
     }
     let embedded = Embedded::start().await?;
     let cluster = embedded.cluster();
@@ -742,7 +778,10 @@ async fn demo(commands: usize, seed: u64, views: PathBuf, orders: usize) -> anyh
         "Embedded broker at {}, schema registry at {}.",
         cluster.brokers, cluster.registry
     );
-    let opts = Options::new(cluster.clone(), views.clone());
+    let opts = Options {
+        state_dir: Some(state.clone()),
+        ..Options::new(cluster.clone(), views.clone())
+    };
     embedded.create_topics(&inventory::topics(opts.partitions))?;
     let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
     let started = Instant::now();
@@ -773,7 +812,7 @@ async fn demo(commands: usize, seed: u64, views: PathBuf, orders: usize) -> anyh
     // The inventory service keeps running: the saga's reservations go through it (and the
     // mock broker stalls a group that is left and re-joined quickly).
     if orders > 0 {
-        demo_saga(&embedded, &views, orders).await?;
+        demo_saga(&embedded, &views, &state, orders).await?;
     }
     let stats = running.stop()?;
     eprintln!(
@@ -791,6 +830,7 @@ async fn demo(commands: usize, seed: u64, views: PathBuf, orders: usize) -> anyh
 async fn demo_saga(
     embedded: &Embedded,
     views: &std::path::Path,
+    state: &std::path::Path,
     orders: usize,
 ) -> anyhow::Result<()> {
     let cluster = embedded.cluster();
@@ -798,6 +838,7 @@ async fn demo_saga(
     let opts = saga::Options {
         // Purchase orders arrive within the demo.
         lead_time: Duration::from_secs(1),
+        state_dir: Some(state.to_path_buf()),
         ..saga::Options::new(cluster.clone(), views.to_path_buf())
     };
     let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &[], true)?;

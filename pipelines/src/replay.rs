@@ -442,10 +442,13 @@ pub struct StoreReplay {
     pub differing: Option<Vec<String>>,
     /// Snapshots written into the changelog (a rebuild).
     pub written: usize,
+    /// `--check` with a state directory: records the restore took from local snapshots.
+    pub from_snapshot: usize,
 }
 
 /// Folds `service`'s event log from the beginning into its state store. With `check`,
-/// compares the fold with what a restart would restore from the changelog; otherwise
+/// compares the fold with what a restart would restore from the changelog (or, given
+/// `state_dir`, from the service's local snapshots and the changelog's tail); otherwise
 /// writes the fold into the changelog (the service must be stopped).
 pub fn replay_store(
     cluster: &Cluster,
@@ -453,6 +456,7 @@ pub fn replay_store(
     service: &str,
     check: bool,
     progress: bool,
+    state_dir: Option<&Path>,
 ) -> anyhow::Result<StoreReplay> {
     use crate::saga::rebuild::{self, EventSourced};
     use processors::saga::{
@@ -465,6 +469,7 @@ pub fn replay_store(
         service: &str,
         check: bool,
         bar: &indicatif::ProgressBar,
+        state_dir: Option<&Path>,
     ) -> anyhow::Result<StoreReplay> {
         let (folded, stats) = rebuild::fold::<W>(cluster, rt, bar)?;
         bar.finish_and_clear();
@@ -475,9 +480,11 @@ pub fn replay_store(
             states: stats.states,
             differing: None,
             written: 0,
+            from_snapshot: 0,
         };
         if check {
-            let restored = rebuild::restore::<W>(cluster, rt)?;
+            let (restored, read) = rebuild::restore::<W>(cluster, rt, state_dir)?;
+            out.from_snapshot = read.from_snapshot;
             out.differing = Some(
                 rebuild::differences(&folded, &restored)
                     .into_iter()
@@ -506,14 +513,16 @@ pub fn replay_store(
         progress,
     );
     match service {
-        "orders" => saga_store::<Orders>(cluster, rt, service, check, &bar),
-        "payments" => saga_store::<Payments>(cluster, rt, service, check, &bar),
-        "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar),
-        "billing" => saga_store::<Billing>(cluster, rt, service, check, &bar),
-        "catalog" => saga_store::<processors::catalog::Catalog>(cluster, rt, service, check, &bar),
-        "suppliers" => {
-            saga_store::<processors::suppliers::Suppliers>(cluster, rt, service, check, &bar)
+        "orders" => saga_store::<Orders>(cluster, rt, service, check, &bar, state_dir),
+        "payments" => saga_store::<Payments>(cluster, rt, service, check, &bar, state_dir),
+        "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar, state_dir),
+        "billing" => saga_store::<Billing>(cluster, rt, service, check, &bar, state_dir),
+        "catalog" => {
+            saga_store::<processors::catalog::Catalog>(cluster, rt, service, check, &bar, state_dir)
         }
+        "suppliers" => saga_store::<processors::suppliers::Suppliers>(
+            cluster, rt, service, check, &bar, state_dir,
+        ),
         "inventory" => {
             let (stores, events) = fold_inventory(cluster, rt, &bar)?;
             bar.finish_and_clear();
@@ -524,14 +533,19 @@ pub fn replay_store(
                 states: stores.values().map(|s| s.len()).sum(),
                 differing: None,
                 written: 0,
+                from_snapshot: 0,
             };
             if !check {
                 out.written = write_inventory_store(cluster, rt, &stores)?;
                 return Ok(out);
             }
             let folded: std::collections::HashMap<_, _> = stores.into_values().flatten().collect();
-            let opts = crate::inventory::Options::new(cluster.clone(), PathBuf::from("."));
-            let restored = crate::inventory::service::restore_store(&opts, rt)?;
+            let opts = crate::inventory::Options {
+                state_dir: state_dir.map(Path::to_path_buf),
+                ..crate::inventory::Options::new(cluster.clone(), PathBuf::from("."))
+            };
+            let (restored, read) = crate::inventory::service::restore_store(&opts, rt)?;
+            out.from_snapshot = read.from_snapshot;
             let mut differing: Vec<String> = folded
                 .keys()
                 .chain(restored.keys())

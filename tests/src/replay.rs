@@ -66,7 +66,7 @@ pub async fn replay_rebuilds_the_view(
     let (o, c) = (opts.clone(), cluster.clone());
     let (restored, (folded, events)) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         Ok((
-            inventory::service::restore_store(&o, &rt)?,
+            inventory::service::restore_store(&o, &rt)?.0,
             replay::inventory_from_events(&c, &rt)?,
         ))
     })
@@ -107,9 +107,9 @@ pub async fn replay_rebuilds_the_view(
                 std::thread::sleep(Duration::from_millis(500));
             }
             kafka_delete(&c, &rt, topics::inventory::CHANGELOG)?;
-            let r = replay::replay_store(&c, &rt, "inventory", false, false)?;
+            let r = replay::replay_store(&c, &rt, "inventory", false, false, None)?;
             ensure!(r.written > 0, "nothing written");
-            inventory::service::restore_store(&o, &rt)
+            Ok(inventory::service::restore_store(&o, &rt)?.0)
         })
         .await??;
         ensure!(

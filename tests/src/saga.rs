@@ -59,9 +59,19 @@ struct Compliance {
 
 impl InProcessSaga {
     pub fn new(cluster: &Cluster, views: &Path, rt: tokio::runtime::Handle) -> Self {
+        let state = Some(crate::scenario::state_dir(views));
+        let every = Duration::from_secs(1);
         InProcessSaga {
-            inventory: inventory::Options::new(cluster.clone(), views.to_path_buf()),
-            saga: saga::Options::new(cluster.clone(), views.to_path_buf()),
+            inventory: inventory::Options {
+                state_dir: state.clone(),
+                snapshot_every: every,
+                ..inventory::Options::new(cluster.clone(), views.to_path_buf())
+            },
+            saga: saga::Options {
+                state_dir: state,
+                snapshot_every: every,
+                ..saga::Options::new(cluster.clone(), views.to_path_buf())
+            },
             participants: Vec::new(),
             with_inventory: true,
             rt,
@@ -1133,7 +1143,7 @@ pub fn stores_equal_their_event_logs(
 ) -> anyhow::Result<usize> {
     let mut compared = 0;
     for service in services {
-        let r = pipelines::replay::replay_store(cluster, rt, service, true, false)?;
+        let r = pipelines::replay::replay_store(cluster, rt, service, true, false, None)?;
         let differing = r.differing.unwrap_or_default();
         ensure!(
             differing.is_empty(),
@@ -1148,6 +1158,40 @@ pub fn stores_equal_their_event_logs(
         compared += r.states;
     }
     Ok(compared)
+}
+
+/// Every store of `services` as a restart on `state_dir` restores it (its local snapshots,
+/// then the changelog's tail) equals the fold of the service's event log, and the snapshots
+/// were used. The services must be stopped (a running instance holds the directory's lock).
+/// Returns the records taken from snapshots.
+pub fn local_state_restores_alike(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Handle,
+    state_dir: &Path,
+    services: &[&str],
+) -> anyhow::Result<usize> {
+    let mut from_snapshots = 0;
+    for service in services {
+        let r =
+            pipelines::replay::replay_store(cluster, rt, service, true, false, Some(state_dir))?;
+        let differing = r.differing.unwrap_or_default();
+        ensure!(
+            differing.is_empty(),
+            "{service}: restored from {}, {} of {} states differ from the fold of {}, e.g. {:?}",
+            state_dir.display(),
+            differing.len(),
+            r.states,
+            r.events_topic,
+            &differing[..differing.len().min(5)]
+        );
+        ensure!(
+            r.from_snapshot > 0,
+            "{service}: no local snapshot under {} was used",
+            state_dir.display()
+        );
+        from_snapshots += r.from_snapshot;
+    }
+    Ok(from_snapshots)
 }
 
 /// Deletes the changelogs (the state stores) of orders, payments and shipping, rebuilds each
@@ -1170,10 +1214,10 @@ pub fn stores_rebuild_from_event_logs(
         service: &str,
         rebuild: &mut dyn FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let before: Stores<W::State> = restore::<W>(cluster, rt)?;
+        let before: Stores<W::State> = restore::<W>(cluster, rt, None)?.0;
         rt.block_on(pipelines::kafka::delete_topics(cluster, &[W::CHANGELOG]))?;
         rebuild(service)?;
-        let after: Stores<W::State> = restore::<W>(cluster, rt)?;
+        let after: Stores<W::State> = restore::<W>(cluster, rt, None)?.0;
         let differing = differences(&before, &after);
         ensure!(
             differing.is_empty(),

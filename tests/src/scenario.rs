@@ -65,6 +65,11 @@ impl Runner for InProcess {
     }
 }
 
+/// The local state directory the test runners use beside `views` (see `pipelines::state`).
+pub fn state_dir(views: &Path) -> PathBuf {
+    views.join(".state")
+}
+
 /// Runs `supplystream run inventory` as a child process; interruptions are SIGKILL.
 pub struct ChildProcess {
     /// `supplystream run <args…>`; `["inventory"]` by default.
@@ -110,6 +115,11 @@ impl Runner for ChildProcess {
             ])
             .arg("--views")
             .arg(&self.views)
+            // Local state beside the views (removed with them), snapshotted every second so
+            // that kills land between snapshots and restarts restore from one plus a tail.
+            .arg("--state-dir")
+            .arg(state_dir(&self.views))
+            .args(["--snapshot-every-ms", "1000"])
             .args(["--batch-size", &self.batch_size.to_string()])
             .env("RUST_BACKTRACE", "0")
             .stdout(log.try_clone()?)

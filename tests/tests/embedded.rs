@@ -24,11 +24,24 @@ async fn inventory_walking_skeleton_on_the_embedded_broker() -> anyhow::Result<(
     let cluster = embedded.cluster();
     embedded.create_topics(&inventory::topics(3))?;
     let views = tempfile::tempdir()?;
-    let mut runner = InProcess::new(
-        Options::new(cluster.clone(), views.path().to_path_buf()),
-        tokio::runtime::Handle::current(),
+    // With local state: the interruption's restart restores from the snapshots the stop
+    // wrote (and the changelog's tail).
+    let opts = Options {
+        state_dir: Some(integration::scenario::state_dir(views.path())),
+        ..Options::new(cluster.clone(), views.path().to_path_buf())
+    };
+    let mut runner = InProcess::new(opts, tokio::runtime::Handle::current());
+    inventory_end_to_end(&cluster, views.path(), &mut runner, 1).await?;
+    let (c, state) = (
+        cluster.clone(),
+        integration::scenario::state_dir(views.path()),
     );
-    inventory_end_to_end(&cluster, views.path(), &mut runner, 1).await
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        integration::saga::local_state_restores_alike(&c, &rt, &state, &["inventory"])
+    })
+    .await??;
+    Ok(())
 }
 
 async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()> {
@@ -50,8 +63,16 @@ async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()>
     // Every store is the fold of its service's own event log.
     let c = cluster.clone();
     let rt = tokio::runtime::Handle::current();
+    let state = integration::scenario::state_dir(views.path());
     tokio::task::spawn_blocking(move || {
-        integration::saga::stores_equal_their_event_logs(&c, &rt, integration::saga::SAGA_STORES)
+        integration::saga::stores_equal_their_event_logs(&c, &rt, integration::saga::SAGA_STORES)?;
+        // And as a restart on the local state directory restores them.
+        integration::saga::local_state_restores_alike(
+            &c,
+            &rt,
+            &state,
+            integration::saga::SAGA_STORES,
+        )
     })
     .await??;
     let (c, v) = (cluster.clone(), views.path().to_path_buf());

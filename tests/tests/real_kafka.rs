@@ -53,6 +53,14 @@ fn killed_mid_stream(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Res
         &mut runner,
         3,
     ))?;
+    // The local state the killed and restarted service kept restores what its events fold to.
+    drop(runner);
+    integration::saga::local_state_restores_alike(
+        &stack.cluster,
+        rt.handle(),
+        &integration::scenario::state_dir(views.path()),
+        &["inventory"],
+    )?;
     // The view is plain Parquet: an independent engine reads it and agrees with ours.
     rt.block_on(duckdb::same_answers(
         views.path(),
@@ -193,6 +201,15 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
         integration::saga::SAGA_STORES,
     )?;
     eprintln!("{compared} states equal the folds of their event logs");
+    // The same restored as a restart does from the local state the killed processes left
+    // (snapshots every second, so each kill landed between two).
+    let from_snapshots = integration::saga::local_state_restores_alike(
+        &stack.cluster,
+        rt.handle(),
+        &integration::scenario::state_dir(views.path()),
+        integration::saga::SAGA_STORES,
+    )?;
+    eprintln!("{from_snapshots} records restored from local snapshots, the same states");
     let check = cli(stack, &["replay", "orders", "--check"])?;
     anyhow::ensure!(
         check.status.success(),
@@ -425,6 +442,12 @@ fn purchasing_killed_mid_run(stack: &Stack, rt: &tokio::runtime::Runtime) -> any
     );
     drop(runner);
     integration::saga::stores_equal_their_event_logs(&stack.cluster, rt.handle(), &["suppliers"])?;
+    integration::saga::local_state_restores_alike(
+        &stack.cluster,
+        rt.handle(),
+        &integration::scenario::state_dir(views.path()),
+        &["suppliers", "inventory"],
+    )?;
     let check = cli(stack, &["replay", "suppliers", "--check"])?;
     anyhow::ensure!(
         check.status.success(),

@@ -35,6 +35,11 @@ pub struct Options {
     /// A position whose available stock drops below this raises a `StockLow` alert on
     /// `inventory.alerts` (0: no alerts).
     pub low_stock_threshold: i64,
+    /// Root of the local state directories (see [`crate::state`]); `None`: restores read
+    /// the whole changelog.
+    pub state_dir: Option<PathBuf>,
+    /// How often changed state is snapshotted there.
+    pub snapshot_every: Duration,
 }
 
 impl Options {
@@ -49,6 +54,8 @@ impl Options {
             batch_size: 2_000,
             view_flush: Duration::from_millis(500),
             low_stock_threshold: 10,
+            state_dir: None,
+            snapshot_every: Duration::from_secs(10),
         }
     }
 }

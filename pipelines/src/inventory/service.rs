@@ -21,6 +21,7 @@ use tracing::{debug, info, info_span, warn};
 use super::Options;
 use crate::Stop;
 use crate::kafka::{self, Output};
+use crate::state::{ChangelogCache, Restored};
 use crate::topics::inventory::*;
 
 /// Counters of one run, for logs and tests.
@@ -89,6 +90,15 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     // Initializing transactions first fences a previous incarnation and aborts its open
     // transaction, so the changelog read below is not blocked by it.
     let output = Output::new(&opts.cluster, "inventory", &opts.instance)?;
+    output.track_deliveries(&[CHANGELOG]);
+    let mut cache = ChangelogCache::open(
+        opts.state_dir.as_deref(),
+        "inventory",
+        "inventory",
+        CHANGELOG,
+        &opts.cluster,
+        opts.snapshot_every,
+    )?;
     let mut config = kafka::consumer_config(&opts.cluster, &opts.group);
     // Static membership: a restarted instance takes its partitions back at once instead of
     // waiting for the old member's session to time out. The mock broker does not replace
@@ -113,11 +123,11 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
         let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
         stats.poll_time += polled.elapsed();
         sync_assignment(
-            opts,
             rt,
             &consumer,
             &mut owned,
             &mut store,
+            &mut cache,
             &mut snapshot_decoder,
         )?;
         if batch.is_empty() {
@@ -135,11 +145,13 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
             &batch,
             &mut store,
             &mut codecs,
+            &mut cache,
             stop,
         );
         match result {
             Ok(batch_stats) => {
                 committed.forget(); // reloaded from the group when next idle
+                cache.committed(&output.delivered(CHANGELOG), false)?;
                 stats.commands += batch_stats.commands;
                 stats.events += batch_stats.events;
                 stats.dead_letters += batch_stats.dead_letters;
@@ -161,11 +173,14 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
                 kafka::rewind(&consumer)?;
                 committed.forget();
                 store = Store::default();
+                cache.clear();
                 owned.clear();
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
     }
+    // What is in the cache was committed with the last batch (a failed one clears it).
+    cache.committed(&output.delivered(CHANGELOG), true)?;
     // Leave the group now rather than when the session times out, so a successor (or the
     // same instance restarted) gets the partitions at once.
     consumer.unsubscribe();
@@ -173,6 +188,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     rt: &Handle,
     consumer: &BaseConsumer,
@@ -180,6 +196,7 @@ fn process_batch(
     batch: &[BorrowedMessage<'_>],
     store: &mut Store,
     codecs: &mut Codecs,
+    cache: &mut ChangelogCache,
     stop: &Stop,
 ) -> anyhow::Result<Stats> {
     let Codecs {
@@ -293,6 +310,7 @@ fn process_batch(
                     let key = change.changelog_key();
                     snapshots.encode_into(&change.into(), buf)?;
                     output.send(CHANGELOG, Some(partition), key.as_bytes(), buf, None)?;
+                    cache.record(partition, key.as_bytes(), buf);
                 }
                 stats.events += produced.len() as u64;
                 entry.last_offset = offset;
@@ -305,6 +323,7 @@ fn process_batch(
         let snapshot = entry.aggregate.snapshot(*partition, entry.last_offset);
         snapshots.encode_into(&snapshot.into(), buf)?;
         output.send(CHANGELOG, Some(*partition), sku.as_bytes(), buf, None)?;
+        cache.record(*partition, sku.as_bytes(), buf);
     }
     let mut offsets = TopicPartitionList::new();
     for (p, o) in &next {
@@ -324,11 +343,11 @@ fn process_batch(
 
 /// Restores newly assigned partitions from the changelog and forgets revoked ones.
 fn sync_assignment(
-    opts: &Options,
     rt: &Handle,
     consumer: &BaseConsumer,
     owned: &mut BTreeSet<i32>,
     store: &mut Store,
+    cache: &mut ChangelogCache,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<()> {
     let assigned: BTreeSet<i32> = consumer
@@ -341,12 +360,21 @@ fn sync_assignment(
         return Ok(());
     }
     store.partitions.retain(|p, _| assigned.contains(p));
+    for p in owned.difference(&assigned) {
+        cache.forget(*p);
+    }
     for &p in assigned.difference(owned) {
-        let restored = restore_partition(opts, rt, p, decoder)?;
+        let mut read = Restored::default();
+        let restored = restore_partition(rt, p, decoder, |f| {
+            read = cache.restore(p, f)?;
+            Ok(())
+        })?;
         info!(
             partition = p,
             skus = restored.len(),
-            "Restored from changelog."
+            from_snapshot = read.from_snapshot,
+            from_changelog = read.from_topic,
+            "Restored."
         );
         store.partitions.insert(p, restored);
     }
@@ -354,27 +382,23 @@ fn sync_assignment(
     Ok(())
 }
 
-/// Reads changelog partition `p` to its end (read_committed): last snapshot per sku wins.
+/// The skus of changelog partition `p` from the records `read` hands over (the changelog
+/// read to its end, read_committed, or a local snapshot and the changelog's tail): the last
+/// snapshot per sku wins.
 fn restore_partition(
-    opts: &Options,
     rt: &Handle,
     p: i32,
     decoder: &mut Decoder<InventoryChangelog>,
+    read: impl FnOnce(&mut dyn FnMut(&[u8], Option<i64>) -> anyhow::Result<()>) -> anyhow::Result<()>,
 ) -> anyhow::Result<HashMap<String, Entry>> {
     let mut state = HashMap::new();
     // Records of a sku may come in any order (compaction keeps the latest per key).
     let mut latest: HashMap<String, InventorySnapshot> = HashMap::new();
     let mut reservations: HashMap<String, Vec<ReservationState>> = HashMap::new();
-    let group = format!("{}.restore", opts.group);
-    kafka::read_partition_to_end(&opts.cluster, &group, CHANGELOG, p, |m| {
-        let Some(payload) = m.payload() else {
-            return Ok(()); // tombstone
-        };
-        match decode_snapshot(rt, decoder, payload).with_context(|| {
-            format!(
-                "changelog {CHANGELOG}/{p} offset {} is unreadable",
-                m.offset()
-            )
+    read(&mut |payload, offset| {
+        match decode_snapshot(rt, decoder, payload).with_context(|| match offset {
+            Some(o) => format!("changelog {CHANGELOG}/{p} offset {o} is unreadable"),
+            None => format!("the local snapshot of {CHANGELOG}/{p} is unreadable"),
         })? {
             InventoryChangelog::InventorySnapshot(s) => {
                 latest.insert(s.sku.clone(), s);
@@ -414,15 +438,35 @@ fn decode_snapshot(
 
 /// Every sku's aggregate as a restarted instance restores it from the changelog (all
 /// partitions). For comparing with a fold of the event log and for the restore benchmark.
-pub fn restore_store(opts: &Options, rt: &Handle) -> anyhow::Result<HashMap<String, SkuInventory>> {
+pub fn restore_store(
+    opts: &Options,
+    rt: &Handle,
+) -> anyhow::Result<(HashMap<String, SkuInventory>, Restored)> {
     let registry = Registry::new(&opts.cluster.registry);
     let mut decoder = Decoder::<InventoryChangelog>::new(registry);
     let probe: BaseConsumer = kafka::client_config(&opts.cluster).create()?;
+    // As a restart would: from the local snapshots and the changelog's tail if there is a
+    // state directory (and no instance running on it), else the whole changelog.
+    let mut cache = ChangelogCache::open(
+        opts.state_dir.as_deref(),
+        "inventory",
+        "inventory",
+        CHANGELOG,
+        &opts.cluster,
+        opts.snapshot_every,
+    )?;
     let mut store = HashMap::new();
+    let mut total = Restored::default();
     for p in 0..kafka::partition_count(&probe, CHANGELOG)? as i32 {
-        for (sku, entry) in restore_partition(opts, rt, p, &mut decoder)? {
+        let restored = restore_partition(rt, p, &mut decoder, |f| {
+            let read = cache.restore(p, f)?;
+            total.from_snapshot += read.from_snapshot;
+            total.from_topic += read.from_topic;
+            Ok(())
+        })?;
+        for (sku, entry) in restored {
             store.insert(sku, entry.aggregate);
         }
     }
-    Ok(store)
+    Ok((store, total))
 }

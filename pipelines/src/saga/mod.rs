@@ -58,6 +58,11 @@ pub struct Options {
     pub lead_time: Duration,
     /// Purchasing: units ordered on top of what brings a position back to its threshold.
     pub reorder_quantity: i64,
+    /// Root of the local state directories (`<root>/<service>/<pipeline>/`, see
+    /// [`crate::state`]); `None`: restores read whole changelogs.
+    pub state_dir: Option<PathBuf>,
+    /// How often changed state is snapshotted there.
+    pub snapshot_every: Duration,
 }
 
 impl Options {
@@ -74,6 +79,8 @@ impl Options {
             window_lateness: Duration::from_secs(10),
             lead_time: Duration::from_secs(5),
             reorder_quantity: 100,
+            state_dir: None,
+            snapshot_every: Duration::from_secs(10),
         }
     }
 }

@@ -129,29 +129,45 @@ pub fn fold<W: EventSourced>(
     Ok((stores, folded))
 }
 
-/// What a restart of `W` would restore from its changelog.
+/// What a restart of `W` would restore: from its changelog, or (given `W`'s state
+/// directory root, with no instance running on it) from its local snapshots and the
+/// changelog's tail. Also says how many records came from each.
 pub fn restore<W: EventSourced>(
     cluster: &Cluster,
     rt: &Handle,
-) -> anyhow::Result<Stores<W::State>> {
+    state_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Stores<W::State>, crate::state::Restored)> {
     let probe: BaseConsumer = kafka::client_config(cluster).create()?;
     let mut decoder = Decoder::<W::Changelog>::new(Registry::new(&cluster.registry));
     let stop = Stop::default();
+    let mut cache = crate::state::ChangelogCache::open(
+        state_dir,
+        W::SERVICE,
+        W::NAME,
+        W::CHANGELOG,
+        cluster,
+        std::time::Duration::MAX,
+    )?;
+    let mut total = crate::state::Restored::default();
     let mut stores: Stores<W::State> = BTreeMap::new();
     for p in 0..kafka::partition_count(&probe, W::CHANGELOG)? as i32 {
         let states = stores.entry(p).or_default();
-        kafka::read_partition_to_end(cluster, "supplystream-replay", W::CHANGELOG, p, |m| {
-            let Some(payload) = m.payload() else {
-                return Ok(()); // tombstone
-            };
-            let record = wire::decode(rt, &mut decoder, payload, &stop)
-                .with_context(|| format!("{}/{p}@{}", W::CHANGELOG, m.offset()))?;
+        let restored = cache.restore(p, |payload, offset| {
+            let record = wire::decode(rt, &mut decoder, payload, &stop).with_context(|| {
+                format!(
+                    "{}/{p}@{}",
+                    W::CHANGELOG,
+                    offset.map_or("snapshot".to_owned(), |o| o.to_string())
+                )
+            })?;
             let state = W::from_changelog(record);
             states.insert(W::state_key(&state).to_owned(), state);
             Ok(())
         })?;
+        total.from_snapshot += restored.from_snapshot;
+        total.from_topic += restored.from_topic;
     }
-    Ok(stores)
+    Ok((stores, total))
 }
 
 /// Keys whose state differs between two stores (missing on either side included), sorted.

@@ -25,6 +25,7 @@ use tracing::{debug, debug_span, info, info_span, warn};
 
 use super::Options;
 use crate::kafka::{self, Output};
+use crate::state::ChangelogCache;
 use crate::topics::saga_headers;
 use crate::{Guarantee, Stop, wire};
 
@@ -106,6 +107,15 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     let mut changelog_decoder = Decoder::<W::Changelog>::new(registry);
 
     let output = Output::new(&opts.cluster, W::NAME, &opts.instance)?;
+    output.track_deliveries(&[W::CHANGELOG]);
+    let mut cache = ChangelogCache::open(
+        opts.state_dir.as_deref(),
+        W::SERVICE,
+        W::NAME,
+        W::CHANGELOG,
+        &opts.cluster,
+        opts.snapshot_every,
+    )?;
     let mut config = kafka::consumer_config(&opts.cluster, W::NAME);
     // Co-partitioning needs the same partition of every input on one instance: range does it.
     config.set("partition.assignment.strategy", "range");
@@ -130,11 +140,11 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     while !stop.is_stopped() {
         let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
         sync_assignment::<W>(
-            opts,
             rt,
             &consumer,
             &mut owned,
             &mut store,
+            &mut cache,
             &mut changelog_decoder,
         )?;
         let now = wire::now_ms();
@@ -161,12 +171,14 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
             &due,
             &mut store,
             &mut codecs,
+            &mut cache,
             now,
             stop,
         ) {
             Ok((s, offsets)) => {
                 failures = 0;
                 committed.record(&offsets);
+                cache.committed(&output.delivered(W::CHANGELOG), false)?;
                 stats.messages += s.messages;
                 stats.emitted += s.emitted;
                 stats.dead_letters += s.dead_letters;
@@ -185,6 +197,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
                 kafka::rewind(&consumer)?;
                 committed.forget();
                 store.clear();
+                cache.clear();
                 owned.clear();
                 let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
                 failures += 1;
@@ -192,6 +205,8 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
             }
         }
     }
+    // What is in the cache was committed with the last batch (a failed one clears it).
+    cache.committed(&output.delivered(W::CHANGELOG), true)?;
     consumer.unsubscribe();
     info!(?stats, "Participant stopped.");
     Ok(stats)
@@ -220,6 +235,7 @@ fn process<W: Wiring>(
     due: &[(i32, String)],
     store: &mut Store<W::State>,
     codecs: &mut Codecs<W>,
+    cache: &mut ChangelogCache,
     now: i64,
     stop: &Stop,
 ) -> anyhow::Result<(Stats, TopicPartitionList)> {
@@ -325,6 +341,7 @@ fn process<W: Wiring>(
             &codecs.buf,
             None,
         )?;
+        cache.record(*partition, saga.as_bytes(), &codecs.buf);
     }
     let mut offsets = TopicPartitionList::new();
     for ((topic, p), o) in &next {
@@ -401,13 +418,14 @@ fn apply<W: Wiring>(
     Ok(())
 }
 
-/// Restores newly assigned partitions from the changelog and forgets revoked ones.
+/// Restores newly assigned partitions (local snapshot, then the changelog's tail) and forgets
+/// revoked ones.
 fn sync_assignment<W: Wiring>(
-    opts: &Options,
     rt: &Handle,
     consumer: &BaseConsumer,
     owned: &mut BTreeSet<i32>,
     store: &mut Store<W::State>,
+    cache: &mut ChangelogCache,
     decoder: &mut Decoder<W::Changelog>,
 ) -> anyhow::Result<()> {
     let assigned: BTreeSet<i32> = consumer
@@ -420,39 +438,32 @@ fn sync_assignment<W: Wiring>(
         return Ok(());
     }
     store.retain(|p, _| assigned.contains(p));
+    for p in owned.difference(&assigned) {
+        cache.forget(*p);
+    }
     for &p in assigned.difference(owned) {
         let mut states = HashMap::new();
-        kafka::read_partition_to_end(
-            &opts.cluster,
-            &format!("{}.restore", W::NAME),
-            W::CHANGELOG,
-            p,
-            |m| {
-                let Some(payload) = m.payload() else {
-                    return Ok(());
-                };
-                let record = match decoder.decode(payload) {
-                    Err(schemas::DecodeError::NotCached(_)) => {
-                        rt.block_on(decoder.decode_learning(payload))
-                    }
-                    other => other,
+        let restored = cache.restore(p, |payload, offset| {
+            let record = match decoder.decode(payload) {
+                Err(schemas::DecodeError::NotCached(_)) => {
+                    rt.block_on(decoder.decode_learning(payload))
                 }
-                .with_context(|| {
-                    format!(
-                        "changelog {}/{p} offset {} is unreadable",
-                        W::CHANGELOG,
-                        m.offset()
-                    )
-                })?;
-                let state = W::from_changelog(record);
-                states.insert(W::state_key(&state).to_owned(), state);
-                Ok(())
-            },
-        )?;
+                other => other,
+            }
+            .with_context(|| match offset {
+                Some(o) => format!("changelog {}/{p} offset {o} is unreadable", W::CHANGELOG),
+                None => format!("the local snapshot of {}/{p} is unreadable", W::CHANGELOG),
+            })?;
+            let state = W::from_changelog(record);
+            states.insert(W::state_key(&state).to_owned(), state);
+            Ok(())
+        })?;
         info!(
             partition = p,
             sagas = states.len(),
-            "Restored from changelog."
+            from_snapshot = restored.from_snapshot,
+            from_changelog = restored.from_topic,
+            "Restored."
         );
         store.insert(p, states);
     }

@@ -1,0 +1,468 @@
+//! Each service's local state directory: `<state-dir>/<service>/<pipeline>/`.
+//!
+//! A processor's store lives in memory and its truth is its changelog topic (compacted, owned
+//! by the service like its other topics). The directory holds a *snapshot* of each changelog
+//! partition the processor owns — the latest record per key, and the offset up to which they
+//! are known — so a restart restores from the snapshot and reads only the changelog's tail
+//! instead of the whole partition. It is a cache: deleting it costs a full restore, never
+//! correctness.
+//!
+//! Database per service, locally too: a pipeline opens only the directory of the service its
+//! code belongs to (checked against the ownership map before it starts), under its own name,
+//! and holds a lock on it, so two instances never share one (give each its own
+//! `--state-dir`).
+//!
+//! When a snapshot is right:
+//! - its offset is this instance's own: the end it restored to, or past the last changelog
+//!   record it delivered in a *committed* transaction, never the partition's end at some
+//!   later moment (another instance may have written there meanwhile);
+//! - snapshots are written only after a commit, so they never hold an aborted write;
+//! - a snapshot is dropped when it cannot be trusted: another cluster (its id is in the file),
+//!   an offset beyond the partition's end or below its start (the topic was recreated or
+//!   truncated), a file that does not parse, or one older than [`MAX_AGE`] (past it, the
+//!   changelog's compaction may have removed tombstones the snapshot does not know of).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use tracing::{info, warn};
+
+use crate::{Cluster, kafka};
+
+/// A snapshot older than this is not used (Kafka's default `delete.retention.ms`, one day,
+/// is how long a tombstone is kept after compaction).
+pub const MAX_AGE: Duration = Duration::from_secs(20 * 3600);
+
+/// What a snapshot file starts with.
+const MAGIC: &[u8; 8] = b"SSSNAP01";
+
+/// A pipeline's directory under `<root>/<service>/`, locked while open.
+#[derive(Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl StateDir {
+    /// Opens (creating) `<root>/<service>/<pipeline>/` and locks it.
+    pub fn open(root: &Path, service: &str, pipeline: &str) -> anyhow::Result<Self> {
+        let dir = root.join(service).join(pipeline);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let lock = File::create(dir.join("LOCK"))
+            .with_context(|| format!("opening {}/LOCK", dir.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "state directory {} is in use by another instance of {pipeline}: give each instance its own --state-dir",
+                dir.display()
+            );
+        }
+        Ok(StateDir { dir, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self, topic: &str, p: i32) -> PathBuf {
+        self.dir.join(format!("{topic}-{p}.snapshot"))
+    }
+}
+
+/// One partition's snapshot: the latest payload per key, known up to `position`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub cluster_id: String,
+    pub topic: String,
+    pub partition: i32,
+    /// The changelog offset the records are complete up to (exclusive).
+    pub position: i64,
+    /// When it was written (ms since the epoch).
+    pub written_at: i64,
+    pub records: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+fn put(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    w.write_all(bytes)
+}
+
+fn take(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
+    r.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+impl Snapshot {
+    /// Writes it to `path` atomically (temporary file, fsync, rename).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut w = BufWriter::new(
+            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        w.write_all(MAGIC)?;
+        put(&mut w, self.cluster_id.as_bytes())?;
+        put(&mut w, self.topic.as_bytes())?;
+        w.write_all(&self.partition.to_le_bytes())?;
+        w.write_all(&self.position.to_le_bytes())?;
+        w.write_all(&self.written_at.to_le_bytes())?;
+        w.write_all(&(self.records.len() as u64).to_le_bytes())?;
+        for (k, v) in &self.records {
+            put(&mut w, k)?;
+            put(&mut w, v)?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+        Ok(())
+    }
+
+    /// Reads the snapshot at `path` (`None`: there is none).
+    pub fn read(path: &Path) -> anyhow::Result<Option<Self>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let mut r = BufReader::new(file);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            bail!("{} is not a supplystream snapshot", path.display());
+        }
+        let text = |b: Vec<u8>| String::from_utf8(b).context("not UTF-8");
+        let cluster_id = text(take(&mut r)?)?;
+        let topic = text(take(&mut r)?)?;
+        let mut i4 = [0u8; 4];
+        let mut i8 = [0u8; 8];
+        r.read_exact(&mut i4)?;
+        let partition = i32::from_le_bytes(i4);
+        r.read_exact(&mut i8)?;
+        let position = i64::from_le_bytes(i8);
+        r.read_exact(&mut i8)?;
+        let written_at = i64::from_le_bytes(i8);
+        r.read_exact(&mut i8)?;
+        let n = u64::from_le_bytes(i8);
+        let mut records = HashMap::with_capacity(n.min(1 << 20) as usize);
+        for _ in 0..n {
+            let k = take(&mut r)?;
+            let v = take(&mut r)?;
+            records.insert(k, v);
+        }
+        let mut rest = [0u8; 1];
+        if r.read(&mut rest)? != 0 {
+            bail!("{} has trailing bytes", path.display());
+        }
+        Ok(Some(Snapshot {
+            cluster_id,
+            topic,
+            partition,
+            position,
+            written_at,
+            records,
+        }))
+    }
+}
+
+/// Why a snapshot is not used (`None`: it is).
+fn distrust(
+    s: &Snapshot,
+    cluster_id: &str,
+    topic: &str,
+    p: i32,
+    low: i64,
+    high: i64,
+    now: i64,
+) -> Option<String> {
+    if s.cluster_id != cluster_id {
+        return Some(format!(
+            "written against cluster {:?}, this is {cluster_id:?}",
+            s.cluster_id
+        ));
+    }
+    if s.topic != topic || s.partition != p {
+        return Some(format!("it is of {}/{}", s.topic, s.partition));
+    }
+    if s.position > high || s.position < low {
+        return Some(format!(
+            "its offset {} is outside the partition ({low}..{high}): the topic was recreated or truncated",
+            s.position
+        ));
+    }
+    if now - s.written_at > MAX_AGE.as_millis() as i64 {
+        return Some(format!("it is older than {MAX_AGE:?}"));
+    }
+    None
+}
+
+/// How one partition was restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Records taken from the local snapshot.
+    pub from_snapshot: usize,
+    /// Records read from the changelog topic (its tail, or all of it).
+    pub from_topic: usize,
+}
+
+struct Part {
+    records: HashMap<Vec<u8>, Vec<u8>>,
+    /// Offset the records are known up to (exclusive).
+    position: i64,
+    /// Changed since the last snapshot.
+    dirty: bool,
+}
+
+/// The changelog partitions a pipeline owns, as the latest record per key, kept beside its
+/// store and snapshotted to its [`StateDir`] now and then. Without a directory it only reads
+/// whole partitions (and keeps nothing).
+pub struct ChangelogCache {
+    dir: Option<StateDir>,
+    cluster: Cluster,
+    cluster_id: String,
+    topic: &'static str,
+    group: String,
+    parts: HashMap<i32, Part>,
+    every: Duration,
+    last: Instant,
+}
+
+impl ChangelogCache {
+    /// For changelog `topic` of `pipeline` (of `service`); snapshots under `root` if given,
+    /// every `every`.
+    pub fn open(
+        root: Option<&Path>,
+        service: &str,
+        pipeline: &str,
+        topic: &'static str,
+        cluster: &Cluster,
+        every: Duration,
+    ) -> anyhow::Result<Self> {
+        let dir = root
+            .map(|r| StateDir::open(r, service, pipeline))
+            .transpose()?;
+        let cluster_id = if dir.is_some() {
+            let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+            probe
+                .client()
+                .fetch_cluster_id(kafka::TX_TIMEOUT)
+                .context("fetching the cluster id")?
+        } else {
+            String::new()
+        };
+        if let Some(d) = &dir {
+            info!(dir = %d.path().display(), "State directory opened.");
+        }
+        Ok(ChangelogCache {
+            dir,
+            cluster: cluster.clone(),
+            cluster_id,
+            topic,
+            group: format!("{pipeline}.restore"),
+            parts: HashMap::new(),
+            every,
+            last: Instant::now(),
+        })
+    }
+
+    /// Restores partition `p`: the records of a trusted local snapshot, then the changelog
+    /// from the snapshot's offset (or from its beginning) to its end; `f` gets each payload
+    /// and the offset it was read at (`None`: from the snapshot). Tombstones are skipped.
+    pub fn restore(
+        &mut self,
+        p: i32,
+        mut f: impl FnMut(&[u8], Option<i64>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Restored> {
+        let mut restored = Restored::default();
+        let mut records = HashMap::new();
+        let mut from = None;
+        if let Some(dir) = &self.dir {
+            let path = dir.file(self.topic, p);
+            match Snapshot::read(&path) {
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(file = %path.display(), error = %format!("{e:#}"), "Snapshot unreadable; restoring from the changelog.")
+                }
+                Ok(Some(s)) => {
+                    let probe: BaseConsumer = kafka::client_config(&self.cluster).create()?;
+                    let (low, high) = kafka::watermarks(&probe, self.topic, p)?;
+                    let now = crate::wire::now_ms();
+                    match distrust(&s, &self.cluster_id, self.topic, p, low, high, now) {
+                        Some(why) => {
+                            warn!(file = %path.display(), why, "Snapshot not used; restoring from the changelog.")
+                        }
+                        None => {
+                            for v in s.records.values() {
+                                f(v, None)?;
+                            }
+                            restored.from_snapshot = s.records.len();
+                            from = Some(s.position);
+                            records = s.records;
+                        }
+                    }
+                }
+            }
+        }
+        let keep = self.dir.is_some();
+        let end =
+            kafka::read_partition_from(&self.cluster, &self.group, self.topic, p, from, |m| {
+                restored.from_topic += 1;
+                let key = m.key().unwrap_or_default();
+                match m.payload() {
+                    None => {
+                        if keep {
+                            records.remove(key);
+                        }
+                    }
+                    Some(v) => {
+                        f(v, Some(m.offset()))?;
+                        if keep {
+                            records.insert(key.to_vec(), v.to_vec());
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        if keep {
+            self.parts.insert(
+                p,
+                Part {
+                    records,
+                    position: end.max(from.unwrap_or(0)),
+                    dirty: restored.from_topic > 0,
+                },
+            );
+        }
+        Ok(restored)
+    }
+
+    /// Notes a record written to the changelog (in the transaction under way).
+    pub fn record(&mut self, p: i32, key: &[u8], payload: &[u8]) {
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.records.insert(key.to_vec(), payload.to_vec());
+            part.dirty = true;
+        }
+    }
+
+    /// Forgets partition `p` (revoked); its snapshot stays for when it comes back.
+    pub fn forget(&mut self, p: i32) {
+        self.parts.remove(&p);
+    }
+
+    /// Forgets everything (after a failed batch: the next restore starts over).
+    pub fn clear(&mut self) {
+        self.parts.clear();
+    }
+
+    /// After a committed transaction: `delivered` is the last offset this instance wrote per
+    /// changelog partition. Writes the snapshots of changed partitions when due (or `now`).
+    pub fn committed(&mut self, delivered: &HashMap<i32, i64>, now: bool) -> anyhow::Result<()> {
+        for (p, o) in delivered {
+            if let Some(part) = self.parts.get_mut(p) {
+                part.position = part.position.max(o + 1);
+            }
+        }
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        if !now && self.last.elapsed() < self.every {
+            return Ok(());
+        }
+        self.last = Instant::now();
+        let written_at = crate::wire::now_ms();
+        for (p, part) in self.parts.iter_mut().filter(|(_, part)| part.dirty) {
+            let snapshot = Snapshot {
+                cluster_id: self.cluster_id.clone(),
+                topic: self.topic.to_owned(),
+                partition: *p,
+                position: part.position,
+                written_at,
+                records: std::mem::take(&mut part.records),
+            };
+            let written = snapshot.write(&dir.file(self.topic, *p));
+            part.records = snapshot.records;
+            written?;
+            part.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            cluster_id: "c1".into(),
+            topic: "orders.changelog".into(),
+            partition: 2,
+            position: 40,
+            written_at: 1_000,
+            records: HashMap::from([
+                (b"O-1".to_vec(), vec![0, 0, 0, 0, 7, 1, 2]),
+                (b"O-2".to_vec(), Vec::new()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.changelog-2.snapshot");
+        assert_eq!(Snapshot::read(&path).unwrap(), None);
+        snapshot().write(&path).unwrap();
+        assert_eq!(Snapshot::read(&path).unwrap(), Some(snapshot()));
+        // Cut short (a crash mid-write cannot do this: the rename is atomic; a disk can).
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(Snapshot::read(&path).is_err());
+        std::fs::write(&path, b"not a snapshot at all").unwrap();
+        assert!(Snapshot::read(&path).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_is_trusted_only_for_its_cluster_partition_and_offsets() {
+        let s = snapshot();
+        let check = |cluster: &str, p: i32, low: i64, high: i64, now: i64| {
+            distrust(&s, cluster, "orders.changelog", p, low, high, now)
+        };
+        assert_eq!(check("c1", 2, 0, 40, 2_000), None);
+        assert_eq!(check("c1", 2, 0, 90, 2_000), None);
+        assert!(check("c2", 2, 0, 90, 2_000).unwrap().contains("cluster"));
+        assert!(
+            check("c1", 1, 0, 90, 2_000)
+                .unwrap()
+                .contains("orders.changelog/2")
+        );
+        assert!(check("c1", 2, 0, 39, 2_000).unwrap().contains("recreated"));
+        assert!(check("c1", 2, 41, 90, 2_000).unwrap().contains("recreated"));
+        let old = 1_000 + MAX_AGE.as_millis() as i64 + 1;
+        assert!(check("c1", 2, 0, 90, old).unwrap().contains("older"));
+    }
+
+    #[test]
+    fn a_state_directory_is_one_instances() {
+        let root = tempfile::tempdir().unwrap();
+        let a = StateDir::open(root.path(), "orders", "orders").unwrap();
+        assert!(a.path().ends_with("orders/orders"));
+        let err = StateDir::open(root.path(), "orders", "orders").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("in use by another instance of orders"),
+            "{err}"
+        );
+        // Another pipeline of the service has its own.
+        StateDir::open(root.path(), "orders", "saga-views").unwrap();
+        drop(a);
+        StateDir::open(root.path(), "orders", "orders").unwrap();
+    }
+}
