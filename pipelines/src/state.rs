@@ -346,10 +346,20 @@ impl ChangelogCache {
 
     /// Notes a record written to the changelog (in the transaction under way).
     pub fn record(&mut self, p: i32, key: &[u8], payload: &[u8]) {
-        if let Some(part) = self.parts.get_mut(&p) {
-            part.records.insert(key.to_vec(), payload.to_vec());
-            part.dirty = true;
+        let Some(part) = self.parts.get_mut(&p) else {
+            return;
+        };
+        // A key written again (the common case: a sku's snapshot per batch) reuses its buffer.
+        match part.records.get_mut(key) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(payload);
+            }
+            None => {
+                part.records.insert(key.to_vec(), payload.to_vec());
+            }
         }
+        part.dirty = true;
     }
 
     /// Forgets partition `p` (revoked); its snapshot stays for when it comes back.
