@@ -247,8 +247,9 @@ pub fn committed_offsets(
 #[derive(Default)]
 pub struct DeliveryCounter {
     failed: AtomicU64,
-    /// Highest offset delivered per (topic, partition), for the topics asked for.
-    delivered: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    /// First and last offset delivered per (topic, partition) since the unit of work began,
+    /// for the topics asked for.
+    delivered: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
     /// Topics whose delivered offsets are kept (changelogs: a local snapshot names the last
     /// offset of this instance it covers).
     track: std::sync::OnceLock<Vec<String>>,
@@ -270,10 +271,11 @@ impl ProducerContext for DeliveryCounter {
                     && track.iter().any(|t| t == m.topic())
                 {
                     let mut delivered = self.delivered.lock().expect("not poisoned");
-                    let at = delivered
+                    let (first, last) = delivered
                         .entry((m.topic().to_owned(), m.partition()))
-                        .or_insert(m.offset());
-                    *at = (*at).max(m.offset());
+                        .or_insert((m.offset(), m.offset()));
+                    *first = (*first).min(m.offset());
+                    *last = (*last).max(m.offset());
                 }
             }
         }
@@ -322,6 +324,12 @@ impl Output {
 
     /// Starts a unit of work.
     pub fn begin(&self) -> anyhow::Result<()> {
+        self.producer
+            .context()
+            .delivered
+            .lock()
+            .expect("not poisoned")
+            .clear();
         if self.guarantee == Guarantee::ExactlyOnce {
             self.producer
                 .begin_transaction()
@@ -436,8 +444,9 @@ impl Output {
         }
     }
 
-    /// The highest offset delivered per partition of tracked `topic` so far.
-    pub fn delivered(&self, topic: &str) -> HashMap<i32, i64> {
+    /// The first and last offset delivered per partition of tracked `topic` in the unit of
+    /// work since [`Output::begin`] (after a commit: what it committed).
+    pub fn delivered(&self, topic: &str) -> HashMap<i32, (i64, i64)> {
         let delivered = self
             .producer
             .context()

@@ -685,6 +685,9 @@ fn main() -> anyhow::Result<()> {
                     ),
                     None => {
                         println!("{view}: wrote {} snapshots into its changelog", r.written);
+                        eprintln!(
+                            "Delete {view}'s local state directories (<state-dir>/{view}/) before it starts again: their snapshots describe the changelog as it was."
+                        );
                         Ok(())
                     }
                 };

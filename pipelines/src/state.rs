@@ -17,14 +17,22 @@
 //!   record it delivered in a *committed* transaction, never the partition's end at some
 //!   later moment (another instance may have written there meanwhile);
 //! - snapshots are written only after a commit, so they never hold an aborted write;
+//! - its offset must follow on from what it covers: a changelog write of another instance
+//!   in between (a zombie) freezes it, and the restore replays the gap;
 //! - a snapshot is dropped when it cannot be trusted: another cluster (its id is in the file),
 //!   an offset beyond the partition's end or below its start (the topic was recreated or
-//!   truncated), a file that does not parse, or one older than [`MAX_AGE`] (past it, the
-//!   changelog's compaction may have removed tombstones the snapshot does not know of).
+//!   truncated), a file whose SHA-256 does not match, or one older than [`MAX_AGE`] (past
+//!   it, the changelog's compaction may have removed tombstones the snapshot does not know
+//!   of).
+//!
+//! Not detected: a changelog deleted and rebuilt (`replay <store>`) past the snapshot's
+//! offset on the same cluster looks like the old one; delete the service's directories after
+//! a rebuild (the command says so). The mock broker's cluster id may repeat between runs;
+//! the demo and the tests start from empty directories.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,24 +110,33 @@ fn take(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
 }
 
 impl Snapshot {
-    /// Writes it to `path` atomically (temporary file, fsync, rename).
+    /// Writes it to `path` atomically (temporary file, fsync, rename), with a SHA-256 of
+    /// its contents at the end: a damaged snapshot is refused whole (a full restore), never
+    /// decoded half-right.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("tmp");
-        let mut w = BufWriter::new(
-            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        let mut body = Vec::with_capacity(
+            64 + self
+                .records
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>(),
         );
-        w.write_all(MAGIC)?;
-        put(&mut w, self.cluster_id.as_bytes())?;
-        put(&mut w, self.topic.as_bytes())?;
-        w.write_all(&self.partition.to_le_bytes())?;
-        w.write_all(&self.position.to_le_bytes())?;
-        w.write_all(&self.written_at.to_le_bytes())?;
-        w.write_all(&(self.records.len() as u64).to_le_bytes())?;
+        body.extend_from_slice(MAGIC);
+        put(&mut body, self.cluster_id.as_bytes())?;
+        put(&mut body, self.topic.as_bytes())?;
+        body.extend_from_slice(&self.partition.to_le_bytes());
+        body.extend_from_slice(&self.position.to_le_bytes());
+        body.extend_from_slice(&self.written_at.to_le_bytes());
+        body.extend_from_slice(&(self.records.len() as u64).to_le_bytes());
         for (k, v) in &self.records {
-            put(&mut w, k)?;
-            put(&mut w, v)?;
+            put(&mut body, k)?;
+            put(&mut body, v)?;
         }
-        let file = w.into_inner().map_err(|e| e.into_error())?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+        let tmp = path.with_extension("tmp");
+        let mut file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&body)?;
+        file.write_all(digest.as_ref())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} into place", tmp.display()))?;
@@ -133,7 +150,19 @@ impl Snapshot {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
-        let mut r = BufReader::new(file);
+        let mut bytes = Vec::new();
+        BufReader::new(file).read_to_end(&mut bytes)?;
+        let Some(body_len) = bytes.len().checked_sub(32) else {
+            bail!("{} is too short to be a snapshot", path.display());
+        };
+        let (body, digest) = bytes.split_at(body_len);
+        if ring::digest::digest(&ring::digest::SHA256, body).as_ref() != digest {
+            bail!(
+                "{} is damaged (its checksum does not match)",
+                path.display()
+            );
+        }
+        let mut r = body;
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
         if &magic != MAGIC {
@@ -219,6 +248,10 @@ struct Part {
     position: i64,
     /// Changed since the last snapshot.
     dirty: bool,
+    /// Another writer's records follow `position` (reported once).
+    gap: bool,
+    /// No snapshots until the next restore ([`ChangelogCache::hold`]).
+    held: bool,
 }
 
 /// The changelog partitions a pipeline owns, as the latest record per key, kept beside its
@@ -338,6 +371,8 @@ impl ChangelogCache {
                     records,
                     position: end.max(from.unwrap_or(0)),
                     dirty: restored.from_topic > 0,
+                    gap: false,
+                    held: false,
                 },
             );
         }
@@ -372,12 +407,34 @@ impl ChangelogCache {
         self.parts.clear();
     }
 
-    /// After a committed transaction: `delivered` is the last offset this instance wrote per
-    /// changelog partition. Writes the snapshots of changed partitions when due (or `now`).
-    pub fn committed(&mut self, delivered: &HashMap<i32, i64>, now: bool) -> anyhow::Result<()> {
-        for (p, o) in delivered {
-            if let Some(part) = self.parts.get_mut(p) {
-                part.position = part.position.max(o + 1);
+    /// After a committed unit of work: `delivered` is the first and last changelog offset it
+    /// wrote per partition ([`crate::kafka::Output::delivered`]). Writes the snapshots of
+    /// changed partitions when due (or `now`). A snapshot that cannot be written is reported
+    /// and tried again later: it is a cache, not a reason to stop.
+    pub fn committed(
+        &mut self,
+        delivered: &HashMap<i32, (i64, i64)>,
+        now: bool,
+    ) -> anyhow::Result<()> {
+        for (p, (first, last)) in delivered {
+            let Some(part) = self.parts.get_mut(p) else {
+                continue;
+            };
+            // The position moves only over records that are all this instance's: its writes
+            // must follow on from what the part covers (one commit marker may lie between two
+            // transactions). A gap means another writer came in between (a zombie of a lost
+            // assignment): the position stays, and a restore replays the gap from the topic.
+            if *first <= part.position + 1 {
+                part.position = part.position.max(last + 1);
+            } else if !part.gap {
+                part.gap = true;
+                warn!(
+                    topic = self.topic,
+                    partition = p,
+                    covered = part.position,
+                    first,
+                    "Another writer wrote this changelog partition since it was restored; its snapshots keep the older offset."
+                );
             }
         }
         let Some(dir) = &self.dir else {
@@ -388,7 +445,11 @@ impl ChangelogCache {
         }
         self.last = Instant::now();
         let written_at = crate::wire::now_ms();
-        for (p, part) in self.parts.iter_mut().filter(|(_, part)| part.dirty) {
+        for (p, part) in self
+            .parts
+            .iter_mut()
+            .filter(|(_, part)| part.dirty && !part.held)
+        {
             let snapshot = Snapshot {
                 cluster_id: self.cluster_id.clone(),
                 topic: self.topic.to_owned(),
@@ -397,12 +458,26 @@ impl ChangelogCache {
                 written_at,
                 records: std::mem::take(&mut part.records),
             };
-            let written = snapshot.write(&dir.file(self.topic, *p));
+            let path = dir.file(self.topic, *p);
+            let written = snapshot.write(&path);
             part.records = snapshot.records;
-            written?;
-            part.dirty = false;
+            match written {
+                Ok(()) => part.dirty = false,
+                Err(e) => {
+                    warn!(file = %path.display(), error = %format!("{e:#}"), "Snapshot not written; will try again.")
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Writes no snapshot of partition `p` until it is restored again: its restore found
+    /// records a snapshot must not fold away (see the inventory service's orphaned
+    /// reservations).
+    pub fn hold(&mut self, p: i32) {
+        if let Some(part) = self.parts.get_mut(&p) {
+            part.held = true;
+        }
     }
 }
 
@@ -437,6 +512,73 @@ mod tests {
         assert!(Snapshot::read(&path).is_err());
         std::fs::write(&path, b"not a snapshot at all").unwrap();
         assert!(Snapshot::read(&path).is_err());
+        // One flipped bit in a payload: the checksum refuses it (it would parse).
+        snapshot().write(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 40;
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Snapshot::read(&path).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn the_covered_offset_moves_only_over_this_instances_own_writes() {
+        let root = tempfile::tempdir().unwrap();
+        let mut cache = ChangelogCache {
+            dir: Some(StateDir::open(root.path(), "orders", "orders").unwrap()),
+            cluster: Cluster {
+                brokers: String::new(),
+                registry: String::new(),
+                guarantee: crate::Guarantee::ExactlyOnce,
+            },
+            cluster_id: "c1".into(),
+            topic: "orders.changelog",
+            group: String::new(),
+            parts: HashMap::new(),
+            every: Duration::ZERO,
+            last: Instant::now(),
+        };
+        // Restored to the end, 100.
+        cache.parts.insert(
+            0,
+            Part {
+                records: HashMap::new(),
+                position: 100,
+                dirty: false,
+                gap: false,
+                held: false,
+            },
+        );
+        let path = root
+            .path()
+            .join("orders/orders/orders.changelog-0.snapshot");
+        let written = || Snapshot::read(&path).unwrap().unwrap().position;
+        // Its first transaction starts at the end it restored to.
+        cache.record(0, b"O-1", b"v1");
+        cache
+            .committed(&HashMap::from([(0, (100, 104))]), false)
+            .unwrap();
+        assert_eq!(written(), 105);
+        // The next one after its commit marker (105).
+        cache.record(0, b"O-1", b"v2");
+        cache
+            .committed(&HashMap::from([(0, (106, 110))]), false)
+            .unwrap();
+        assert_eq!(written(), 111);
+        // Someone else wrote 111..119: the snapshot keeps naming 111 (the restore replays
+        // from there, theirs included).
+        cache.record(0, b"O-2", b"v1");
+        cache
+            .committed(&HashMap::from([(0, (120, 125))]), false)
+            .unwrap();
+        assert_eq!(written(), 111);
+        assert_eq!(Snapshot::read(&path).unwrap().unwrap().records.len(), 2);
+        // A held partition is not written.
+        cache.hold(0);
+        cache.record(0, b"O-3", b"v1");
+        cache.committed(&HashMap::new(), true).unwrap();
+        assert_eq!(Snapshot::read(&path).unwrap().unwrap().records.len(), 2);
     }
 
     #[test]

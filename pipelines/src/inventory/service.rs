@@ -365,10 +365,19 @@ fn sync_assignment(
     }
     for &p in assigned.difference(owned) {
         let mut read = Restored::default();
-        let restored = restore_partition(rt, p, decoder, |f| {
+        let mut orphans = 0;
+        let restored = restore_partition(rt, p, decoder, &mut orphans, |f| {
             read = cache.restore(p, f)?;
             Ok(())
         })?;
+        if orphans > 0 {
+            cache.hold(p);
+            warn!(
+                partition = p,
+                orphans,
+                "Reservation records of an unfinished batch: no local snapshot of this partition until its next restore."
+            );
+        }
         info!(
             partition = p,
             skus = restored.len(),
@@ -389,6 +398,7 @@ fn restore_partition(
     rt: &Handle,
     p: i32,
     decoder: &mut Decoder<InventoryChangelog>,
+    orphans: &mut usize,
     read: impl FnOnce(&mut dyn FnMut(&[u8], Option<i64>) -> anyhow::Result<()>) -> anyhow::Result<()>,
 ) -> anyhow::Result<HashMap<String, Entry>> {
     let mut state = HashMap::new();
@@ -409,8 +419,17 @@ fn restore_partition(
         }
         Ok(())
     })?;
-    // Reservation records without a snapshot belong to a batch whose snapshot never landed
-    // (at-least-once only): its commands are redelivered.
+    // Reservation records without a snapshot, or newer than their sku's, belong to a batch
+    // whose snapshot never landed (at-least-once only): its commands are redelivered. A
+    // local snapshot of the partition would keep only their latest version and lose the one
+    // the restore needs, so the partition is not snapshotted until it is restored again.
+    *orphans = reservations
+        .iter()
+        .map(|(sku, rs)| match latest.get(sku) {
+            None => rs.len(),
+            Some(s) => rs.iter().filter(|r| r.version > s.version).count(),
+        })
+        .sum();
     for (sku, snapshot) in latest {
         let aggregate =
             SkuInventory::restore(&snapshot, reservations.get(&sku).into_iter().flatten());
@@ -458,7 +477,7 @@ pub fn restore_store(
     let mut store = HashMap::new();
     let mut total = Restored::default();
     for p in 0..kafka::partition_count(&probe, CHANGELOG)? as i32 {
-        let restored = restore_partition(rt, p, &mut decoder, |f| {
+        let restored = restore_partition(rt, p, &mut decoder, &mut 0, |f| {
             let read = cache.restore(p, f)?;
             total.from_snapshot += read.from_snapshot;
             total.from_topic += read.from_topic;

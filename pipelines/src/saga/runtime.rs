@@ -347,7 +347,21 @@ fn process<W: Wiring>(
     for ((topic, p), o) in &next {
         offsets.add_partition_offset(topic, *p, Offset::Offset(*o))?;
     }
-    output.commit(consumer, &offsets)?;
+    // A unit of work of deadlines only consumed nothing; it still sends the positions of
+    // what it owns, so that the commit checks its group generation: an instance that has
+    // lost its partitions (a zombie) must not commit what their new owner now decides.
+    let fenced_by_group = if offsets.count() == 0 {
+        let mut owned = TopicPartitionList::new();
+        for e in consumer.position()?.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                owned.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?;
+            }
+        }
+        owned
+    } else {
+        offsets.clone()
+    };
+    output.commit(consumer, &fenced_by_group)?;
     Ok((stats, offsets))
 }
 
