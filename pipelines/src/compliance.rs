@@ -160,15 +160,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
             pending.push(row);
         }
         if !pending.is_empty() && (stopping || last_flush.elapsed() >= opts.flush) {
-            for e in consumer.position()?.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    checkpoint
-                        .positions
-                        .entry(e.topic().to_owned())
-                        .or_default()
-                        .insert(e.partition(), o);
-                }
-            }
+            kafka::note_positions(&consumer, &mut checkpoint.positions)?;
             table.append(&pending, &checkpoint)?;
             pending.clear();
             // Small parts (one per flush) do not pile up: merge a run of them now and then.

@@ -546,6 +546,23 @@ impl Output {
     }
 }
 
+/// Notes `consumer`'s positions in `positions` (per topic and partition); whether any moved.
+/// Positions, not last offsets + 1: they step over transaction markers, so a caught-up
+/// view's positions equal the topics' high watermarks.
+pub fn note_positions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    positions: &mut BTreeMap<String, BTreeMap<i32, i64>>,
+) -> anyhow::Result<bool> {
+    let mut moved = false;
+    for e in consumer.position()?.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            let at = positions.entry(e.topic().to_owned()).or_default();
+            moved |= at.insert(e.partition(), o) != Some(o);
+        }
+    }
+    Ok(moved)
+}
+
 /// Polls up to `max` messages, waiting at most `wait` for the first one.
 pub fn poll_batch<'c, C: ConsumerContext>(
     consumer: &'c BaseConsumer<C>,

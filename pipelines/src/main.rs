@@ -412,20 +412,8 @@ fn main() -> anyhow::Result<()> {
                 saga.participants.iter().map(String::as_str).collect()
             };
             if !saga.no_views {
-                names.push("saga-views");
-                names.push("orders-windows");
-                if names.contains(&"billing") {
-                    names.push("ledger-view");
-                }
-                if names.contains(&"catalog") {
-                    names.push("products-view");
-                }
-                if names.contains(&"suppliers") {
-                    names.push("purchase-orders-view");
-                }
-                if names.contains(&"shipping") {
-                    names.push("shipments-view");
-                }
+                let views: Vec<&str> = saga::view_pipelines(&names).map(|v| v.1).collect();
+                names.extend(views);
             }
             ownership()?.enforce(&names)?
         }
@@ -899,40 +887,43 @@ async fn demo_saga(
         views.display()
     );
     let engine = QueryEngine::open(views).await?;
-    let outcomes = "SELECT status, count(*) AS sagas, sum(compensations) AS compensations, \
-                    min(outcome) AS example_outcome FROM sagas GROUP BY status ORDER BY status";
-    println!("sagas by outcome:");
-    println!(
-        "{}",
-        OutputFormat::Table.render(&engine.sql(outcomes).await?)?
-    );
+    let table = |title: &'static str, sql: &'static str| {
+        let engine = &engine;
+        async move {
+            println!("{title}:");
+            println!("{}", OutputFormat::Table.render(&engine.sql(sql).await?)?);
+            anyhow::Ok(())
+        }
+    };
+    table(
+        "sagas by outcome",
+        "SELECT status, count(*) AS sagas, sum(compensations) AS compensations, \
+         min(outcome) AS example_outcome FROM sagas GROUP BY status ORDER BY status",
+    )
+    .await?;
     println!(
         "Explain one: supplystream saga show --views {} O-11-000003",
         views.display()
     );
-    let purchasing = "SELECT supplier_id, purchase_orders, received, units_ordered, mean_lead_time_ms \
-                      FROM supplier_performance ORDER BY supplier_id";
-    println!("purchasing (low-stock alerts → purchase orders → receipts booked into inventory):");
-    println!(
-        "{}",
-        OutputFormat::Table.render(&engine.sql(purchasing).await?)?
-    );
-    let carriers = "SELECT carrier, shipments, delivered, failed_attempts, mean_transit_ms \
-                    FROM carrier_performance ORDER BY carrier";
-    println!("carriers (their scans on shipping.tracking, external events):");
-    println!(
-        "{}",
-        OutputFormat::Table.render(&engine.sql(carriers).await?)?
-    );
-    let ledger = "SELECT account, sum(debit_cents) AS debit_cents, sum(credit_cents) AS credit_cents, \
-                  sum(credit_cents) - sum(debit_cents) AS balance_cents FROM ledger \
-                  GROUP BY account ORDER BY account";
-    println!("billing ledger (double entry: debits = credits; revenue = captured − refunded):");
-    println!(
-        "{}",
-        OutputFormat::Table.render(&engine.sql(ledger).await?)?
-    );
-    Ok(())
+    table(
+        "purchasing (low-stock alerts → purchase orders → receipts booked into inventory)",
+        "SELECT supplier_id, purchase_orders, received, units_ordered, mean_lead_time_ms \
+         FROM supplier_performance ORDER BY supplier_id",
+    )
+    .await?;
+    table(
+        "carriers (their scans on shipping.tracking, external events)",
+        "SELECT carrier, shipments, delivered, failed_attempts, mean_transit_ms \
+         FROM carrier_performance ORDER BY carrier",
+    )
+    .await?;
+    table(
+        "billing ledger (double entry: debits = credits; revenue = captured − refunded)",
+        "SELECT account, sum(debit_cents) AS debit_cents, sum(credit_cents) AS credit_cents, \
+         sum(credit_cents) - sum(debit_cents) AS balance_cents FROM ledger \
+         GROUP BY account ORDER BY account",
+    )
+    .await
 }
 
 /// The single count a SQL text over `views` answers (`None`: no answer yet, e.g. the view

@@ -91,14 +91,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     // transaction, so the changelog read below is not blocked by it.
     let output = Output::new(&opts.cluster, "inventory", &opts.instance)?;
     output.track_deliveries(&[CHANGELOG]);
-    let mut cache = ChangelogCache::open(
-        opts.state_dir.as_deref(),
-        "inventory",
-        "inventory",
-        CHANGELOG,
-        &opts.cluster,
-        opts.snapshot_every,
-    )?;
+    let mut cache = changelog_cache(opts)?;
     let mut config = kafka::consumer_config(&opts.cluster, &opts.group);
     // Static membership: a restarted instance takes its partitions back at once instead of
     // waiting for the old member's session to time out. The mock broker does not replace
@@ -444,6 +437,18 @@ fn restore_partition(
     Ok(state)
 }
 
+/// The service's changelog, as its local state directory keeps it (see [`crate::state`]).
+fn changelog_cache(opts: &Options) -> anyhow::Result<ChangelogCache> {
+    ChangelogCache::open(
+        opts.state_dir.as_deref(),
+        "inventory",
+        "inventory",
+        CHANGELOG,
+        &opts.cluster,
+        opts.snapshot_every,
+    )
+}
+
 fn decode_snapshot(
     rt: &Handle,
     decoder: &mut Decoder<InventoryChangelog>,
@@ -466,14 +471,7 @@ pub fn restore_store(
     let probe: BaseConsumer = kafka::client_config(&opts.cluster).create()?;
     // As a restart would: from the local snapshots and the changelog's tail if there is a
     // state directory (and no instance running on it), else the whole changelog.
-    let mut cache = ChangelogCache::open(
-        opts.state_dir.as_deref(),
-        "inventory",
-        "inventory",
-        CHANGELOG,
-        &opts.cluster,
-        opts.snapshot_every,
-    )?;
+    let mut cache = changelog_cache(opts)?;
     let mut store = HashMap::new();
     let mut total = Restored::default();
     for p in 0..kafka::partition_count(&probe, CHANGELOG)? as i32 {

@@ -198,8 +198,31 @@ fn spawn_one<W: Wiring>(
     (name, handle)
 }
 
+/// A view pipeline's loop (blocking, until the stop).
+type ViewLoop = fn(&Options, &tokio::runtime::Handle, &Stop) -> anyhow::Result<()>;
+
+/// The view pipelines that run beside the participants: each with the participant whose
+/// service owns it (`None`: always), its pipeline name and its loop.
+const VIEW_PIPELINES: &[(Option<&str>, &str, ViewLoop)] = &[
+    (Some("catalog"), "products-view", products::run),
+    (Some("suppliers"), "purchase-orders-view", purchasing::run),
+    (Some("shipping"), "shipments-view", shipments::run),
+    (Some("billing"), "ledger-view", ledger::run),
+    (None, "orders-windows", windows::run),
+    (None, "saga-views", views::run),
+];
+
+/// The view pipelines that run with the participants `names`.
+pub fn view_pipelines<'a>(
+    names: &'a [&'a str],
+) -> impl Iterator<Item = &'static (Option<&'static str>, &'static str, ViewLoop)> + 'a {
+    VIEW_PIPELINES
+        .iter()
+        .filter(move |(with, _, _)| with.is_none_or(|p| names.contains(&p)))
+}
+
 /// Starts the named participants (all of [`PARTICIPANTS`] if `names` is empty) and, with
-/// `views`, the saga views.
+/// `views`, their view pipelines ([`view_pipelines`]).
 pub fn spawn(
     opts: &Options,
     rt: &tokio::runtime::Handle,
@@ -244,51 +267,15 @@ pub fn spawn(
             other => anyhow::bail!("unknown saga participant {other:?}; known: {PARTICIPANTS:?}"),
         });
     }
-    if views && names.contains(&"catalog") {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("products-view".into())
-            .spawn(move || products::run(&o, &r, &s))
-            .expect("spawning a thread");
-        threads.push(("products-view".to_owned(), handle));
-    }
-    if views && names.contains(&"suppliers") {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("purchase-orders-view".into())
-            .spawn(move || purchasing::run(&o, &r, &s))
-            .expect("spawning a thread");
-        threads.push(("purchase-orders-view".to_owned(), handle));
-    }
-    if views && names.contains(&"shipping") {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("shipments-view".into())
-            .spawn(move || shipments::run(&o, &r, &s))
-            .expect("spawning a thread");
-        threads.push(("shipments-view".to_owned(), handle));
-    }
-    if views && names.contains(&"billing") {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("ledger-view".into())
-            .spawn(move || ledger::run(&o, &r, &s))
-            .expect("spawning a thread");
-        threads.push(("ledger-view".to_owned(), handle));
-    }
     if views {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("orders-windows".into())
-            .spawn(move || windows::run(&o, &r, &s))
-            .expect("spawning a thread");
-        threads.push(("orders-windows".to_owned(), handle));
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        let handle = std::thread::Builder::new()
-            .name("saga-views".into())
-            .spawn(move || views::run(&o, &r, &s))
-            .expect("spawning a thread");
-        threads.push(("saga-views".to_owned(), handle));
+        for (_, name, run) in view_pipelines(&names) {
+            let (o, r, s, run) = (opts.clone(), rt.clone(), stop.clone(), *run);
+            let handle = std::thread::Builder::new()
+                .name((*name).into())
+                .spawn(move || run(&o, &r, &s))
+                .expect("spawning a thread");
+            threads.push(((*name).to_owned(), handle));
+        }
     }
     Ok(Running { stop, threads })
 }

@@ -29,7 +29,7 @@ use super::Options;
 use crate::{Stop, kafka, wire};
 
 /// Positions per topic and partition (the shape every view checkpoint has).
-pub type Checkpoint = BTreeMap<String, BTreeMap<i32, i64>>;
+pub type Checkpoint = crate::freshness::Positions;
 
 /// One view over one topic.
 pub trait TopicView {
@@ -78,23 +78,25 @@ pub fn run<V: TopicView>(
     }
     consumer.assign(&tpl)?;
     view.assigned(&partitions);
+    // For a topic outsiders write: where undecodable records go, and what an earlier run
+    // has already dead-lettered (everything below its checkpoint).
     let dead_letters = match V::DLQ {
         None => None,
-        Some(_) => Some(kafka::Output::new(
-            &crate::Cluster {
-                guarantee: crate::Guarantee::AtLeastOnce,
-                ..opts.cluster.clone()
-            },
-            V::GROUP,
-            &opts.instance,
-        )?),
-    };
-    // What an earlier run has already dead-lettered: everything below its checkpoint.
-    let handled: BTreeMap<i32, i64> = match V::DLQ {
-        None => BTreeMap::new(),
-        Some(_) => crate::freshness::stored::<Checkpoint>(&opts.views_dir, V::VIEW)?
-            .and_then(|mut c| c.remove(V::TOPIC))
-            .unwrap_or_default(),
+        Some((dlq, service)) => {
+            let output = kafka::Output::new(
+                &crate::Cluster {
+                    guarantee: crate::Guarantee::AtLeastOnce,
+                    ..opts.cluster.clone()
+                },
+                V::GROUP,
+                &opts.instance,
+            )?;
+            let handled: BTreeMap<i32, i64> =
+                crate::freshness::stored::<Checkpoint>(&opts.views_dir, V::VIEW)?
+                    .and_then(|mut c| c.remove(V::TOPIC))
+                    .unwrap_or_default();
+            Some((output, dlq, service, handled))
+        }
     };
     let mut checkpoint = Checkpoint::new();
     let mut dirty = true;
@@ -109,13 +111,13 @@ pub fn run<V: TopicView>(
             match wire::decode(rt, &mut decoder, m.payload().unwrap_or_default(), stop) {
                 Ok(event) => view.fold(m.partition(), m.offset(), event),
                 Err(e) if e.is_transient() => return Err(e).context("registry unavailable"),
-                Err(e) => match (&dead_letters, V::DLQ) {
-                    (Some(out), Some((dlq, service))) => {
+                Err(e) => match &dead_letters {
+                    Some((out, dlq, service, handled)) => {
                         if m.offset() >= handled.get(&m.partition()).copied().unwrap_or(0) {
                             out.dead_letter(dlq, service, &m, e.kind(), &e.to_string())?;
                         }
                     }
-                    _ => {
+                    None => {
                         warn!(view = V::VIEW, partition = m.partition(), offset = m.offset(), error = %e,
                     "Undecodable event left out of the view.")
                     }
@@ -123,23 +125,14 @@ pub fn run<V: TopicView>(
             }
             dirty = true;
         }
-        // Positions, not last offsets + 1: they step over transaction markers, so a
-        // caught-up view's checkpoint equals the topic's high watermarks.
-        for e in consumer.position()?.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                let at = checkpoint.entry(e.topic().to_owned()).or_default();
-                if at.insert(e.partition(), o) != Some(o) {
-                    dirty = true;
-                }
-            }
-        }
+        dirty |= kafka::note_positions(&consumer, &mut checkpoint)?;
         if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
             if V::WANTS_ENDS {
                 let ends = kafka::high_watermarks(&consumer, V::TOPIC)?;
                 let positions = checkpoint.get(V::TOPIC).cloned().unwrap_or_default();
                 view.before_flush(&positions, &ends);
             }
-            if let Some(out) = &dead_letters {
+            if let Some((out, ..)) = &dead_letters {
                 out.flush().context("dead letters not delivered")?;
             }
             table.replace(&view.batch()?, &serde_json::to_string(&checkpoint)?)?;

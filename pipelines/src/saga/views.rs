@@ -5,7 +5,7 @@
 //! the topics are the source of truth), then kept current; both tables are replaced together
 //! at most every `view_flush`, each carrying the topic positions it reflects.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ pub const TOPICS: &[&str] = &[
 ];
 
 /// Positions per topic and partition.
-pub type Checkpoint = BTreeMap<String, BTreeMap<i32, i64>>;
+pub type Checkpoint = crate::freshness::Positions;
 
 /// The checkpoint stored with the `saga_steps` table under `views_dir`, if any.
 pub fn checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
@@ -335,14 +335,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
             }
             dirty = true;
         }
-        for e in consumer.position()?.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                let at = checkpoint.entry(e.topic().to_owned()).or_default();
-                if at.insert(e.partition(), o) != Some(o) {
-                    dirty = true;
-                }
-            }
-        }
+        dirty |= kafka::note_positions(&consumer, &mut checkpoint)?;
         if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
             let text = serde_json::to_string(&checkpoint)?;
             sagas.replace(&sagas_batch(fold.sagas.values())?, &text)?;
