@@ -24,7 +24,7 @@ use schemas::shipping::ShipmentReply;
 use schemas::{Metadata, Registry};
 use sinks::audit::{AuditRow, AuditTable, head_key, sha256};
 use tokio::runtime::Handle;
-use tracing::{info, info_span, warn};
+use tracing::{error, info, info_span, warn};
 
 use crate::{Cluster, Stop, kafka, wire};
 
@@ -99,7 +99,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     let _guard = span.enter();
     let table = AuditTable::open(&opts.views_dir)?;
     // Leftovers of a compaction cut short go first (readers already ignore them).
-    table.compact(COMPACT_RUN)?;
+    let mut compacting = compact(&table, true);
     let mut checkpoint = table.checkpoint()?.unwrap_or_default();
     let registry = Registry::new(&opts.cluster.registry);
     let mut decoders: BTreeMap<&str, (&str, Box<dyn MetaDecoder>)> = EVENT_TOPICS
@@ -164,14 +164,31 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
             table.append(&pending, &checkpoint)?;
             pending.clear();
             // Small parts (one per flush) do not pile up: merge a run of them now and then.
-            let merged = table.compact(COMPACT_RUN)?;
-            if merged > 0 {
-                info!(parts = merged, "Audit trail parts merged.");
-            }
+            compacting = compact(&table, compacting);
             last_flush = Instant::now();
         }
         if stopping {
             return Ok(());
+        }
+    }
+}
+
+/// Merges a run of small parts if `compacting`; returns whether to go on compacting. A part
+/// that fails its digest is evidence: it is left as it is, compaction stops for the life of
+/// the process with an error in the log, and the trail goes on being appended to.
+fn compact(table: &AuditTable, compacting: bool) -> bool {
+    if !compacting {
+        return false;
+    }
+    match table.compact(COMPACT_RUN) {
+        Ok(0) => true,
+        Ok(merged) => {
+            info!(parts = merged, "Audit trail parts merged.");
+            true
+        }
+        Err(e) => {
+            error!(error = %e, "Audit trail compaction stopped; appends go on. Run `supplystream audit verify`.");
+            false
         }
     }
 }

@@ -52,6 +52,13 @@ pub enum Error {
     Query(#[from] datafusion::error::DataFusionError),
     #[error("view {view}: unexpected column layout: {reason}")]
     Layout { view: String, reason: String },
+    /// A file does not match the digest written beside it.
+    #[error("view {view}: {path} was changed after it was written: {reason}")]
+    Altered {
+        view: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// Result alias of the sinks crate.
