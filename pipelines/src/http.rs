@@ -578,10 +578,14 @@ async fn query(api: Arc<Api>, params: QueryParams) -> Result<Response, ApiError>
             .register_batch("views", views_batch(&rows).map_err(ApiError::internal)?)
             .map_err(ApiError::internal)?;
     }
-    let batches = engine
-        .sql(&params.sql)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let batches = engine.sql(&params.sql).await.map_err(|e| {
+        let status = if e.is_internal() {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, e)
+    })?;
     let (content_type, body) = match format {
         "csv" => (
             "text/csv",

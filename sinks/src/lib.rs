@@ -16,6 +16,8 @@ pub mod audit;
 pub mod derived;
 pub mod format;
 pub mod ledger;
+#[cfg(feature = "query")]
+pub mod pinned;
 pub mod products;
 pub mod purchasing;
 #[cfg(feature = "query")]
@@ -59,6 +61,39 @@ pub enum Error {
         path: std::path::PathBuf,
         reason: String,
     },
+}
+
+impl Error {
+    /// Whether the fault is on this side (a file that cannot be read, the engine), not in
+    /// the query: an HTTP API answers 500 for these and 400 for the rest (SQL that does not
+    /// parse or plan, a cast or a division that fails on the data).
+    pub fn is_internal(&self) -> bool {
+        match self {
+            Error::Io { .. } | Error::Parquet { .. } | Error::Layout { .. } => true,
+            Error::Altered { .. } => true,
+            Error::Arrow(_) => false,
+            #[cfg(feature = "query")]
+            Error::Query(e) => internal(e),
+        }
+    }
+}
+
+#[cfg(feature = "query")]
+fn internal(e: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::ParquetError(_)
+        | E::ObjectStore(_)
+        | E::IoError(_)
+        | E::Internal(_)
+        | E::ExecutionJoin(_)
+        | E::ResourcesExhausted(_)
+        | E::External(_) => true,
+        E::Context(_, inner) | E::Diagnostic(_, inner) => internal(inner),
+        E::Shared(inner) => internal(inner),
+        E::Collection(all) => all.iter().any(internal),
+        _ => false,
+    }
 }
 
 /// Result alias of the sinks crate.

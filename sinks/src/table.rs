@@ -2,8 +2,9 @@
 //!
 //! Current-state views (e.g. `stock_levels`) are small relative to the event log (one row per
 //! key), so each flush writes the whole table to `<dir>/<view>/part-0.parquet.tmp`, fsyncs it
-//! and renames it over `part-0.parquet`. Readers see the old or the new file, never half of
-//! one. Flushes are batched by the runtime (every N ms, only when changed), never per record.
+//! and renames it over `part-0.parquet`. A reader that opens the file once sees the old or
+//! the new file, never half of one; DataFusion reopens it per read, and reads it through
+//! [`PinnedFs`](crate::pinned::PinnedFs) for that reason. Flushes are batched by the runtime (every N ms, only when changed), never per record.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
