@@ -22,7 +22,7 @@ use schemas::payments::PaymentReply;
 use schemas::record::RecordUnion;
 use schemas::shipping::ShipmentReply;
 use schemas::{Metadata, Registry};
-use sinks::audit::{AuditRow, AuditTable, head_key, sha256};
+use sinks::audit::{AuditRow, AuditTable, Checkpoint, head_key, sha256};
 use tokio::runtime::Handle;
 use tracing::{error, info, info_span, warn};
 
@@ -122,9 +122,14 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     info!(resume = ?checkpoint.positions, "Compliance service started.");
     let mut pending: Vec<AuditRow> = Vec::new();
     let mut last_flush = Instant::now();
+    let mut drain: Option<Drain> = None;
     loop {
-        let stopping = stop.is_stopped();
-        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
+        if drain.is_none() && stop.is_stopped() {
+            drain = Some(Drain::new(&consumer)?);
+        }
+        let batch = kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))?;
+        let got = !batch.is_empty();
+        for m in batch {
             let (service, decoder) = decoders.get_mut(m.topic()).expect("assigned topics only");
             let payload = m.payload().unwrap_or_default();
             let mut row = AuditRow {
@@ -159,6 +164,10 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
             checkpoint.heads.insert(key, row.hash.clone());
             pending.push(row);
         }
+        let stopping = match &mut drain {
+            Some(d) => d.done(&consumer, &checkpoint, got)?,
+            None => false,
+        };
         if !pending.is_empty() && (stopping || last_flush.elapsed() >= opts.flush) {
             kafka::note_positions(&consumer, &mut checkpoint.positions)?;
             table.append(&pending, &checkpoint)?;
@@ -170,6 +179,68 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         if stopping {
             return Ok(());
         }
+    }
+}
+
+/// A clean stop audits what was written before it: it goes on until every partition is read
+/// to the end it had when the stop came, or nothing came for [`QUIET`] (a transaction's
+/// commit marker is the last offset of a partition and is never delivered), or
+/// [`STOP_DRAIN`] passed. Stopping at the first empty poll could leave the trail a fetch
+/// behind the logs, until the next start.
+struct Drain {
+    ends: BTreeMap<String, BTreeMap<i32, i64>>,
+    deadline: Instant,
+    last_record: Instant,
+}
+
+/// Longest a clean stop goes on auditing.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
+/// No record for this long during a stop: what was written before it is audited.
+const QUIET: Duration = Duration::from_secs(1);
+
+impl Drain {
+    fn new(consumer: &BaseConsumer) -> anyhow::Result<Self> {
+        let mut ends = BTreeMap::new();
+        for (topic, _) in EVENT_TOPICS {
+            ends.insert(topic.to_string(), kafka::high_watermarks(consumer, topic)?);
+        }
+        let now = Instant::now();
+        Ok(Drain {
+            ends,
+            deadline: now + STOP_DRAIN,
+            last_record: now,
+        })
+    }
+
+    fn done(
+        &mut self,
+        consumer: &BaseConsumer,
+        checkpoint: &Checkpoint,
+        got: bool,
+    ) -> anyhow::Result<bool> {
+        let now = Instant::now();
+        if got {
+            self.last_record = now;
+        }
+        let mut at = checkpoint.positions.clone();
+        kafka::note_positions(consumer, &mut at)?;
+        let behind: i64 = self
+            .ends
+            .iter()
+            .flat_map(|(t, ends)| ends.iter().map(move |(p, end)| (t, p, *end)))
+            .map(|(t, p, end)| {
+                let read = at.get(t).and_then(|m| m.get(p)).copied().unwrap_or(0);
+                (end - read).max(0)
+            })
+            .sum();
+        let done = behind == 0 || now - self.last_record >= QUIET || now >= self.deadline;
+        if done && behind > 0 && now >= self.deadline {
+            warn!(
+                behind,
+                "Stopped before auditing everything written before the stop; the next start goes on from there."
+            );
+        }
+        Ok(done)
     }
 }
 
