@@ -42,8 +42,13 @@ fetch() {
   fi
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+free_ports() { # free_ports N: N distinct free loopback ports (all bound at once, then released)
+  python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()' "$1"
 }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
@@ -59,7 +64,7 @@ up() {
   mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
   fetch
   local port cport rport
-  port=$(free_port); cport=$(free_port); rport=$(free_port)
+  read -r port cport rport < <(free_ports 3)
 
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
