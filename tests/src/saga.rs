@@ -177,6 +177,49 @@ pub fn expected_ending(intent: Intent) -> Ending {
 /// Order number (position in the simulation) → ending: comparable across runs.
 pub type Endings = BTreeMap<usize, Ending>;
 
+/// Whether two runs of simulations with the same intents (e.g. one run and its rerun under
+/// other ids) ended alike: every order the same, except that a customer's cancellation that
+/// raced the confirmation may have come in time in one run and too late in the other; the
+/// check of each run accepts either, visibly refused.
+pub fn endings_alike(
+    spec: &SimSpec,
+    rerun: &SimSpec,
+    first: &Endings,
+    second: &Endings,
+) -> anyhow::Result<()> {
+    let (a, b) = (
+        placed(&simulate::generate(spec)),
+        placed(&simulate::generate(rerun)),
+    );
+    ensure!(
+        a.iter().map(|o| o.1).eq(b.iter().map(|o| o.1)),
+        "the two simulations do not have the same intents"
+    );
+    ensure!(
+        first.len() == a.len() && second.len() == b.len(),
+        "{} and {} endings for {} orders",
+        first.len(),
+        second.len(),
+        a.len()
+    );
+    let mut raced = 0;
+    for (i, (id, intent, _)) in b.iter().enumerate() {
+        let (x, y) = (&first[&i], &second[&i]);
+        if x == y {
+            continue;
+        }
+        ensure!(
+            *intent == Intent::Cancel,
+            "order {i} ({id}, {intent:?}) ended {x:?} in the first run and {y:?} in the second"
+        );
+        raced += 1;
+    }
+    if raced > 0 {
+        eprintln!("{raced} cancellations raced their confirmation differently in the two runs");
+    }
+    Ok(())
+}
+
 /// The order ids of a simulation with their intents, in order.
 fn placed(sim: &Simulation) -> Vec<(String, Intent, i64)> {
     sim.orders
