@@ -471,12 +471,23 @@ impl Output {
         Ok(())
     }
 
-    /// Abandons the unit of work (exactly-once: aborts the transaction).
+    /// Abandons the unit of work. Exactly-once: aborts the transaction. At-least-once: what
+    /// was sent cannot be taken back, so it waits (up to 5 s) for what is in flight to land
+    /// first; a caller that then restores its state from a changelog sees every record the
+    /// abandoned work delivered there, and does not produce its events a second time.
     pub fn abort(&self) {
-        if self.guarantee == Guarantee::ExactlyOnce
-            && let Err(e) = self.producer.abort_transaction(TX_TIMEOUT)
-        {
-            tracing::warn!(error = %e, "Abort failed.");
+        match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                if let Err(e) = self.producer.abort_transaction(TX_TIMEOUT) {
+                    tracing::warn!(error = %e, "Abort failed.");
+                }
+            }
+            Guarantee::AtLeastOnce => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while self.producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+                    self.producer.poll(Duration::from_millis(1));
+                }
+            }
         }
         self.producer.context().failed.store(0, Ordering::Relaxed);
     }
