@@ -374,6 +374,10 @@ enum Command {
     Services {
         #[arg(long, value_enum, default_value_t = MapFormat::Text)]
         format: MapFormat,
+        /// Where `run` keeps local state (its `--state-dir`): each stateful pipeline's
+        /// directory is printed under it.
+        #[arg(long, default_value = "data/state")]
+        state_dir: PathBuf,
     },
 }
 
@@ -443,12 +447,12 @@ fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
         }),
-        Command::Services { format } => {
+        Command::Services { format, state_dir } => {
             let map = ownership()?;
             print!(
                 "{}",
                 match format {
-                    MapFormat::Text => map.render_text(),
+                    MapFormat::Text => map.render_text(&state_dir),
                     MapFormat::Dot => map.render_dot(),
                 }
             );

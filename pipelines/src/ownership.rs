@@ -385,8 +385,10 @@ impl OwnershipMap {
         Ok(())
     }
 
-    /// The map as text: per service, what it owns, claims and runs.
-    pub fn render_text(&self) -> String {
+    /// The map as text: per service, what it owns, claims and runs, and where each stateful
+    /// pipeline (one that writes a changelog) keeps its local state under `state_dir`
+    /// (see [`crate::state`]).
+    pub fn render_text(&self, state_dir: &Path) -> String {
         let mut out = String::new();
         for s in &self.services {
             line(&mut out, format!("{}  {}", s.service, s.description));
@@ -404,6 +406,10 @@ impl OwnershipMap {
                 line(&mut out, format!("    writes  {}", list(&p.writes)));
                 if !p.views.is_empty() {
                     line(&mut out, format!("    views   {}", list(&p.views)));
+                }
+                if p.writes.iter().any(|t| t.ends_with("changelog")) {
+                    let dir = state_dir.join(&s.service).join(&p.name);
+                    line(&mut out, format!("    state   {}/", dir.display()));
                 }
             }
         }
@@ -761,6 +767,35 @@ views = ["stock_levels"]
         assert!(
             format!("{err:#}").contains("unknown field `own`"),
             "{err:#}"
+        );
+    }
+
+    /// The stateful pipelines are the ones that open a state directory: the inventory service
+    /// and the saga participants (the demo's `data/demo/state/*/*`).
+    #[test]
+    fn the_text_map_names_each_stateful_pipelines_directory() {
+        let text = OwnershipMap::bundled()
+            .unwrap()
+            .render_text(Path::new("/s"));
+        let mut dirs: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("state   "))
+            .collect();
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            [
+                "/s/billing/billing/",
+                "/s/catalog/catalog/",
+                "/s/inventory/inventory-receiving/",
+                "/s/inventory/inventory-saga/",
+                "/s/inventory/inventory/",
+                "/s/notifications/notifications/",
+                "/s/orders/orders/",
+                "/s/payments/payments/",
+                "/s/shipping/shipping/",
+                "/s/suppliers/suppliers/",
+            ]
         );
     }
 
