@@ -220,6 +220,116 @@ pub fn endings_alike(
     Ok(())
 }
 
+/// The ledger view resumes from its table: a copy of the finished ledger cut in the middle
+/// of every partition (rows and checkpoint, as an earlier run would have left them), with one
+/// kept row marked, is run again until it is caught up. The marked row must survive (the
+/// view took the table back rather than rebuilding) and every other row must equal the
+/// finished ledger's: the tail folded once, and events republished across the cut
+/// (at-least-once duplicates) posted once.
+pub fn ledger_resumes_from_its_table(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Handle,
+    views: &Path,
+) -> anyhow::Result<()> {
+    use sinks::SnapshotTable;
+    use sinks::ledger::{self, LedgerRow};
+    let (batches, _) = SnapshotTable::open(views, ledger::VIEW)?
+        .load()?
+        .context("no ledger view")?;
+    let mut full = ledger::from_batches(&batches)?;
+    ensure!(!full.is_empty(), "the ledger is empty");
+    // Cut each partition at its median row's offset.
+    let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &full {
+        offsets.entry(r.partition).or_default().push(r.offset);
+    }
+    let cut: BTreeMap<i32, i64> = offsets
+        .into_iter()
+        .map(|(p, mut o)| {
+            o.sort_unstable();
+            (p, o[o.len() / 2])
+        })
+        .collect();
+    let mut kept: Vec<LedgerRow> = full
+        .iter()
+        .filter(|r| r.offset < cut[&r.partition])
+        .cloned()
+        .collect();
+    ensure!(
+        !kept.is_empty() && kept.len() < full.len(),
+        "the cut keeps {} of {} rows",
+        kept.len(),
+        full.len()
+    );
+    let marked = kept[0].clone();
+    kept[0].document = "kept-by-resume".into();
+    let copy = tempfile::tempdir()?;
+    let checkpoint = BTreeMap::from([(BILLING_EVENTS.to_owned(), cut.clone())]);
+    SnapshotTable::open(copy.path(), ledger::VIEW)?.replace(
+        &ledger::to_batch(&kept)?,
+        &serde_json::to_string(&checkpoint)?,
+    )?;
+
+    let opts = saga::Options {
+        view_flush: Duration::from_millis(200),
+        ..saga::Options::new(cluster.clone(), copy.path().to_path_buf())
+    };
+    let ends = {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            pipelines::kafka::consumer_config(cluster, "ledger-resume-probe").create()?;
+        pipelines::kafka::high_watermarks(&consumer, BILLING_EVENTS)?
+    };
+    let stop = pipelines::Stop::default();
+    let view = {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        std::thread::spawn(move || saga::ledger::run(&o, &r, &s))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = pipelines::freshness::view_positions(copy.path(), ledger::VIEW)?
+            .and_then(|mut c| c.remove(BILLING_EVENTS))
+            .unwrap_or_default();
+        if ends
+            .iter()
+            .all(|(p, end)| at.get(p).copied().unwrap_or(0) >= *end)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the resumed ledger is at {at:?}, the topic ends at {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.stop();
+    view.join()
+        .map_err(|_| anyhow::anyhow!("the ledger view panicked"))??;
+    let (batches, _) = SnapshotTable::open(copy.path(), ledger::VIEW)?
+        .load()?
+        .context("the resumed ledger wrote no table")?;
+    let mut resumed = ledger::from_batches(&batches)?;
+    let at = resumed
+        .iter()
+        .position(|r| r.document == "kept-by-resume")
+        .context("the marked row is gone: the view rebuilt instead of resuming")?;
+    resumed[at] = marked;
+    let key = |r: &LedgerRow| (r.partition, r.offset, r.account.clone(), r.event_id.clone());
+    full.sort_by_key(key);
+    resumed.sort_by_key(key);
+    ensure!(
+        resumed == full,
+        "the resumed ledger has {} rows, the finished one {}",
+        resumed.len(),
+        full.len()
+    );
+    eprintln!(
+        "ledger: resumed from {} of {} rows (cut at {cut:?}) and caught up alike",
+        kept.len(),
+        full.len()
+    );
+    Ok(())
+}
+
 /// The order ids of a simulation with their intents, in order.
 fn placed(sim: &Simulation) -> Vec<(String, Intent, i64)> {
     sim.orders

@@ -75,6 +75,15 @@ async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()>
         )
     })
     .await??;
+    let (c, v, rt) = (
+        cluster.clone(),
+        views.path().to_path_buf(),
+        tokio::runtime::Handle::current(),
+    );
+    tokio::task::spawn_blocking(move || {
+        integration::saga::ledger_resumes_from_its_table(&c, &rt, &v)
+    })
+    .await??;
     let (c, v) = (cluster.clone(), views.path().to_path_buf());
     tokio::task::spawn_blocking(move || {
         integration::audit::audit_trail_is_complete_and_tamper_evident(&c, &v)

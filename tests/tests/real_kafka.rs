@@ -212,6 +212,9 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
         integration::saga::SAGA_STORES,
     )?;
     eprintln!("{from_snapshots} records restored from local snapshots, the same states");
+    // The ledger view (restarted by every kill, resuming from its table) resumes alike from
+    // a table cut in the middle.
+    integration::saga::ledger_resumes_from_its_table(&stack.cluster, rt.handle(), views.path())?;
     let check = cli(stack, &["replay", "orders", "--check"])?;
     anyhow::ensure!(
         check.status.success(),

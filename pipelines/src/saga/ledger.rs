@@ -1,5 +1,6 @@
-//! The billing service's `ledger` view: every posting of `billing.events`, rebuilt from the
-//! beginning of the topic when it starts (like the saga views) and kept current.
+//! The billing service's `ledger` view: every posting of `billing.events`, kept current. Its
+//! rows are its whole fold state (the event ids seen are theirs), so a restart resumes from
+//! the table and the positions stored with it instead of reading the topic again.
 
 use std::collections::HashSet;
 
@@ -55,6 +56,13 @@ impl TopicView for Ledger {
 
     fn batch(&self) -> anyhow::Result<arrow::record_batch::RecordBatch> {
         Ok(ledger::to_batch(&self.rows)?)
+    }
+
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
+        let rows = ledger::from_batches(table)?;
+        self.seen = rows.iter().map(|r| r.event_id.clone()).collect();
+        self.rows = rows;
+        Ok(true)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The loop every single-topic snapshot view shares (`ledger`, `products`,
-//! `orders_per_minute`): read the topic from the beginning, decode with the registered
-//! schemas, fold each event, and every `view_flush` replace the Parquet table with the
-//! view's rows and the consumer positions (its checkpoint, for freshness and read-your-writes).
+//! `orders_per_minute`, …): read the topic, decode with the registered schemas, fold each
+//! event, and every `view_flush` replace the Parquet table with the view's rows and the
+//! consumer positions (its checkpoint, for freshness and read-your-writes). A view whose fold
+//! state is its rows ([`TopicView::resume`]: the ledger) starts from its table and that
+//! checkpoint; the others rebuild from the beginning of the topic on every start.
 //! A registry outage stops the view (it restarts and rebuilds). An undecodable record is left
 //! out of the view; on a topic this service's own code writes it is reported (a bug to see;
 //! the audit trail records it too), on a topic outside producers write ([`TopicView::DLQ`]) it
@@ -57,6 +59,64 @@ pub trait TopicView {
     /// Where undecodable records go, with the service that owns it: set for topics outside
     /// producers write (`external_events`); `None` leaves them out with a warning.
     const DLQ: Option<(&'static str, &'static str)> = None;
+
+    /// Takes the view back to `table`, its rows as an earlier run wrote them with the
+    /// checkpoint the run then resumes from, and returns `true`; or returns `false` (the
+    /// default: the view's fold state is more than its rows) and the view is rebuilt from the
+    /// beginning of its topic. On an error the view must be left as it was (it rebuilds).
+    fn resume(&mut self, _table: &[RecordBatch]) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// Where a resumable view starts: its table's checkpoint, if the view takes the table back
+/// and every stored position lies within its partition (a topic deleted and recreated, or
+/// truncated by retention, rebuilds). Partitions the checkpoint does not name start at
+/// their beginning.
+fn resume_from<V: TopicView>(
+    view: &mut V,
+    table: &SnapshotTable,
+    consumer: &BaseConsumer,
+    partitions: &[i32],
+) -> anyhow::Result<Option<BTreeMap<i32, i64>>> {
+    let Some((batches, text)) = table.load()? else {
+        return Ok(None);
+    };
+    let stored: Option<Checkpoint> = (!text.is_empty())
+        .then(|| serde_json::from_str(&text))
+        .transpose()
+        .unwrap_or(None);
+    let Some(positions) = stored.and_then(|mut c| c.remove(V::TOPIC)) else {
+        return Ok(None);
+    };
+    for (p, at) in &positions {
+        if !partitions.contains(p) {
+            info!(
+                partition = p,
+                "Rebuilding: the stored checkpoint names a partition the topic does not have."
+            );
+            return Ok(None);
+        }
+        let (low, high) = kafka::watermarks(consumer, V::TOPIC, *p)?;
+        if *at < low || *at > high {
+            info!(
+                partition = p,
+                position = at,
+                low,
+                high,
+                "Rebuilding: the stored position is outside the partition."
+            );
+            return Ok(None);
+        }
+    }
+    match view.resume(&batches) {
+        Ok(true) => Ok(Some(positions)),
+        Ok(false) => Ok(None),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "Rebuilding: the table cannot be taken back.");
+            Ok(None)
+        }
+    }
 }
 
 /// Runs `view` until `stop`, flushing once more on the way out. Blocking.
@@ -72,9 +132,15 @@ pub fn run<V: TopicView>(
     let mut decoder = Decoder::<V::Event>::new(Registry::new(&opts.cluster.registry));
     let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, V::GROUP).create()?;
     let partitions: Vec<i32> = (0..kafka::partition_count(&consumer, V::TOPIC)? as i32).collect();
+    let resumed = resume_from(&mut view, &table, &consumer, &partitions)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        tpl.add_partition_offset(V::TOPIC, *p, Offset::Beginning)?;
+        let at = resumed.as_ref().and_then(|r| r.get(p));
+        tpl.add_partition_offset(
+            V::TOPIC,
+            *p,
+            at.map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+        )?;
     }
     consumer.assign(&tpl)?;
     view.assigned(&partitions);
@@ -101,10 +167,20 @@ pub fn run<V: TopicView>(
     let mut checkpoint = Checkpoint::new();
     let mut dirty = true;
     let mut last_flush = Instant::now();
-    info!(
-        topic = V::TOPIC,
-        "View started (rebuilding from the beginning of its topic)."
-    );
+    match resumed {
+        Some(positions) => {
+            info!(
+                topic = V::TOPIC,
+                ?positions,
+                "View started (resuming from its table)."
+            );
+            checkpoint.insert(V::TOPIC.to_owned(), positions);
+        }
+        None => info!(
+            topic = V::TOPIC,
+            "View started (rebuilding from the beginning of its topic)."
+        ),
+    }
     loop {
         let stopping = stop.is_stopped();
         for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
