@@ -151,6 +151,7 @@ pub async fn read_your_writes(
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    let catalog = products_resume(&client, &base, views, catalog, services).await?;
     let catalog = external_events(cluster, &client, &base, catalog, services).await?;
     let stopped = tokio::task::spawn_blocking(move || catalog.stop()).await?;
     stopped?;
@@ -261,6 +262,64 @@ pub async fn read_your_writes(
     server.abort();
     runner.stop()?;
     Ok(())
+}
+
+/// The `products` view resumes from its table: stopped, its SKU-HTTP row marked in the
+/// table (as if an earlier run had written it so), restarted; a product created afterwards
+/// is read back with its token, and the mark is still there (a rebuild from
+/// `catalog.events` would have replaced it).
+async fn products_resume(
+    client: &reqwest::Client,
+    base: &str,
+    views: &Path,
+    running: pipelines::saga::Running,
+    restart: impl Fn() -> anyhow::Result<pipelines::saga::Running>,
+) -> anyhow::Result<pipelines::saga::Running> {
+    use sinks::products;
+    tokio::task::spawn_blocking(move || running.stop()).await??;
+    let table = sinks::SnapshotTable::open(views, products::VIEW)?;
+    let (batches, checkpoint) = table.load()?.context("no products table")?;
+    let mut rows = products::from_batches(&batches)?;
+    let row = rows
+        .iter_mut()
+        .find(|r| r.sku == "SKU-HTTP")
+        .context("no SKU-HTTP row")?;
+    row.name = "kept-by-resume".into();
+    table.replace(&products::to_batch(&rows)?, &checkpoint)?;
+    let running = restart()?;
+    let (status, answer) = post(
+        client,
+        format!("{base}/commands/catalog/CreateProduct"),
+        json!({"sku": "SKU-HTTP-2", "name": "Gadget", "price_cents": 120}),
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "CreateProduct refused after restart: {answer}"
+    );
+    let token = answer["token"].as_str().context("a token")?;
+    let rows: Value = client
+        .get(format!("{base}/query"))
+        .query(&[
+            (
+                "sql",
+                "SELECT sku, name, version FROM products WHERE sku LIKE 'SKU-HTTP%' AND sku <> 'SKU-HTTP-FREE' ORDER BY sku",
+            ),
+            ("token", token),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let want = json!([
+        {"sku": "SKU-HTTP", "name": "kept-by-resume", "version": 4},
+        {"sku": "SKU-HTTP-2", "name": "Gadget", "version": 1},
+    ]);
+    ensure!(
+        rows == want,
+        "after a restart products says {rows}, expected {want} (a rebuild loses the mark)"
+    );
+    Ok(running)
 }
 
 /// A carrier's events posted to `POST /events/shipping.tracking` (an external events topic),

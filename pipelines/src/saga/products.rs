@@ -1,5 +1,6 @@
 //! The catalog service's `products` view: each product's current state, folded from
-//! `catalog.events` with the same `evolve` as the aggregate.
+//! `catalog.events` with the same `evolve` as the aggregate. It resumes from its table on
+//! start (see [`TopicView::resume`]).
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,27 @@ impl TopicView for Products {
             })
             .collect();
         Ok(products::to_batch(&rows)?)
+    }
+
+    /// A product's row is its state for this view: versions only grow, so the fold needs no
+    /// more than the version to ignore a redelivered event (the causation ids the aggregate
+    /// keeps for its own dedup start empty and are not shown).
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
+        self.0 = products::from_batches(table)?
+            .into_iter()
+            .map(|r| {
+                let state = ProductState {
+                    sku: r.sku.clone(),
+                    version: r.version,
+                    name: r.name,
+                    price_cents: r.price_cents,
+                    discontinued: r.discontinued,
+                    steps: Vec::new(),
+                };
+                (r.sku, (state, r.updated_at))
+            })
+            .collect();
+        Ok(true)
     }
 }
 
