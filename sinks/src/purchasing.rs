@@ -6,11 +6,11 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::{Result, table::batch};
+use crate::{Error, Result, table::batch};
 
 pub const VIEW: &str = "purchase_orders";
 
@@ -85,4 +85,68 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a PurchaseOrderRow>) -> Res
             )),
         ],
     )
+}
+
+/// Reads rows back from batches of this view (to resume after a restart); an error if the
+/// table was written with another layout.
+pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<PurchaseOrderRow>> {
+    let layout = |reason: String| Error::Layout {
+        view: VIEW.into(),
+        reason,
+    };
+    let mut rows = Vec::new();
+    for b in batches {
+        if b.schema().fields() != SCHEMA.fields() {
+            return Err(layout(format!(
+                "schema {:?} is not the current one",
+                b.schema()
+            )));
+        }
+        fn col<T: Array + 'static>(b: &RecordBatch, i: usize) -> Option<&T> {
+            b.column(i).as_any().downcast_ref::<T>()
+        }
+        let bad = |i: usize| layout(format!("column {}", SCHEMA.field(i).name()));
+        let s = |i| col::<StringArray>(b, i).ok_or_else(|| bad(i));
+        let t = |i| col::<TimestampMillisecondArray>(b, i).ok_or_else(|| bad(i));
+        let (po, sku, warehouse, supplier, alert) = (s(0)?, s(1)?, s(2)?, s(3)?, s(6)?);
+        let quantity = col::<Int64Array>(b, 4).ok_or_else(|| bad(4))?;
+        let (placed, expected, received) = (t(7)?, t(8)?, t(9)?);
+        for i in 0..b.num_rows() {
+            rows.push(PurchaseOrderRow {
+                po_id: po.value(i).to_owned(),
+                sku: sku.value(i).to_owned(),
+                warehouse: warehouse.value(i).to_owned(),
+                supplier_id: supplier.value(i).to_owned(),
+                quantity: quantity.value(i),
+                low_stock_event_id: alert.value(i).to_owned(),
+                placed_at: placed.value(i),
+                expected_at: expected.value(i),
+                received_at: (!received.is_null(i)).then(|| received.value(i)),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_back_as_written() {
+        let rows: Vec<PurchaseOrderRow> = (0..4)
+            .map(|i| PurchaseOrderRow {
+                po_id: format!("PO-{i}"),
+                sku: format!("SKU-{i}"),
+                warehouse: "AMS".into(),
+                supplier_id: "SUP-NORDIC".into(),
+                quantity: 10 * i,
+                low_stock_event_id: format!("alert-{i}"),
+                placed_at: 1_700_000_000_000 + i,
+                expected_at: 1_700_000_100_000 + i,
+                received_at: (i % 2 == 0).then_some(1_700_000_200_000 + i),
+            })
+            .collect();
+        assert_eq!(from_batches(&[to_batch(&rows).unwrap()]).unwrap(), rows);
+    }
 }

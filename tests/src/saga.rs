@@ -330,6 +330,95 @@ pub fn ledger_resumes_from_its_table(
     Ok(())
 }
 
+/// The `purchase_orders` view resumes from its table: a copy of the finished table with one
+/// row marked, one row removed and the positions rewound to the beginning of every partition
+/// is run again until caught up. The mark survives (the view took the table back rather than
+/// rebuilding), the removed order is folded back from its events, and events read again
+/// over rows already there change nothing (as a redelivery would not).
+pub fn purchase_orders_resume_from_their_table(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Handle,
+    views: &Path,
+) -> anyhow::Result<()> {
+    const EVENTS: &str = SUPPLIER_EVENTS;
+    use sinks::SnapshotTable;
+    use sinks::purchasing::{self, PurchaseOrderRow};
+    let (batches, _) = SnapshotTable::open(views, purchasing::VIEW)?
+        .load()?
+        .context("no purchase_orders view")?;
+    let mut full = purchasing::from_batches(&batches)?;
+    ensure!(full.len() >= 2, "{} purchase orders", full.len());
+    let mut copy_rows: Vec<PurchaseOrderRow> = full.clone();
+    let removed = copy_rows.pop().expect("two rows at least");
+    let marked = copy_rows[0].clone();
+    copy_rows[0].warehouse = "kept-by-resume".into();
+    let consumer: rdkafka::consumer::BaseConsumer =
+        pipelines::kafka::consumer_config(cluster, "purchase-orders-resume-probe").create()?;
+    let ends = pipelines::kafka::high_watermarks(&consumer, EVENTS)?;
+    let rewound: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let copy = tempfile::tempdir()?;
+    SnapshotTable::open(copy.path(), purchasing::VIEW)?.replace(
+        &purchasing::to_batch(&copy_rows)?,
+        &serde_json::to_string(&BTreeMap::from([(EVENTS.to_owned(), rewound)]))?,
+    )?;
+    let opts = saga::Options {
+        view_flush: Duration::from_millis(200),
+        ..saga::Options::new(cluster.clone(), copy.path().to_path_buf())
+    };
+    let stop = pipelines::Stop::default();
+    let view = {
+        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
+        std::thread::spawn(move || saga::purchasing::run(&o, &r, &s))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = pipelines::freshness::view_positions(copy.path(), purchasing::VIEW)?
+            .and_then(|mut c| c.remove(EVENTS))
+            .unwrap_or_default();
+        if ends
+            .iter()
+            .all(|(p, end)| at.get(p).copied().unwrap_or(0) >= *end)
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the resumed purchase_orders is at {at:?}, the topic ends at {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.stop();
+    view.join()
+        .map_err(|_| anyhow::anyhow!("the purchase_orders view panicked"))??;
+    let (batches, _) = SnapshotTable::open(copy.path(), purchasing::VIEW)?
+        .load()?
+        .context("the resumed purchase_orders wrote no table")?;
+    let mut resumed = purchasing::from_batches(&batches)?;
+    let at = resumed
+        .iter()
+        .position(|r| r.warehouse == "kept-by-resume")
+        .context("the marked row is gone: the view rebuilt instead of resuming")?;
+    resumed[at] = marked;
+    ensure!(
+        resumed.contains(&removed),
+        "the removed purchase order {} was not folded back",
+        removed.po_id
+    );
+    full.sort_by(|a, b| a.po_id.cmp(&b.po_id));
+    resumed.sort_by(|a, b| a.po_id.cmp(&b.po_id));
+    ensure!(
+        resumed == full,
+        "the resumed purchase_orders has {} rows, the finished one {}",
+        resumed.len(),
+        full.len()
+    );
+    eprintln!(
+        "purchase_orders: resumed from {} rows over the whole topic again, alike",
+        full.len() - 1
+    );
+    Ok(())
+}
+
 /// The order ids of a simulation with their intents, in order.
 fn placed(sim: &Simulation) -> Vec<(String, Intent, i64)> {
     sim.orders

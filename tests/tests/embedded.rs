@@ -135,8 +135,10 @@ async fn low_stock_is_reordered_and_receipts_restock_inventory() -> anyhow::Resu
         "every position ran low at least once: {placed} orders"
     );
     let (c, rt) = (cluster.clone(), tokio::runtime::Handle::current());
+    let v = views.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
-        integration::saga::stores_equal_their_event_logs(&c, &rt, &["suppliers", "inventory"])
+        integration::saga::stores_equal_their_event_logs(&c, &rt, &["suppliers", "inventory"])?;
+        integration::saga::purchase_orders_resume_from_their_table(&c, &rt, &v)
     })
     .await??;
     Ok(())

@@ -453,6 +453,11 @@ fn purchasing_killed_mid_run(stack: &Stack, rt: &tokio::runtime::Runtime) -> any
         &integration::scenario::state_dir(views.path()),
         &["suppliers", "inventory"],
     )?;
+    integration::saga::purchase_orders_resume_from_their_table(
+        &stack.cluster,
+        rt.handle(),
+        views.path(),
+    )?;
     let check = cli(stack, &["replay", "suppliers", "--check"])?;
     anyhow::ensure!(
         check.status.success(),

@@ -1,5 +1,6 @@
-//! The suppliers service's `purchase_orders` view over `suppliers.events`, rebuilt from the
-//! beginning of the topic when it starts and kept current (the single-topic view loop).
+//! The suppliers service's `purchase_orders` view over `suppliers.events`, kept current by
+//! the single-topic view loop. Its rows are its whole fold state, so a restart resumes from
+//! the table (see [`TopicView::resume`]).
 
 use std::collections::BTreeMap;
 
@@ -53,6 +54,14 @@ impl TopicView for PurchaseOrders {
 
     fn batch(&self) -> anyhow::Result<arrow::record_batch::RecordBatch> {
         Ok(purchasing::to_batch(self.rows.values())?)
+    }
+
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
+        self.rows = purchasing::from_batches(table)?
+            .into_iter()
+            .map(|r| (r.po_id.clone(), r))
+            .collect();
+        Ok(true)
     }
 }
 
