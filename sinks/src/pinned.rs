@@ -10,11 +10,15 @@
 //! loop (`query::tests::queries_see_a_replaced_view_whole`), and the demo failed once in 17
 //! runs.
 //!
-//! [`PinnedFs`] closes that window: `list` opens each file it lists and keeps the open file,
-//! with the size of what it opened; every read of that path until the next `list` reads that
-//! open file (`pread`), so a query reads each file as it was when the query listed it,
-//! whatever is renamed over it meanwhile. Writes and everything else go to the
-//! [`LocalFileSystem`] underneath.
+//! [`PinnedFs`] closes that window: `list` opens each Parquet file it lists and keeps the
+//! open file, with the size of what it opened; every read of that path reads that open file
+//! (`pread`), so a query reads each file as it was when it was listed, whatever is renamed
+//! over it meanwhile. The first listing of a path wins for the engine's life: DataFusion
+//! lists a table once per engine anyway (at registration, then from its listing cache), and
+//! a second listing must not swap a file under a scan that planned with the first. A file
+//! that vanishes between a listing and its opening (a compaction's deletes) makes it list
+//! again rather than skip it, which could leave out rows. Writes and everything else go to
+//! the [`LocalFileSystem`] underneath.
 //!
 //! It also leaves out of a listing the audit trail's parts that a merged part beside them
 //! covers ([`is_covered`](crate::audit::is_covered)): between a compaction's merge and its
@@ -39,6 +43,8 @@ use datafusion::object_store::{
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
 const STORE: &str = "PinnedFs";
+/// Listings of one directory before giving up on it changing under each.
+const LISTINGS: usize = 5;
 
 /// One listed file, held open.
 #[derive(Debug, Clone)]
@@ -72,12 +78,24 @@ impl PinnedFs {
         Self::default()
     }
 
-    /// Opens the file `meta` names and pins it; `None` if it is gone (deleted since listed).
+    /// Opens the Parquet file `meta` names and pins it, unless it is pinned already (the
+    /// first listing wins for the engine's life, as DataFusion's listing cache does); `None`
+    /// if it is gone (deleted since listed). Other files are listed as they are, unpinned.
     fn pin(
         fs: &LocalFileSystem,
         pins: &Mutex<HashMap<Path, Pin>>,
         meta: ObjectMeta,
     ) -> object_store::Result<Option<ObjectMeta>> {
+        if !meta.location.as_ref().ends_with(".parquet") {
+            return Ok(Some(meta));
+        }
+        if let Some(pin) = pins
+            .lock()
+            .expect("pins are never poisoned")
+            .get(&meta.location)
+        {
+            return Ok(Some(pin.meta.clone()));
+        }
         let path = fs.path_to_filesystem(&meta.location)?;
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -97,19 +115,24 @@ impl PinnedFs {
             file: Arc::new(file),
             meta: meta.clone(),
         };
-        pins.lock()
-            .expect("pins are never poisoned")
-            .insert(meta.location.clone(), pin);
-        Ok(Some(meta))
+        let mut pins = pins.lock().expect("pins are never poisoned");
+        Ok(Some(
+            pins.entry(meta.location.clone())
+                .or_insert(pin)
+                .meta
+                .clone(),
+        ))
     }
 
     /// Pins the files of one listing, leaving out the audit trail's parts that a merged part
-    /// beside them covers (left by a compaction between its merge and its deletes).
+    /// beside them covers (left by a compaction between its merge and its deletes). `None`
+    /// if a listed file is gone: the directory changed under the listing (a compaction's
+    /// deletes), and skipping the file could leave out rows its merged part holds; list again.
     fn pin_all(
         fs: &LocalFileSystem,
         pins: &Mutex<HashMap<Path, Pin>>,
         listed: Vec<ObjectMeta>,
-    ) -> object_store::Result<Vec<ObjectMeta>> {
+    ) -> object_store::Result<Option<Vec<ObjectMeta>>> {
         fn split(m: &ObjectMeta) -> (&str, &str) {
             let path: &str = m.location.as_ref();
             path.rsplit_once('/').unwrap_or(("", path))
@@ -132,11 +155,29 @@ impl PinnedFs {
             if covered {
                 continue;
             }
-            if let Some(meta) = Self::pin(fs, pins, meta)? {
-                pinned.push(meta);
+            match Self::pin(fs, pins, meta)? {
+                Some(meta) => pinned.push(meta),
+                None => return Ok(None),
             }
         }
-        Ok(pinned)
+        Ok(Some(pinned))
+    }
+
+    /// Lists `prefix` and pins what it lists, listing again while files vanish under it.
+    async fn list_pinned(
+        fs: &LocalFileSystem,
+        pins: &Mutex<HashMap<Path, Pin>>,
+        prefix: Option<&Path>,
+    ) -> object_store::Result<Vec<ObjectMeta>> {
+        for _ in 0..LISTINGS {
+            let listed = fs.list(prefix).try_collect::<Vec<_>>().await?;
+            if let Some(pinned) = Self::pin_all(fs, pins, listed)? {
+                return Ok(pinned);
+            }
+        }
+        Err(generic(std::io::Error::other(format!(
+            "files kept vanishing under {LISTINGS} listings of {prefix:?}"
+        ))))
     }
 
     fn pinned(&self, location: &Path) -> Option<Pin> {
@@ -211,24 +252,27 @@ impl ObjectStore for PinnedFs {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let (fs, pins) = (self.fs.clone(), self.pins.clone());
-        let listing = self.fs.list(prefix);
-        futures::stream::once(async move {
-            let listed = listing.try_collect::<Vec<_>>().await?;
-            Self::pin_all(&fs, &pins, listed)
-        })
-        .map(|pinned| match pinned {
-            Ok(metas) => metas.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
-        })
-        .flat_map(futures::stream::iter)
-        .boxed()
+        let (fs, pins, prefix) = (self.fs.clone(), self.pins.clone(), prefix.cloned());
+        futures::stream::once(async move { Self::list_pinned(&fs, &pins, prefix.as_ref()).await })
+            .map(|pinned| match pinned {
+                Ok(metas) => metas.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            })
+            .flat_map(futures::stream::iter)
+            .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        let mut listed = self.fs.list_with_delimiter(prefix).await?;
-        listed.objects = Self::pin_all(&self.fs, &self.pins, listed.objects)?;
-        Ok(listed)
+        for _ in 0..LISTINGS {
+            let mut listed = self.fs.list_with_delimiter(prefix).await?;
+            if let Some(pinned) = Self::pin_all(&self.fs, &self.pins, listed.objects)? {
+                listed.objects = pinned;
+                return Ok(listed);
+            }
+        }
+        Err(generic(std::io::Error::other(format!(
+            "files kept vanishing under {LISTINGS} listings of {prefix:?}"
+        ))))
     }
 
     async fn copy_opts(
