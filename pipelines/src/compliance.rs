@@ -125,7 +125,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     let mut drain: Option<Drain> = None;
     loop {
         if drain.is_none() && stop.is_stopped() {
-            drain = Some(Drain::new(&consumer)?);
+            drain = Some(Drain::new(&consumer));
         }
         let batch = kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))?;
         let got = !batch.is_empty();
@@ -183,33 +183,47 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
 }
 
 /// A clean stop audits what was written before it: it goes on until every partition is read
-/// to the end it had when the stop came, or nothing came for [`QUIET`] (a transaction's
-/// commit marker is the last offset of a partition and is never delivered), or
-/// [`STOP_DRAIN`] passed. Stopping at the first empty poll could leave the trail a fetch
-/// behind the logs, until the next start.
+/// to the end it had when the stop came (positions step over transaction markers, so they
+/// reach it), or reading made no progress for [`QUIET`] (a partition held back by another
+/// producer's open transaction: `read_committed` stops at its last stable offset, and a stop
+/// does not wait for someone else's commit), or [`STOP_DRAIN`] passed. Stopping at the first
+/// empty poll could leave the trail a fetch behind the logs until the next start.
 struct Drain {
     ends: BTreeMap<String, BTreeMap<i32, i64>>,
     deadline: Instant,
-    last_record: Instant,
+    last_progress: Instant,
+    behind: i64,
 }
 
 /// Longest a clean stop goes on auditing.
 const STOP_DRAIN: Duration = Duration::from_secs(10);
-/// No record for this long during a stop: what was written before it is audited.
-const QUIET: Duration = Duration::from_secs(1);
+/// No progress for this long during a stop: the rest is held back, not on its way.
+const QUIET: Duration = Duration::from_secs(3);
 
 impl Drain {
-    fn new(consumer: &BaseConsumer) -> anyhow::Result<Self> {
+    /// The ends to reach; none (stop at once) if they cannot be read (the broker is down:
+    /// what is not audited now is on the next start).
+    fn new(consumer: &BaseConsumer) -> Self {
+        let now = Instant::now();
         let mut ends = BTreeMap::new();
         for (topic, _) in EVENT_TOPICS {
-            ends.insert(topic.to_string(), kafka::high_watermarks(consumer, topic)?);
+            match kafka::high_watermarks(consumer, topic) {
+                Ok(e) => {
+                    ends.insert(topic.to_string(), e);
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "Stopping without reading on: the ends of the event logs cannot be read.");
+                    ends.clear();
+                    break;
+                }
+            }
         }
-        let now = Instant::now();
-        Ok(Drain {
+        Drain {
             ends,
             deadline: now + STOP_DRAIN,
-            last_record: now,
-        })
+            last_progress: now,
+            behind: i64::MAX,
+        }
     }
 
     fn done(
@@ -219,9 +233,6 @@ impl Drain {
         got: bool,
     ) -> anyhow::Result<bool> {
         let now = Instant::now();
-        if got {
-            self.last_record = now;
-        }
         let mut at = checkpoint.positions.clone();
         kafka::note_positions(consumer, &mut at)?;
         let behind: i64 = self
@@ -233,7 +244,11 @@ impl Drain {
                 (end - read).max(0)
             })
             .sum();
-        let done = behind == 0 || now - self.last_record >= QUIET || now >= self.deadline;
+        if got || behind < self.behind {
+            self.last_progress = now;
+        }
+        self.behind = behind;
+        let done = behind == 0 || now - self.last_progress >= QUIET || now >= self.deadline;
         if done && behind > 0 && now >= self.deadline {
             warn!(
                 behind,

@@ -58,6 +58,8 @@ impl TopicView for Ledger {
         Ok(ledger::to_batch(&self.rows)?)
     }
 
+    const RESUMES: bool = true;
+
     fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
         let rows = ledger::from_batches(table)?;
         self.seen = rows.iter().map(|r| r.event_id.clone()).collect();

@@ -52,6 +52,8 @@ impl TopicView for Products {
         Ok(products::to_batch(&rows)?)
     }
 
+    const RESUMES: bool = true;
+
     /// A product's row is its state for this view: versions only grow, so the fold needs no
     /// more than the version to ignore a redelivered event (the causation ids the aggregate
     /// keeps for its own dedup start empty and are not shown).

@@ -56,6 +56,8 @@ impl TopicView for PurchaseOrders {
         Ok(purchasing::to_batch(self.rows.values())?)
     }
 
+    const RESUMES: bool = true;
+
     fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
         self.rows = purchasing::from_batches(table)?
             .into_iter()

@@ -4,7 +4,7 @@
 //! consumer positions (its checkpoint, for freshness and read-your-writes). A view whose fold
 //! state is its rows ([`TopicView::resume`]: the ledger) starts from its table and that
 //! checkpoint; the others rebuild from the beginning of the topic on every start.
-//! A registry outage stops the view (it restarts and rebuilds). An undecodable record is left
+//! A registry outage stops the view (it restarts, and resumes or rebuilds). An undecodable record is left
 //! out of the view; on a topic this service's own code writes it is reported (a bug to see;
 //! the audit trail records it too), on a topic outside producers write ([`TopicView::DLQ`]) it
 //! is dead-lettered with the reason in its headers, once: records below the stored checkpoint
@@ -67,20 +67,32 @@ pub trait TopicView {
     fn resume(&mut self, _table: &[RecordBatch]) -> anyhow::Result<bool> {
         Ok(false)
     }
+    /// Whether [`TopicView::resume`] takes a table back (the table is not even read if not).
+    const RESUMES: bool = false;
 }
 
 /// Where a resumable view starts: its table's checkpoint, if the view takes the table back
-/// and every stored position lies within its partition (a topic deleted and recreated, or
-/// truncated by retention, rebuilds). Partitions the checkpoint does not name start at
-/// their beginning.
+/// and every stored position lies within its partition. A topic recreated shorter than a
+/// stored position, or truncated past it by retention, rebuilds (from what the topic still
+/// holds: rows of records retention deleted are gone then); a topic recreated and grown past
+/// every stored position is not detected (the same limit as local snapshots: rebuild with
+/// `replay`). Partitions the checkpoint does not name start at their beginning.
 fn resume_from<V: TopicView>(
     view: &mut V,
     table: &SnapshotTable,
     consumer: &BaseConsumer,
     partitions: &[i32],
 ) -> anyhow::Result<Option<BTreeMap<i32, i64>>> {
-    let Some((batches, text)) = table.load()? else {
+    if !V::RESUMES {
         return Ok(None);
+    }
+    let (batches, text) = match table.load() {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            warn!(error = %e, "Rebuilding: the table cannot be read.");
+            return Ok(None);
+        }
     };
     let stored: Option<Checkpoint> = (!text.is_empty())
         .then(|| serde_json::from_str(&text))
