@@ -5,13 +5,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
-};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::{Error, Result, table::batch};
+use crate::Result;
+use crate::table::{Columns, batch};
 
 pub const VIEW: &str = "ledger";
 
@@ -85,28 +84,15 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a LedgerRow>) -> Result<Rec
 /// Reads rows back from batches of this view (to resume after a restart); an error if the
 /// table was written with another layout.
 pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<LedgerRow>> {
-    let layout = |reason: String| Error::Layout {
-        view: VIEW.into(),
-        reason,
-    };
     let mut rows = Vec::new();
     for b in batches {
-        if b.schema().fields() != SCHEMA.fields() {
-            return Err(layout(format!(
-                "schema {:?} is not the current one",
-                b.schema()
-            )));
-        }
-        fn col<T: Array + 'static>(b: &RecordBatch, i: usize) -> Option<&T> {
-            b.column(i).as_any().downcast_ref::<T>()
-        }
-        let bad = |i: usize| layout(format!("column {}", SCHEMA.field(i).name()));
-        let s = |i| col::<StringArray>(b, i).ok_or_else(|| bad(i));
-        let n = |i| col::<Int64Array>(b, i).ok_or_else(|| bad(i));
+        let c = Columns::new(VIEW, &SCHEMA, b)?;
+        let s = |i| c.get::<StringArray>(i);
+        let n = |i| c.get::<Int64Array>(i);
         let (order, entry, document, account) = (s(0)?, s(1)?, s(2)?, s(3)?);
         let (debit, credit, event, offset) = (n(4)?, n(5)?, s(7)?, n(9)?);
-        let at = col::<TimestampMillisecondArray>(b, 6).ok_or_else(|| bad(6))?;
-        let partition = col::<Int32Array>(b, 8).ok_or_else(|| bad(8))?;
+        let at = c.get::<TimestampMillisecondArray>(6)?;
+        let partition = c.get::<Int32Array>(8)?;
         for i in 0..b.num_rows() {
             rows.push(LedgerRow {
                 order_id: order.value(i).to_owned(),

@@ -3,13 +3,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray,
-};
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::{Error, Result, table::batch};
+use crate::Result;
+use crate::table::{Columns, batch};
 
 pub const VIEW: &str = "products";
 
@@ -72,27 +71,13 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ProductRow>) -> Result<Re
 /// Reads rows back from batches of this view (to resume after a restart); an error if the
 /// table was written with another layout.
 pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ProductRow>> {
-    let layout = |reason: String| Error::Layout {
-        view: VIEW.into(),
-        reason,
-    };
     let mut rows = Vec::new();
     for b in batches {
-        if b.schema().fields() != SCHEMA.fields() {
-            return Err(layout(format!(
-                "schema {:?} is not the current one",
-                b.schema()
-            )));
-        }
-        fn col<T: Array + 'static>(b: &RecordBatch, i: usize) -> Option<&T> {
-            b.column(i).as_any().downcast_ref::<T>()
-        }
-        let bad = |i: usize| layout(format!("column {}", SCHEMA.field(i).name()));
-        let s = |i| col::<StringArray>(b, i).ok_or_else(|| bad(i));
-        let n = |i| col::<Int64Array>(b, i).ok_or_else(|| bad(i));
-        let (sku, name, price, version) = (s(0)?, s(1)?, n(2)?, n(4)?);
-        let discontinued = col::<BooleanArray>(b, 3).ok_or_else(|| bad(3))?;
-        let at = col::<TimestampMillisecondArray>(b, 5).ok_or_else(|| bad(5))?;
+        let c = Columns::new(VIEW, &SCHEMA, b)?;
+        let (sku, name) = (c.get::<StringArray>(0)?, c.get::<StringArray>(1)?);
+        let (price, version) = (c.get::<Int64Array>(2)?, c.get::<Int64Array>(4)?);
+        let discontinued = c.get::<BooleanArray>(3)?;
+        let at = c.get::<TimestampMillisecondArray>(5)?;
         for i in 0..b.num_rows() {
             rows.push(ProductRow {
                 sku: sku.value(i).to_owned(),

@@ -10,7 +10,8 @@ use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMillisecon
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::{Error, Result, table::batch};
+use crate::Result;
+use crate::table::{Columns, batch};
 
 pub const VIEW: &str = "purchase_orders";
 
@@ -90,26 +91,13 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a PurchaseOrderRow>) -> Res
 /// Reads rows back from batches of this view (to resume after a restart); an error if the
 /// table was written with another layout.
 pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<PurchaseOrderRow>> {
-    let layout = |reason: String| Error::Layout {
-        view: VIEW.into(),
-        reason,
-    };
     let mut rows = Vec::new();
     for b in batches {
-        if b.schema().fields() != SCHEMA.fields() {
-            return Err(layout(format!(
-                "schema {:?} is not the current one",
-                b.schema()
-            )));
-        }
-        fn col<T: Array + 'static>(b: &RecordBatch, i: usize) -> Option<&T> {
-            b.column(i).as_any().downcast_ref::<T>()
-        }
-        let bad = |i: usize| layout(format!("column {}", SCHEMA.field(i).name()));
-        let s = |i| col::<StringArray>(b, i).ok_or_else(|| bad(i));
-        let t = |i| col::<TimestampMillisecondArray>(b, i).ok_or_else(|| bad(i));
+        let c = Columns::new(VIEW, &SCHEMA, b)?;
+        let s = |i| c.get::<StringArray>(i);
+        let t = |i| c.get::<TimestampMillisecondArray>(i);
         let (po, sku, warehouse, supplier, alert) = (s(0)?, s(1)?, s(2)?, s(3)?, s(6)?);
-        let quantity = col::<Int64Array>(b, 4).ok_or_else(|| bad(4))?;
+        let quantity = c.get::<Int64Array>(4)?;
         let (placed, expected, received) = (t(7)?, t(8)?, t(9)?);
         for i in 0..b.num_rows() {
             rows.push(PurchaseOrderRow {

@@ -5,11 +5,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::{Error, Result, table::batch};
+use crate::Result;
+use crate::table::{Columns, batch};
 
 /// Name of the view (and its table).
 pub const VIEW: &str = "stock_levels";
@@ -77,34 +78,11 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a StockLevel>) -> Result<Re
 pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<StockLevel>> {
     let mut rows = Vec::new();
     for b in batches {
-        let layout = |reason: String| Error::Layout {
-            view: VIEW.into(),
-            reason,
-        };
-        if b.schema().fields() != schema().fields() {
-            return Err(layout(format!(
-                "schema {:?} is not the current one",
-                b.schema()
-            )));
-        }
-        let col = |i: usize| b.column(i);
-        let s = |i| {
-            col(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| layout(format!("column {i}")))
-        };
-        let n = |i| {
-            col(i)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| layout(format!("column {i}")))
-        };
+        let c = Columns::new(VIEW, &schema(), b)?;
+        let s = |i| c.get::<StringArray>(i);
+        let n = |i| c.get::<Int64Array>(i);
         let (sku, warehouse, on_hand, reserved, version) = (s(0)?, s(1)?, n(2)?, n(3)?, n(5)?);
-        let updated = col(6)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| layout("column updated_at".into()))?;
+        let updated = c.get::<TimestampMillisecondArray>(6)?;
         for i in 0..b.num_rows() {
             rows.push(StockLevel {
                 sku: sku.value(i).to_owned(),

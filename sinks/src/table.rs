@@ -157,3 +157,39 @@ pub(crate) fn batch(
 ) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
+
+/// The columns of one batch of a view, read back (to resume after a restart): the batch must
+/// have the view's current `schema`, and each column the type asked for; an error names the
+/// view and what differs.
+pub(crate) struct Columns<'a> {
+    view: &'static str,
+    batch: &'a RecordBatch,
+}
+
+impl<'a> Columns<'a> {
+    pub(crate) fn new(
+        view: &'static str,
+        schema: &arrow::datatypes::Schema,
+        batch: &'a RecordBatch,
+    ) -> Result<Self> {
+        if batch.schema().fields() != schema.fields() {
+            return Err(Error::Layout {
+                view: view.into(),
+                reason: format!("schema {:?} is not the current one", batch.schema()),
+            });
+        }
+        Ok(Columns { view, batch })
+    }
+
+    /// Column `i` as a `T`.
+    pub(crate) fn get<T: arrow::array::Array + 'static>(&self, i: usize) -> Result<&'a T> {
+        self.batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<T>()
+            .ok_or_else(|| Error::Layout {
+                view: self.view.into(),
+                reason: format!("column {}", self.batch.schema().field(i).name()),
+            })
+    }
+}
