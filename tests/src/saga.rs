@@ -270,43 +270,14 @@ pub fn ledger_resumes_from_its_table(
         &serde_json::to_string(&checkpoint)?,
     )?;
 
-    let opts = saga::Options {
-        view_flush: Duration::from_millis(200),
-        ..saga::Options::new(cluster.clone(), copy.path().to_path_buf())
-    };
-    let ends = {
-        let consumer: rdkafka::consumer::BaseConsumer =
-            pipelines::kafka::consumer_config(cluster, "ledger-resume-probe").create()?;
-        pipelines::kafka::high_watermarks(&consumer, BILLING_EVENTS)?
-    };
-    let stop = pipelines::Stop::default();
-    let view = {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        std::thread::spawn(move || saga::ledger::run(&o, &r, &s))
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let at = pipelines::freshness::view_positions(copy.path(), ledger::VIEW)?
-            .and_then(|mut c| c.remove(BILLING_EVENTS))
-            .unwrap_or_default();
-        if ends
-            .iter()
-            .all(|(p, end)| at.get(p).copied().unwrap_or(0) >= *end)
-        {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the resumed ledger is at {at:?}, the topic ends at {ends:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.stop();
-    view.join()
-        .map_err(|_| anyhow::anyhow!("the ledger view panicked"))??;
-    let (batches, _) = SnapshotTable::open(copy.path(), ledger::VIEW)?
-        .load()?
-        .context("the resumed ledger wrote no table")?;
+    let batches = run_view_to_end(
+        cluster,
+        rt,
+        copy.path(),
+        ledger::VIEW,
+        BILLING_EVENTS,
+        saga::ledger::run,
+    )?;
     let mut resumed = ledger::from_batches(&batches)?;
     let at = resumed
         .iter()
@@ -328,6 +299,63 @@ pub fn ledger_resumes_from_its_table(
         full.len()
     );
     Ok(())
+}
+
+/// The high watermarks of `topic`, by partition.
+fn topic_ends(cluster: &Cluster, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        pipelines::kafka::consumer_config(cluster, "test-ends-probe").create()?;
+    pipelines::kafka::high_watermarks(&consumer, topic)
+}
+
+/// Runs a single-topic view (`run`) over the views in `dir`, starting from whatever its table
+/// there holds, until the positions stored with the table reach the ends `topic` has now;
+/// stops it and returns the table.
+fn run_view_to_end(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Handle,
+    dir: &Path,
+    view: &str,
+    topic: &str,
+    run: fn(&saga::Options, &tokio::runtime::Handle, &pipelines::Stop) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
+    let ends = topic_ends(cluster, topic)?;
+    let opts = saga::Options {
+        view_flush: Duration::from_millis(200),
+        ..saga::Options::new(cluster.clone(), dir.to_path_buf())
+    };
+    let stop = pipelines::Stop::default();
+    let running = {
+        let (o, r, s) = (opts, rt.clone(), stop.clone());
+        std::thread::spawn(move || run(&o, &r, &s))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let caught_up = loop {
+        let at = pipelines::freshness::view_positions(dir, view)?
+            .and_then(|mut c| c.remove(topic))
+            .unwrap_or_default();
+        if ends
+            .iter()
+            .all(|(p, end)| at.get(p).copied().unwrap_or(0) >= *end)
+        {
+            break Ok(());
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow::anyhow!(
+                "the resumed {view} is at {at:?}, the topic ends at {ends:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    stop.stop();
+    running
+        .join()
+        .map_err(|_| anyhow::anyhow!("the {view} view panicked"))??;
+    caught_up?;
+    Ok(sinks::SnapshotTable::open(dir, view)?
+        .load()?
+        .with_context(|| format!("the resumed {view} wrote no table"))?
+        .0)
 }
 
 /// The `purchase_orders` view resumes from its table: a copy of the finished table with one
@@ -352,47 +380,23 @@ pub fn purchase_orders_resume_from_their_table(
     let removed = copy_rows.pop().expect("two rows at least");
     let marked = copy_rows[0].clone();
     copy_rows[0].warehouse = "kept-by-resume".into();
-    let consumer: rdkafka::consumer::BaseConsumer =
-        pipelines::kafka::consumer_config(cluster, "purchase-orders-resume-probe").create()?;
-    let ends = pipelines::kafka::high_watermarks(&consumer, EVENTS)?;
-    let rewound: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let rewound: BTreeMap<i32, i64> = topic_ends(cluster, EVENTS)?
+        .keys()
+        .map(|p| (*p, 0))
+        .collect();
     let copy = tempfile::tempdir()?;
     SnapshotTable::open(copy.path(), purchasing::VIEW)?.replace(
         &purchasing::to_batch(&copy_rows)?,
         &serde_json::to_string(&BTreeMap::from([(EVENTS.to_owned(), rewound)]))?,
     )?;
-    let opts = saga::Options {
-        view_flush: Duration::from_millis(200),
-        ..saga::Options::new(cluster.clone(), copy.path().to_path_buf())
-    };
-    let stop = pipelines::Stop::default();
-    let view = {
-        let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-        std::thread::spawn(move || saga::purchasing::run(&o, &r, &s))
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let at = pipelines::freshness::view_positions(copy.path(), purchasing::VIEW)?
-            .and_then(|mut c| c.remove(EVENTS))
-            .unwrap_or_default();
-        if ends
-            .iter()
-            .all(|(p, end)| at.get(p).copied().unwrap_or(0) >= *end)
-        {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the resumed purchase_orders is at {at:?}, the topic ends at {ends:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.stop();
-    view.join()
-        .map_err(|_| anyhow::anyhow!("the purchase_orders view panicked"))??;
-    let (batches, _) = SnapshotTable::open(copy.path(), purchasing::VIEW)?
-        .load()?
-        .context("the resumed purchase_orders wrote no table")?;
+    let batches = run_view_to_end(
+        cluster,
+        rt,
+        copy.path(),
+        purchasing::VIEW,
+        EVENTS,
+        saga::purchasing::run,
+    )?;
     let mut resumed = purchasing::from_batches(&batches)?;
     let at = resumed
         .iter()
