@@ -73,6 +73,13 @@ fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_sto
     }
 }
 
+/// The error when every one of [`LISTINGS`] listings of `prefix` lost a file under it.
+fn kept_vanishing(prefix: Option<&Path>) -> object_store::Error {
+    generic(std::io::Error::other(format!(
+        "files kept vanishing under {LISTINGS} listings of {prefix:?}"
+    )))
+}
+
 impl PinnedFs {
     pub fn new() -> Self {
         Self::default()
@@ -137,17 +144,15 @@ impl PinnedFs {
             let path: &str = m.location.as_ref();
             path.rsplit_once('/').unwrap_or(("", path))
         }
+        let mut names: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (dir, name) in listed.iter().map(split) {
+            names.entry(dir).or_default().push(name);
+        }
         let covered: Vec<bool> = listed
             .iter()
             .map(|m| {
                 let (dir, name) = split(m);
-                let siblings: Vec<&str> = listed
-                    .iter()
-                    .map(split)
-                    .filter(|(d, _)| *d == dir)
-                    .map(|(_, n)| n)
-                    .collect();
-                crate::audit::is_covered(name, &siblings)
+                crate::audit::is_covered(name, &names[dir])
             })
             .collect();
         let mut pinned = Vec::with_capacity(listed.len());
@@ -175,9 +180,7 @@ impl PinnedFs {
                 return Ok(pinned);
             }
         }
-        Err(generic(std::io::Error::other(format!(
-            "files kept vanishing under {LISTINGS} listings of {prefix:?}"
-        ))))
+        Err(kept_vanishing(prefix))
     }
 
     fn pinned(&self, location: &Path) -> Option<Pin> {
@@ -270,9 +273,7 @@ impl ObjectStore for PinnedFs {
                 return Ok(listed);
             }
         }
-        Err(generic(std::io::Error::other(format!(
-            "files kept vanishing under {LISTINGS} listings of {prefix:?}"
-        ))))
+        Err(kept_vanishing(prefix))
     }
 
     async fn copy_opts(
