@@ -60,11 +60,11 @@ impl TopicView for Ledger {
 
     const RESUMES: bool = true;
 
-    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<()> {
         let rows = ledger::from_batches(table)?;
         self.seen = rows.iter().map(|r| r.event_id.clone()).collect();
         self.rows = rows;
-        Ok(true)
+        Ok(())
     }
 }
 

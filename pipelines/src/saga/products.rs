@@ -57,7 +57,7 @@ impl TopicView for Products {
     /// A product's row is its state for this view: versions only grow, so the fold needs no
     /// more than the version to ignore a redelivered event (the causation ids the aggregate
     /// keeps for its own dedup start empty and are not shown).
-    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<()> {
         self.0 = products::from_batches(table)?
             .into_iter()
             .map(|r| {
@@ -72,7 +72,7 @@ impl TopicView for Products {
                 (r.sku, (state, r.updated_at))
             })
             .collect();
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -58,12 +58,12 @@ impl TopicView for PurchaseOrders {
 
     const RESUMES: bool = true;
 
-    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<bool> {
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<()> {
         self.rows = purchasing::from_batches(table)?
             .into_iter()
             .map(|r| (r.po_id.clone(), r))
             .collect();
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -60,15 +60,17 @@ pub trait TopicView {
     /// producers write (`external_events`); `None` leaves them out with a warning.
     const DLQ: Option<(&'static str, &'static str)> = None;
 
-    /// Takes the view back to `table`, its rows as an earlier run wrote them with the
-    /// checkpoint the run then resumes from, and returns `true`; or returns `false` (the
-    /// default: the view's fold state is more than its rows) and the view is rebuilt from the
-    /// beginning of its topic. On an error the view must be left as it was (it rebuilds).
-    fn resume(&mut self, _table: &[RecordBatch]) -> anyhow::Result<bool> {
-        Ok(false)
-    }
-    /// Whether [`TopicView::resume`] takes a table back (the table is not even read if not).
+    /// Whether the view's rows are its whole fold state, so that it can start from its table
+    /// ([`TopicView::resume`]); `false` (the default): it rebuilds from the beginning of its
+    /// topic on every start, and its table is not read.
     const RESUMES: bool = false;
+
+    /// Takes the view back to `table`, its rows as an earlier run wrote them with the
+    /// checkpoint the run then resumes from. Called only if [`TopicView::RESUMES`]. On an
+    /// error the view must be left as it was (it rebuilds).
+    fn resume(&mut self, _table: &[RecordBatch]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a resumable view starts: its table's checkpoint, if the view takes the table back
@@ -94,11 +96,14 @@ fn resume_from<V: TopicView>(
             return Ok(None);
         }
     };
-    let stored: Option<Checkpoint> = (!text.is_empty())
-        .then(|| serde_json::from_str(&text))
-        .transpose()
-        .unwrap_or(None);
-    let Some(positions) = stored.and_then(|mut c| c.remove(V::TOPIC)) else {
+    let stored = match serde_json::from_str::<Checkpoint>(&text) {
+        Ok(stored) => stored,
+        Err(e) => {
+            warn!(error = %e, "Rebuilding: the table's checkpoint cannot be read.");
+            return Ok(None);
+        }
+    };
+    let Some(positions) = stored.get(V::TOPIC).cloned() else {
         return Ok(None);
     };
     for (p, at) in &positions {
@@ -122,8 +127,7 @@ fn resume_from<V: TopicView>(
         }
     }
     match view.resume(&batches) {
-        Ok(true) => Ok(Some(positions)),
-        Ok(false) => Ok(None),
+        Ok(()) => Ok(Some(positions)),
         Err(e) => {
             warn!(error = %format!("{e:#}"), "Rebuilding: the table cannot be taken back.");
             Ok(None)
