@@ -236,3 +236,134 @@ pub fn run<V: TopicView>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// A view of counts per key whose rows are its state.
+    #[derive(Default)]
+    struct Counts(BTreeMap<String, i64>);
+
+    impl TopicView for Counts {
+        type Event = schemas::billing::BillingEvent;
+        const VIEW: &'static str = "counts";
+        const TOPIC: &'static str = "t";
+        const GROUP: &'static str = "counts-view";
+        const RESUMES: bool = true;
+
+        fn fold(&mut self, _: i32, _: i64, _: Self::Event) {}
+
+        fn batch(&self) -> anyhow::Result<RecordBatch> {
+            Ok(RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(self.0.keys())),
+                    Arc::new(Int64Array::from_iter_values(self.0.values().copied())),
+                ],
+            )?)
+        }
+
+        fn resume(&mut self, table: &[RecordBatch]) -> anyhow::Result<()> {
+            let mut rows = BTreeMap::new();
+            for b in table {
+                anyhow::ensure!(b.schema() == schema(), "another layout");
+                let keys = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                for i in 0..b.num_rows() {
+                    rows.insert(keys.value(i).to_owned(), n.value(i));
+                }
+            }
+            self.0 = rows;
+            Ok(())
+        }
+    }
+
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]))
+    }
+
+    /// Needs no broker: every case here is decided before a watermark is asked for.
+    fn consumer() -> BaseConsumer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "counts-view")
+            .create()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bad_table_or_checkpoint_rebuilds_and_leaves_the_view_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = SnapshotTable::open(dir.path(), Counts::VIEW).unwrap();
+        let consumer = consumer();
+        let start = || Counts(BTreeMap::from([("untouched".to_owned(), 1)]));
+
+        // No table yet.
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, &table, &consumer, &[0]).unwrap(),
+            None
+        );
+
+        // A table that is not Parquet.
+        std::fs::write(table.path(), b"not parquet").unwrap();
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, &table, &consumer, &[0]).unwrap(),
+            None
+        );
+        assert_eq!(view.0, start().0);
+
+        // A checkpoint that is not JSON.
+        let good = Counts(BTreeMap::from([("a".to_owned(), 3)]));
+        table.replace(&good.batch().unwrap(), "{not json").unwrap();
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, &table, &consumer, &[0]).unwrap(),
+            None
+        );
+        assert_eq!(view.0, start().0);
+
+        // A table of another layout: the view refuses it and stays as it was.
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        table.replace(&other, r#"{"t":{}}"#).unwrap();
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, &table, &consumer, &[0]).unwrap(),
+            None
+        );
+        assert_eq!(view.0, start().0);
+
+        // The good table with a checkpoint naming a partition the topic does not have.
+        table
+            .replace(&good.batch().unwrap(), r#"{"t":{"7":5}}"#)
+            .unwrap();
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, &table, &consumer, &[0]).unwrap(),
+            None
+        );
+
+        // And with no position for its topic yet (none stored): taken back, nothing to seek.
+        table
+            .replace(&good.batch().unwrap(), r#"{"t":{}}"#)
+            .unwrap();
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, &table, &consumer, &[0]).unwrap(),
+            Some(BTreeMap::new())
+        );
+        assert_eq!(view.0, good.0);
+    }
+}
