@@ -653,8 +653,9 @@ pub async fn check(
         .map(|(i, (id, _, _))| (id.as_str(), i))
         .collect();
 
-    // Endings, from orders.events.
+    // Endings, from orders.events (with each cancellation's reason in full, for the report).
     let mut endings: BTreeMap<usize, Vec<Ending>> = BTreeMap::new();
+    let mut reasons: HashMap<usize, String> = HashMap::new();
     let mut refused: HashSet<usize> = HashSet::new();
     for e in
         read_unique::<OrderEvent>(cluster, ORDER_EVENTS, |e| e.metadata().event_id.clone()).await?
@@ -662,6 +663,9 @@ pub async fn check(
         let (id, ending) = match &e {
             OrderEvent::OrderConfirmed(c) => (&c.order_id, Ending::Confirmed),
             OrderEvent::OrderCancelled(c) => {
+                if let Some(i) = index.get(c.order_id.as_str()) {
+                    reasons.insert(*i, c.reason.clone());
+                }
                 (&c.order_id, Ending::Cancelled(reason_kind(&c.reason)))
             }
             OrderEvent::OrderCancellationRejected(r) => {
@@ -677,6 +681,9 @@ pub async fn check(
         }
     }
     let mut result = Endings::new();
+    // Every unexpected ending, not only the first: how many, and why, says which
+    // participant stalled (e.g. "timed out waiting for payment").
+    let mut unexpected: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (i, (id, intent, _)) in orders.iter().enumerate() {
         let ends = endings.remove(&i).unwrap_or_default();
         ensure!(
@@ -687,12 +694,27 @@ pub async fn check(
         // A cancellation that reaches orders after confirmation is refused, visibly.
         let refused_late =
             *intent == Intent::Cancel && ends[0] == Ending::Confirmed && refused.contains(&i);
-        ensure!(
-            accept(*intent, &ends[0]) || refused_late,
-            "order {id} was meant to {intent:?} but ended {:?}",
-            ends[0]
-        );
+        if !(accept(*intent, &ends[0]) || refused_late) {
+            let why = reasons.get(&i).map_or("confirmed", String::as_str);
+            unexpected
+                .entry(format!("meant to {intent:?}, ended {why:?}"))
+                .or_default()
+                .push(id);
+        }
         result.insert(i, ends[0].clone());
+    }
+    if !unexpected.is_empty() {
+        let report: Vec<String> = unexpected
+            .iter()
+            .map(|(what, ids)| {
+                let first: Vec<&str> = ids.iter().take(5).copied().collect();
+                format!("{} orders {what} (first: {})", ids.len(), first.join(", "))
+            })
+            .collect();
+        anyhow::bail!(
+            "orders did not end as their failures say:\n  {}",
+            report.join("\n  ")
+        );
     }
 
     // Stock: per order, what its reservations still hold and what left the warehouse.

@@ -1,13 +1,10 @@
 //! Reading a whole topic (read_committed) for assertions.
 
-use std::time::{Duration, Instant};
-
+use anyhow::Context;
 use pipelines::Cluster;
 use pipelines::kafka;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 /// One record as read back.
 #[derive(Debug, Clone)]
@@ -31,27 +28,16 @@ impl Record {
     }
 }
 
-/// Every committed record of `topic`, partition by partition in offset order.
+/// Every committed record of `topic`, partition by partition in offset order: each
+/// partition is read until the reader's position reaches the high watermark it had at the
+/// start (positions step over transaction markers), as a restore reads a changelog.
 pub fn read_all(cluster: &Cluster, topic: &str) -> anyhow::Result<Vec<Record>> {
-    let mut config = kafka::consumer_config(cluster, "integration-reader");
-    config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer = kafka::consumer_config(cluster, "integration-reader").create()?;
     let n = kafka::partition_count(&consumer, topic)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..n as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut at_end = std::collections::BTreeSet::new();
     let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while at_end.len() < n {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "reading {topic} did not reach the end"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => records.push(Record {
+    for p in 0..n as i32 {
+        kafka::read_partition_to_end(cluster, "integration-reader", topic, p, |m| {
+            records.push(Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 timestamp: m.timestamp().to_millis().unwrap_or(0),
@@ -71,14 +57,10 @@ pub fn read_all(cluster: &Cluster, topic: &str) -> anyhow::Result<Vec<Record>> {
                             .collect()
                     })
                     .unwrap_or_default(),
-            }),
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
-            None => {}
-        }
+            });
+            Ok(())
+        })
+        .with_context(|| format!("reading {topic}/{p}"))?;
     }
-    records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
 }

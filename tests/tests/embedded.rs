@@ -8,18 +8,20 @@ use pipelines::embedded::Embedded;
 use pipelines::inventory::{self, Options};
 use pipelines::saga::{self, simulate::SimSpec};
 
-/// Logs to stderr when `SUPPLYSTREAM_LOG` is set (e.g. `info`).
+/// Logs at `SUPPLYSTREAM_LOG` (default: warnings) into each test's captured output: a test
+/// that fails in CI shows the warnings of its run (failed batches, rewinds, consumer errors).
 fn logs() {
-    if let Ok(filter) = std::env::var("SUPPLYSTREAM_LOG") {
-        let _already = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_ansi(false)
-            .try_init();
-    }
+    let filter = std::env::var("SUPPLYSTREAM_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let _already = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_walking_skeleton_on_the_embedded_broker() -> anyhow::Result<()> {
+    logs();
     let embedded = Embedded::start().await?;
     let cluster = embedded.cluster();
     embedded.create_topics(&inventory::topics(3))?;
@@ -97,12 +99,14 @@ async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()>
 /// cluster for the same reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_sagas_end_as_their_failures_say_on_the_embedded_broker() -> anyhow::Result<()> {
+    logs();
     saga_scenario(3, false).await
 }
 
 /// The same mix with every output published twice: every consumer must act once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_sagas_with_every_message_delivered_twice() -> anyhow::Result<()> {
+    logs();
     saga_scenario(4, true).await
 }
 
@@ -148,6 +152,7 @@ async fn low_stock_is_reordered_and_receipts_restock_inventory() -> anyhow::Resu
 /// its late replies do not resurrect any saga.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_time_out_while_payments_is_down() -> anyhow::Result<()> {
+    logs();
     let embedded = Embedded::start().await?;
     let cluster = embedded.cluster();
     embedded.create_topics(&inventory::topics(3))?;
@@ -192,6 +197,7 @@ async fn sagas_time_out_while_payments_is_down() -> anyhow::Result<()> {
 /// types (defaults, upcasts); an incompatible change is refused with the reason.
 #[tokio::test]
 async fn schema_versions_interleave_and_incompatible_changes_are_refused() -> anyhow::Result<()> {
+    logs();
     let registry = schemas::registry::embedded::EmbeddedRegistry::start().await?;
     integration::evolution::schema_evolution(registry.url(), "").await
 }
@@ -201,6 +207,7 @@ async fn schema_versions_interleave_and_incompatible_changes_are_refused() -> an
 /// as-of half runs on real Kafka only (tests/real_kafka.rs, with 100,000 commands).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rebuilds_stock_levels_from_the_topic() -> anyhow::Result<()> {
+    logs();
     let embedded = Embedded::start().await?;
     let cluster = embedded.cluster();
     embedded.create_topics(&inventory::topics(3))?;
