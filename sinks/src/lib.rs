@@ -54,6 +54,13 @@ pub enum Error {
     Query(#[from] datafusion::error::DataFusionError),
     #[error("view {view}: unexpected column layout: {reason}")]
     Layout { view: String, reason: String },
+    /// A statement that would change something (DDL, `INSERT`, `COPY … TO`, `SET`): the
+    /// views belong to the services that fold them, and the query side only reads.
+    #[cfg(feature = "query")]
+    #[error(
+        "only queries are answered: the views are read-only here, changed only by the services that own them ({reason})"
+    )]
+    ReadOnly { reason: String },
     /// A file does not match the digest written beside it.
     #[error("view {view}: {path} was changed after it was written: {reason}")]
     Altered {
@@ -74,6 +81,8 @@ impl Error {
             Error::Arrow(_) => false,
             #[cfg(feature = "query")]
             Error::Query(e) => internal(e),
+            #[cfg(feature = "query")]
+            Error::ReadOnly { .. } => false,
         }
     }
 }

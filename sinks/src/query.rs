@@ -16,7 +16,7 @@ use std::path::Path;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionContext};
 
 #[cfg(test)]
 use crate::OutputFormat;
@@ -93,9 +93,21 @@ impl QueryEngine {
         &self.tables
     }
 
-    /// Runs one SQL statement and collects the result.
+    /// Runs one SQL query and collects the result. Statements that would change anything
+    /// are refused with [`Error::ReadOnly`] before they run: DDL (`CREATE EXTERNAL TABLE`
+    /// would read any file the process can; `DROP`), DML (`COPY … TO` would write one,
+    /// `INSERT`) and `SET`/`PREPARE`-style statements.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        Ok(self.ctx.sql(sql).await?.collect().await?)
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| Error::ReadOnly {
+                reason: e.strip_backtrace(),
+            })?;
+        Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
     }
 }
 
@@ -145,6 +157,81 @@ mod tests {
                 .unwrap()
                 .contains("| SKU-1 | 12")
         );
+    }
+
+    /// The query side only reads: every statement that would write a file, read one that
+    /// is not a view, or change a table is refused before it runs, as the caller's fault.
+    #[tokio::test]
+    async fn statements_that_change_anything_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let level = StockLevel {
+            sku: "SKU-1".into(),
+            warehouse: "W".into(),
+            on_hand: 7,
+            reserved: 0,
+            version: 1,
+            updated_at: 0,
+        };
+        SnapshotTable::open(dir.path(), VIEW)
+            .unwrap()
+            .replace(&to_batch(&[level]).unwrap(), "")
+            .unwrap();
+        let engine = QueryEngine::open(dir.path()).await.unwrap();
+        let written = dir.path().join("stock_levels").join("written.parquet");
+        let secret = dir.path().join("secret.csv");
+        std::fs::write(&secret, "a\n42\n").unwrap();
+        for (sql, what) in [
+            (
+                format!("COPY (SELECT 1 AS x) TO '{}'", written.display()),
+                "COPY",
+            ),
+            (
+                format!("COPY stock_levels TO '{}'", written.display()),
+                "COPY",
+            ),
+            (
+                format!(
+                    "CREATE EXTERNAL TABLE s STORED AS CSV LOCATION '{}'",
+                    secret.display()
+                ),
+                "CreateExternalTable",
+            ),
+            ("DROP TABLE stock_levels".to_owned(), "DropTable"),
+            (
+                "CREATE TABLE t AS SELECT 1 AS x".to_owned(),
+                "CreateMemoryTable",
+            ),
+            (
+                "INSERT INTO stock_levels SELECT * FROM stock_levels".to_owned(),
+                "Insert",
+            ),
+            (
+                "SET datafusion.execution.batch_size = 1".to_owned(),
+                "SetVariable",
+            ),
+        ] {
+            let e = engine.sql(&sql).await.expect_err(&sql);
+            assert!(matches!(e, Error::ReadOnly { .. }), "{sql}: {e:?}");
+            assert!(!e.is_internal(), "{sql}: the caller's fault");
+            let message = e.to_string();
+            assert!(
+                message.contains("read-only") && message.contains(what),
+                "{sql}: {message}"
+            );
+        }
+        assert!(!written.exists(), "a refused COPY wrote a file");
+        let batches = engine
+            .sql("SELECT sum(on_hand) AS n FROM stock_levels")
+            .await
+            .unwrap();
+        assert_eq!(OutputFormat::Csv.render(&batches).unwrap(), "n\n7\n");
+        // Reading queries of every kind still run.
+        for sql in [
+            "EXPLAIN SELECT * FROM stock_levels",
+            "WITH s AS (SELECT sku FROM stock_levels) SELECT count(*) FROM s",
+        ] {
+            engine.sql(sql).await.expect(sql);
+        }
     }
 
     /// A view file renamed over while queries run: every query answers with the old or the

@@ -253,6 +253,25 @@ pub async fn read_your_writes(
         .send()
         .await?;
     ensure!(r.status().as_u16() == 400, "bad SQL: {}", r.status());
+    // The query side only reads: a COPY that would write into a view's directory is
+    // refused as the caller's fault, and writes nothing.
+    let target = views.join("stock_levels").join("copied.parquet");
+    let r = client
+        .post(format!("{base}/query"))
+        .json(&json!({ "sql": format!("COPY stock_levels TO '{}'", target.display()) }))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let e: Value = r.json().await?;
+    ensure!(
+        status == 400 && e.to_string().contains("read-only"),
+        "COPY over HTTP: {status} {e}"
+    );
+    ensure!(
+        !target.exists(),
+        "a refused COPY wrote {}",
+        target.display()
+    );
     let after = crate::topic::read_all(cluster, pipelines::topics::inventory::COMMANDS)?.len();
     ensure!(
         after == before,
