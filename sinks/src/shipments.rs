@@ -4,14 +4,23 @@
 //! reads one range of one row group.
 //!
 //! `carrier_performance` is derived from it (see [`crate::derived`]).
+//!
+//! Each row keeps the event ids of the scans it folded (`scan_ids`): carriers retry, and a
+//! retried scan counts once, so the rows with their ids are the view's whole fold state and
+//! the view resumes from its table ([`from_batches`]).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, Int64Array, ListArray, ListBuilder, StringArray, StringBuilder,
+    TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::{Result, table::batch};
+use crate::table::{Columns, batch};
+use crate::{Error, Result};
 
 pub const VIEW: &str = "shipments";
 
@@ -42,10 +51,16 @@ pub struct ShipmentRow {
     pub last_scan_at: i64,
     /// Distinct scans (by event id) folded.
     pub scans: i64,
+    /// Their event ids (a carrier's retry of a scan is the same scan).
+    pub scan_ids: BTreeSet<String>,
 }
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn id_item() -> Arc<Field> {
+    Arc::new(Field::new_list_field(DataType::Utf8, false))
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -62,6 +77,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("last_location", DataType::Utf8, false),
         Field::new("last_scan_at", ts(), false),
         Field::new("scans", DataType::Int64, false),
+        Field::new("scan_ids", DataType::List(id_item()), false),
     ]))
 });
 
@@ -81,6 +97,13 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ShipmentRow>) -> Result<R
     let t = |f: fn(&ShipmentRow) -> Option<i64>| -> ArrayRef {
         Arc::new(TimestampMillisecondArray::from_iter(r.iter().map(|x| f(x))).with_timezone("UTC"))
     };
+    let mut ids = ListBuilder::new(StringBuilder::new()).with_field(id_item());
+    for x in &r {
+        for id in &x.scan_ids {
+            ids.values().append_value(id);
+        }
+        ids.append(true);
+    }
     batch(
         SCHEMA.clone(),
         vec![
@@ -96,6 +119,109 @@ pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ShipmentRow>) -> Result<R
             s(|x| &x.last_location),
             t(|x| Some(x.last_scan_at)),
             i(|x| Some(x.scans)),
+            Arc::new(ids.finish()),
         ],
     )
+}
+
+/// The rows of a `shipments` table as [`to_batch`] wrote them (to resume the view from it).
+pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let c = Columns::new(VIEW, &SCHEMA, b)?;
+        let text = |i| c.get::<StringArray>(i);
+        let (id, carrier, state) = (text(0)?, text(1)?, text(2)?);
+        let (received_by, last_failure, location) = (text(6)?, text(8)?, text(9)?);
+        let time = |i| c.get::<TimestampMillisecondArray>(i);
+        let (picked_up, delivered, last_scan) = (time(3)?, time(4)?, time(10)?);
+        let (failed, scans) = (c.get::<Int64Array>(7)?, c.get::<Int64Array>(11)?);
+        let scan_ids = c.get::<ListArray>(12)?;
+        let opt_text = |a: &StringArray, i| a.is_valid(i).then(|| a.value(i).to_owned());
+        let opt_time = |a: &TimestampMillisecondArray, i| a.is_valid(i).then(|| a.value(i));
+        for i in 0..b.num_rows() {
+            let status = match state.value(i) {
+                status::IN_TRANSIT => status::IN_TRANSIT,
+                status::ATTEMPT_FAILED => status::ATTEMPT_FAILED,
+                status::DELIVERED => status::DELIVERED,
+                other => {
+                    return Err(Error::Layout {
+                        view: VIEW.into(),
+                        reason: format!("unknown status {other:?}"),
+                    });
+                }
+            };
+            let ids = scan_ids.value(i);
+            let ids = ids
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| Error::Layout {
+                    view: VIEW.into(),
+                    reason: "column scan_ids".into(),
+                })?;
+            rows.push(ShipmentRow {
+                shipment_id: id.value(i).to_owned(),
+                carrier: carrier.value(i).to_owned(),
+                status,
+                picked_up_at: opt_time(picked_up, i),
+                delivered_at: opt_time(delivered, i),
+                received_by: opt_text(received_by, i),
+                failed_attempts: failed.value(i),
+                last_failure: opt_text(last_failure, i),
+                last_location: location.value(i).to_owned(),
+                last_scan_at: last_scan.value(i),
+                scans: scans.value(i),
+                scan_ids: ids.iter().flatten().map(str::to_owned).collect(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_back_as_written() {
+        let rows = vec![
+            ShipmentRow {
+                shipment_id: "SHP-1".into(),
+                carrier: "PostNL".into(),
+                status: status::DELIVERED,
+                picked_up_at: Some(10),
+                delivered_at: Some(30),
+                received_by: Some("neighbour".into()),
+                failed_attempts: 1,
+                last_failure: Some("nobody home".into()),
+                last_location: "Amsterdam".into(),
+                last_scan_at: 30,
+                scans: 3,
+                scan_ids: ["a", "b", "c"].map(String::from).into(),
+            },
+            ShipmentRow {
+                shipment_id: "SHP-2".into(),
+                carrier: "DHL".into(),
+                status: status::IN_TRANSIT,
+                picked_up_at: Some(5),
+                last_location: "Utrecht".into(),
+                last_scan_at: 5,
+                scans: 1,
+                scan_ids: ["d".to_owned()].into(),
+                ..ShipmentRow::default()
+            },
+        ];
+        let batch = to_batch(&rows).unwrap();
+        assert_eq!(from_batches(std::slice::from_ref(&batch)).unwrap(), rows);
+        // Through a Parquet file, as the view resumes.
+        let dir = tempfile::tempdir().unwrap();
+        let table = crate::SnapshotTable::open(dir.path(), VIEW).unwrap();
+        table.replace(&batch, "{}").unwrap();
+        let (batches, _) = table.load().unwrap().unwrap();
+        assert_eq!(from_batches(&batches).unwrap(), rows);
+        // A status the view does not know is a layout error, not a row.
+        let mut odd = rows[1].clone();
+        odd.status = "lost";
+        let e = from_batches(&[to_batch([&odd]).unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("unknown status"), "{e}");
+    }
 }

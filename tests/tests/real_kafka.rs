@@ -404,7 +404,8 @@ fn http_read_your_writes(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow:
         views.path(),
         &[
             "SELECT shipment_id, carrier, status, failed_attempts, coalesce(received_by, '-') AS received_by, \
-             coalesce(transit_ms, -1) AS transit_ms, scans FROM shipments ORDER BY shipment_id",
+             coalesce(transit_ms, -1) AS transit_ms, scans, array_to_string(scan_ids, '|') AS scan_ids \
+             FROM shipments ORDER BY shipment_id",
             "SELECT carrier, shipments, delivered, failed_attempts, mean_transit_ms FROM carrier_performance ORDER BY carrier",
             "SELECT sku, price_cents, CAST(discontinued AS INTEGER) AS discontinued FROM products ORDER BY sku",
         ],

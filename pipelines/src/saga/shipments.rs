@@ -1,13 +1,14 @@
 //! The shipping service's `shipments` view over `shipping.tracking`, the carriers' events
-//! (external events: outside producers write the topic, through `POST /events/…`). Rebuilt
-//! from the beginning of the topic when it starts and kept current by the single-topic view
-//! loop; an undecodable record there is dead-lettered to `shipping.dlq`.
+//! (external events: outside producers write the topic, through `POST /events/…`). Kept
+//! current by the single-topic view loop; it resumes from its table (each row keeps the event
+//! ids of its scans, the rest of the fold state follows from the row); an undecodable record
+//! there is dead-lettered to `shipping.dlq`.
 //!
 //! Carriers retry and scan out of order, so the fold is idempotent and order-tolerant: a scan
 //! counts once per event id; delivered is final; otherwise the latest scan (by its own time,
 //! not arrival) says where the parcel is.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use schemas::saga::topics::SHIPPING_TRACKING;
 use schemas::shipping::TrackingEvent;
@@ -26,10 +27,10 @@ struct Shipments {
 
 #[derive(Default)]
 struct Tracked {
+    /// The row, with the event ids folded (a carrier's retry of a scan is the same scan).
     row: ShipmentRow,
-    /// Event ids folded (a carrier's retry of a scan is the same scan).
-    seen: BTreeSet<String>,
-    /// Whether the latest scan by time is a failed attempt.
+    /// Whether the latest scan by time is a failed attempt (what the status says, until
+    /// the parcel is delivered; after that it no longer matters).
     latest_failed: bool,
 }
 
@@ -37,7 +38,7 @@ impl Shipments {
     fn apply(&mut self, e: &TrackingEvent) {
         let meta = e.metadata();
         let t = self.rows.entry(e.shipment_id().to_owned()).or_default();
-        if !t.seen.insert(meta.event_id.clone()) {
+        if !t.row.scan_ids.insert(meta.event_id.clone()) {
             return;
         }
         let at = meta.occurred_at;
@@ -93,6 +94,19 @@ impl TopicView for Shipments {
 
     fn batch(&self) -> anyhow::Result<arrow::record_batch::RecordBatch> {
         Ok(shipments::to_batch(self.rows.values().map(|t| &t.row))?)
+    }
+
+    const RESUMES: bool = true;
+
+    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<()> {
+        self.rows = shipments::from_batches(table)?
+            .into_iter()
+            .map(|row| {
+                let latest_failed = row.status == status::ATTEMPT_FAILED;
+                (row.shipment_id.clone(), Tracked { row, latest_failed })
+            })
+            .collect();
+        Ok(())
     }
 }
 
@@ -162,6 +176,36 @@ mod tests {
         assert_eq!((row.scans, row.last_scan_at), (3, 30));
         let batch = shipments::to_batch([&row]).unwrap();
         assert_eq!(batch.num_rows(), 1);
+    }
+
+    /// A view resumed from its table at any point of a stream (retries and late scans
+    /// included) ends with the table of one run over the whole stream.
+    #[test]
+    fn a_resumed_view_folds_on_as_one_run_would() {
+        let stream = [
+            picked("a", 10),
+            failed("b", 20),
+            failed("b", 20),
+            picked("a", 10),
+            failed("c", 25),
+            delivered("d", 30),
+            failed("c", 25),
+            picked("e", 5),
+            delivered("d", 30),
+        ];
+        let mut whole = Shipments::default();
+        stream.iter().for_each(|e| whole.apply(e));
+        let want = whole.batch().unwrap();
+        for cut in 0..=stream.len() {
+            let mut first = Shipments::default();
+            stream[..cut].iter().for_each(|e| first.apply(e));
+            let mut resumed = Shipments::default();
+            if cut > 0 {
+                resumed.resume(&[first.batch().unwrap()]).unwrap();
+            }
+            stream[cut..].iter().for_each(|e| resumed.apply(e));
+            assert_eq!(resumed.batch().unwrap(), want, "resumed after {cut} events");
+        }
     }
 
     #[test]

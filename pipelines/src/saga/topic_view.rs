@@ -2,7 +2,7 @@
 //! `orders_per_minute`, …): read the topic, decode with the registered schemas, fold each
 //! event, and every `view_flush` replace the Parquet table with the view's rows and the
 //! consumer positions (its checkpoint, for freshness and read-your-writes). A view whose fold
-//! state is its rows ([`TopicView::resume`]: the ledger) starts from its table and that
+//! state is its rows ([`TopicView::resume`]: ledger, products, purchase orders, shipments) starts from its table and that
 //! checkpoint; the others rebuild from the beginning of the topic on every start.
 //! A registry outage stops the view (it restarts, and resumes or rebuilds). An undecodable record is left
 //! out of the view; on a topic this service's own code writes it is reported (a bug to see;
