@@ -319,7 +319,23 @@ fn run_view_to_end(
     topic: &str,
     run: fn(&saga::Options, &tokio::runtime::Handle, &pipelines::Stop) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
-    let ends = topic_ends(cluster, topic)?;
+    run_views_to_end(cluster, rt, dir, view, &[topic], run)
+}
+
+/// [`run_view_to_end`] for views over several `topics` (`view`: the table that carries their
+/// checkpoint).
+fn run_views_to_end(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Handle,
+    dir: &Path,
+    view: &str,
+    topics: &[&str],
+    run: fn(&saga::Options, &tokio::runtime::Handle, &pipelines::Stop) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<arrow::record_batch::RecordBatch>> {
+    let mut ends = BTreeMap::new();
+    for topic in topics {
+        ends.insert(*topic, topic_ends(cluster, topic)?);
+    }
     let opts = saga::Options {
         view_flush: Duration::from_millis(200),
         ..saga::Options::new(cluster.clone(), dir.to_path_buf())
@@ -331,13 +347,11 @@ fn run_view_to_end(
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let caught_up = loop {
-        let at = pipelines::freshness::view_positions(dir, view)?
-            .and_then(|mut c| c.remove(topic))
-            .unwrap_or_default();
-        if ends
-            .iter()
-            .all(|(p, end)| at.get(p).copied().unwrap_or(0) >= *end)
-        {
+        let at = pipelines::freshness::view_positions(dir, view)?.unwrap_or_default();
+        if ends.iter().all(|(topic, ends)| {
+            ends.iter()
+                .all(|(p, end)| at.get(*topic).and_then(|t| t.get(p)).copied().unwrap_or(0) >= *end)
+        }) {
             break Ok(());
         }
         if Instant::now() >= deadline {
@@ -419,6 +433,139 @@ pub fn purchase_orders_resume_from_their_table(
     eprintln!(
         "purchase_orders: resumed from {} rows over the whole topic again, alike",
         full.len() - 1
+    );
+    Ok(())
+}
+
+/// The saga views resume from their two tables: a copy of the finished tables has one saga
+/// marked and one removed (its row and its steps), with every position rewound to the start.
+/// Run again to the ends of the topics, the mark survives (a rebuild would lose it), every
+/// step already in the table is recognized by its event id and not added again, and the
+/// removed saga is folded back alike (its row; its steps, the same events numbered 1..n).
+/// Then the same copy with the two tables' checkpoints apart (a stop between their writes):
+/// the views rebuild, and the mark is gone.
+pub fn saga_views_resume_from_their_tables(
+    cluster: &Cluster,
+    rt: &tokio::runtime::Handle,
+    views: &Path,
+) -> anyhow::Result<()> {
+    use sinks::SnapshotTable;
+    use sinks::sagas::{self, SAGA_STEPS, SAGAS, Saga, SagaStep};
+    let load = |dir: &Path| -> anyhow::Result<(Vec<Saga>, Vec<SagaStep>)> {
+        let (s, _) = SnapshotTable::open(dir, SAGAS)?
+            .load()?
+            .context("no sagas view")?;
+        let (t, _) = SnapshotTable::open(dir, SAGA_STEPS)?
+            .load()?
+            .context("no saga_steps view")?;
+        Ok((
+            sagas::sagas_from_batches(&s)?,
+            sagas::steps_from_batches(&t)?,
+        ))
+    };
+    let (full, full_steps) = load(views)?;
+    ensure!(full.len() >= 2, "{} sagas", full.len());
+    let removed = full.last().expect("two sagas at least").clone();
+    let mut rows: Vec<Saga> = full[..full.len() - 1].to_vec();
+    rows[0].customer_id = Some("kept-by-resume".into());
+    let steps: Vec<SagaStep> = full_steps
+        .iter()
+        .filter(|s| s.saga_id != removed.saga_id)
+        .cloned()
+        .collect();
+    let mut rewound = BTreeMap::new();
+    for topic in saga::views::TOPICS {
+        let zero: BTreeMap<i32, i64> = topic_ends(cluster, topic)?
+            .keys()
+            .map(|p| (*p, 0))
+            .collect();
+        rewound.insert(topic.to_string(), zero);
+    }
+    let rewound = serde_json::to_string(&rewound)?;
+    let copy = tempfile::tempdir()?;
+    let write = |sagas_checkpoint: &str| -> anyhow::Result<()> {
+        SnapshotTable::open(copy.path(), SAGAS)?
+            .replace(&sagas::sagas_batch(&rows)?, sagas_checkpoint)?;
+        SnapshotTable::open(copy.path(), SAGA_STEPS)?
+            .replace(&sagas::steps_batch(&steps)?, &rewound)?;
+        Ok(())
+    };
+    write(&rewound)?;
+    let run = || {
+        run_views_to_end(
+            cluster,
+            rt,
+            copy.path(),
+            SAGA_STEPS,
+            saga::views::TOPICS,
+            saga::views::run,
+        )
+    };
+    run()?;
+    let (mut resumed, resumed_steps) = load(copy.path())?;
+    let marked = resumed
+        .iter_mut()
+        .find(|s| s.customer_id.as_deref() == Some("kept-by-resume"))
+        .context("the marked saga is gone: the views rebuilt instead of resuming, or folded its events again")?;
+    marked.customer_id = full[0].customer_id.clone();
+    // The removed saga, folded back: the same row, but its current step (the last message
+    // read) depends on how the topics' records interleaved, in the live run and here.
+    let back = resumed
+        .iter_mut()
+        .find(|s| s.saga_id == removed.saga_id)
+        .with_context(|| format!("the removed saga {} was not folded back", removed.saga_id))?;
+    back.current_step = removed.current_step.clone();
+    ensure!(
+        resumed == full,
+        "the resumed sagas differ from the finished ones ({} and {} rows)",
+        resumed.len(),
+        full.len()
+    );
+    let of = |steps: &[SagaStep], removed: bool| -> Vec<SagaStep> {
+        steps
+            .iter()
+            .filter(|s| (s.saga_id == full.last().expect("rows").saga_id) == removed)
+            .cloned()
+            .collect()
+    };
+    ensure!(
+        of(&resumed_steps, false) == of(&full_steps, false),
+        "steps already in the table were added again or changed ({} steps, {} before)",
+        resumed_steps.len(),
+        full_steps.len()
+    );
+    let ids = |steps: Vec<SagaStep>| -> (BTreeSet<String>, Vec<i64>) {
+        let mut seq: Vec<i64> = steps.iter().map(|s| s.seq).collect();
+        seq.sort();
+        (steps.into_iter().map(|s| s.event_id).collect(), seq)
+    };
+    let (back_ids, back_seq) = ids(of(&resumed_steps, true));
+    let (want_ids, _) = ids(of(&full_steps, true));
+    ensure!(
+        back_ids == want_ids && back_seq == (1..=want_ids.len() as i64).collect::<Vec<_>>(),
+        "the removed saga's steps came back as {back_ids:?} numbered {back_seq:?}, not {want_ids:?}"
+    );
+    // Tables written at different positions: rebuilt from the topics.
+    write("{}")?;
+    run()?;
+    let (rebuilt, _) = load(copy.path())?;
+    ensure!(
+        rebuilt
+            .iter()
+            .all(|s| s.customer_id.as_deref() != Some("kept-by-resume")),
+        "the views resumed from tables whose checkpoints disagree"
+    );
+    ensure!(
+        rebuilt.len() == full.len(),
+        "rebuilt {} sagas, {} before",
+        rebuilt.len(),
+        full.len()
+    );
+    eprintln!(
+        "saga views: resumed from {} sagas and {} steps over every topic again, alike; \
+         rebuilt when the tables disagree",
+        rows.len(),
+        steps.len()
     );
     Ok(())
 }

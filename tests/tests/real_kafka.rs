@@ -215,6 +215,13 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
     // The ledger view (restarted by every kill, resuming from its table) resumes alike from
     // a table cut in the middle.
     integration::saga::ledger_resumes_from_its_table(&stack.cluster, rt.handle(), views.path())?;
+    // So do the saga views (also resumed at every kill), from a copy with a saga marked and
+    // one removed, rewound to the start.
+    integration::saga::saga_views_resume_from_their_tables(
+        &stack.cluster,
+        rt.handle(),
+        views.path(),
+    )?;
     let check = cli(stack, &["replay", "orders", "--check"])?;
     anyhow::ensure!(
         check.status.success(),

@@ -106,25 +106,8 @@ fn resume_from<V: TopicView>(
     let Some(positions) = stored.get(V::TOPIC).cloned() else {
         return Ok(None);
     };
-    for (p, at) in &positions {
-        if !partitions.contains(p) {
-            info!(
-                partition = p,
-                "Rebuilding: the stored checkpoint names a partition the topic does not have."
-            );
-            return Ok(None);
-        }
-        let (low, high) = kafka::watermarks(consumer, V::TOPIC, *p)?;
-        if *at < low || *at > high {
-            info!(
-                partition = p,
-                position = at,
-                low,
-                high,
-                "Rebuilding: the stored position is outside the partition."
-            );
-            return Ok(None);
-        }
+    if !positions_hold(consumer, V::TOPIC, &positions, partitions)? {
+        return Ok(None);
     }
     match view.resume(&batches) {
         Ok(()) => Ok(Some(positions)),
@@ -133,6 +116,40 @@ fn resume_from<V: TopicView>(
             Ok(None)
         }
     }
+}
+
+/// Whether every stored position of `topic` (which has `partitions`) lies within its
+/// partition, so that a view can resume from them; if not (a partition the topic lacks, a
+/// position below its low or above its high watermark) it says why and the view rebuilds.
+pub(super) fn positions_hold(
+    consumer: &BaseConsumer,
+    topic: &str,
+    positions: &BTreeMap<i32, i64>,
+    partitions: &[i32],
+) -> anyhow::Result<bool> {
+    for (p, at) in positions {
+        if !partitions.contains(p) {
+            info!(
+                topic,
+                partition = p,
+                "Rebuilding: the stored checkpoint names a partition the topic does not have."
+            );
+            return Ok(false);
+        }
+        let (low, high) = kafka::watermarks(consumer, topic, *p)?;
+        if *at < low || *at > high {
+            info!(
+                topic,
+                partition = p,
+                position = at,
+                low,
+                high,
+                "Rebuilding: the stored position is outside the partition."
+            );
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Runs `view` until `stop`, flushing once more on the way out. Blocking.

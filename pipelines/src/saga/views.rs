@@ -1,9 +1,12 @@
 //! The `sagas` and `saga_steps` views: every message of the saga topics, folded into one row
 //! per saga and one row per step.
 //!
-//! The views are rebuilt from the beginning of the topics when the process starts (a replay:
-//! the topics are the source of truth), then kept current; both tables are replaced together
-//! at most every `view_flush`, each carrying the topic positions it reflects.
+//! Both tables are replaced together at most every `view_flush`, each carrying the topic
+//! positions it reflects (`sagas` first, `saga_steps` last). The two tables are the views'
+//! whole fold state (the steps' event ids are the duplicates already seen), so on start the
+//! views resume from them when both carry the same checkpoint and every position lies within
+//! its partition; otherwise (no tables, a stop between the two writes, a table that cannot be
+//! read, a topic recreated or truncated) they rebuild from the beginning of the topics.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -23,7 +26,10 @@ use schemas::record::RecordUnion;
 use schemas::saga::topics::*;
 use schemas::shipping::ShipmentReply;
 use sinks::SnapshotTable;
-use sinks::sagas::{SAGA_STEPS, SAGAS, Saga, SagaStep, sagas_batch, steps_batch};
+use sinks::sagas::{
+    SAGA_STEPS, SAGAS, Saga, SagaStep, sagas_batch, sagas_from_batches, steps_batch,
+    steps_from_batches,
+};
 use tokio::runtime::Handle;
 use tracing::{info, info_span, warn};
 
@@ -242,6 +248,15 @@ struct Fold {
 }
 
 impl Fold {
+    /// The fold as the two tables hold it.
+    fn from_tables(sagas: Vec<Saga>, steps: Vec<SagaStep>) -> Self {
+        Fold {
+            sagas: sagas.into_iter().map(|s| (s.saga_id.clone(), s)).collect(),
+            seen: steps.iter().map(|s| s.event_id.clone()).collect(),
+            steps,
+        }
+    }
+
     fn add(&mut self, m: &BorrowedMessage<'_>, s: Seen) {
         // Duplicate deliveries carry the same event id: one step each.
         if !self.seen.insert(s.event_id.clone()) {
@@ -309,18 +324,44 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         notifications: Decoder::new(registry),
     };
     let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, "saga-views").create()?;
+    let mut partitions = HashMap::new();
+    for topic in TOPICS {
+        let n = kafka::partition_count(&consumer, topic)? as i32;
+        partitions.insert(*topic, (0..n).collect::<Vec<i32>>());
+    }
+    let resumed = resume(&sagas, &steps, &consumer, &partitions)?;
     let mut tpl = TopicPartitionList::new();
     for topic in TOPICS {
-        for p in 0..kafka::partition_count(&consumer, topic)? as i32 {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        for p in &partitions[topic] {
+            let at = resumed
+                .as_ref()
+                .and_then(|(_, c)| c.get(*topic))
+                .and_then(|c| c.get(p));
+            tpl.add_partition_offset(
+                topic,
+                *p,
+                at.map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+            )?;
         }
     }
     consumer.assign(&tpl)?;
-    let mut fold = Fold::default();
-    let mut checkpoint = Checkpoint::new();
+    let (mut fold, mut checkpoint) = match resumed {
+        Some((fold, checkpoint)) => {
+            info!(
+                sagas = fold.sagas.len(),
+                steps = fold.steps.len(),
+                ?checkpoint,
+                "Saga views started (resuming from their tables)."
+            );
+            (fold, checkpoint)
+        }
+        None => {
+            info!("Saga views started (rebuilding from the beginning of the topics).");
+            (Fold::default(), Checkpoint::new())
+        }
+    };
     let mut dirty = true;
     let mut last_flush = Instant::now();
-    info!("Saga views started (rebuilding from the beginning of the topics).");
     loop {
         let stopping = stop.is_stopped();
         for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
@@ -346,6 +387,56 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         }
         if stopping {
             return Ok(());
+        }
+    }
+}
+
+/// The fold and checkpoint to resume from, if both tables can be read, carry the same
+/// checkpoint (`sagas` is written first: a stop between the two writes leaves them apart),
+/// name only topics the views read, and every position lies within its partition. `None`
+/// rebuilds, saying why.
+fn resume(
+    sagas: &SnapshotTable,
+    steps: &SnapshotTable,
+    consumer: &BaseConsumer,
+    partitions: &HashMap<&str, Vec<i32>>,
+) -> anyhow::Result<Option<(Fold, Checkpoint)>> {
+    let (sagas, steps) = match (sagas.load(), steps.load()) {
+        (Ok(Some(s)), Ok(Some(t))) => (s, t),
+        (Ok(None), _) | (_, Ok(None)) => return Ok(None),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "Rebuilding: a saga table cannot be read.");
+            return Ok(None);
+        }
+    };
+    if sagas.1 != steps.1 {
+        info!("Rebuilding: the two saga tables were written at different positions.");
+        return Ok(None);
+    }
+    let checkpoint: Checkpoint = match serde_json::from_str(&steps.1) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "Rebuilding: the saga tables' checkpoint cannot be read.");
+            return Ok(None);
+        }
+    };
+    for (topic, positions) in &checkpoint {
+        let Some(have) = partitions.get(topic.as_str()) else {
+            info!(
+                topic,
+                "Rebuilding: the checkpoint names a topic the views do not read."
+            );
+            return Ok(None);
+        };
+        if !super::topic_view::positions_hold(consumer, topic, positions, have)? {
+            return Ok(None);
+        }
+    }
+    match (sagas_from_batches(&sagas.0), steps_from_batches(&steps.0)) {
+        (Ok(s), Ok(t)) => Ok(Some((Fold::from_tables(s, t), checkpoint))),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "Rebuilding: a saga table cannot be taken back.");
+            Ok(None)
         }
     }
 }
