@@ -158,6 +158,17 @@ pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
                     view: VIEW.into(),
                     reason: "column scan_ids".into(),
                 })?;
+            if ids.len() as i64 != scans.value(i) {
+                return Err(Error::Layout {
+                    view: VIEW.into(),
+                    reason: format!(
+                        "shipment {}: {} scans but {} scan ids",
+                        id.value(i),
+                        scans.value(i),
+                        ids.len()
+                    ),
+                });
+            }
             rows.push(ShipmentRow {
                 shipment_id: id.value(i).to_owned(),
                 carrier: carrier.value(i).to_owned(),
@@ -223,5 +234,10 @@ mod tests {
         odd.status = "lost";
         let e = from_batches(&[to_batch([&odd]).unwrap()]).unwrap_err();
         assert!(e.to_string().contains("unknown status"), "{e}");
+        // A count that disagrees with its ids: a table not written by this view.
+        let mut odd = rows[0].clone();
+        odd.scans = 4;
+        let e = from_batches(&[to_batch([&odd]).unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("4 scans but 3 scan ids"), "{e}");
     }
 }

@@ -432,11 +432,29 @@ fn resume(
             return Ok(None);
         }
     }
-    match (sagas_from_batches(&sagas.0), steps_from_batches(&steps.0)) {
-        (Ok(s), Ok(t)) => Ok(Some((Fold::from_tables(s, t), checkpoint))),
+    let (sagas, steps) = match (sagas_from_batches(&sagas.0), steps_from_batches(&steps.0)) {
+        (Ok(s), Ok(t)) => (s, t),
         (Err(e), _) | (_, Err(e)) => {
             warn!(error = %e, "Rebuilding: a saga table cannot be taken back.");
-            Ok(None)
+            return Ok(None);
         }
+    };
+    // The two tables of one flush: every saga's step count is its rows in saga_steps.
+    let mut counted: HashMap<&str, i64> = HashMap::new();
+    for s in &steps {
+        *counted.entry(s.saga_id.as_str()).or_default() += 1;
     }
+    let disagree = sagas
+        .iter()
+        .find(|s| counted.remove(s.saga_id.as_str()).unwrap_or(0) != s.steps)
+        .map(|s| s.saga_id.clone())
+        .or_else(|| counted.keys().next().map(|id| id.to_string()));
+    if let Some(saga_id) = disagree {
+        warn!(
+            saga_id,
+            "Rebuilding: the saga tables disagree on a saga's steps."
+        );
+        return Ok(None);
+    }
+    Ok(Some((Fold::from_tables(sagas, steps), checkpoint)))
 }
