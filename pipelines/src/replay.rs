@@ -164,7 +164,7 @@ pub fn replay_view(
 ) -> anyhow::Result<Replayed> {
     if view != stock_levels::VIEW {
         bail!(
-            "view {view:?} cannot be replayed (replayable: {REPLAYABLE:?}); the saga views rebuild from their topics whenever `run saga` starts"
+            "view {view:?} cannot be replayed (replayable: {REPLAYABLE:?}); any other view rebuilds from its topics when it starts without its table: stop its service, delete <views>/{view}/ (for sagas, both sagas/ and saga_steps/), start it"
         );
     }
     let topic = crate::topics::inventory::EVENTS;

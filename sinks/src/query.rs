@@ -33,7 +33,11 @@ impl QueryEngine {
     /// when the query listed it, even if a writer renames a new one over it meanwhile (see
     /// [`PinnedFs`](crate::pinned::PinnedFs)).
     pub async fn open(views_dir: &Path) -> Result<Self> {
-        let ctx = SessionContext::new();
+        // information_schema: `SHOW TABLES`, `SHOW COLUMNS FROM t` and the
+        // `information_schema` tables, for analysts finding their way.
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_information_schema(true),
+        );
         ctx.register_object_store(
             ObjectStoreUrl::local_filesystem().as_ref(),
             std::sync::Arc::new(crate::pinned::PinnedFs::new()),
@@ -229,6 +233,9 @@ mod tests {
         for sql in [
             "EXPLAIN SELECT * FROM stock_levels",
             "WITH s AS (SELECT sku FROM stock_levels) SELECT count(*) FROM s",
+            "SHOW TABLES",
+            "SHOW COLUMNS FROM stock_levels",
+            "SELECT table_name FROM information_schema.tables",
         ] {
             engine.sql(sql).await.expect(sql);
         }
