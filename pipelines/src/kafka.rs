@@ -20,6 +20,10 @@ use crate::{Cluster, Guarantee};
 /// Timeout of transaction and flush calls.
 pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Timeout of the committed-offsets fetch an idle processor makes to step over transaction
+/// markers ([`Committed::step_over_markers`]); it blocks the processing loop while it waits.
+const IDLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Base client configuration for `cluster`.
 pub fn client_config(cluster: &Cluster) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -733,7 +737,9 @@ impl Committed {
             return Ok(());
         }
         if self.offsets.is_empty() {
-            let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
+            // This runs in the processing loop: a slow answer must not hold records back
+            // for long (an error is retried at the next idle second).
+            let committed = consumer.committed_offsets(assignment, IDLE_FETCH_TIMEOUT)?;
             self.record(&committed);
         }
         let mut ahead = TopicPartitionList::new();
