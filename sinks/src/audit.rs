@@ -205,7 +205,6 @@ fn from_batch(view: &str, b: &RecordBatch) -> Result<Vec<AuditRow>> {
         .as_any()
         .downcast_ref::<TimestampMillisecondArray>()
         .ok_or_else(|| layout("column occurred_at".into()))?;
-    let opt = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
     Ok((0..b.num_rows())
         .map(|i| AuditRow {
             topic: topic.value(i).into(),
@@ -216,8 +215,8 @@ fn from_batch(view: &str, b: &RecordBatch) -> Result<Vec<AuditRow>> {
             event_id: event_id.value(i).into(),
             aggregate_id: aggregate_id.value(i).into(),
             correlation_id: correlation_id.value(i).into(),
-            causation_id: opt(causation, i),
-            saga_id: opt(saga, i),
+            causation_id: crate::table::text_at(causation, i),
+            saga_id: crate::table::text_at(saga, i),
             tenant_id: tenant.value(i).into(),
             occurred_at: at.value(i),
             payload_sha256: payload.value(i).into(),

@@ -6,12 +6,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
 use crate::Result;
-use crate::table::{Columns, batch};
+use crate::table::{Columns, batch, value_at};
 
 pub const VIEW: &str = "purchase_orders";
 
@@ -109,7 +109,7 @@ pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<PurchaseOrderRow>> {
                 low_stock_event_id: alert.value(i).to_owned(),
                 placed_at: placed.value(i),
                 expected_at: expected.value(i),
-                received_at: (!received.is_null(i)).then(|| received.value(i)),
+                received_at: value_at(received, i),
             });
         }
     }

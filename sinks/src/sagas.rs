@@ -9,14 +9,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
-};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
 use crate::Result;
-use crate::table::{Columns, batch};
+use crate::table::{Columns, batch, text_at};
 
 pub const SAGAS: &str = "sagas";
 pub const SAGA_STEPS: &str = "saga_steps";
@@ -155,10 +153,6 @@ pub fn steps_batch<'a>(rows: impl IntoIterator<Item = &'a SagaStep>) -> Result<R
     )
 }
 
-fn opt(a: &StringArray, i: usize) -> Option<String> {
-    a.is_valid(i).then(|| a.value(i).to_owned())
-}
-
 /// The rows of a `sagas` table as [`sagas_batch`] wrote them.
 pub fn sagas_from_batches(batches: &[RecordBatch]) -> Result<Vec<Saga>> {
     let mut rows = Vec::new();
@@ -173,12 +167,12 @@ pub fn sagas_from_batches(batches: &[RecordBatch]) -> Result<Vec<Saga>> {
         for i in 0..b.num_rows() {
             rows.push(Saga {
                 saga_id: id.value(i).to_owned(),
-                customer_id: opt(customer, i),
+                customer_id: text_at(customer, i),
                 status: status.value(i).to_owned(),
                 current_step: current.value(i).to_owned(),
                 started_at: started.value(i),
                 updated_at: updated.value(i),
-                outcome: opt(outcome, i),
+                outcome: text_at(outcome, i),
                 total_cents: total.value(i),
                 steps: steps.value(i),
                 compensations: compensations.value(i),
@@ -211,7 +205,7 @@ pub fn steps_from_batches(batches: &[RecordBatch]) -> Result<Vec<SagaStep>> {
                 partition: partition.value(i),
                 offset: offset.value(i),
                 event_id: event.value(i).to_owned(),
-                causation_id: opt(cause, i),
+                causation_id: text_at(cause, i),
                 detail: detail.value(i).to_owned(),
             });
         }

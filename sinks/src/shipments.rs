@@ -19,7 +19,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 
-use crate::table::{Columns, batch};
+use crate::table::{Columns, batch, text_at, value_at};
 use crate::{Error, Result};
 
 pub const VIEW: &str = "shipments";
@@ -136,8 +136,6 @@ pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
         let (picked_up, delivered, last_scan) = (time(3)?, time(4)?, time(10)?);
         let (failed, scans) = (c.get::<Int64Array>(7)?, c.get::<Int64Array>(11)?);
         let scan_ids = c.get::<ListArray>(12)?;
-        let opt_text = |a: &StringArray, i| a.is_valid(i).then(|| a.value(i).to_owned());
-        let opt_time = |a: &TimestampMillisecondArray, i| a.is_valid(i).then(|| a.value(i));
         for i in 0..b.num_rows() {
             let status = match state.value(i) {
                 status::IN_TRANSIT => status::IN_TRANSIT,
@@ -173,11 +171,11 @@ pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
                 shipment_id: id.value(i).to_owned(),
                 carrier: carrier.value(i).to_owned(),
                 status,
-                picked_up_at: opt_time(picked_up, i),
-                delivered_at: opt_time(delivered, i),
-                received_by: opt_text(received_by, i),
+                picked_up_at: value_at(picked_up, i),
+                delivered_at: value_at(delivered, i),
+                received_by: text_at(received_by, i),
                 failed_attempts: failed.value(i),
-                last_failure: opt_text(last_failure, i),
+                last_failure: text_at(last_failure, i),
                 last_location: location.value(i).to_owned(),
                 last_scan_at: last_scan.value(i),
                 scans: scans.value(i),

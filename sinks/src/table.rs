@@ -193,3 +193,18 @@ impl<'a> Columns<'a> {
             })
     }
 }
+
+/// Row `i` of a nullable string column.
+pub(crate) fn text_at(a: &arrow::array::StringArray, i: usize) -> Option<String> {
+    use arrow::array::Array;
+    a.is_valid(i).then(|| a.value(i).to_owned())
+}
+
+/// Row `i` of a nullable primitive column (e.g. a timestamp).
+pub(crate) fn value_at<T: arrow::datatypes::ArrowPrimitiveType>(
+    a: &arrow::array::PrimitiveArray<T>,
+    i: usize,
+) -> Option<T::Native> {
+    use arrow::array::Array;
+    a.is_valid(i).then(|| a.value(i))
+}
