@@ -88,20 +88,8 @@ fn resume_from<V: TopicView>(
     if !V::RESUMES {
         return Ok(None);
     }
-    let (batches, text) = match table.load() {
-        Ok(Some(loaded)) => loaded,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            warn!(error = %e, "Rebuilding: the table cannot be read.");
-            return Ok(None);
-        }
-    };
-    let stored = match serde_json::from_str::<Checkpoint>(&text) {
-        Ok(stored) => stored,
-        Err(e) => {
-            warn!(error = %e, "Rebuilding: the table's checkpoint cannot be read.");
-            return Ok(None);
-        }
+    let Some((batches, stored)) = stored_table(table) else {
+        return Ok(None);
     };
     let Some(positions) = stored.get(V::TOPIC).cloned() else {
         return Ok(None);
@@ -114,6 +102,26 @@ fn resume_from<V: TopicView>(
         Err(e) => {
             warn!(error = %format!("{e:#}"), "Rebuilding: the table cannot be taken back.");
             Ok(None)
+        }
+    }
+}
+
+/// `table`'s rows with the checkpoint stored with them, if there is a table and both can be
+/// read; otherwise `None`, saying why when it is not just absent (the view rebuilds).
+pub(super) fn stored_table(table: &SnapshotTable) -> Option<(Vec<RecordBatch>, Checkpoint)> {
+    let (batches, text) = match table.load() {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(view = table.view(), error = %e, "Rebuilding: the table cannot be read.");
+            return None;
+        }
+    };
+    match serde_json::from_str::<Checkpoint>(&text) {
+        Ok(stored) => Some((batches, stored)),
+        Err(e) => {
+            warn!(view = table.view(), error = %e, "Rebuilding: the table's checkpoint cannot be read.");
+            None
         }
     }
 }

@@ -401,25 +401,15 @@ fn resume(
     consumer: &BaseConsumer,
     partitions: &HashMap<&str, Vec<i32>>,
 ) -> anyhow::Result<Option<(Fold, Checkpoint)>> {
-    let (sagas, steps) = match (sagas.load(), steps.load()) {
-        (Ok(Some(s)), Ok(Some(t))) => (s, t),
-        (Ok(None), _) | (_, Ok(None)) => return Ok(None),
-        (Err(e), _) | (_, Err(e)) => {
-            warn!(error = %e, "Rebuilding: a saga table cannot be read.");
-            return Ok(None);
-        }
+    use super::topic_view::stored_table;
+    let (Some((sagas, at)), Some((steps, checkpoint))) = (stored_table(sagas), stored_table(steps))
+    else {
+        return Ok(None);
     };
-    if sagas.1 != steps.1 {
+    if at != checkpoint {
         info!("Rebuilding: the two saga tables were written at different positions.");
         return Ok(None);
     }
-    let checkpoint: Checkpoint = match serde_json::from_str(&steps.1) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "Rebuilding: the saga tables' checkpoint cannot be read.");
-            return Ok(None);
-        }
-    };
     for (topic, positions) in &checkpoint {
         let Some(have) = partitions.get(topic.as_str()) else {
             info!(
@@ -432,7 +422,7 @@ fn resume(
             return Ok(None);
         }
     }
-    let (sagas, steps) = match (sagas_from_batches(&sagas.0), steps_from_batches(&steps.0)) {
+    let (sagas, steps) = match (sagas_from_batches(&sagas), steps_from_batches(&steps)) {
         (Ok(s), Ok(t)) => (s, t),
         (Err(e), _) | (_, Err(e)) => {
             warn!(error = %e, "Rebuilding: a saga table cannot be taken back.");
