@@ -308,6 +308,19 @@ fn topic_ends(cluster: &Cluster, topic: &str) -> anyhow::Result<BTreeMap<i32, i6
     pipelines::kafka::high_watermarks(&consumer, topic)
 }
 
+/// A view checkpoint with every partition of `topics` at position 0 (as JSON).
+fn rewound(cluster: &Cluster, topics: &[&str]) -> anyhow::Result<String> {
+    let mut at = BTreeMap::new();
+    for topic in topics {
+        let zero: BTreeMap<i32, i64> = topic_ends(cluster, topic)?
+            .keys()
+            .map(|p| (*p, 0))
+            .collect();
+        at.insert(topic.to_string(), zero);
+    }
+    Ok(serde_json::to_string(&at)?)
+}
+
 /// Runs a single-topic view (`run`) over the views in `dir`, starting from whatever its table
 /// there holds, until the positions stored with the table reach the ends `topic` has now;
 /// stops it and returns the table.
@@ -409,14 +422,10 @@ pub fn purchase_orders_resume_from_their_table(
     let removed = copy_rows.pop().expect("two rows at least");
     let marked = copy_rows[0].clone();
     copy_rows[0].warehouse = "kept-by-resume".into();
-    let rewound: BTreeMap<i32, i64> = topic_ends(cluster, EVENTS)?
-        .keys()
-        .map(|p| (*p, 0))
-        .collect();
     let copy = tempfile::tempdir()?;
     SnapshotTable::open(copy.path(), purchasing::VIEW)?.replace(
         &purchasing::to_batch(&copy_rows)?,
-        &serde_json::to_string(&BTreeMap::from([(EVENTS.to_owned(), rewound)]))?,
+        &rewound(cluster, &[EVENTS])?,
     )?;
     let batches = run_view_to_end(
         cluster,
@@ -469,22 +478,21 @@ pub fn saga_views_resume_from_their_tables(
 ) -> anyhow::Result<()> {
     use sinks::SnapshotTable;
     use sinks::sagas::{self, SAGA_STEPS, SAGAS, Saga, SagaStep};
-    let load = |dir: &Path| -> anyhow::Result<(Vec<Saga>, Vec<SagaStep>)> {
+    // Both tables' rows, and the checkpoint saga_steps carries.
+    let load = |dir: &Path| -> anyhow::Result<(Vec<Saga>, Vec<SagaStep>, String)> {
         let (s, _) = SnapshotTable::open(dir, SAGAS)?
             .load()?
             .context("no sagas view")?;
-        let (t, _) = SnapshotTable::open(dir, SAGA_STEPS)?
+        let (t, checkpoint) = SnapshotTable::open(dir, SAGA_STEPS)?
             .load()?
             .context("no saga_steps view")?;
         Ok((
             sagas::sagas_from_batches(&s)?,
             sagas::steps_from_batches(&t)?,
+            checkpoint,
         ))
     };
-    let (full, full_steps) = load(views)?;
-    let (_, finished) = SnapshotTable::open(views, SAGA_STEPS)?
-        .load()?
-        .context("no saga_steps view")?;
+    let (full, full_steps, finished) = load(views)?;
     ensure!(full.len() >= 2, "{} sagas", full.len());
     let removed = full.last().expect("two sagas at least").clone();
     let mut rows: Vec<Saga> = full[..full.len() - 1].to_vec();
@@ -494,15 +502,7 @@ pub fn saga_views_resume_from_their_tables(
         .filter(|s| s.saga_id != removed.saga_id)
         .cloned()
         .collect();
-    let mut rewound = BTreeMap::new();
-    for topic in saga::views::TOPICS {
-        let zero: BTreeMap<i32, i64> = topic_ends(cluster, topic)?
-            .keys()
-            .map(|p| (*p, 0))
-            .collect();
-        rewound.insert(topic.to_string(), zero);
-    }
-    let rewound = serde_json::to_string(&rewound)?;
+    let rewound = rewound(cluster, saga::views::TOPICS)?;
     let copy = tempfile::tempdir()?;
     let write = |sagas_checkpoint: &str, steps_checkpoint: &str| -> anyhow::Result<()> {
         SnapshotTable::open(copy.path(), SAGAS)?
@@ -523,7 +523,7 @@ pub fn saga_views_resume_from_their_tables(
         )
     };
     run()?;
-    let (mut resumed, resumed_steps) = load(copy.path())?;
+    let (mut resumed, resumed_steps, _) = load(copy.path())?;
     let marked = resumed
         .iter_mut()
         .find(|s| s.customer_id.as_deref() == Some("kept-by-resume"))
@@ -542,10 +542,11 @@ pub fn saga_views_resume_from_their_tables(
         resumed.len(),
         full.len()
     );
+    let removed_id = &removed.saga_id;
     let of = |steps: &[SagaStep], removed: bool| -> Vec<SagaStep> {
         steps
             .iter()
-            .filter(|s| (s.saga_id == full.last().expect("rows").saga_id) == removed)
+            .filter(|s| (&s.saga_id == removed_id) == removed)
             .cloned()
             .collect()
     };
@@ -569,7 +570,7 @@ pub fn saga_views_resume_from_their_tables(
     // At the finished positions: nothing below them is read again.
     write(&finished, &finished)?;
     run()?;
-    let (at_end, _) = load(copy.path())?;
+    let (at_end, _, _) = load(copy.path())?;
     ensure!(
         at_end.iter().all(|s| s.saga_id != removed.saga_id),
         "the views read below their stored positions: the removed saga came back"
@@ -601,7 +602,7 @@ pub fn saga_views_resume_from_their_tables(
     ] {
         write(sagas_checkpoint, steps_checkpoint)?;
         run()?;
-        let (rebuilt, _) = load(copy.path())?;
+        let (rebuilt, _, _) = load(copy.path())?;
         ensure!(
             rebuilt
                 .iter()
