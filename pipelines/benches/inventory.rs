@@ -87,6 +87,7 @@ fn decode_in_memory(
         skus: 1_000,
         warehouses: 4,
         seed: 3,
+        first_sku: 0,
     });
     let payloads: Vec<Vec<u8>> = commands
         .iter()
@@ -141,6 +142,7 @@ fn main() -> anyhow::Result<()> {
         brokers,
         registry,
         guarantee: Guarantee::ExactlyOnce,
+        kafka: Vec::new(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
@@ -156,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                 skus: 1_000,
                 warehouses: 4,
                 seed: 1_000 + i as u64,
+                first_sku: 0,
             };
             rt.block_on(load::produce_commands(&cluster, &load::generate(&spec)))?;
         }

@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         brokers,
         registry,
         guarantee: Guarantee::ExactlyOnce,
+        kafka: Vec::new(),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;

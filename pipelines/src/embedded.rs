@@ -107,6 +107,7 @@ impl Embedded {
             brokers: self.broker.bootstrap_servers().to_owned(),
             registry: self.registry.url().to_owned(),
             guarantee: Guarantee::AtLeastOnce,
+            kafka: Vec::new(),
         }
     }
 }

@@ -29,7 +29,15 @@ pub fn client_config(cluster: &Cluster) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cluster.brokers)
         .set("log_level", "4");
+    overrides(&mut c, cluster);
     c
+}
+
+/// The operator's librdkafka properties ([`Cluster::kafka`]) win over ours.
+fn overrides(c: &mut ClientConfig, cluster: &Cluster) {
+    for (k, v) in &cluster.kafka {
+        c.set(k, v);
+    }
 }
 
 /// Configuration of a consumer in `group` that commits explicitly and reads only committed
@@ -46,6 +54,7 @@ pub fn consumer_config(cluster: &Cluster, group: &str) -> ClientConfig {
         // the default 45 s (6 s is the broker's minimum).
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
+    overrides(&mut c, cluster);
     c
 }
 
@@ -57,6 +66,7 @@ pub fn producer_config(cluster: &Cluster) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", "lz4");
+    overrides(&mut c, cluster);
     c
 }
 

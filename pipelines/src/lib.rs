@@ -40,6 +40,9 @@ pub struct Cluster {
     pub registry: String,
     /// Delivery guarantee of consume–process–produce.
     pub guarantee: Guarantee,
+    /// librdkafka properties set on every client after supplystream's own (like kcat's
+    /// `-X key=value`): security, timeouts, fetch sizes.
+    pub kafka: Vec<(String, String)>,
 }
 
 /// Delivery guarantee of a service.

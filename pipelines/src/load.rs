@@ -20,6 +20,9 @@ pub struct LoadSpec {
     pub skus: usize,
     pub warehouses: usize,
     pub seed: u64,
+    /// Number of the first sku (`SKU-<first_sku>`…), so that runs on one cluster can keep
+    /// their skus apart.
+    pub first_sku: usize,
 }
 
 impl Default for LoadSpec {
@@ -29,6 +32,7 @@ impl Default for LoadSpec {
             skus: 50,
             warehouses: 4,
             seed: 42,
+            first_sku: 0,
         }
     }
 }
@@ -61,7 +65,7 @@ pub fn generate(spec: &LoadSpec) -> Vec<InventoryCommand> {
     (0..spec.commands)
         .map(|i| {
             let s = rng.below(spec.skus.max(1) as u64) as usize;
-            let sku = format!("SKU-{s:05}");
+            let sku = format!("SKU-{:05}", spec.first_sku + s);
             let w = warehouses[rng.below(warehouses.len() as u64) as usize].to_owned();
             let metadata = Metadata::command(
                 &format!("{:016x}-{i}", spec.seed),

@@ -39,6 +39,17 @@ struct ClusterArgs {
     /// At-least-once instead of Kafka transactions (for brokers without transactions).
     #[arg(long)]
     at_least_once: bool,
+    /// A librdkafka property for every client, applied after supplystream's own
+    /// (repeatable): `-X session.timeout.ms=30000`.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    kafka: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE (e.g. -X session.timeout.ms=30000)")),
+    }
 }
 
 impl ClusterArgs {
@@ -51,6 +62,7 @@ impl ClusterArgs {
             } else {
                 Guarantee::ExactlyOnce
             },
+            kafka: self.kafka.clone(),
         }
     }
 }
@@ -82,7 +94,8 @@ struct SagaArgs {
     /// Deadline of each saga step (and each compensation round), in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     step_timeout_ms: u64,
-    /// Do not run the sagas/saga_steps views in this process.
+    /// Do not run the views in this process (`run saga`: sagas/saga_steps; `run inventory`:
+    /// stock_levels): for instances scaled out to share the processing.
     #[arg(long)]
     no_views: bool,
     /// Fault injection for tests: publish every output twice.
@@ -483,6 +496,7 @@ fn main() -> anyhow::Result<()> {
             opts.partitions = partitions;
             opts.batch_size = batch_size;
             opts.low_stock_threshold = saga.low_stock_threshold;
+            opts.run_view = !saga.no_views;
             rt.block_on(run(opts))
         }
         Command::Run {
@@ -597,6 +611,7 @@ fn main() -> anyhow::Result<()> {
                 brokers,
                 registry,
                 guarantee: Guarantee::ExactlyOnce,
+                kafka: Vec::new(),
             };
             let at: pipelines::replay::Position =
                 at.parse().map_err(|e: String| anyhow::anyhow!(e))?;

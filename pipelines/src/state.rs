@@ -531,6 +531,7 @@ mod tests {
                 brokers: String::new(),
                 registry: String::new(),
                 guarantee: crate::Guarantee::ExactlyOnce,
+                kafka: Vec::new(),
             },
             cluster_id: "c1".into(),
             topic: "orders.changelog",

@@ -44,6 +44,7 @@ pub async fn replay_rebuilds_the_view(
         skus: 500,
         warehouses: 4,
         seed: 99,
+        first_sku: 0,
     };
     runner.start()?;
     let started = Instant::now();

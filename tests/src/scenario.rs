@@ -76,6 +76,8 @@ pub struct ChildProcess {
     pub args: Vec<String>,
     /// Records per transaction (small: many transactions, so kills land mid-stream).
     pub batch_size: usize,
+    /// How long a clean stop may take (30 s by default).
+    pub stop_timeout: Duration,
     pub binary: PathBuf,
     pub cluster: Cluster,
     pub views: PathBuf,
@@ -89,6 +91,7 @@ impl ChildProcess {
         ChildProcess {
             args: vec!["inventory".to_owned()],
             batch_size: 10,
+            stop_timeout: Duration::from_secs(30),
             binary,
             cluster,
             views,
@@ -113,6 +116,12 @@ impl Runner for ChildProcess {
                 "--registry",
                 &self.cluster.registry,
             ])
+            .args(
+                self.cluster
+                    .kafka
+                    .iter()
+                    .flat_map(|(k, v)| ["-X".to_owned(), format!("{k}={v}")]),
+            )
             .arg("--views")
             .arg(&self.views)
             // Local state beside the views (removed with them), snapshotted every second so
@@ -146,11 +155,15 @@ impl Runner for ChildProcess {
             Command::new("kill")
                 .args(["-INT", &c.id().to_string()])
                 .status()?;
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Instant::now() + self.stop_timeout;
             while c.try_wait()?.is_none() {
                 if Instant::now() > deadline {
                     c.kill()?;
-                    anyhow::bail!("service did not stop within 30 s of SIGINT");
+                    anyhow::bail!(
+                        "{} did not stop within {:?} of SIGINT",
+                        self.log.display(),
+                        self.stop_timeout
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -258,6 +271,7 @@ pub async fn inventory_end_to_end(
         skus: 200,
         warehouses: 4,
         seed: 7,
+        first_sku: 0,
     };
     let commands = load::generate(&spec);
     let expected = model::expect(&commands);

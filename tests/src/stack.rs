@@ -48,6 +48,7 @@ impl Stack {
             brokers: var("SUPPLYSTREAM_BROKERS")?,
             registry: var("SUPPLYSTREAM_REGISTRY")?,
             guarantee: Guarantee::ExactlyOnce,
+            kafka: Vec::new(),
         };
         Ok(Stack { dir, cluster })
     }

@@ -40,6 +40,9 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// How often changed state is snapshotted there.
     pub snapshot_every: Duration,
+    /// Whether [`spawn`] runs the `stock_levels` view beside the service (off for extra
+    /// instances scaled out for processing only).
+    pub run_view: bool,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
             low_stock_threshold: 10,
             state_dir: None,
             snapshot_every: Duration::from_secs(10),
+            run_view: true,
         }
     }
 }
@@ -105,7 +109,7 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
 pub struct Running {
     stop: crate::Stop,
     service: std::thread::JoinHandle<anyhow::Result<service::Stats>>,
-    view: std::thread::JoinHandle<anyhow::Result<()>>,
+    view: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Starts the service and the `stock_levels` view on their own threads.
@@ -117,10 +121,12 @@ pub fn spawn(opts: &Options, rt: &tokio::runtime::Handle) -> Running {
         .spawn(move || service::run(&o, &r, &s))
         .expect("spawning a thread");
     let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-    let view = std::thread::Builder::new()
-        .name("stock_levels".into())
-        .spawn(move || views::run_stock_levels(&o, &r, &s))
-        .expect("spawning a thread");
+    let view = opts.run_view.then(|| {
+        std::thread::Builder::new()
+            .name("stock_levels".into())
+            .spawn(move || views::run_stock_levels(&o, &r, &s))
+            .expect("spawning a thread")
+    });
     Running {
         stop,
         service,
@@ -131,7 +137,7 @@ pub fn spawn(opts: &Options, rt: &tokio::runtime::Handle) -> Running {
 impl Running {
     /// Whether either loop has ended (normally only after a stop, or on a fatal error).
     pub fn is_finished(&self) -> bool {
-        self.service.is_finished() || self.view.is_finished()
+        self.service.is_finished() || self.view.as_ref().is_some_and(|v| v.is_finished())
     }
 
     /// Stops both loops after their current batch and waits for them.
@@ -141,9 +147,10 @@ impl Running {
             .service
             .join()
             .map_err(|_| anyhow::anyhow!("inventory service panicked"))??;
-        self.view
-            .join()
-            .map_err(|_| anyhow::anyhow!("stock_levels view panicked"))??;
+        if let Some(view) = self.view {
+            view.join()
+                .map_err(|_| anyhow::anyhow!("stock_levels view panicked"))??;
+        }
         Ok(stats)
     }
 }
