@@ -1,14 +1,14 @@
 //! Kafka plumbing shared by the services: client configuration, topic provisioning,
 //! the output side (transactional or at-least-once) and the dead-letter queue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -620,6 +620,217 @@ pub fn poll_batch<'c, C: ConsumerContext>(
     Ok(batch)
 }
 
+/// The consumer context of a group member: remembers which partitions rebalances took away
+/// since the processing loop last looked, so the loop never acts on a record of a partition
+/// it no longer owns (see [`poll_member_batch`]).
+///
+/// librdkafka calls it from inside `poll`, on the polling thread.
+#[derive(Debug, Default)]
+pub struct Membership {
+    revoked: std::sync::Mutex<BTreeSet<i32>>,
+    rebalances: AtomicU64,
+    /// Partitions (re)assigned whose position is not yet known to be their committed offset
+    /// (see [`poll_member_batch`]); touched only by the polling thread.
+    unsettled: std::sync::Mutex<BTreeMap<i32, std::time::Instant>>,
+}
+
+impl Membership {
+    /// Partition numbers revoked (or lost) since the last call.
+    fn take_revoked(&self) -> BTreeSet<i32> {
+        std::mem::take(&mut *self.revoked.lock().expect("not poisoned"))
+    }
+
+    /// Whether partition `p`'s position may be committed (it is not waiting to be rewound).
+    pub fn settled(&self, p: i32) -> bool {
+        !self.unsettled.lock().expect("not poisoned").contains_key(&p)
+    }
+
+    /// Assignments received so far (one per rebalance this member took part in).
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for Membership {}
+
+impl ConsumerContext for Membership {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let gone: Vec<i32> = match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.rebalances.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(partitions = ?partitions_of(tpl), "Partitions assigned.");
+                return;
+            }
+            Rebalance::Revoke(tpl) => partitions_of(tpl),
+            // rdkafka then unassigns everything.
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "Rebalance failed; dropping the whole assignment.");
+                consumer
+                    .assignment()
+                    .map(|tpl| partitions_of(&tpl))
+                    .unwrap_or_default()
+            }
+        };
+        tracing::info!(partitions = ?gone, "Partitions revoked.");
+        self.revoked.lock().expect("not poisoned").extend(gone);
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    let mut ps: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    ps.sort_unstable();
+    ps.dedup();
+    ps
+}
+
+/// A consumer that is a member of a group and tracks what rebalances take from it.
+pub type GroupConsumer = BaseConsumer<Membership>;
+
+/// How the partitions a processor keeps state for changed in one poll.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Drop the state of these: another member may own them now (or did for a while).
+    pub revoked: BTreeSet<i32>,
+    /// Restore the state of these before processing the batch.
+    pub assigned: BTreeSet<i32>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.revoked.is_empty() && self.assigned.is_empty()
+    }
+}
+
+/// Polls a batch like [`poll_batch`] for a group member whose state is kept per partition
+/// number (`owned`: the partitions the caller holds state for, updated here), and says how
+/// that state must change before the batch is processed.
+///
+/// A rebalance can happen inside any `poll` of a batch. Records collected before it of a
+/// partition it revoked belong to whoever owns that partition now: acting on them against
+/// state this member no longer holds, and committing their offsets (the classic group
+/// coordinator checks the generation, not who owns a partition), rebuilt aggregates from
+/// nothing mid-stream. So the batch ends at the rebalance, drops those records, and every
+/// revoked partition's state is dropped, even when the same rebalance gave the partition back
+/// (someone else may have processed it in between); partitions given back are rewound to
+/// their committed offsets, so what was dropped is read again after their restore (so is every
+/// newly assigned partition).
+pub fn poll_member_batch<'c>(
+    consumer: &'c GroupConsumer,
+    owned: &mut BTreeSet<i32>,
+    max: usize,
+    wait: Duration,
+) -> anyhow::Result<(Vec<BorrowedMessage<'c>>, Changes)> {
+    settle(consumer)?;
+    let mut batch = Vec::new();
+    let mut revoked = consumer.context().take_revoked();
+    let mut timeout = wait;
+    while batch.len() < max {
+        let polled = consumer.poll(timeout);
+        let gone = consumer.context().take_revoked();
+        if !gone.is_empty() {
+            batch.retain(|m: &BorrowedMessage<'_>| !gone.contains(&m.partition()));
+            revoked.extend(gone);
+        }
+        match polled {
+            None => break,
+            Some(Ok(m)) => {
+                // A partition not yet rewound is read again once it is.
+                if !revoked.contains(&m.partition()) && consumer.context().settled(m.partition())
+                {
+                    batch.push(m);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => {
+                if batch.is_empty() {
+                    tracing::warn!(error = %e, "Consumer error.");
+                    if matches!(
+                        e,
+                        KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    ) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                break;
+            }
+        }
+        if !revoked.is_empty() {
+            break;
+        }
+        timeout = Duration::ZERO;
+    }
+    let assignment = consumer.assignment()?;
+    let assigned: BTreeSet<i32> =
+        assignment.elements().iter().map(|e| e.partition()).collect();
+    let mut changes = Changes::default();
+    for &p in owned.iter() {
+        if revoked.contains(&p) || !assigned.contains(&p) {
+            changes.revoked.insert(p);
+        }
+    }
+    owned.retain(|p| !changes.revoked.contains(p));
+    changes.assigned = assigned.difference(owned).copied().collect();
+    // Every partition this member (again) holds state for starts from its committed offset:
+    // records of it may have been dropped above, and a partition given back keeps the
+    // position of its previous assignment until its first record arrives — committing that
+    // position when idle ([`Committed::step_over_markers`]) would skip what was dropped.
+    if !changes.assigned.is_empty() {
+        // Read again after the rewind, against the state the caller restores first.
+        batch.retain(|m| !changes.assigned.contains(&m.partition()));
+        let now = std::time::Instant::now();
+        let mut unsettled = consumer.context().unsettled.lock().expect("not poisoned");
+        for &p in &changes.assigned {
+            unsettled.entry(p).or_insert(now);
+        }
+    }
+    owned.extend(changes.assigned.iter().copied());
+    settle(consumer)?;
+    Ok((batch, changes))
+}
+
+/// Rewinds the unsettled partitions still assigned to their committed offsets. librdkafka
+/// refuses to seek a partition whose fetcher has not started yet ("Erroneous state"): such a
+/// partition stays unsettled (its records are dropped, its position not committed) and is
+/// tried again at the next poll.
+fn settle(consumer: &GroupConsumer) -> anyhow::Result<()> {
+    let pending: Vec<(i32, std::time::Instant)> = {
+        let unsettled = consumer.context().unsettled.lock().expect("not poisoned");
+        if unsettled.is_empty() {
+            return Ok(());
+        }
+        unsettled.iter().map(|(p, t)| (*p, *t)).collect()
+    };
+    let assignment = consumer.assignment()?;
+    for (p, since) in pending {
+        let mut tpl = TopicPartitionList::new();
+        for e in assignment.elements().iter().filter(|e| e.partition() == p) {
+            tpl.add_partition(e.topic(), e.partition());
+        }
+        let settled = if tpl.count() == 0 {
+            true // no longer assigned: settled again when next assigned
+        } else {
+            match rewind_partitions(consumer, tpl) {
+                Ok(()) => true,
+                Err(e) => {
+                    if since.elapsed() > Duration::from_secs(30) {
+                        tracing::warn!(partition = p, error = %format!("{e:#}"), "Partition still not rewound after its assignment; retrying.");
+                    }
+                    false
+                }
+            }
+        };
+        if settled {
+            consumer
+                .context()
+                .unsettled
+                .lock()
+                .expect("not poisoned")
+                .remove(&p);
+        }
+    }
+    Ok(())
+}
+
 /// Whether a commit error means this instance was fenced (another took over).
 pub fn is_fenced(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -730,9 +941,9 @@ impl Committed {
     }
 
     /// When idle (at most once a second): commits positions beyond the committed offsets.
-    pub fn step_over_markers<C: ConsumerContext>(
+    pub fn step_over_markers(
         &mut self,
-        consumer: &BaseConsumer<C>,
+        consumer: &GroupConsumer,
         output: &Output,
     ) -> anyhow::Result<()> {
         if self
@@ -755,8 +966,10 @@ impl Committed {
         let mut ahead = TopicPartitionList::new();
         for e in consumer.position()?.elements() {
             let key = (e.topic().to_owned(), e.partition());
+            // An unsettled partition's position may be its previous assignment's.
             if let (Offset::Offset(at), Some(done)) = (e.offset(), self.offsets.get(&key))
                 && at > *done
+                && consumer.context().settled(e.partition())
             {
                 ahead.add_partition_offset(e.topic(), e.partition(), Offset::Offset(at))?;
             }
@@ -776,8 +989,15 @@ impl Committed {
 /// Seeks every assigned partition back to its committed offset (after a failed batch: what
 /// was consumed since is processed again, against state restored from the changelog).
 pub fn rewind<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
-    let assignment = consumer.assignment()?;
-    let committed = consumer.committed_offsets(assignment, TX_TIMEOUT)?;
+    rewind_partitions(consumer, consumer.assignment()?)
+}
+
+/// Seeks `partitions` (assigned ones) back to their committed offsets.
+fn rewind_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: TopicPartitionList,
+) -> anyhow::Result<()> {
+    let committed = consumer.committed_offsets(partitions, TX_TIMEOUT)?;
     for e in committed.elements() {
         let offset = match e.offset() {
             Offset::Offset(o) => Offset::Offset(o),

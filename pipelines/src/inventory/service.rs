@@ -102,7 +102,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
             format!("{}-{}", opts.group, opts.instance),
         );
     }
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: kafka::GroupConsumer = config.create_with_context(kafka::Membership::default())?;
     consumer.subscribe(&[COMMANDS])?;
 
     let mut store = Store::default();
@@ -113,16 +113,17 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
 
     while !stop.is_stopped() {
         let polled = std::time::Instant::now();
-        let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
-        stats.poll_time += polled.elapsed();
-        sync_assignment(
-            rt,
+        let (batch, changes) = kafka::poll_member_batch(
             &consumer,
             &mut owned,
-            &mut store,
-            &mut cache,
-            &mut snapshot_decoder,
+            opts.batch_size,
+            Duration::from_millis(100),
         )?;
+        stats.poll_time += polled.elapsed();
+        if !changes.is_empty() {
+            committed.forget();
+            sync_assignment(rt, &changes, &mut store, &mut cache, &mut snapshot_decoder)?;
+        }
         if batch.is_empty() {
             // inventory.commands is also written transactionally (by the saga participant).
             if let Err(e) = committed.step_over_markers(&consumer, &output) {
@@ -184,7 +185,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
 #[allow(clippy::too_many_arguments)]
 fn process_batch(
     rt: &Handle,
-    consumer: &BaseConsumer,
+    consumer: &kafka::GroupConsumer,
     output: &Output,
     batch: &[BorrowedMessage<'_>],
     store: &mut Store,
@@ -334,29 +335,19 @@ fn process_batch(
     Ok(stats)
 }
 
-/// Restores newly assigned partitions from the changelog and forgets revoked ones.
+/// Forgets revoked partitions and restores newly assigned ones from the changelog.
 fn sync_assignment(
     rt: &Handle,
-    consumer: &BaseConsumer,
-    owned: &mut BTreeSet<i32>,
+    changes: &kafka::Changes,
     store: &mut Store,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<()> {
-    let assigned: BTreeSet<i32> = consumer
-        .assignment()?
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect();
-    if assigned == *owned {
-        return Ok(());
-    }
-    store.partitions.retain(|p, _| assigned.contains(p));
-    for p in owned.difference(&assigned) {
+    for p in &changes.revoked {
+        store.partitions.remove(p);
         cache.forget(*p);
     }
-    for &p in assigned.difference(owned) {
+    for &p in &changes.assigned {
         let mut read = Restored::default();
         let mut orphans = 0;
         let restored = restore_partition(rt, p, decoder, &mut orphans, |f| {
@@ -380,7 +371,6 @@ fn sync_assignment(
         );
         store.partitions.insert(p, restored);
     }
-    *owned = assigned;
     Ok(())
 }
 

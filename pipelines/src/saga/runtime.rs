@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use processors::saga::{Participant, Reaction};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::Metadata;
@@ -125,7 +125,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
             format!("{}-{}", W::NAME, opts.instance),
         );
     }
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: kafka::GroupConsumer = config.create_with_context(kafka::Membership::default())?;
     consumer.subscribe(W::INPUTS)?;
 
     let mut store: Store<W::State> = HashMap::new();
@@ -138,15 +138,16 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     info!(group = W::NAME, inputs = ?W::INPUTS, "Participant started.");
 
     while !stop.is_stopped() {
-        let batch = kafka::poll_batch(&consumer, opts.batch_size, Duration::from_millis(100))?;
-        sync_assignment::<W>(
-            rt,
+        let (batch, changes) = kafka::poll_member_batch(
             &consumer,
             &mut owned,
-            &mut store,
-            &mut cache,
-            &mut changelog_decoder,
+            opts.batch_size,
+            Duration::from_millis(100),
         )?;
+        if !changes.is_empty() {
+            committed.forget();
+            sync_assignment::<W>(rt, &changes, &mut store, &mut cache, &mut changelog_decoder)?;
+        }
         let now = wire::now_ms();
         let due = if last_scan.elapsed() >= Duration::from_millis(200) {
             last_scan = Instant::now();
@@ -229,7 +230,7 @@ fn process<W: Wiring>(
     w: &W,
     opts: &Options,
     rt: &Handle,
-    consumer: &BaseConsumer,
+    consumer: &kafka::GroupConsumer,
     output: &Output,
     batch: &[BorrowedMessage<'_>],
     due: &[(i32, String)],
@@ -436,26 +437,16 @@ fn apply<W: Wiring>(
 /// revoked ones.
 fn sync_assignment<W: Wiring>(
     rt: &Handle,
-    consumer: &BaseConsumer,
-    owned: &mut BTreeSet<i32>,
+    changes: &kafka::Changes,
     store: &mut Store<W::State>,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<W::Changelog>,
 ) -> anyhow::Result<()> {
-    let assigned: BTreeSet<i32> = consumer
-        .assignment()?
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect();
-    if assigned == *owned {
-        return Ok(());
-    }
-    store.retain(|p, _| assigned.contains(p));
-    for p in owned.difference(&assigned) {
+    for p in &changes.revoked {
+        store.remove(p);
         cache.forget(*p);
     }
-    for &p in assigned.difference(owned) {
+    for &p in &changes.assigned {
         let mut states = HashMap::new();
         let restored = cache.restore(p, |payload, offset| {
             let record = match decoder.decode(payload) {
@@ -481,6 +472,5 @@ fn sync_assignment<W: Wiring>(
         );
         store.insert(p, states);
     }
-    *owned = assigned;
     Ok(())
 }
