@@ -642,7 +642,11 @@ impl Membership {
 
     /// Whether partition `p`'s position may be committed (it is not waiting to be rewound).
     pub fn settled(&self, p: i32) -> bool {
-        !self.unsettled.lock().expect("not poisoned").contains_key(&p)
+        !self
+            .unsettled
+            .lock()
+            .expect("not poisoned")
+            .contains_key(&p)
     }
 
     /// Assignments received so far (one per rebalance this member took part in).
@@ -735,8 +739,7 @@ pub fn poll_member_batch<'c>(
             None => break,
             Some(Ok(m)) => {
                 // A partition not yet rewound is read again once it is.
-                if !revoked.contains(&m.partition()) && consumer.context().settled(m.partition())
-                {
+                if !revoked.contains(&m.partition()) && consumer.context().settled(m.partition()) {
                     batch.push(m);
                 }
             }
@@ -760,8 +763,11 @@ pub fn poll_member_batch<'c>(
         timeout = Duration::ZERO;
     }
     let assignment = consumer.assignment()?;
-    let assigned: BTreeSet<i32> =
-        assignment.elements().iter().map(|e| e.partition()).collect();
+    let assigned: BTreeSet<i32> = assignment
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
     let mut changes = Changes::default();
     for &p in owned.iter() {
         if revoked.contains(&p) || !assigned.contains(&p) {

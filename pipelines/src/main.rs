@@ -48,7 +48,9 @@ struct ClusterArgs {
 fn parse_property(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not KEY=VALUE (e.g. -X session.timeout.ms=30000)")),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE (e.g. -X session.timeout.ms=30000)"
+        )),
     }
 }
 
