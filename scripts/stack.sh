@@ -84,6 +84,9 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=3
 group.initial.rebalance.delay.ms=0
+# The churn tests run members with short sessions (-X session.timeout.ms=2000) so that a
+# stopped or killed static member expires in 2 s, not the 10 s our clients default to.
+group.min.session.timeout.ms=1000
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 PROPS

@@ -7,6 +7,7 @@
 //! that shares no code with `processors`.
 
 pub mod audit;
+pub mod churn;
 pub mod duckdb;
 pub mod evolution;
 pub mod http;

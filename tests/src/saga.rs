@@ -1305,6 +1305,23 @@ pub async fn saga_end_to_end(
     check(cluster, views, &sim, |i, e| *e == expected_ending(i)).await
 }
 
+/// [`saga_end_to_end`] with no interruption of its own, placing orders at `rate` per second
+/// (for runners that churn by themselves while the orders keep coming).
+pub async fn saga_end_to_end_at(
+    cluster: &Cluster,
+    views: &Path,
+    runner: &mut dyn Runner,
+    spec: &SimSpec,
+    rate: f64,
+) -> anyhow::Result<Endings> {
+    let sim = simulate::generate(spec);
+    runner.start()?;
+    let ran = run_simulation_at(cluster, views, runner, &sim, 0, Some(rate)).await;
+    runner.stop()?;
+    ran?;
+    check(cluster, views, &sim, |i, e| *e == expected_ending(i)).await
+}
+
 /// A purchasing run: `spec` with little stock per position, so orders drain it, inventory
 /// raises low-stock alerts, suppliers place purchase orders, and their receipts (after the
 /// lead time) restock inventory while orders keep coming at `rate` per second. Every order

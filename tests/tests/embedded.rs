@@ -246,3 +246,52 @@ async fn http_commands_are_read_back_with_their_token() -> anyhow::Result<()> {
     );
     integration::http::read_your_writes(&cluster, views.path(), &mut runner).await
 }
+
+/// Inventory scaled out on the mock broker: a stable instance plus up to two more joining
+/// and leaving (clean stops: the mock tier is at-least-once) while a backlog drains; every
+/// sku's events are the model's with consecutive versions and `stock_levels` agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_scaled_out_under_churn_on_the_embedded_broker() -> anyhow::Result<()> {
+    logs();
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    let views = tempfile::tempdir()?;
+    let stable = views.path().to_path_buf();
+    let (c, rt) = (cluster.clone(), tokio::runtime::Handle::current());
+    let mut fleet = integration::churn::Fleet::new(
+        "inventory",
+        views.path(),
+        3,
+        std::time::Duration::from_millis(1_500),
+        move |id, dir| {
+            let opts = Options {
+                instance: id.to_owned(),
+                state_dir: Some(integration::scenario::state_dir(dir)),
+                run_view: dir == stable,
+                batch_size: 500,
+                ..Options::new(c.clone(), dir.to_path_buf())
+            };
+            Box::new(InProcess::new(opts, rt.clone()))
+        },
+    );
+    let spec = pipelines::load::LoadSpec {
+        commands: 20_000,
+        skus: 200,
+        warehouses: 4,
+        seed: 13,
+        first_sku: 0,
+    };
+    let churned = integration::churn::inventory_under_churn(
+        &cluster,
+        &mut fleet,
+        views.path(),
+        &spec,
+        5_000.0,
+        2,
+    )
+    .await?;
+    eprintln!("{churned:?}");
+    anyhow::ensure!(churned.joined >= 2, "too little churn: {churned:?}");
+    Ok(())
+}

@@ -7,6 +7,7 @@
 use anyhow::Context;
 use std::process::ExitCode;
 
+use integration::churn::{self, Fleet};
 use integration::duckdb;
 use integration::saga::{
     Together, participant_down_past_deadline, purchasing_end_to_end, saga_end_to_end,
@@ -15,11 +16,16 @@ use integration::scenario::{ChildProcess, inventory_end_to_end};
 use integration::stack::{Stack, repo_root};
 use pipelines::inventory;
 use pipelines::kafka;
+use pipelines::load::LoadSpec;
 use pipelines::saga::{self, simulate::SimSpec};
 
 type Scenario = fn(&Stack, &tokio::runtime::Runtime) -> anyhow::Result<()>;
 
 fn binary() -> std::path::PathBuf {
+    // SUPPLYSTREAM_BIN runs the suite against another build (e.g. target/release/supplystream).
+    if let Some(bin) = std::env::var_os("SUPPLYSTREAM_BIN") {
+        return bin.into();
+    }
     // target/<profile>/deps/real_kafka-<hash> → target/<profile>/supplystream
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()
@@ -114,6 +120,86 @@ fn saga_children(
         runners.push(Box::new(compliance));
     }
     Ok(Together(runners))
+}
+
+/// A fleet of `run <args…> --instance <id>` child processes: the stable member writes the
+/// views under `views`; churned ones add `--no-views` and keep their state in their own
+/// directory.
+fn fleet(stack: &Stack, views: &std::path::Path, name: &str, args: &[&str]) -> Fleet {
+    let logs = logs_dir();
+    let cluster = stack.cluster.clone();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stable_views = views.to_path_buf();
+    Fleet::new(
+        name,
+        views,
+        3,
+        std::time::Duration::from_millis(1_000),
+        move |id, dir| {
+            let mut p =
+                ChildProcess::new(binary(), cluster.clone(), dir.to_path_buf(), logs.join(id));
+            p.args = args.clone();
+            p.args.extend(["--instance".to_owned(), id.to_owned()]);
+            // Short sessions: a stopped or killed member (static membership sends no LeaveGroup)
+            // expires in 2 s, so the group rebalances often (the test broker allows 1 s).
+            for setting in ["session.timeout.ms=2000", "heartbeat.interval.ms=500"] {
+                p.args.extend(["-X".to_owned(), setting.to_owned()]);
+            }
+            if dir != stable_views {
+                p.args.push("--no-views".to_owned());
+            }
+            p.batch_size = 2_000;
+            // A stop that lands in a restore waits for it, and a restore waits while a killed
+            // member's open transaction holds the changelog's end (transaction.timeout.ms, 60 s).
+            p.stop_timeout = std::time::Duration::from_secs(90);
+            Box::new(p)
+        },
+    )
+}
+
+/// Three instances of inventory in one group, members joining and leaving (fresh instance
+/// ids, clean stops and SIGKILL) while commands arrive: every sku's events are the model's,
+/// versions consecutive from 1, no event twice, `stock_levels` equals the model, and the
+/// store equals the fold of its event log.
+fn inventory_scaled_out_under_churn(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
+    std::fs::create_dir_all(logs_dir())?;
+    let views = tempfile::tempdir()?;
+    let kafka_log = stack.dir().join("kafka.log");
+    let before = churn::rebalances(&kafka_log, "inventory")?;
+    let mut fleet = fleet(stack, views.path(), "inventory", &["inventory"]);
+    let spec = LoadSpec {
+        commands: 140_000,
+        skus: 300,
+        warehouses: 4,
+        seed: 31,
+        first_sku: 10_000,
+    };
+    let churned = rt.block_on(churn::inventory_under_churn(
+        &stack.cluster,
+        &mut fleet,
+        views.path(),
+        &spec,
+        5_000.0,
+        60,
+    ))?;
+    let rebalances = churn::rebalances(&kafka_log, "inventory")? - before;
+    eprintln!("inventory: {churned:?}, {rebalances} rebalances of its group");
+    anyhow::ensure!(
+        rebalances >= 20,
+        "only {rebalances} rebalances of the inventory group: the churn proved too little"
+    );
+    let check = cli(stack, &["replay", "inventory", "--check"])?;
+    anyhow::ensure!(
+        check.status.success(),
+        "replay inventory --check failed: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    Ok(())
 }
 
 fn ensure_saga_topics(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -247,6 +333,87 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     })?;
+    Ok(())
+}
+
+/// The groups whose rebalances the saga churn counts (one per participant it checks).
+const SAGA_GROUPS: &[&str] = &[
+    "inventory",
+    "orders",
+    "inventory-saga",
+    "payments",
+    "shipping",
+    "billing",
+];
+
+/// Three instances of inventory and of every saga participant, members joining and leaving
+/// (fresh ids, clean stops and SIGKILL) while 8,000 orders with failures arrive at 400 a
+/// second (more than a debug build processes here: the backlog keeps them busy): every saga ends
+/// once as its forced failure says and money is conserved per order (captured − refunded =
+/// the total if confirmed, else 0, in payments, the ledger and `revenue` alike: the checks of
+/// `saga_end_to_end`), every store equals the fold of its event log, and the inventory
+/// events keep consecutive versions.
+fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    std::fs::create_dir_all(logs_dir())?;
+    let views = tempfile::tempdir()?;
+    let kafka_log = stack.dir().join("kafka.log");
+    let before = SAGA_GROUPS
+        .iter()
+        .map(|g| churn::rebalances(&kafka_log, g))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // No saga should time out: the step deadline is a business setting, not the subject.
+    let saga_args = ["saga", "--step-timeout-ms", "120000"];
+    let mut compliance = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.path().to_path_buf(),
+        logs_dir().join("churn-compliance"),
+    );
+    compliance.args = vec!["compliance".to_owned()];
+    let mut runner = Together(vec![
+        Box::new(fleet(stack, views.path(), "inv", &["inventory"])),
+        Box::new(fleet(stack, views.path(), "saga", &saga_args)),
+        Box::new(compliance),
+    ]);
+    let spec = SimSpec {
+        orders: 8_000,
+        run: 2,
+        seed: 23,
+        ..SAGA_SPEC
+    };
+    rt.block_on(integration::saga::saga_end_to_end_at(
+        &stack.cluster,
+        views.path(),
+        &mut runner,
+        &spec,
+        400.0,
+    ))?;
+    drop(runner);
+    let mut fewest = usize::MAX;
+    for (g, b) in SAGA_GROUPS.iter().zip(before) {
+        let n = churn::rebalances(&kafka_log, g)? - b;
+        eprintln!("{g}: {n} rebalances");
+        fewest = fewest.min(n);
+    }
+    anyhow::ensure!(
+        fewest >= 20,
+        "a group saw only {fewest} rebalances: the churn proved too little"
+    );
+    let compared = integration::saga::stores_equal_their_event_logs(
+        &stack.cluster,
+        rt.handle(),
+        integration::saga::SAGA_STORES,
+    )?;
+    eprintln!("{compared} states equal the folds of their event logs");
+    for store in integration::saga::SAGA_STORES {
+        let check = cli(stack, &["replay", store, "--check"])?;
+        anyhow::ensure!(
+            check.status.success(),
+            "replay {store} --check failed: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
     Ok(())
 }
 
@@ -525,7 +692,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 9] = [
+        (
+            "inventory_scaled_out_under_churn",
+            inventory_scaled_out_under_churn,
+        ),
+        ("sagas_scaled_out_under_churn", sagas_scaled_out_under_churn),
         (
             "inventory_killed_mid_stream_exactly_once",
             killed_mid_stream,

@@ -1,0 +1,440 @@
+//! Scale-out under churn: several instances of a service in one consumer group while members
+//! join and leave (fresh instance ids, clean stops and SIGKILL), so that partitions move
+//! between instances while batches are in flight.
+//!
+//! Static membership hides rebalances (a member back under the same `group.instance.id`
+//! within the session timeout gets its partitions back silently), so every member started
+//! here has an instance id never used before, and a killed one is left to expire.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+use crate::scenario::Runner;
+
+/// What a [`Fleet`]'s churn did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Churned {
+    pub joined: usize,
+    pub stopped: usize,
+    pub killed: usize,
+}
+
+/// Makes the child process of instance `id` (its own views and state directory under
+/// `views`), `stable` for the one member that is never churned and keeps the views checked.
+pub type Make = dyn Fn(&str, &Path) -> Member + Send + Sync;
+
+/// A member of a [`Fleet`]: a child process, or the service on threads of the test process.
+pub type Member = Box<dyn Runner + Send>;
+
+/// One stable member plus up to `size - 1` churned ones of the same service.
+pub struct Fleet {
+    name: String,
+    views: PathBuf,
+    make: Arc<Make>,
+    size: usize,
+    period: Duration,
+    stable: Option<Member>,
+    members: Arc<Mutex<Vec<Member>>>,
+    churn: Option<(Arc<AtomicBool>, JoinHandle<anyhow::Result<Churned>>)>,
+    /// Totals of every churn run so far.
+    pub churned: Arc<Mutex<Churned>>,
+    /// Actions of the churn running now.
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Fleet {
+    /// `make(id, views_dir)`: the process of instance `id` writing its views under `views_dir`.
+    pub fn new(
+        name: &str,
+        views: &Path,
+        size: usize,
+        period: Duration,
+        make: impl Fn(&str, &Path) -> Member + Send + Sync + 'static,
+    ) -> Self {
+        Fleet {
+            name: name.to_owned(),
+            views: views.to_path_buf(),
+            make: Arc::new(make),
+            size: size.max(1),
+            period,
+            stable: None,
+            members: Arc::default(),
+            churn: None,
+            churned: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Joins and leaves so far (of the churn running now, and those before).
+    pub fn actions(&self) -> usize {
+        let c = *self.churned.lock().expect("not poisoned");
+        c.joined + c.stopped + c.killed + self.live.load(Ordering::Relaxed)
+    }
+
+    fn stop_churn(&mut self) -> anyhow::Result<()> {
+        if let Some((stop, handle)) = self.churn.take() {
+            stop.store(true, Ordering::Relaxed);
+            let done = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("churn thread of {} panicked", self.name))??;
+            self.live.store(0, Ordering::Relaxed);
+            let mut total = self.churned.lock().expect("not poisoned");
+            total.joined += done.joined;
+            total.stopped += done.stopped;
+            total.killed += done.killed;
+        }
+        Ok(())
+    }
+}
+
+impl Runner for Fleet {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let mut stable = (self.make)(&format!("{}-stable", self.name), &self.views);
+        stable.start()?;
+        self.stable = Some(stable);
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = self.live.clone();
+        let (make, members, views, name, size, period) = (
+            self.make.clone(),
+            self.members.clone(),
+            self.views.clone(),
+            self.name.clone(),
+            self.size,
+            self.period,
+        );
+        let seed = self.churned.lock().expect("not poisoned").joined as u64 + 1;
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("churn-{name}"))
+            .spawn(move || {
+                churn(
+                    &flag, &live, &*make, &members, &views, &name, size, period, seed,
+                )
+            })?;
+        self.churn = Some((stop, handle));
+        Ok(())
+    }
+
+    /// SIGKILLs the stable member and starts it again (same instance id and directory: it
+    /// keeps the views), besides the churn.
+    fn interrupt(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stable.as_mut() {
+            s.interrupt()?;
+            s.start()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the churn, then stops every member cleanly.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop_churn()?;
+        let mut members = std::mem::take(&mut *self.members.lock().expect("not poisoned"));
+        for m in &mut members {
+            m.stop()?;
+        }
+        if let Some(mut s) = self.stable.take() {
+            s.stop()?;
+        }
+        Ok(())
+    }
+}
+
+/// xorshift64: reproducible choices of whom to stop and how.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[allow(clippy::too_many_arguments)]
+fn churn(
+    stop: &AtomicBool,
+    live: &std::sync::atomic::AtomicUsize,
+    make: &Make,
+    members: &Mutex<Vec<Member>>,
+    views: &Path,
+    name: &str,
+    size: usize,
+    period: Duration,
+    seed: u64,
+) -> anyhow::Result<Churned> {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut done = Churned::default();
+    let mut started = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(period);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        live.fetch_add(1, Ordering::Relaxed);
+        let mut members = members.lock().expect("not poisoned");
+        if members.len() + 1 < size {
+            started += 1;
+            let id = format!("{name}-s{seed}-{started}");
+            let dir = views.join(".members").join(&id);
+            std::fs::create_dir_all(&dir)?;
+            let mut m = make(&id, &dir);
+            m.start()?;
+            members.push(m);
+            done.joined += 1;
+            continue;
+        }
+        let i = (next(&mut rng) % members.len() as u64) as usize;
+        let mut m = members.swap_remove(i);
+        // One leave in four is a SIGKILL: its transaction in flight is aborted, and the group
+        // waits out its session (10 s) at the next rebalance, so kills are kept rarer than
+        // clean stops, which rebalance at once.
+        if (done.stopped + done.killed) % 4 == 3 {
+            m.interrupt()?;
+            done.killed += 1;
+        } else {
+            m.stop()?;
+            done.stopped += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Generations the broker's group coordinator completed for `group`, from its log
+/// (`Stabilized group <group> generation <n>`): how many rebalances the group went through.
+pub fn rebalances(kafka_log: &Path, group: &str) -> anyhow::Result<usize> {
+    let log = std::fs::read_to_string(kafka_log)
+        .with_context(|| format!("reading {}", kafka_log.display()))?;
+    let needle = format!("Stabilized group {group} generation ");
+    let preparing = format!("Preparing to rebalance group {group} ");
+    let n = log.lines().filter(|l| l.contains(&needle)).count();
+    eprintln!(
+        "{group}: {n} generations, {} rebalances begun",
+        log.lines().filter(|l| l.contains(&preparing)).count()
+    );
+    Ok(n)
+}
+
+/// Checks that every aggregate's events on a topic carry versions 1, 2, 3, … in order, and
+/// that no event id appears twice: `(aggregate, version, event id)` in topic order.
+pub fn versions_consecutive(
+    topic: &str,
+    events: impl IntoIterator<Item = (String, i64, String)>,
+) -> anyhow::Result<usize> {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut broken: Vec<String> = Vec::new();
+    let mut n = 0;
+    for (aggregate, version, id) in events {
+        n += 1;
+        ensure!(ids.insert(id.clone()), "{topic}: event {id} appears twice");
+        let prev = last.insert(aggregate.clone(), version).unwrap_or(0);
+        if version != prev + 1 && broken.len() < 10 {
+            broken.push(format!("{aggregate}: {prev} then {version}"));
+        }
+    }
+    ensure!(
+        broken.is_empty(),
+        "{topic}: versions not consecutive from 1 (first cases: {broken:?})"
+    );
+    Ok(n)
+}
+
+impl Fleet {
+    /// Ends the churn (the members still running keep running).
+    pub fn calm(&mut self) -> anyhow::Result<Churned> {
+        self.stop_churn()?;
+        Ok(*self.churned.lock().expect("not poisoned"))
+    }
+}
+
+/// Inventory scaled out under churn: `spec`'s commands produced at `rate` per second while
+/// `fleet` churns (until the backlog has drained and it joined or left `min_actions` times);
+/// then, once the churn has ended and everything is processed, every sku of
+/// the run must have the events an independent model computes, in order, with versions
+/// 1, 2, 3, … and no event id twice, and `stock_levels` (kept by the fleet's stable member)
+/// must equal the model's positions.
+pub async fn inventory_under_churn(
+    cluster: &pipelines::Cluster,
+    fleet: &mut Fleet,
+    views: &Path,
+    spec: &pipelines::load::LoadSpec,
+    rate: f64,
+    min_actions: usize,
+) -> anyhow::Result<Churned> {
+    use pipelines::inventory;
+    use pipelines::load;
+
+    let commands = load::generate(spec);
+    let expected = crate::model::expect(&commands);
+    let started = Instant::now();
+    fleet.start()?;
+    produce_at(cluster, &commands, rate).await?;
+    eprintln!(
+        "{:>6.1?} produced {} commands",
+        started.elapsed(),
+        commands.len()
+    );
+    // Churn on while the backlog drains: rebalances land while batches are in flight.
+    let opts = inventory::Options::new(cluster.clone(), views.to_path_buf());
+    let probe = inventory::ProgressProbe::new(&opts)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (probe.progress()?.command_lag > 2_000 || fleet.actions() < min_actions)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let churned = fleet.calm()?;
+    tokio::task::spawn_blocking(move || inventory::wait_caught_up(&opts, Duration::from_secs(240)))
+        .await??;
+    eprintln!("{:>6.1?} caught up after {churned:?}", started.elapsed());
+    fleet.stop()?;
+    check_inventory(cluster, views, &expected).await?;
+    Ok(churned)
+}
+
+/// Produces `commands` (keyed by sku) at `rate` per second with one producer.
+async fn produce_at(
+    cluster: &pipelines::Cluster,
+    commands: &[schemas::inventory::InventoryCommand],
+    rate: f64,
+) -> anyhow::Result<()> {
+    use pipelines::topics::inventory::COMMANDS;
+    use schemas::codec::Encoder;
+
+    let registry = schemas::Registry::new(&cluster.registry);
+    let encoder =
+        Encoder::<schemas::inventory::InventoryCommand>::register(&registry, COMMANDS).await?;
+    let plain = pipelines::Cluster {
+        guarantee: pipelines::Guarantee::AtLeastOnce,
+        ..cluster.clone()
+    };
+    let commands = commands.to_vec();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let output = pipelines::kafka::Output::new(&plain, "producer", "churn")?;
+        let mut buf = Vec::with_capacity(256);
+        let started = Instant::now();
+        let chunk = ((rate / 20.0).ceil() as usize).max(1);
+        for (i, part) in commands.chunks(chunk).enumerate() {
+            for c in part {
+                encoder.encode_into(c, &mut buf)?;
+                output.send(COMMANDS, None, c.sku().as_bytes(), &buf, None)?;
+            }
+            output.flush()?;
+            let due = started + Duration::from_secs_f64(((i + 1) * chunk) as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// The run's skus (those of `expected`) on inventory.events and in `stock_levels`.
+async fn check_inventory(
+    cluster: &pipelines::Cluster,
+    views: &Path,
+    expected: &crate::model::Expected,
+) -> anyhow::Result<()> {
+    use pipelines::topics::inventory::EVENTS;
+    use schemas::codec::Decoder;
+    use schemas::inventory::InventoryEvent;
+    use schemas::record::RecordUnion;
+
+    let records = crate::topic::read_all(cluster, EVENTS)?;
+    let mut decoder = Decoder::<InventoryEvent>::new(schemas::Registry::new(&cluster.registry));
+    let mut events = Vec::new();
+    let mut names: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for r in &records {
+        let event = decoder.decode_learning(&r.payload).await?;
+        if !expected.events.contains_key(event.sku()) {
+            continue;
+        }
+        let m = event.metadata();
+        events.push((
+            event.sku().to_owned(),
+            m.aggregate_version,
+            m.event_id.clone(),
+        ));
+        let name = event.record_name().rsplit('.').next().expect("named");
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.entry(event.sku().to_owned()).or_default().push(name);
+    }
+    let causes: std::collections::HashSet<String> = {
+        let mut set = std::collections::HashSet::new();
+        for r in &records {
+            let event = decoder.decode_learning(&r.payload).await?;
+            if let Some(c) = &event.metadata().causation_id {
+                set.insert(c.clone());
+            }
+        }
+        set
+    };
+    let n = versions_consecutive(EVENTS, events)?;
+    if n != expected.event_count() {
+        // Which commands have no event: runs of (partition, offsets) on inventory.commands.
+        let mut commands = Decoder::<schemas::inventory::InventoryCommand>::new(
+            schemas::Registry::new(&cluster.registry),
+        );
+        let mut missing: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+        for r in crate::topic::read_all(cluster, pipelines::topics::inventory::COMMANDS)? {
+            let Ok(c) = commands.decode_learning(&r.payload).await else {
+                continue;
+            };
+            if !expected.events.contains_key(c.sku()) || causes.contains(&c.metadata().event_id) {
+                continue;
+            }
+            let runs = missing.entry(r.partition).or_default();
+            match runs.last_mut() {
+                Some((_, end)) if *end + 1 == r.offset => *end = r.offset,
+                _ => runs.push((r.offset, r.offset)),
+            }
+        }
+        anyhow::bail!(
+            "{n} events of the run's skus, the model expects {}; commands without an event, by partition: {:?}",
+            expected.event_count(),
+            missing
+                .iter()
+                .map(|(p, runs)| (p, runs.iter().take(8).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        );
+    }
+    for (sku, want) in &expected.events {
+        ensure!(
+            names.get(sku) == Some(want),
+            "events of {sku} differ from the model:\n actual {:?}\n expected {want:?}",
+            names.get(sku)
+        );
+    }
+    let engine = sinks::QueryEngine::open(views).await?;
+    let batches = engine
+        .sql("SELECT sku, warehouse, on_hand, reserved FROM stock_levels ORDER BY sku, warehouse")
+        .await?;
+    let csv = sinks::OutputFormat::Csv.render(&batches)?;
+    let mut actual = BTreeMap::new();
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if !expected.events.contains_key(f[0]) {
+            continue;
+        }
+        actual.insert(
+            (f[0].to_owned(), f[1].to_owned()),
+            (f[2].parse()?, f[3].parse()?),
+        );
+    }
+    let want: BTreeMap<(String, String), (i64, i64)> = expected
+        .positions
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    ensure!(
+        actual == want,
+        "stock_levels differs from the model on the run's skus: {} rows vs {}",
+        actual.len(),
+        want.len()
+    );
+    Ok(())
+}
