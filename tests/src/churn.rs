@@ -393,8 +393,21 @@ async fn check_inventory(
                 _ => runs.push((r.offset, r.offset)),
             }
         }
+        // A command dead-lettered commits its offset with no event: count the run's.
+        let mut dead: BTreeMap<String, usize> = BTreeMap::new();
+        for r in crate::topic::read_all(cluster, pipelines::topics::inventory::DLQ)? {
+            if expected
+                .events
+                .contains_key(String::from_utf8_lossy(&r.key).as_ref())
+            {
+                let kind = r
+                    .header(pipelines::topics::dlq_headers::KIND)
+                    .unwrap_or("?");
+                *dead.entry(kind.to_owned()).or_default() += 1;
+            }
+        }
         anyhow::bail!(
-            "{n} events of the run's skus, the model expects {}; commands without an event, by partition: {:?}",
+            "{n} events of the run's skus, the model expects {}; dead letters of the run by kind: {dead:?}; commands without an event, by partition: {:?}",
             expected.event_count(),
             missing
                 .iter()
