@@ -602,22 +602,28 @@ pub fn poll_batch<'c, C: ConsumerContext>(
             Some(Ok(m)) => batch.push(m),
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                if batch.is_empty() {
-                    tracing::warn!(error = %e, "Consumer error.");
-                    // Transient broker errors surface here; librdkafka retries internally.
-                    if matches!(
-                        e,
-                        KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)
-                    ) {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
+                consumer_error(&e, batch.is_empty());
                 break;
             }
         }
         timeout = Duration::ZERO;
     }
     Ok(batch)
+}
+
+/// An error `poll` returned, which ends the batch: reported (and, for a topic not there yet,
+/// waited on briefly) when it came first. Transient broker errors surface here; librdkafka
+/// retries internally.
+fn consumer_error(e: &KafkaError, first: bool) {
+    if first {
+        tracing::warn!(error = %e, "Consumer error.");
+        if matches!(
+            e,
+            KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)
+        ) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// The consumer context of a group member: remembers which partitions rebalances took away
@@ -628,7 +634,6 @@ pub fn poll_batch<'c, C: ConsumerContext>(
 #[derive(Debug, Default)]
 pub struct Membership {
     revoked: std::sync::Mutex<BTreeSet<i32>>,
-    rebalances: AtomicU64,
     /// Partitions (re)assigned whose position is not yet known to be their committed offset
     /// (see [`poll_member_batch`]); touched only by the polling thread.
     unsettled: std::sync::Mutex<BTreeMap<i32, std::time::Instant>>,
@@ -649,9 +654,14 @@ impl Membership {
             .contains_key(&p)
     }
 
-    /// Assignments received so far (one per rebalance this member took part in).
-    pub fn rebalances(&self) -> u64 {
-        self.rebalances.load(Ordering::Relaxed)
+    /// Partitions waiting to be rewound, at the moment of the call.
+    fn unsettled(&self) -> BTreeSet<i32> {
+        self.unsettled
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .copied()
+            .collect()
     }
 }
 
@@ -661,7 +671,6 @@ impl ConsumerContext for Membership {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let gone: Vec<i32> = match rebalance {
             Rebalance::Assign(tpl) => {
-                self.rebalances.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(partitions = ?partitions_of(tpl), "Partitions assigned.");
                 return;
             }
@@ -715,9 +724,9 @@ impl Changes {
 /// coordinator checks the generation, not who owns a partition), rebuilt aggregates from
 /// nothing mid-stream. So the batch ends at the rebalance, drops those records, and every
 /// revoked partition's state is dropped, even when the same rebalance gave the partition back
-/// (someone else may have processed it in between); partitions given back are rewound to
-/// their committed offsets, so what was dropped is read again after their restore (so is every
-/// newly assigned partition).
+/// (someone else may have processed it in between). Every newly assigned partition is rewound
+/// to its committed offset before its records or its position are used, so what was dropped
+/// is read again after the restore.
 pub fn poll_member_batch<'c>(
     consumer: &'c GroupConsumer,
     owned: &mut BTreeSet<i32>,
@@ -725,6 +734,8 @@ pub fn poll_member_batch<'c>(
     wait: Duration,
 ) -> anyhow::Result<(Vec<BorrowedMessage<'c>>, Changes)> {
     settle(consumer)?;
+    // Changes only in `settle` and below, not while polling: read once per batch.
+    let unsettled = consumer.context().unsettled();
     let mut batch = Vec::new();
     let mut revoked = consumer.context().take_revoked();
     let mut timeout = wait;
@@ -739,21 +750,13 @@ pub fn poll_member_batch<'c>(
             None => break,
             Some(Ok(m)) => {
                 // A partition not yet rewound is read again once it is.
-                if !revoked.contains(&m.partition()) && consumer.context().settled(m.partition()) {
+                if !revoked.contains(&m.partition()) && !unsettled.contains(&m.partition()) {
                     batch.push(m);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
-                if batch.is_empty() {
-                    tracing::warn!(error = %e, "Consumer error.");
-                    if matches!(
-                        e,
-                        KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)
-                    ) {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
+                consumer_error(&e, batch.is_empty());
                 break;
             }
         }
@@ -777,9 +780,8 @@ pub fn poll_member_batch<'c>(
     owned.retain(|p| !changes.revoked.contains(p));
     changes.assigned = assigned.difference(owned).copied().collect();
     // Every partition this member (again) holds state for starts from its committed offset:
-    // records of it may have been dropped above, and a partition given back keeps the
-    // position of its previous assignment until its first record arrives — committing that
-    // position when idle ([`Committed::step_over_markers`]) would skip what was dropped.
+    // records of it polled above may have been dropped, and committing the position they
+    // advanced when idle ([`Committed::step_over_markers`]) would skip them.
     if !changes.assigned.is_empty() {
         // Read again after the rewind, against the state the caller restores first.
         batch.retain(|m| !changes.assigned.contains(&m.partition()));
@@ -972,7 +974,7 @@ impl Committed {
         let mut ahead = TopicPartitionList::new();
         for e in consumer.position()?.elements() {
             let key = (e.topic().to_owned(), e.partition());
-            // An unsettled partition's position may be its previous assignment's.
+            // An unsettled partition's position may be past records dropped unprocessed.
             if let (Offset::Offset(at), Some(done)) = (e.offset(), self.offsets.get(&key))
                 && at > *done
                 && consumer.context().settled(e.partition())

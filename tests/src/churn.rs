@@ -348,8 +348,13 @@ async fn check_inventory(
     let mut decoder = Decoder::<InventoryEvent>::new(schemas::Registry::new(&cluster.registry));
     let mut events = Vec::new();
     let mut names: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    // Commands that produced an event (for the report when some did not).
+    let mut causes = std::collections::HashSet::new();
     for r in &records {
         let event = decoder.decode_learning(&r.payload).await?;
+        if let Some(c) = &event.metadata().causation_id {
+            causes.insert(c.clone());
+        }
         if !expected.events.contains_key(event.sku()) {
             continue;
         }
@@ -363,16 +368,6 @@ async fn check_inventory(
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         names.entry(event.sku().to_owned()).or_default().push(name);
     }
-    let causes: std::collections::HashSet<String> = {
-        let mut set = std::collections::HashSet::new();
-        for r in &records {
-            let event = decoder.decode_learning(&r.payload).await?;
-            if let Some(c) = &event.metadata().causation_id {
-                set.insert(c.clone());
-            }
-        }
-        set
-    };
     let n = versions_consecutive(EVENTS, events)?;
     if n != expected.event_count() {
         // Which commands have no event: runs of (partition, offsets) on inventory.commands.
