@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
 
-    let probe: BaseConsumer = kafka::client_config(&cluster).create()?;
+    let probe = kafka::Probe::new(&cluster)?;
     let mut total: i64 = kafka::high_watermarks(&probe, COMMANDS)?.values().sum();
     if total < n as i64 {
         let fill = Instant::now();

@@ -111,10 +111,11 @@ fn main() -> anyhow::Result<()> {
         "billing.changelog",
     ];
     let consumer: BaseConsumer = kafka::consumer_config(&cluster, "bench-saga-b0").create()?;
+    let probe = kafka::Probe::new(&cluster)?;
     let mut tpl = TopicPartitionList::new();
     let mut records: i64 = 0;
     for topic in topics {
-        for (p, end) in kafka::high_watermarks(&consumer, topic)? {
+        for (p, end) in kafka::high_watermarks(&probe, topic)? {
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
             records += end;
         }
@@ -125,7 +126,7 @@ fn main() -> anyhow::Result<()> {
         .elements()
         .iter()
         .map(|e| {
-            let end = kafka::watermarks(&consumer, e.topic(), e.partition())
+            let end = kafka::watermarks(&probe, e.topic(), e.partition())
                 .map(|w| w.1)
                 .unwrap_or(0);
             (e.topic().to_owned(), e.partition(), end)

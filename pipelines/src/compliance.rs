@@ -107,6 +107,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         .map(|(t, s)| (*t, (*s, decoder_for(t, &registry))))
         .collect();
     let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, "compliance").create()?;
+    let probe = kafka::Probe::new(&opts.cluster)?;
     let mut tpl = TopicPartitionList::new();
     for (topic, _) in EVENT_TOPICS {
         for p in 0..kafka::partition_count(&consumer, topic)? as i32 {
@@ -125,7 +126,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     let mut drain: Option<Drain> = None;
     loop {
         if drain.is_none() && stop.is_stopped() {
-            drain = Some(Drain::new(&consumer));
+            drain = Some(Drain::new(&probe));
         }
         let batch = kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))?;
         let got = !batch.is_empty();
@@ -203,11 +204,11 @@ const QUIET: Duration = Duration::from_secs(3);
 impl Drain {
     /// The ends to reach; none (stop at once) if they cannot be read (the broker is down:
     /// what is not audited now is on the next start).
-    fn new(consumer: &BaseConsumer) -> Self {
+    fn new(probe: &kafka::Probe) -> Self {
         let now = Instant::now();
         let mut ends = BTreeMap::new();
         for (topic, _) in EVENT_TOPICS {
-            match kafka::high_watermarks(consumer, topic) {
+            match kafka::high_watermarks(probe, topic) {
                 Ok(e) => {
                     ends.insert(topic.to_string(), e);
                 }

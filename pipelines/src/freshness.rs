@@ -120,7 +120,7 @@ impl Freshness {
 
 /// Freshness of every known view under `views_dir`, per input partition.
 pub fn freshness(cluster: &Cluster, views_dir: &Path) -> anyhow::Result<Vec<Freshness>> {
-    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let probe = kafka::Probe::new(cluster)?;
     let mut ends: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
     let mut rows = Vec::new();
     for view in VIEWS {
@@ -190,7 +190,7 @@ pub fn wait_for(
     if let Some(group) = group {
         wait_committed(cluster, token, group, deadline, timeout)?;
     }
-    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let probe = kafka::Probe::new(cluster)?;
     for view in views {
         let Some(inputs) = view_inputs(view) else {
             continue;

@@ -197,27 +197,47 @@ pub fn partition_count<C: ConsumerContext>(
     bail!("topic {topic} is not available: {last}")
 }
 
+/// A client that reads partitions' ends: their high watermarks.
+///
+/// A read_committed client (librdkafka's default) is answered the *last stable offset*
+/// instead: the first offset of the oldest open transaction. A killed member's transaction
+/// stays open until the coordinator times it out, and committed records written after it
+/// lie beyond that offset. A restore that stopped there rebuilt an older state than the
+/// partition's committed offset belongs to, and a check that stopped there missed every
+/// record after it. So ends come from a read_uncommitted probe, and readers that reach the
+/// high watermark under read_committed have seen every transaction before it resolved.
+pub struct Probe(BaseConsumer);
+
+impl Probe {
+    pub fn new(cluster: &Cluster) -> anyhow::Result<Self> {
+        let mut config = client_config(cluster);
+        config.set("isolation.level", "read_uncommitted");
+        Ok(Probe(config.create().context("creating a watermark probe")?))
+    }
+}
+
+impl std::ops::Deref for Probe {
+    type Target = BaseConsumer;
+
+    fn deref(&self) -> &BaseConsumer {
+        &self.0
+    }
+}
+
 /// High watermarks of every partition of `topic`.
-pub fn high_watermarks<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let n = partition_count(consumer, topic)?;
+pub fn high_watermarks(probe: &Probe, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let n = partition_count(&probe.0, topic)?;
     (0..n as i32)
-        .map(|p| Ok((p, watermarks(consumer, topic, p)?.1)))
+        .map(|p| Ok((p, watermarks(probe, topic, p)?.1)))
         .collect()
 }
 
 /// Low and high watermarks of one partition, retrying while its leader moves or is being
 /// elected (a topic just created answers `NotLeaderForPartition` for a moment).
-pub fn watermarks<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    p: i32,
-) -> anyhow::Result<(i64, i64)> {
+pub fn watermarks(probe: &Probe, topic: &str, p: i32) -> anyhow::Result<(i64, i64)> {
     let deadline = std::time::Instant::now() + TX_TIMEOUT;
     loop {
-        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+        match probe.0.fetch_watermarks(topic, p, Duration::from_secs(10)) {
             Ok(w) => return Ok(w),
             Err(KafkaError::MetadataFetch(
                 RDKafkaErrorCode::NotLeaderForPartition
@@ -319,7 +339,10 @@ impl Output {
                     "transactional.id",
                     format!("supplystream-{service}-{instance}"),
                 )
-                .set("transaction.timeout.ms", "60000");
+                // A transaction left open by a killed instance holds every read_committed
+                // reader of its partitions (restores included) until the coordinator aborts
+                // it: 10 s, like Kafka Streams under exactly-once, not librdkafka's 60 s.
+                .set("transaction.timeout.ms", "10000");
         }
         let producer: BaseProducer<DeliveryCounter> = config
             .create_with_context(DeliveryCounter::default())
@@ -881,7 +904,10 @@ pub fn read_partition_from(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
     reader.assign(&tpl)?;
-    let (low, high) = watermarks(&reader, topic, p)?;
+    // To the high watermark, not the last stable offset: see [`Probe`]. A transaction left
+    // open by a killed writer holds the read back until the coordinator aborts it
+    // (`transaction.timeout.ms`).
+    let (low, high) = watermarks(&Probe::new(cluster)?, topic, p)?;
     let low = from.map_or(low, |o| o.max(low));
     if high <= low {
         return Ok(high);
@@ -983,6 +1009,7 @@ impl Committed {
             }
         }
         if ahead.count() > 0 {
+            tracing::debug!(from = ?self.offsets, to = ?ahead, "Committing positions past transaction markers.");
             output.begin()?;
             if let Err(e) = output.commit(consumer, &ahead) {
                 output.abort();
@@ -1011,6 +1038,7 @@ fn rewind_partitions<C: ConsumerContext>(
             Offset::Offset(o) => Offset::Offset(o),
             _ => Offset::Beginning,
         };
+        tracing::debug!(topic = e.topic(), partition = e.partition(), ?offset, "Rewinding to the committed offset.");
         consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
     }
     Ok(())

@@ -62,11 +62,11 @@ impl std::str::FromStr for Position {
 
 /// The offset of `position` in every partition of `topic`.
 pub fn resolve(
-    consumer: &BaseConsumer,
+    probe: &kafka::Probe,
     topic: &str,
     position: Position,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let n = kafka::partition_count(consumer, topic)? as i32;
+    let n = kafka::partition_count(probe, topic)? as i32;
     let mut out = BTreeMap::new();
     match position {
         Position::Time(ms) => {
@@ -74,7 +74,7 @@ pub fn resolve(
             for p in 0..n {
                 tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
             }
-            let found = consumer
+            let found = probe
                 .offsets_for_times(tpl, TX_TIMEOUT)
                 .with_context(|| format!("looking up {topic} offsets at {ms} ms"))?;
             for e in found.elements() {
@@ -82,9 +82,7 @@ pub fn resolve(
                     Offset::Offset(o) => o,
                     // No record at or after the time: the end.
                     _ => {
-                        consumer
-                            .fetch_watermarks(topic, e.partition(), TX_TIMEOUT)?
-                            .1
+                        kafka::watermarks(probe, topic, e.partition())?.1
                     }
                 };
                 out.insert(e.partition(), offset);
@@ -92,7 +90,7 @@ pub fn resolve(
         }
         _ => {
             for p in 0..n {
-                let (low, high) = kafka::watermarks(consumer, topic, p)?;
+                let (low, high) = kafka::watermarks(probe, topic, p)?;
                 out.insert(
                     p,
                     match position {
@@ -128,7 +126,7 @@ pub fn progress_bar(total: u64, prefix: &str, visible: bool) -> indicatif::Progr
 
 /// Offsets between the low and high watermarks of every partition of `topic`.
 pub fn topic_span(cluster: &Cluster, topic: &str) -> anyhow::Result<u64> {
-    let probe: BaseConsumer = kafka::client_config(cluster).create()?;
+    let probe = kafka::Probe::new(cluster)?;
     let mut total = 0;
     for p in 0..kafka::partition_count(&probe, topic)? as i32 {
         let (low, high) = kafka::watermarks(&probe, topic, p)?;
@@ -169,8 +167,9 @@ pub fn replay_view(
     }
     let topic = crate::topics::inventory::EVENTS;
     let consumer: BaseConsumer = kafka::consumer_config(cluster, "supplystream-replay").create()?;
-    let start = resolve(&consumer, topic, from)?;
-    let end = resolve(&consumer, topic, to)?;
+    let probe = kafka::Probe::new(cluster)?;
+    let start = resolve(&probe, topic, from)?;
+    let end = resolve(&probe, topic, to)?;
     let total: i64 = end
         .iter()
         .map(|(p, e)| (e - start.get(p).copied().unwrap_or(0)).max(0))
@@ -271,9 +270,10 @@ pub fn show_offsets(
     topics: &[&str],
 ) -> anyhow::Result<Vec<GroupOffset>> {
     let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
+    let probe = kafka::Probe::new(cluster)?;
     let mut rows = Vec::new();
     for topic in topics {
-        let ends = kafka::high_watermarks(&consumer, topic)?;
+        let ends = kafka::high_watermarks(&probe, topic)?;
         let mut tpl = TopicPartitionList::new();
         for p in ends.keys() {
             tpl.add_partition(topic, *p);
@@ -304,7 +304,7 @@ pub fn reset_offsets(
     to: Position,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer = kafka::consumer_config(cluster, group).create()?;
-    let offsets = resolve(&consumer, topic, to)?;
+    let offsets = resolve(&kafka::Probe::new(cluster)?, topic, to)?;
     let mut tpl = TopicPartitionList::new();
     for (p, o) in &offsets {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;

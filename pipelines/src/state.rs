@@ -325,7 +325,7 @@ impl ChangelogCache {
                     warn!(file = %path.display(), error = %format!("{e:#}"), "Snapshot unreadable; restoring from the changelog.")
                 }
                 Ok(Some(s)) => {
-                    let probe: BaseConsumer = kafka::client_config(&self.cluster).create()?;
+                    let probe = kafka::Probe::new(&self.cluster)?;
                     let (low, high) = kafka::watermarks(&probe, self.topic, p)?;
                     let now = crate::wire::now_ms();
                     match distrust(&s, &self.cluster_id, self.topic, p, low, high, now) {

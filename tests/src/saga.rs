@@ -303,9 +303,7 @@ pub fn ledger_resumes_from_its_table(
 
 /// The high watermarks of `topic`, by partition.
 fn topic_ends(cluster: &Cluster, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        pipelines::kafka::consumer_config(cluster, "test-ends-probe").create()?;
-    pipelines::kafka::high_watermarks(&consumer, topic)
+    pipelines::kafka::high_watermarks(&pipelines::kafka::Probe::new(cluster)?, topic)
 }
 
 /// A view checkpoint with every partition of `topics` at position 0 (as JSON).

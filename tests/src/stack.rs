@@ -7,7 +7,8 @@ use pipelines::{Cluster, Guarantee};
 
 /// A running stack; stopped when dropped.
 pub struct Stack {
-    dir: tempfile::TempDir,
+    /// `None` once stopped and kept.
+    dir: Option<tempfile::TempDir>,
     pub cluster: Cluster,
 }
 
@@ -50,21 +51,39 @@ impl Stack {
             guarantee: Guarantee::ExactlyOnce,
             kafka: Vec::new(),
         };
-        Ok(Stack { dir, cluster })
+        Ok(Stack {
+            dir: Some(dir),
+            cluster,
+        })
     }
 
     /// Directory holding the stack's logs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("running").path()
+    }
+}
+
+impl Stack {
+    /// Stops the stack and keeps its directory (logs and the brokers' data, for
+    /// `kafka-dump-log.sh`); returns where it is.
+    pub fn stop_and_keep(mut self) -> PathBuf {
+        self.stop();
+        self.dir.take().expect("not stopped yet").keep()
+    }
+
+    fn stop(&self) {
+        if let Some(dir) = &self.dir {
+            let _status = Command::new("bash")
+                .arg(repo_root().join("scripts/stack.sh"))
+                .arg("down")
+                .arg(dir.path())
+                .status();
+        }
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _status = Command::new("bash")
-            .arg(repo_root().join("scripts/stack.sh"))
-            .arg("down")
-            .arg(self.dir.path())
-            .status();
+        self.stop();
     }
 }

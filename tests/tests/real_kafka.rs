@@ -150,11 +150,78 @@ fn fleet(stack: &Stack, views: &std::path::Path, name: &str, args: &[&str]) -> F
             }
             p.batch_size = 2_000;
             // A stop that lands in a restore waits for it, and a restore waits while a killed
-            // member's open transaction holds the changelog's end (transaction.timeout.ms, 60 s).
+            // member's open transaction holds the changelog's end (transaction.timeout.ms, 10 s, and
+            // the coordinator's sweep for timed-out transactions, every 10 s).
             p.stop_timeout = std::time::Duration::from_secs(90);
             Box::new(p)
         },
     )
+}
+
+/// A writer killed inside a transaction leaves it open until the coordinator times it out,
+/// and every read_committed reader stops at its first offset (the last stable offset) until
+/// then, even past records other writers committed after it. A restore that took that
+/// offset for the partition's end rebuilt an older state than its committed offsets belong
+/// to; a check that did missed records. The partition's end is its high watermark: reading
+/// to it waits for the open transaction to be aborted and then returns what was committed.
+fn reads_wait_out_a_killed_writers_transaction(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use rdkafka::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::Duration;
+
+    let topic: &'static str = Box::leak(
+        format!("test.open-transaction-{}", std::process::id()).into_boxed_str(),
+    );
+    rt.block_on(kafka::ensure_topics(
+        &stack.cluster,
+        &[kafka::TopicSpec {
+            name: topic,
+            partitions: 1,
+            compacted: false,
+        }],
+    ))?;
+    let transactional = |id: &str| -> anyhow::Result<BaseProducer> {
+        let producer: BaseProducer = kafka::producer_config(&stack.cluster)
+            .set("transactional.id", id)
+            .set("transaction.timeout.ms", "3000")
+            .create()?;
+        producer.init_transactions(Duration::from_secs(30))?;
+        Ok(producer)
+    };
+    // The "killed" writer: its transaction is left open (never committed, aborted or
+    // fenced; the producer is leaked so nothing ends it on drop).
+    let killed = transactional(&format!("{topic}-killed"))?;
+    killed.begin_transaction()?;
+    killed
+        .send(BaseRecord::to(topic).key("k").payload("open"))
+        .map_err(|(e, _)| e)?;
+    killed.flush(Duration::from_secs(30))?;
+    std::mem::forget(killed);
+    // Another writer commits after it.
+    let live = transactional(&format!("{topic}-live"))?;
+    live.begin_transaction()?;
+    live.send(BaseRecord::to(topic).key("k").payload("committed"))
+        .map_err(|(e, _)| e)?;
+    live.commit_transaction(Duration::from_secs(30))?;
+
+    let started = std::time::Instant::now();
+    let mut read = Vec::new();
+    kafka::read_partition_to_end(&stack.cluster, "test-open-transaction", topic, 0, |m| {
+        read.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        read == ["committed"],
+        "read {read:?} to the partition's end, expected only the committed record"
+    );
+    eprintln!(
+        "read past the open transaction once it was aborted, after {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// Three instances of inventory in one group, members joining and leaving (fresh instance
@@ -692,7 +759,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 10] = [
+        (
+            "reads_wait_out_a_killed_writers_transaction",
+            reads_wait_out_a_killed_writers_transaction,
+        ),
         (
             "inventory_killed_mid_stream_exactly_once",
             killed_mid_stream,
@@ -749,9 +820,8 @@ fn main() -> ExitCode {
     }
     if failed > 0 {
         // Keep the logs of a failed run.
-        let kept = stack.dir().to_path_buf();
-        drop(stack);
-        println!("stack logs were in {}", kept.display());
+        let kept = stack.stop_and_keep();
+        println!("stack logs and data kept in {}", kept.display());
     }
     println!("{passed} passed, {failed} failed");
     if failed == 0 {

@@ -174,7 +174,7 @@ impl Progress {
 /// Measures [`Progress`] repeatedly with long-lived clients (cheap enough to poll).
 pub struct ProgressProbe {
     opts: Options,
-    watermarks: rdkafka::consumer::BaseConsumer,
+    watermarks: crate::kafka::Probe,
     group: rdkafka::consumer::BaseConsumer,
 }
 
@@ -183,7 +183,7 @@ impl ProgressProbe {
     pub fn new(opts: &Options) -> anyhow::Result<Self> {
         Ok(ProgressProbe {
             opts: opts.clone(),
-            watermarks: crate::kafka::client_config(&opts.cluster).create()?,
+            watermarks: crate::kafka::Probe::new(&opts.cluster)?,
             group: crate::kafka::consumer_config(&opts.cluster, &opts.group).create()?,
         })
     }

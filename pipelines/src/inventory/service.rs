@@ -205,10 +205,12 @@ fn process_batch(
     let started = std::time::Instant::now();
     let mut stats = Stats::default();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
     let mut dirty: BTreeSet<(i32, String)> = BTreeSet::new();
     output.begin()?;
     for message in batch {
         let (partition, offset) = (message.partition(), message.offset());
+        first.entry(partition).or_insert(offset);
         next.insert(partition, offset + 1);
         stats.commands += 1;
         let payload = message.payload().unwrap_or_default();
@@ -330,6 +332,8 @@ fn process_batch(
     debug!(
         commands = stats.commands,
         events = stats.events,
+        ?first,
+        ?next,
         "Batch committed."
     );
     Ok(stats)

@@ -321,7 +321,7 @@ impl Progress {
 /// Measures [`Progress`] repeatedly with long-lived clients.
 pub struct ProgressProbe {
     views_dir: PathBuf,
-    watermarks: rdkafka::consumer::BaseConsumer,
+    watermarks: crate::kafka::Probe,
     groups: Vec<(
         &'static str,
         &'static [&'static str],
@@ -338,7 +338,7 @@ impl ProgressProbe {
         ));
         Ok(ProgressProbe {
             views_dir: opts.views_dir.clone(),
-            watermarks: crate::kafka::client_config(&opts.cluster).create()?,
+            watermarks: crate::kafka::Probe::new(&opts.cluster)?,
             groups: groups
                 .into_iter()
                 .map(|(g, t)| {

@@ -82,7 +82,7 @@ pub trait TopicView {
 fn resume_from<V: TopicView>(
     view: &mut V,
     table: &SnapshotTable,
-    consumer: &BaseConsumer,
+    probe: &kafka::Probe,
     partitions: &[i32],
 ) -> anyhow::Result<Option<BTreeMap<i32, i64>>> {
     if !V::RESUMES {
@@ -94,7 +94,7 @@ fn resume_from<V: TopicView>(
     let Some(positions) = stored.get(V::TOPIC).cloned() else {
         return Ok(None);
     };
-    if !positions_hold(consumer, V::TOPIC, &positions, partitions)? {
+    if !positions_hold(probe, V::TOPIC, &positions, partitions)? {
         return Ok(None);
     }
     match view.resume(&batches) {
@@ -130,7 +130,7 @@ pub(super) fn stored_table(table: &SnapshotTable) -> Option<(Vec<RecordBatch>, C
 /// partition, so that a view can resume from them; if not (a partition the topic lacks, a
 /// position below its low or above its high watermark) it says why and the view rebuilds.
 pub(super) fn positions_hold(
-    consumer: &BaseConsumer,
+    probe: &kafka::Probe,
     topic: &str,
     positions: &BTreeMap<i32, i64>,
     partitions: &[i32],
@@ -144,7 +144,7 @@ pub(super) fn positions_hold(
             );
             return Ok(false);
         }
-        let (low, high) = kafka::watermarks(consumer, topic, *p)?;
+        let (low, high) = kafka::watermarks(probe, topic, *p)?;
         if *at < low || *at > high {
             info!(
                 topic,
@@ -172,8 +172,9 @@ pub fn run<V: TopicView>(
     let table = SnapshotTable::open(&opts.views_dir, V::VIEW)?;
     let mut decoder = Decoder::<V::Event>::new(Registry::new(&opts.cluster.registry));
     let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, V::GROUP).create()?;
+    let probe = kafka::Probe::new(&opts.cluster)?;
     let partitions: Vec<i32> = (0..kafka::partition_count(&consumer, V::TOPIC)? as i32).collect();
-    let resumed = resume_from(&mut view, &table, &consumer, &partitions)?;
+    let resumed = resume_from(&mut view, &table, &probe, &partitions)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         let at = resumed.as_ref().and_then(|r| r.get(p));
@@ -245,7 +246,7 @@ pub fn run<V: TopicView>(
         dirty |= kafka::note_positions(&consumer, &mut checkpoint)?;
         if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
             if V::WANTS_ENDS {
-                let ends = kafka::high_watermarks(&consumer, V::TOPIC)?;
+                let ends = kafka::high_watermarks(&probe, V::TOPIC)?;
                 let positions = checkpoint.get(V::TOPIC).cloned().unwrap_or_default();
                 view.before_flush(&positions, &ends);
             }
@@ -315,12 +316,14 @@ mod tests {
     }
 
     /// Needs no broker: every case here is decided before a watermark is asked for.
-    fn consumer() -> BaseConsumer {
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("group.id", "counts-view")
-            .create()
-            .unwrap()
+    fn consumer() -> kafka::Probe {
+        kafka::Probe::new(&crate::Cluster {
+            brokers: "127.0.0.1:9".to_owned(),
+            registry: String::new(),
+            guarantee: crate::Guarantee::ExactlyOnce,
+            kafka: Vec::new(),
+        })
+        .unwrap()
     }
 
     #[test]

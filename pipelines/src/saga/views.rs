@@ -329,7 +329,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         let n = kafka::partition_count(&consumer, topic)? as i32;
         partitions.insert(*topic, (0..n).collect::<Vec<i32>>());
     }
-    let resumed = resume(&sagas, &steps, &consumer, &partitions)?;
+    let resumed = resume(&sagas, &steps, &kafka::Probe::new(&opts.cluster)?, &partitions)?;
     let mut tpl = TopicPartitionList::new();
     for topic in TOPICS {
         for p in &partitions[topic] {
@@ -398,7 +398,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
 fn resume(
     sagas: &SnapshotTable,
     steps: &SnapshotTable,
-    consumer: &BaseConsumer,
+    probe: &kafka::Probe,
     partitions: &HashMap<&str, Vec<i32>>,
 ) -> anyhow::Result<Option<(Fold, Checkpoint)>> {
     use super::topic_view::stored_table;
@@ -418,7 +418,7 @@ fn resume(
             );
             return Ok(None);
         };
-        if !super::topic_view::positions_hold(consumer, topic, positions, have)? {
+        if !super::topic_view::positions_hold(probe, topic, positions, have)? {
             return Ok(None);
         }
     }
