@@ -23,38 +23,16 @@ use crate::kafka::{self, TX_TIMEOUT};
 /// Positions per topic and partition.
 pub type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
 
-/// The topics each view folds (what its freshness is measured against).
+/// The topics each view folds (what its freshness is measured against): the reads of the
+/// pipeline that builds it, from the service registry.
 pub fn view_inputs(view: &str) -> Option<Vec<&'static str>> {
-    Some(match view {
-        v if v == sinks::stock_levels::VIEW => vec![crate::topics::inventory::EVENTS],
-        v if v == sinks::sagas::SAGAS || v == sinks::sagas::SAGA_STEPS => {
-            crate::saga::views::TOPICS.to_vec()
-        }
-        v if v == sinks::ledger::VIEW => vec![schemas::saga::topics::BILLING_EVENTS],
-        v if v == sinks::products::VIEW => vec![schemas::saga::topics::CATALOG_EVENTS],
-        v if v == sinks::purchasing::VIEW => vec![schemas::saga::topics::SUPPLIER_EVENTS],
-        v if v == sinks::shipments::VIEW => vec![schemas::saga::topics::SHIPPING_TRACKING],
-        v if v == sinks::windows::ORDERS_PER_MINUTE => vec![schemas::saga::topics::ORDER_EVENTS],
-        v if v == sinks::audit::VIEW => crate::compliance::EVENT_TOPICS
-            .iter()
-            .map(|(t, _)| *t)
-            .collect(),
-        _ => return None,
-    })
+    crate::registry::view_inputs(view).map(<[&str]>::to_vec)
 }
 
-/// Views whose freshness is known.
-pub const VIEWS: &[&str] = &[
-    sinks::stock_levels::VIEW,
-    sinks::sagas::SAGAS,
-    sinks::sagas::SAGA_STEPS,
-    sinks::ledger::VIEW,
-    sinks::products::VIEW,
-    sinks::purchasing::VIEW,
-    sinks::shipments::VIEW,
-    sinks::windows::ORDERS_PER_MINUTE,
-    sinks::audit::VIEW,
-];
+/// Views whose freshness is known: every view of the registry.
+pub fn views() -> Vec<&'static str> {
+    crate::registry::views().collect()
+}
 
 /// The checkpoint stored with `view` under `views_dir`, parsed (`None`: never written). Reads
 /// the Parquet footer only, so polling it is cheap.
@@ -123,7 +101,7 @@ pub fn freshness(cluster: &Cluster, views_dir: &Path) -> anyhow::Result<Vec<Fres
     let probe = kafka::Probe::new(cluster)?;
     let mut ends: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
     let mut rows = Vec::new();
-    for view in VIEWS {
+    for view in views() {
         let Some(positions) = view_positions(views_dir, view)? else {
             continue;
         };
@@ -287,7 +265,7 @@ mod tests {
 
     #[test]
     fn every_view_with_freshness_names_its_inputs() {
-        for v in VIEWS {
+        for v in views() {
             assert!(view_inputs(v).is_some_and(|t| !t.is_empty()), "{v}");
         }
     }

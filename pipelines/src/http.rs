@@ -508,9 +508,8 @@ async fn query_post(
 /// derived views it names (a derived view is as fresh as they are).
 fn views_named(sql: &str) -> Vec<&'static str> {
     let derived = sinks::derived::named_in(sql).flat_map(|d| d.from.iter().copied());
-    let mut views: Vec<&'static str> = freshness::VIEWS
-        .iter()
-        .copied()
+    let mut views: Vec<&'static str> = freshness::views()
+        .into_iter()
         .filter(|v| sinks::derived::mentions(sql, v))
         .chain(derived)
         .collect();

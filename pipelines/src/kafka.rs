@@ -212,7 +212,9 @@ impl Probe {
     pub fn new(cluster: &Cluster) -> anyhow::Result<Self> {
         let mut config = client_config(cluster);
         config.set("isolation.level", "read_uncommitted");
-        Ok(Probe(config.create().context("creating a watermark probe")?))
+        Ok(Probe(
+            config.create().context("creating a watermark probe")?,
+        ))
     }
 }
 
@@ -1038,7 +1040,12 @@ fn rewind_partitions<C: ConsumerContext>(
             Offset::Offset(o) => Offset::Offset(o),
             _ => Offset::Beginning,
         };
-        tracing::debug!(topic = e.topic(), partition = e.partition(), ?offset, "Rewinding to the committed offset.");
+        tracing::debug!(
+            topic = e.topic(),
+            partition = e.partition(),
+            ?offset,
+            "Rewinding to the committed offset."
+        );
         consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
     }
     Ok(())

@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod load;
 pub mod ownership;
 pub mod produce;
+pub mod registry;
 pub mod replay;
 pub mod saga;
 pub mod schemas_cli;

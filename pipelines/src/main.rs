@@ -401,6 +401,9 @@ enum MapFormat {
     Text,
     /// Graphviz: `supplystream services --format dot | dot -Tsvg > services.svg`.
     Dot,
+    /// Definition files, one per service (each after a `# <service>.toml` line): the start
+    /// of an operator's own `--definitions DIR`.
+    Toml,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -426,7 +429,7 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             let mut names: Vec<&str> = if saga.participants.is_empty() {
-                saga::PARTICIPANTS.to_vec()
+                saga::participants()
             } else {
                 saga.participants.iter().map(String::as_str).collect()
             };
@@ -457,9 +460,10 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             eprintln!("Serving on http://{}", listener.local_addr()?);
+            let mut stop = Shutdown::install()?;
             tokio::select! {
                 r = pipelines::http::serve(api, listener) => r,
-                _ = tokio::signal::ctrl_c() => Ok(()),
+                () = stop.wait(|| false) => Ok(()),
             }
         }),
         Command::Services { format, state_dir } => {
@@ -469,6 +473,11 @@ fn main() -> anyhow::Result<()> {
                 match format {
                     MapFormat::Text => map.render_text(&state_dir),
                     MapFormat::Dot => map.render_dot(),
+                    MapFormat::Toml => map
+                        .to_toml()
+                        .into_iter()
+                        .map(|(file, text)| format!("# {file}\n{text}\n"))
+                        .collect(),
                 }
             );
             Ok(())
@@ -1005,13 +1014,9 @@ async fn run_compliance(cluster: Cluster, views: PathBuf) -> anyhow::Result<()> 
         flush: Duration::from_millis(500),
     };
     let stop = pipelines::Stop::default();
+    let mut signals = Shutdown::install()?;
     let handle = pipelines::compliance::spawn(&opts, &tokio::runtime::Handle::current(), &stop);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => if handle.is_finished() { break },
-        }
-    }
+    signals.wait(|| handle.is_finished()).await;
     stop.stop();
     tokio::task::spawn_blocking(move || handle.join())
         .await?
@@ -1028,13 +1033,9 @@ async fn run_saga(
     kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
     kafka::ensure_topics(&opts.cluster, &saga::topics(opts.partitions)).await?;
     let names: Vec<&str> = participants.iter().map(String::as_str).collect();
+    let mut signals = Shutdown::install()?;
     let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &names, views)?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => if running.is_finished() { break },
-        }
-    }
+    signals.wait(|| running.is_finished()).await;
     tokio::task::spawn_blocking(move || running.stop()).await??;
     eprintln!("Stopped.");
     Ok(())
@@ -1097,15 +1098,45 @@ async fn saga_show(saga_id: &str, views: &std::path::Path) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn run(opts: Options) -> anyhow::Result<()> {
-    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
-    let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => if running.is_finished() { break },
+/// The requests to stop a long-running command: SIGINT (Ctrl-C) and SIGTERM (`kill`,
+/// `docker stop`, systemd).
+///
+/// Installed once, before the command starts anything, and kept: tokio hands a signal only
+/// to the listeners that exist when it arrives, and once a listener was installed the
+/// default action no longer ends the process. A loop that made a new `ctrl_c()` future per
+/// turn lost a SIGINT that landed between two turns, and the process ran on as if never
+/// asked to stop (a `run saga` member of the churn scenario did).
+struct Shutdown {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Returns when a stop is requested or `finished()` holds (checked twice a second).
+    async fn wait(&mut self, finished: impl Fn() -> bool) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => if finished() { return },
+            }
         }
     }
+}
+
+async fn run(opts: Options) -> anyhow::Result<()> {
+    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
+    let mut signals = Shutdown::install()?;
+    let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
+    signals.wait(|| running.is_finished()).await;
     let stats = tokio::task::spawn_blocking(move || running.stop()).await??;
     eprintln!("Stopped: {stats:?}");
     Ok(())

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One service's definition file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceDef {
     pub service: String,
@@ -41,7 +41,7 @@ pub struct ServiceDef {
 }
 
 /// One processor of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineDef {
     pub name: String,
@@ -63,37 +63,6 @@ pub struct CodePipeline {
     pub views: Vec<&'static str>,
 }
 
-/// The definitions shipped with the binary (`pipelines/definitions/`).
-const BUNDLED: &[(&str, &str)] = &[
-    ("billing.toml", include_str!("../definitions/billing.toml")),
-    ("catalog.toml", include_str!("../definitions/catalog.toml")),
-    (
-        "compliance.toml",
-        include_str!("../definitions/compliance.toml"),
-    ),
-    (
-        "inventory.toml",
-        include_str!("../definitions/inventory.toml"),
-    ),
-    (
-        "notifications.toml",
-        include_str!("../definitions/notifications.toml"),
-    ),
-    ("orders.toml", include_str!("../definitions/orders.toml")),
-    (
-        "payments.toml",
-        include_str!("../definitions/payments.toml"),
-    ),
-    (
-        "shipping.toml",
-        include_str!("../definitions/shipping.toml"),
-    ),
-    (
-        "suppliers.toml",
-        include_str!("../definitions/suppliers.toml"),
-    ),
-];
-
 /// The validated ownership map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnershipMap {
@@ -101,13 +70,47 @@ pub struct OwnershipMap {
 }
 
 impl OwnershipMap {
-    /// The definitions shipped with the binary.
-    pub fn bundled() -> anyhow::Result<Self> {
-        Self::parse(
-            BUNDLED
-                .iter()
-                .map(|(name, text)| ((*name).to_owned(), (*text).to_owned())),
-        )
+    /// The map of the code: the service registry ([`crate::registry::SERVICES`]).
+    pub fn from_registry() -> Self {
+        let services = crate::registry::SERVICES
+            .iter()
+            .map(|s| ServiceDef {
+                service: s.name.to_owned(),
+                description: s.description.to_owned(),
+                owns: s.topics.iter().map(|t| t.name.to_owned()).collect(),
+                external_events: s
+                    .topics
+                    .iter()
+                    .filter(|t| t.kind == crate::registry::Kind::External)
+                    .map(|t| t.name.to_owned())
+                    .collect(),
+                views: s.views().map(str::to_owned).collect(),
+                pipelines: s
+                    .pipelines
+                    .iter()
+                    .map(|p| PipelineDef {
+                        name: p.name.to_owned(),
+                        reads: p.reads.iter().map(|t| (*t).to_owned()).collect(),
+                        writes: p.writes().map(str::to_owned).collect(),
+                        views: p.views.iter().map(|v| (*v).to_owned()).collect(),
+                    })
+                    .collect(),
+                source: "the service registry".to_owned(),
+            })
+            .collect();
+        OwnershipMap { services }
+    }
+
+    /// The registry as definition files (`<service>.toml`), the starting point of an
+    /// operator's own definitions (`--definitions DIR`; `supplystream services --format toml`).
+    pub fn to_toml(&self) -> Vec<(String, String)> {
+        self.services
+            .iter()
+            .map(|s| {
+                let text = toml::to_string(s).expect("a definition serializes");
+                (format!("{}.toml", s.service), text)
+            })
+            .collect()
     }
 
     /// Every `*.toml` under `dir`.
@@ -130,11 +133,22 @@ impl OwnershipMap {
         Self::parse(sources)
     }
 
-    /// `dir` if given, else the bundled definitions.
+    /// An operator's definitions in `dir` if given (checked as a whole, and against the
+    /// code by [`OwnershipMap::enforce`]), else the registry's.
     pub fn load(dir: Option<&Path>) -> anyhow::Result<Self> {
         match dir {
             Some(d) => Self::load_dir(d),
-            None => Self::bundled(),
+            None => {
+                let map = Self::from_registry();
+                let problems = map.problems();
+                if !problems.is_empty() {
+                    bail!(
+                        "the service registry breaks database-per-service:\n  {}",
+                        problems.join("\n  ")
+                    );
+                }
+                Ok(map)
+            }
         }
     }
 
@@ -159,7 +173,7 @@ impl OwnershipMap {
     }
 
     /// Everything wrong with the definitions as a whole.
-    fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut services: BTreeMap<&str, &ServiceDef> = BTreeMap::new();
         let mut topics: BTreeMap<&str, &ServiceDef> = BTreeMap::new();
@@ -490,126 +504,29 @@ fn list(items: &[String]) -> String {
     }
 }
 
-/// Every processor the code can run, with the topics it actually uses.
+/// Every pipeline the code can run, with the topics it actually uses: the registry's.
 pub fn code_pipelines() -> Vec<CodePipeline> {
-    use crate::saga::Wiring;
-    use crate::topics::inventory as inv;
-    use processors::saga::{
-        billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
-        payments::Payments, shipping::Shipping,
-    };
-
-    fn participant<W: Wiring>() -> CodePipeline {
-        CodePipeline {
-            name: W::NAME,
-            service: W::SERVICE,
-            reads: W::INPUTS.to_vec(),
-            writes: W::OUTPUTS
-                .iter()
-                .copied()
-                .chain([W::CHANGELOG, W::DLQ])
-                .collect(),
-            views: Vec::new(),
-        }
-    }
-
-    vec![
-        CodePipeline {
-            name: "inventory",
-            service: "inventory",
-            reads: vec![inv::COMMANDS],
-            writes: vec![
-                inv::EVENTS,
-                inv::RESERVATIONS,
-                inv::CHANGELOG,
-                inv::ALERTS,
-                inv::DLQ,
-            ],
-            views: Vec::new(),
-        },
-        CodePipeline {
-            name: "inventory-views",
-            service: "inventory",
-            reads: vec![inv::EVENTS],
-            writes: vec![inv::DLQ],
-            views: vec![sinks::stock_levels::VIEW],
-        },
-        participant::<InventorySaga>(),
-        participant::<Orders>(),
-        participant::<Payments>(),
-        participant::<Shipping>(),
-        participant::<Notifications>(),
-        participant::<Billing>(),
-        participant::<processors::catalog::Catalog>(),
-        participant::<processors::suppliers::Suppliers>(),
-        participant::<processors::inventory::receiving::Receiving>(),
-        CodePipeline {
-            name: "purchase-orders-view",
-            service: "suppliers",
-            reads: vec![schemas::saga::topics::SUPPLIER_EVENTS],
-            writes: Vec::new(),
-            views: vec![sinks::purchasing::VIEW],
-        },
-        CodePipeline {
-            name: "products-view",
-            service: "catalog",
-            reads: vec![schemas::saga::topics::CATALOG_EVENTS],
-            writes: Vec::new(),
-            views: vec![sinks::products::VIEW],
-        },
-        CodePipeline {
-            name: "saga-views",
-            service: "orders",
-            reads: crate::saga::views::TOPICS.to_vec(),
-            writes: Vec::new(),
-            views: vec![sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
-        },
-        CodePipeline {
-            name: "orders-windows",
-            service: "orders",
-            reads: vec![schemas::saga::topics::ORDER_EVENTS],
-            writes: Vec::new(),
-            views: vec![sinks::windows::ORDERS_PER_MINUTE],
-        },
-        CodePipeline {
-            name: "shipments-view",
-            service: "shipping",
-            reads: vec![schemas::saga::topics::SHIPPING_TRACKING],
-            writes: vec![crate::topics::saga::SHIPPING_DLQ],
-            views: vec![sinks::shipments::VIEW],
-        },
-        CodePipeline {
-            name: "ledger-view",
-            service: "billing",
-            reads: vec![schemas::saga::topics::BILLING_EVENTS],
-            writes: Vec::new(),
-            views: vec![sinks::ledger::VIEW],
-        },
-        CodePipeline {
-            name: "compliance",
-            service: "compliance",
-            reads: crate::compliance::EVENT_TOPICS
-                .iter()
-                .map(|(t, _)| *t)
-                .collect(),
-            writes: Vec::new(),
-            views: vec![sinks::audit::VIEW],
-        },
-    ]
+    crate::registry::pipelines()
+        .map(|(s, p)| CodePipeline {
+            name: p.name,
+            service: s.name,
+            reads: p.reads.to_vec(),
+            writes: p.writes().collect(),
+            views: p.views.to_vec(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The registry as definition files, as an operator would start their own.
     fn bundled_sources() -> Vec<(String, String)> {
-        BUNDLED
-            .iter()
-            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
-            .collect()
+        OwnershipMap::from_registry().to_toml()
     }
 
-    /// The bundled definitions with `from` replaced by `to` in `file` (which must change).
+    /// The registry's definitions with `from` replaced by `to` in `file` (which must change).
     fn edited(file: &str, from: &str, to: &str) -> Vec<(String, String)> {
         let mut sources = bundled_sources();
         let (_, text) = sources.iter_mut().find(|(n, _)| n == file).unwrap();
@@ -621,27 +538,29 @@ mod tests {
 
     #[test]
     fn the_bundled_definitions_hold_and_declare_every_pipeline_of_the_code() {
-        let map = OwnershipMap::bundled().unwrap();
+        let map = OwnershipMap::load(None).unwrap();
         map.enforce(&[]).unwrap();
         assert_eq!(map.owner_of("orders.events"), Some("orders"));
     }
 
     #[test]
-    fn the_bundled_definitions_are_the_files_in_the_repo() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions");
-        let on_disk = OwnershipMap::load_dir(&dir).unwrap();
-        let names: Vec<&str> = on_disk
-            .services()
-            .iter()
-            .map(|s| s.service.as_str())
-            .collect();
-        let bundled = OwnershipMap::bundled().unwrap();
-        let bundled_names: Vec<&str> = bundled
-            .services()
-            .iter()
-            .map(|s| s.service.as_str())
-            .collect();
-        assert_eq!(names, bundled_names, "add new definition files to BUNDLED");
+    fn the_registrys_definition_files_read_back_as_the_registry() {
+        let read = OwnershipMap::parse(bundled_sources()).unwrap();
+        let registry = OwnershipMap::from_registry();
+        assert_eq!(read.services().len(), registry.services().len());
+        for (a, b) in read.services().iter().zip(registry.services()) {
+            assert_eq!(
+                ServiceDef {
+                    source: String::new(),
+                    ..a.clone()
+                },
+                ServiceDef {
+                    source: String::new(),
+                    ..b.clone()
+                }
+            );
+        }
+        read.enforce(&[]).unwrap();
     }
 
     #[test]
@@ -662,7 +581,7 @@ mod tests {
 
     #[test]
     fn external_events_are_written_by_no_pipeline_and_owned_by_their_service() {
-        let map = OwnershipMap::bundled().unwrap();
+        let map = OwnershipMap::load(None).unwrap();
         assert_eq!(
             map.external_events().collect::<Vec<_>>(),
             [("shipping.tracking", "shipping")]
@@ -774,7 +693,7 @@ views = ["stock_levels"]
     /// and the saga participants (the demo's `data/demo/state/*/*`).
     #[test]
     fn the_text_map_names_each_stateful_pipelines_directory() {
-        let text = OwnershipMap::bundled()
+        let text = OwnershipMap::load(None)
             .unwrap()
             .render_text(Path::new("/s"));
         let mut dirs: Vec<&str> = text
@@ -801,7 +720,7 @@ views = ["stock_levels"]
 
     #[test]
     fn the_dot_picture_has_every_topic_and_edge() {
-        let dot = OwnershipMap::bundled().unwrap().render_dot();
+        let dot = OwnershipMap::load(None).unwrap().render_dot();
         assert!(dot.starts_with("digraph supplystream {"));
         assert!(dot.contains("\"payments\" -> \"payments.replies\";"));
         assert!(dot.contains("\"orders.events\" -> \"shipping\";"));

@@ -81,9 +81,7 @@ pub fn resolve(
                 let offset = match e.offset() {
                     Offset::Offset(o) => o,
                     // No record at or after the time: the end.
-                    _ => {
-                        kafka::watermarks(probe, topic, e.partition())?.1
-                    }
+                    _ => kafka::watermarks(probe, topic, e.partition())?.1,
                 };
                 out.insert(e.partition(), offset);
             }

@@ -20,7 +20,7 @@ pub fn audit_trail_is_complete_and_tamper_evident(
     views: &Path,
 ) -> anyhow::Result<()> {
     let mut expected = BTreeSet::new();
-    for (topic, _) in EVENT_TOPICS {
+    for topic in EVENT_TOPICS {
         for r in topic::read_all(cluster, topic)? {
             expected.insert((topic.to_string(), r.partition, r.offset));
         }

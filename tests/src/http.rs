@@ -27,7 +27,7 @@ pub async fn read_your_writes(
     let api = pipelines::http::Api::new(
         cluster.clone(),
         views.to_path_buf(),
-        OwnershipMap::bundled()?,
+        OwnershipMap::load(None)?,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

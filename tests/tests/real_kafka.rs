@@ -172,9 +172,8 @@ fn reads_wait_out_a_killed_writers_transaction(
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use std::time::Duration;
 
-    let topic: &'static str = Box::leak(
-        format!("test.open-transaction-{}", std::process::id()).into_boxed_str(),
-    );
+    let topic: &'static str =
+        Box::leak(format!("test.open-transaction-{}", std::process::id()).into_boxed_str());
     rt.block_on(kafka::ensure_topics(
         &stack.cluster,
         &[kafka::TopicSpec {

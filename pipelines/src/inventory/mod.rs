@@ -64,45 +64,9 @@ impl Options {
     }
 }
 
-/// The topics the inventory service owns.
+/// The topics the inventory service owns (from the service registry).
 pub fn topics(partitions: i32) -> Vec<TopicSpec> {
-    vec![
-        TopicSpec {
-            name: COMMANDS,
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: EVENTS,
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: REPLIES,
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: RESERVATIONS,
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: CHANGELOG,
-            partitions,
-            compacted: true,
-        },
-        TopicSpec {
-            name: ALERTS,
-            partitions,
-            compacted: false,
-        },
-        TopicSpec {
-            name: DLQ,
-            partitions: 1,
-            compacted: false,
-        },
-    ]
+    crate::registry::topics_of(&["inventory"], partitions)
 }
 
 /// The inventory service and its views running on threads of this process.

@@ -27,6 +27,10 @@ use crate::{Guarantee, Stop};
 /// Positions (next offset to read) per partition of `inventory.events`.
 pub type Checkpoint = BTreeMap<i32, i64>;
 
+/// The pipeline (its name in the service registry, the DLQ header and the transactional
+/// id's stem; its consumer group is `<group>.views`).
+pub const PIPELINE: &str = "inventory-views";
+
 /// The checkpoint stored in the `stock_levels` table under `views_dir`, if any.
 pub fn stock_levels_checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
     crate::freshness::stored(views_dir, stock_levels::VIEW)
@@ -77,7 +81,7 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
             guarantee: Guarantee::AtLeastOnce,
             ..opts.cluster.clone()
         },
-        "inventory-views",
+        PIPELINE,
         &opts.instance,
     )?;
     let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&opts.cluster.registry));
@@ -109,7 +113,7 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
                     break;
                 }
                 Err(e) => {
-                    dlq.dead_letter(DLQ, "inventory-views", message, e.kind(), &e.to_string())?;
+                    dlq.dead_letter(DLQ, PIPELINE, message, e.kind(), &e.to_string())?;
                     dlq.commit(&consumer, &TopicPartitionList::new())?;
                 }
             }

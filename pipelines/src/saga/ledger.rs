@@ -15,7 +15,7 @@ use super::topic_view::{self, TopicView};
 use crate::Stop;
 
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     rows: Vec<LedgerRow>,
     /// Events published twice (at-least-once) post once.
     seen: HashSet<String>,

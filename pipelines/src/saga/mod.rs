@@ -25,10 +25,8 @@ use processors::saga::{
     billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
     payments::Payments, shipping::Shipping,
 };
-use schemas::saga::topics::*;
 
 use crate::kafka::TopicSpec;
-use crate::topics::saga::*;
 use crate::{Cluster, Stop};
 
 pub use runtime::{Stats, Wiring};
@@ -85,94 +83,28 @@ impl Options {
     }
 }
 
-/// The participants, by the name `supplystream run` knows them.
-pub const PARTICIPANTS: &[&str] = &[
-    "orders",
-    "inventory-saga",
-    "payments",
-    "shipping",
-    "notifications",
-    "billing",
-    "catalog",
-    "suppliers",
-    "inventory-receiving",
-];
-
-/// Topics of the saga besides the inventory service's own.
-pub fn topics(partitions: i32) -> Vec<TopicSpec> {
-    let log = |name| TopicSpec {
-        name,
-        partitions,
-        compacted: false,
-    };
-    let compacted = |name| TopicSpec {
-        name,
-        partitions,
-        compacted: true,
-    };
-    let dlq = |name| TopicSpec {
-        name,
-        partitions: 1,
-        compacted: false,
-    };
-    vec![
-        log(ORDER_COMMANDS),
-        log(ORDER_EVENTS),
-        compacted(ORDERS_CHANGELOG),
-        dlq(ORDERS_DLQ),
-        compacted(INVENTORY_SAGA_CHANGELOG),
-        log(PAYMENT_REPLIES),
-        compacted(PAYMENTS_CHANGELOG),
-        dlq(PAYMENTS_DLQ),
-        log(SHIPPING_REPLIES),
-        compacted(SHIPPING_CHANGELOG),
-        dlq(SHIPPING_DLQ),
-        log(NOTIFICATION_EVENTS),
-        compacted(NOTIFICATIONS_CHANGELOG),
-        dlq(NOTIFICATIONS_DLQ),
-        log(BILLING_EVENTS),
-        compacted(BILLING_CHANGELOG),
-        dlq(BILLING_DLQ),
-        log(CATALOG_COMMANDS),
-        log(CATALOG_EVENTS),
-        compacted(CATALOG_CHANGELOG),
-        dlq(CATALOG_DLQ),
-        log(SUPPLIER_EVENTS),
-        log(SHIPPING_TRACKING),
-        compacted(SUPPLIERS_CHANGELOG),
-        dlq(SUPPLIERS_DLQ),
-        compacted(crate::topics::inventory::RECEIVING_CHANGELOG),
-    ]
+/// The participants, by the name `supplystream run` knows them: the saga host's processors
+/// in the service registry.
+pub fn participants() -> Vec<&'static str> {
+    crate::registry::processors(crate::registry::Host::Saga)
+        .map(|p| p.name)
+        .collect()
 }
 
-/// Consumer groups of the participants with their input topics (for lag).
+/// Topics of every service besides the inventory service's own (from the service registry).
+pub fn topics(partitions: i32) -> Vec<TopicSpec> {
+    crate::registry::topics(partitions)
+        .into_iter()
+        .filter(|t| crate::registry::owner_of(t.name) != Some("inventory"))
+        .collect()
+}
+
+/// Consumer groups of the participants with their input topics (for lag), from the
+/// service registry.
 pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
-    vec![
-        (<Orders as Wiring>::NAME, <Orders as Wiring>::INPUTS),
-        (
-            <InventorySaga as Wiring>::NAME,
-            <InventorySaga as Wiring>::INPUTS,
-        ),
-        (<Payments as Wiring>::NAME, <Payments as Wiring>::INPUTS),
-        (<Shipping as Wiring>::NAME, <Shipping as Wiring>::INPUTS),
-        (
-            <Notifications as Wiring>::NAME,
-            <Notifications as Wiring>::INPUTS,
-        ),
-        (<Billing as Wiring>::NAME, <Billing as Wiring>::INPUTS),
-        (
-            <processors::catalog::Catalog as Wiring>::NAME,
-            <processors::catalog::Catalog as Wiring>::INPUTS,
-        ),
-        (
-            <processors::suppliers::Suppliers as Wiring>::NAME,
-            <processors::suppliers::Suppliers as Wiring>::INPUTS,
-        ),
-        (
-            <processors::inventory::receiving::Receiving as Wiring>::NAME,
-            <processors::inventory::receiving::Receiving as Wiring>::INPUTS,
-        ),
-    ]
+    crate::registry::processors(crate::registry::Host::Saga)
+        .map(|p| (p.name, p.reads))
+        .collect()
 }
 
 type Handle = JoinHandle<anyhow::Result<()>>;
@@ -209,7 +141,7 @@ const VIEW_PIPELINES: &[(Option<&str>, &str, ViewLoop)] = &[
     (Some("shipping"), "shipments-view", shipments::run),
     (Some("billing"), "ledger-view", ledger::run),
     (None, "orders-windows", windows::run),
-    (None, "saga-views", views::run),
+    (None, views::PIPELINE, views::run),
 ];
 
 /// The view pipelines that run with the participants `names`.
@@ -221,7 +153,7 @@ pub fn view_pipelines<'a>(
         .filter(move |(with, _, _)| with.is_none_or(|p| names.contains(&p)))
 }
 
-/// Starts the named participants (all of [`PARTICIPANTS`] if `names` is empty) and, with
+/// Starts the named participants (all of [`participants`] if `names` is empty) and, with
 /// `views`, their view pipelines ([`view_pipelines`]).
 pub fn spawn(
     opts: &Options,
@@ -232,7 +164,7 @@ pub fn spawn(
     let stop = Stop::default();
     let mut threads = Vec::new();
     let names: Vec<&str> = if names.is_empty() {
-        PARTICIPANTS.to_vec()
+        participants()
     } else {
         names.to_vec()
     };
@@ -264,7 +196,10 @@ pub fn spawn(
             "inventory-receiving" => {
                 spawn_one(processors::inventory::receiving::Receiving, opts, rt, &stop)
             }
-            other => anyhow::bail!("unknown saga participant {other:?}; known: {PARTICIPANTS:?}"),
+            other => anyhow::bail!(
+                "unknown saga participant {other:?}; known: {:?}",
+                participants()
+            ),
         });
     }
     if views {

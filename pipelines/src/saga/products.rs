@@ -15,7 +15,7 @@ use crate::Stop;
 
 /// Each product and when it last changed.
 #[derive(Default)]
-struct Products(BTreeMap<String, (ProductState, i64)>);
+pub(crate) struct Products(BTreeMap<String, (ProductState, i64)>);
 
 impl TopicView for Products {
     type Event = CatalogEvent;

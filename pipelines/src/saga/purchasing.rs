@@ -14,7 +14,7 @@ use super::topic_view::{self, TopicView};
 use crate::Stop;
 
 #[derive(Default)]
-struct PurchaseOrders {
+pub(crate) struct PurchaseOrders {
     /// By purchase order id; a receipt completes its order's row.
     rows: BTreeMap<String, PurchaseOrderRow>,
 }

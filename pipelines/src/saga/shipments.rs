@@ -21,7 +21,7 @@ use crate::Stop;
 use crate::topics::saga::SHIPPING_DLQ;
 
 #[derive(Default)]
-struct Shipments {
+pub(crate) struct Shipments {
     rows: BTreeMap<String, Tracked>,
 }
 

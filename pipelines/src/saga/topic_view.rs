@@ -41,6 +41,9 @@ pub trait TopicView {
     const TOPIC: &'static str;
     /// Its consumer group (for offsets tooling only: positions live in the checkpoint).
     const GROUP: &'static str;
+    /// `TOPIC` and `VIEW` as lists, for the service registry.
+    const TOPICS: &'static [&'static str] = &[Self::TOPIC];
+    const VIEWS: &'static [&'static str] = &[Self::VIEW];
 
     /// The partitions it reads, once assigned.
     fn assigned(&mut self, _partitions: &[i32]) {}

@@ -36,6 +36,9 @@ use tracing::{info, info_span, warn};
 use super::Options;
 use crate::{Stop, kafka, wire};
 
+/// The pipeline (its consumer group).
+pub const PIPELINE: &str = "saga-views";
+
 /// Topics the saga views read.
 pub const TOPICS: &[&str] = &[
     ORDER_EVENTS,
@@ -323,13 +326,18 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         shipping: Decoder::new(registry.clone()),
         notifications: Decoder::new(registry),
     };
-    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, "saga-views").create()?;
+    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, PIPELINE).create()?;
     let mut partitions = HashMap::new();
     for topic in TOPICS {
         let n = kafka::partition_count(&consumer, topic)? as i32;
         partitions.insert(*topic, (0..n).collect::<Vec<i32>>());
     }
-    let resumed = resume(&sagas, &steps, &kafka::Probe::new(&opts.cluster)?, &partitions)?;
+    let resumed = resume(
+        &sagas,
+        &steps,
+        &kafka::Probe::new(&opts.cluster)?,
+        &partitions,
+    )?;
     let mut tpl = TopicPartitionList::new();
     for topic in TOPICS {
         for p in &partitions[topic] {

@@ -20,7 +20,7 @@ use crate::Stop;
 /// Width of the windows.
 pub const WIDTH: Duration = Duration::from_secs(60);
 
-struct Windows {
+pub(crate) struct Windows {
     windows: TumblingWindows,
     /// Events published twice count once.
     seen: HashSet<String>,

@@ -139,7 +139,13 @@ impl Registry {
         Registry {
             settings: SrSettings::new(url.clone()),
             url,
-            http: reqwest::Client::new(),
+            // A request that never ends would hold a processing loop (and its transaction)
+            // for good: bounded, it fails as `Unavailable` and is retried with backoff.
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("a TLS-less HTTP client builds"),
         }
     }
 

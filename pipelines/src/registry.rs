@@ -1,0 +1,436 @@
+//! The service registry: every service declared once — the topics it owns, and the
+//! pipelines (processors and view builders) it runs with what each reads, writes and
+//! materializes.
+//!
+//! Everything that used to list services by hand is derived from [`SERVICES`]: the topics
+//! to create ([`topics`]), the ownership map and its check ([`crate::ownership`]), the
+//! consumer groups and their lag ([`groups`]), compliance's inputs ([`audited`]), the views
+//! and their inputs for read-your-writes ([`view_inputs`]), the external-event topics of the
+//! HTTP API, and `supplystream services`.
+//!
+//! A pipeline's topics are not restated here: a participant's come from its
+//! [`Wiring`](crate::saga::Wiring), a view builder's from its
+//! [`TopicView`](crate::saga::topic_view::TopicView), the constants the loops themselves
+//! run on. Adding a service is one module that implements those, plus one entry in
+//! [`SERVICES`].
+
+use processors::saga::{
+    billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
+    payments::Payments, shipping::Shipping,
+};
+use schemas::saga::topics as saga_topics;
+
+use crate::kafka::TopicSpec;
+use crate::saga::Wiring;
+use crate::saga::topic_view::TopicView;
+use crate::topics::{inventory as inv, saga as st};
+
+/// What a topic is for; it decides how the topic is created and who may write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Commands in, from producers outside the service (or another service's processor).
+    Commands,
+    /// An event log or reply topic: kept forever, audited by compliance.
+    Events,
+    /// Written and read only inside the service (e.g. inventory's reservations).
+    Internal,
+    /// A store's changelog: compacted, co-partitioned with its processor's input.
+    Changelog,
+    /// Dead letters, with reasons in headers: one partition.
+    Dlq,
+    /// Events of the world outside (a carrier's scans), written only by outside producers
+    /// through `POST /events/<topic>`; audited.
+    External,
+}
+
+/// A topic a service owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topic {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+/// The process a pipeline runs in (`supplystream run <host>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Inventory,
+    Saga,
+    Compliance,
+}
+
+/// One pipeline of a service: a processor (consume, decide, produce, keep a store) or a view
+/// builder (consume, materialize views).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pipeline {
+    /// Its name: the consumer group, the transactional id's stem and the state directory.
+    pub name: &'static str,
+    pub host: Host,
+    pub reads: &'static [&'static str],
+    /// Event, reply and command topics it produces to.
+    pub outputs: &'static [&'static str],
+    pub changelog: Option<&'static str>,
+    pub dlq: Option<&'static str>,
+    pub views: &'static [&'static str],
+}
+
+impl Pipeline {
+    /// A saga participant, from the topics its loop runs on.
+    pub const fn participant<W: Wiring>() -> Self {
+        Pipeline {
+            name: W::NAME,
+            host: Host::Saga,
+            reads: W::INPUTS,
+            outputs: W::OUTPUTS,
+            changelog: Some(W::CHANGELOG),
+            dlq: Some(W::DLQ),
+            views: &[],
+        }
+    }
+
+    /// A view builder over one topic, from the constants its loop runs on.
+    pub const fn topic_view<V: TopicView>() -> Self {
+        Pipeline {
+            name: V::GROUP,
+            host: Host::Saga,
+            reads: V::TOPICS,
+            outputs: &[],
+            changelog: None,
+            dlq: match V::DLQ {
+                Some((dlq, _)) => Some(dlq),
+                None => None,
+            },
+            views: V::VIEWS,
+        }
+    }
+
+    /// Every topic it writes.
+    pub fn writes(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.outputs
+            .iter()
+            .copied()
+            .chain(self.changelog)
+            .chain(self.dlq)
+    }
+
+    /// A processor keeps its position in its consumer group; a view builder keeps it in
+    /// its views' checkpoints.
+    pub fn is_processor(&self) -> bool {
+        self.views.is_empty()
+    }
+}
+
+/// One service: what it owns and what it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub topics: &'static [Topic],
+    pub pipelines: &'static [Pipeline],
+}
+
+impl Service {
+    /// The views its pipelines materialize.
+    pub fn views(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.pipelines.iter().flat_map(|p| p.views.iter().copied())
+    }
+}
+
+const fn topic(name: &'static str, kind: Kind) -> Topic {
+    Topic { name, kind }
+}
+
+use Kind::*;
+
+/// Every service of the platform.
+pub const SERVICES: &[Service] = &[
+    Service {
+        name: "inventory",
+        description: "Stock per (sku, warehouse), reservations, low-stock alerts; saga participant (reserve / release); books purchase-order receipts",
+        topics: &[
+            topic(inv::COMMANDS, Commands),
+            topic(inv::EVENTS, Events),
+            topic(inv::REPLIES, Events),
+            topic(inv::RESERVATIONS, Internal),
+            topic(inv::CHANGELOG, Changelog),
+            topic(st::INVENTORY_SAGA_CHANGELOG, Changelog),
+            topic(inv::ALERTS, Events),
+            topic(inv::RECEIVING_CHANGELOG, Changelog),
+            topic(inv::DLQ, Dlq),
+        ],
+        pipelines: &[
+            Pipeline {
+                name: inv::GROUP,
+                host: Host::Inventory,
+                reads: &[inv::COMMANDS],
+                outputs: &[inv::EVENTS, inv::RESERVATIONS, inv::ALERTS],
+                changelog: Some(inv::CHANGELOG),
+                dlq: Some(inv::DLQ),
+                views: &[],
+            },
+            Pipeline {
+                name: crate::inventory::views::PIPELINE,
+                host: Host::Inventory,
+                reads: &[inv::EVENTS],
+                outputs: &[],
+                changelog: None,
+                dlq: Some(inv::DLQ),
+                views: &[sinks::stock_levels::VIEW],
+            },
+            Pipeline::participant::<InventorySaga>(),
+            // Purchasing's receipts become stock: only inventory writes inventory.commands.
+            Pipeline::participant::<processors::inventory::receiving::Receiving>(),
+        ],
+    },
+    Service {
+        name: "orders",
+        description: "Order aggregates; initiator of the fulfilment saga (owns its deadlines)",
+        topics: &[
+            topic(saga_topics::ORDER_COMMANDS, Commands),
+            topic(saga_topics::ORDER_EVENTS, Events),
+            topic(st::ORDERS_CHANGELOG, Changelog),
+            topic(st::ORDERS_DLQ, Dlq),
+        ],
+        pipelines: &[
+            Pipeline::participant::<Orders>(),
+            Pipeline {
+                name: crate::saga::views::PIPELINE,
+                host: Host::Saga,
+                reads: crate::saga::views::TOPICS,
+                outputs: &[],
+                changelog: None,
+                dlq: None,
+                views: &[sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
+            },
+            Pipeline::topic_view::<crate::saga::windows::Windows>(),
+        ],
+    },
+    Service {
+        name: "payments",
+        description: "Charges and refunds (idempotency key = saga + step)",
+        topics: &[
+            topic(saga_topics::PAYMENT_REPLIES, Events),
+            topic(st::PAYMENTS_CHANGELOG, Changelog),
+            topic(st::PAYMENTS_DLQ, Dlq),
+        ],
+        pipelines: &[Pipeline::participant::<Payments>()],
+    },
+    Service {
+        name: "shipping",
+        description: "Shipments and carriers (create / cancel); carriers' tracking events",
+        topics: &[
+            topic(saga_topics::SHIPPING_REPLIES, Events),
+            topic(st::SHIPPING_CHANGELOG, Changelog),
+            topic(st::SHIPPING_DLQ, Dlq),
+            topic(saga_topics::SHIPPING_TRACKING, External),
+        ],
+        pipelines: &[
+            Pipeline::participant::<Shipping>(),
+            Pipeline::topic_view::<crate::saga::shipments::Shipments>(),
+        ],
+    },
+    Service {
+        name: "notifications",
+        description: "Customer notifications, exactly once per order outcome",
+        topics: &[
+            topic(saga_topics::NOTIFICATION_EVENTS, Events),
+            topic(st::NOTIFICATIONS_CHANGELOG, Changelog),
+            topic(st::NOTIFICATIONS_DLQ, Dlq),
+        ],
+        pipelines: &[Pipeline::participant::<Notifications>()],
+    },
+    Service {
+        name: "billing",
+        description: "Invoices, credit notes and a balanced double-entry ledger",
+        topics: &[
+            topic(saga_topics::BILLING_EVENTS, Events),
+            topic(st::BILLING_CHANGELOG, Changelog),
+            topic(st::BILLING_DLQ, Dlq),
+        ],
+        pipelines: &[
+            Pipeline::participant::<Billing>(),
+            Pipeline::topic_view::<crate::saga::ledger::Ledger>(),
+        ],
+    },
+    Service {
+        name: "catalog",
+        description: "Products, prices and discontinuation: reference data for the others",
+        topics: &[
+            topic(saga_topics::CATALOG_COMMANDS, Commands),
+            topic(saga_topics::CATALOG_EVENTS, Events),
+            topic(st::CATALOG_CHANGELOG, Changelog),
+            topic(st::CATALOG_DLQ, Dlq),
+        ],
+        pipelines: &[
+            Pipeline::participant::<processors::catalog::Catalog>(),
+            Pipeline::topic_view::<crate::saga::products::Products>(),
+        ],
+    },
+    Service {
+        name: "suppliers",
+        description: "Purchasing: low-stock alerts become purchase orders; receipts after the lead time",
+        topics: &[
+            topic(saga_topics::SUPPLIER_EVENTS, Events),
+            topic(st::SUPPLIERS_CHANGELOG, Changelog),
+            topic(st::SUPPLIERS_DLQ, Dlq),
+        ],
+        pipelines: &[
+            Pipeline::participant::<processors::suppliers::Suppliers>(),
+            Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrders>(),
+        ],
+    },
+    Service {
+        name: "compliance",
+        description: "Hash-chained, append-only audit trail of every event log",
+        topics: &[],
+        pipelines: &[Pipeline {
+            name: crate::compliance::GROUP,
+            host: Host::Compliance,
+            reads: crate::compliance::EVENT_TOPICS,
+            outputs: &[],
+            changelog: None,
+            dlq: None,
+            views: &[sinks::audit::VIEW],
+        }],
+    },
+];
+
+/// The service named `name`.
+pub fn service(name: &str) -> Option<&'static Service> {
+    SERVICES.iter().find(|s| s.name == name)
+}
+
+/// Every pipeline, with its service.
+pub fn pipelines() -> impl Iterator<Item = (&'static Service, &'static Pipeline)> {
+    SERVICES
+        .iter()
+        .flat_map(|s| s.pipelines.iter().map(move |p| (s, p)))
+}
+
+/// The pipeline named `name`.
+pub fn pipeline(name: &str) -> Option<&'static Pipeline> {
+    pipelines().map(|(_, p)| p).find(|p| p.name == name)
+}
+
+/// Every topic with its owner.
+pub fn owned_topics() -> impl Iterator<Item = (&'static Service, &'static Topic)> {
+    SERVICES
+        .iter()
+        .flat_map(|s| s.topics.iter().map(move |t| (s, t)))
+}
+
+/// The service that owns `topic`.
+pub fn owner_of(topic: &str) -> Option<&'static str> {
+    owned_topics()
+        .find(|(_, t)| t.name == topic)
+        .map(|(s, _)| s.name)
+}
+
+/// How `topic` is created with `partitions` partitions (DLQs: one; changelogs compacted).
+pub fn topic_spec(topic: &Topic, partitions: i32) -> TopicSpec {
+    TopicSpec {
+        name: topic.name,
+        partitions: if topic.kind == Dlq { 1 } else { partitions },
+        compacted: topic.kind == Changelog,
+    }
+}
+
+/// Every topic of `services` (all when empty), as it is created.
+pub fn topics_of(services: &[&str], partitions: i32) -> Vec<TopicSpec> {
+    owned_topics()
+        .filter(|(s, _)| services.is_empty() || services.contains(&s.name))
+        .map(|(_, t)| topic_spec(t, partitions))
+        .collect()
+}
+
+/// Every topic of every service, as it is created.
+pub fn topics(partitions: i32) -> Vec<TopicSpec> {
+    topics_of(&[], partitions)
+}
+
+/// Processors of `host`, by name.
+pub fn processors(host: Host) -> impl Iterator<Item = &'static Pipeline> {
+    pipelines()
+        .map(|(_, p)| p)
+        .filter(move |p| p.host == host && p.is_processor())
+}
+
+/// The consumer groups of every processor with their input topics (for lag and offsets).
+pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
+    pipelines()
+        .map(|(_, p)| p)
+        .filter(|p| p.is_processor())
+        .map(|p| (p.name, p.reads))
+        .collect()
+}
+
+/// Every view, by name.
+pub fn views() -> impl Iterator<Item = &'static str> {
+    pipelines().flat_map(|(_, p)| p.views.iter().copied())
+}
+
+/// The topics `view` is built from (`None`: no such view).
+pub fn view_inputs(view: &str) -> Option<&'static [&'static str]> {
+    pipelines()
+        .map(|(_, p)| p)
+        .find(|p| p.views.contains(&view))
+        .map(|p| p.reads)
+}
+
+/// Every topic compliance audits, with its owner: the event, reply and external-event logs.
+pub fn audited() -> impl Iterator<Item = (&'static str, &'static str)> {
+    owned_topics()
+        .filter(|(_, t)| matches!(t.kind, Events | External))
+        .map(|(s, t)| (t.name, s.name))
+}
+
+/// Every external-event topic (`POST /events/<topic>`), with its owner.
+pub fn external_events() -> impl Iterator<Item = (&'static str, &'static str)> {
+    owned_topics()
+        .filter(|(_, t)| t.kind == External)
+        .map(|(s, t)| (t.name, s.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_registry_is_a_valid_ownership_map() {
+        let map = crate::ownership::OwnershipMap::from_registry();
+        let problems = map.problems();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut seen = BTreeSet::new();
+        for (_, p) in pipelines() {
+            assert!(seen.insert(p.name), "pipeline {} twice", p.name);
+        }
+        let mut seen = BTreeSet::new();
+        for (_, t) in owned_topics() {
+            assert!(seen.insert(t.name), "topic {} twice", t.name);
+        }
+        let mut seen = BTreeSet::new();
+        for v in views() {
+            assert!(seen.insert(v), "view {v} twice");
+        }
+    }
+
+    #[test]
+    fn compliance_audits_every_event_log_it_can_decode() {
+        let audited: Vec<&str> = audited().map(|(t, _)| t).collect();
+        assert_eq!(crate::compliance::EVENT_TOPICS, audited.as_slice());
+    }
+
+    #[test]
+    fn topics_are_created_by_kind() {
+        let specs = topics(3);
+        let dlq = specs.iter().find(|t| t.name == inv::DLQ).unwrap();
+        assert_eq!((dlq.partitions, dlq.compacted), (1, false));
+        let changelog = specs.iter().find(|t| t.name == inv::CHANGELOG).unwrap();
+        assert_eq!((changelog.partitions, changelog.compacted), (3, true));
+        assert_eq!(specs.len(), owned_topics().count());
+    }
+}
