@@ -19,8 +19,9 @@ use sinks::{OutputFormat, QueryEngine};
     about = "The data layer of a supply chain, as streams."
 )]
 struct Cli {
-    /// Pipeline definitions (`<dir>/*.toml`: what each service owns, reads, writes and
-    /// materializes), enforced before any service starts; the bundled ones by default.
+    /// Pinned pipeline definitions (`<dir>/*.toml`: what each service owns, reads, writes and
+    /// materializes; `services --format toml` writes the registry's), checked against the
+    /// code before any service starts; by default the service registry's own.
     #[arg(long, global = true, env = "SUPPLYSTREAM_DEFINITIONS")]
     definitions: Option<PathBuf>,
     #[command(subcommand)]
@@ -416,6 +417,23 @@ fn main() -> anyhow::Result<()> {
         .init();
     let rt = tokio::runtime::Runtime::new()?;
     let cli = Cli::parse();
+    // A command that runs until stopped listens for the stop from its first moment: a signal
+    // that came before the listener was lost when the process had inherited SIGINT ignored
+    // (as every command started in the background by a non-interactive shell does), and the
+    // process then ran on for good.
+    let shutdown = || -> anyhow::Result<Shutdown> {
+        let _runtime = rt.enter();
+        Shutdown::install()
+    };
+    let mut signals = match &cli.command {
+        Command::Serve { .. } | Command::Run { .. } => Some(shutdown()?),
+        _ => None,
+    };
+    let mut signals = move || {
+        signals
+            .take()
+            .expect("one long-running command per process")
+    };
     // Database per service: the definitions must hold, and declare whatever is about to run.
     let ownership = || pipelines::ownership::OwnershipMap::load(cli.definitions.as_deref());
     match &cli.command {
@@ -460,7 +478,7 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             eprintln!("Serving on http://{}", listener.local_addr()?);
-            let mut stop = Shutdown::install()?;
+            let mut stop = signals();
             tokio::select! {
                 r = pipelines::http::serve(api, listener) => r,
                 () = stop.wait(|| false) => Ok(()),
@@ -508,7 +526,7 @@ fn main() -> anyhow::Result<()> {
             opts.batch_size = batch_size;
             opts.low_stock_threshold = saga.low_stock_threshold;
             opts.run_view = !saga.no_views;
-            rt.block_on(run(opts))
+            rt.block_on(run(opts, signals()))
         }
         Command::Run {
             service: Service::Saga,
@@ -533,7 +551,7 @@ fn main() -> anyhow::Result<()> {
             opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);
             opts.lead_time = Duration::from_millis(saga.lead_time_ms);
             opts.reorder_quantity = saga.reorder_quantity;
-            rt.block_on(run_saga(opts, saga.participants, !saga.no_views))
+            rt.block_on(run_saga(opts, saga.participants, !saga.no_views, signals()))
         }
         Command::Simulate { cluster, sim, rate } => rt.block_on(async {
             let cluster = cluster.cluster();
@@ -553,7 +571,7 @@ fn main() -> anyhow::Result<()> {
             cluster,
             views,
             ..
-        } => rt.block_on(run_compliance(cluster.cluster(), views)),
+        } => rt.block_on(run_compliance(cluster.cluster(), views, signals())),
         Command::Audit {
             command: AuditCommand::Verify { views },
         } => match sinks::audit::verify(&views) {
@@ -1005,7 +1023,11 @@ fn wait_sagas_ended(views: &std::path::Path, n: usize, timeout: Duration) -> any
     }
 }
 
-async fn run_compliance(cluster: Cluster, views: PathBuf) -> anyhow::Result<()> {
+async fn run_compliance(
+    cluster: Cluster,
+    views: PathBuf,
+    mut signals: Shutdown,
+) -> anyhow::Result<()> {
     kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
     kafka::ensure_topics(&cluster, &saga::topics(3)).await?;
     let opts = pipelines::compliance::Options {
@@ -1014,7 +1036,6 @@ async fn run_compliance(cluster: Cluster, views: PathBuf) -> anyhow::Result<()> 
         flush: Duration::from_millis(500),
     };
     let stop = pipelines::Stop::default();
-    let mut signals = Shutdown::install()?;
     let handle = pipelines::compliance::spawn(&opts, &tokio::runtime::Handle::current(), &stop);
     signals.wait(|| handle.is_finished()).await;
     stop.stop();
@@ -1029,11 +1050,11 @@ async fn run_saga(
     opts: saga::Options,
     participants: Vec<String>,
     views: bool,
+    mut signals: Shutdown,
 ) -> anyhow::Result<()> {
     kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
     kafka::ensure_topics(&opts.cluster, &saga::topics(opts.partitions)).await?;
     let names: Vec<&str> = participants.iter().map(String::as_str).collect();
-    let mut signals = Shutdown::install()?;
     let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &names, views)?;
     signals.wait(|| running.is_finished()).await;
     tokio::task::spawn_blocking(move || running.stop()).await??;
@@ -1101,11 +1122,13 @@ async fn saga_show(saga_id: &str, views: &std::path::Path) -> anyhow::Result<()>
 /// The requests to stop a long-running command: SIGINT (Ctrl-C) and SIGTERM (`kill`,
 /// `docker stop`, systemd).
 ///
-/// Installed once, before the command starts anything, and kept: tokio hands a signal only
-/// to the listeners that exist when it arrives, and once a listener was installed the
-/// default action no longer ends the process. A loop that made a new `ctrl_c()` future per
-/// turn lost a SIGINT that landed between two turns, and the process ran on as if never
-/// asked to stop (a `run saga` member of the churn scenario did).
+/// Installed once, first thing in `main`, and kept: tokio hands a signal only to the
+/// listeners that exist when it arrives, and once a listener was installed the default
+/// action no longer ends the process. A loop that made a new `ctrl_c()` future per turn lost
+/// a SIGINT that landed between two turns; one installed after the start-up work lost a
+/// SIGINT that came during it when SIGINT was inherited ignored (as by any command started
+/// in the background by a non-interactive shell). Either way the process ran on as if never
+/// asked to stop (members of the churn scenarios did).
 struct Shutdown {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
@@ -1132,9 +1155,8 @@ impl Shutdown {
     }
 }
 
-async fn run(opts: Options) -> anyhow::Result<()> {
+async fn run(opts: Options, mut signals: Shutdown) -> anyhow::Result<()> {
     kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
-    let mut signals = Shutdown::install()?;
     let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
     signals.wait(|| running.is_finished()).await;
     let stats = tokio::task::spawn_blocking(move || running.stop()).await??;

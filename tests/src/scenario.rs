@@ -158,11 +158,26 @@ impl Runner for ChildProcess {
             let deadline = Instant::now() + self.stop_timeout;
             while c.try_wait()?.is_none() {
                 if Instant::now() > deadline {
+                    // Where it is stuck, for the post-mortem (when gdb is installed).
+                    let stacks = self.log.with_extension("stacks.txt");
+                    let dumped = std::fs::File::create(&stacks).and_then(|out| {
+                        Command::new("gdb")
+                            .args(["-p", &c.id().to_string(), "-batch", "-ex"])
+                            .arg("thread apply all bt")
+                            .stdout(out)
+                            .stderr(std::process::Stdio::null())
+                            .status()
+                    });
                     c.kill()?;
                     anyhow::bail!(
-                        "{} did not stop within {:?} of SIGINT",
+                        "{} did not stop within {:?} of SIGINT (threads: {})",
                         self.log.display(),
-                        self.stop_timeout
+                        self.stop_timeout,
+                        if dumped.is_ok_and(|s| s.success()) {
+                            stacks.display().to_string()
+                        } else {
+                            "no gdb".to_owned()
+                        }
                     );
                 }
                 std::thread::sleep(Duration::from_millis(100));

@@ -158,6 +158,56 @@ fn fleet(stack: &Stack, views: &std::path::Path, name: &str, args: &[&str]) -> F
     )
 }
 
+/// A stop requested while a service is still starting (creating topics, initializing its
+/// transactions) is honoured: it was lost when the service inherited SIGINT ignored, as any
+/// command started in the background by a non-interactive shell does (`cmd &` in a script,
+/// CI runners), and the service then ran on for good. SIGINT and SIGTERM, each sent 100 ms
+/// after the start, long before the start-up work is done.
+fn a_stop_sent_while_a_service_starts_is_honoured(
+    stack: &Stack,
+    _rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    for signal in ["INT", "TERM"] {
+        let views = tempfile::tempdir()?;
+        // `trap '' INT TERM`: both inherited ignored, then exec'd (the ignored dispositions
+        // survive exec).
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("trap '' INT TERM; exec \"$0\" \"$@\"")
+            .arg(binary())
+            .args(["run", "inventory", "--instance", &format!("early-{signal}")])
+            .args(["--brokers", &stack.cluster.brokers])
+            .args(["--registry", &stack.cluster.registry])
+            .arg("--views")
+            .arg(views.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(100));
+        std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                anyhow::bail!("run inventory ran on for 60 s after SIG{signal} during its start");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        anyhow::ensure!(
+            status.success(),
+            "run inventory stopped by SIG{signal} during its start with {status}"
+        );
+    }
+    Ok(())
+}
+
 /// A writer killed inside a transaction leaves it open until the coordinator times it out,
 /// and every read_committed reader stops at its first offset (the last stable offset) until
 /// then, even past records other writers committed after it. A restore that took that
@@ -758,7 +808,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 10] = [
+    let scenarios: [(&str, Scenario); 11] = [
+        (
+            "a_stop_sent_while_a_service_starts_is_honoured",
+            a_stop_sent_while_a_service_starts_is_honoured,
+        ),
         (
             "reads_wait_out_a_killed_writers_transaction",
             reads_wait_out_a_killed_writers_transaction,
