@@ -1,0 +1,401 @@
+//! The command line: every command and its options (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pipelines::{Cluster, Guarantee, saga};
+
+#[derive(Parser)]
+#[command(
+    name = "supplystream",
+    version,
+    about = "The data layer of a supply chain, as streams."
+)]
+pub(crate) struct Cli {
+    /// Pinned pipeline definitions (`<dir>/*.toml`: what each service owns, reads, writes and
+    /// materializes; `services --format toml` writes the registry's), checked against the
+    /// code before any service starts; by default the service registry's own.
+    #[arg(long, global = true, env = "SUPPLYSTREAM_DEFINITIONS")]
+    pub(crate) definitions: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Where the cluster is.
+#[derive(clap::Args, Clone)]
+pub(crate) struct ClusterArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SUPPLYSTREAM_BROKERS")]
+    pub(crate) brokers: String,
+    /// Confluent-compatible schema registry URL (Apicurio: .../apis/ccompat/v7).
+    #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+    pub(crate) registry: String,
+    /// At-least-once instead of Kafka transactions (for brokers without transactions).
+    #[arg(long)]
+    pub(crate) at_least_once: bool,
+    /// A librdkafka property for every client, applied after supplystream's own
+    /// (repeatable): `-X session.timeout.ms=30000`.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub(crate) kafka: Vec<(String, String)>,
+}
+
+pub(crate) fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE (e.g. -X session.timeout.ms=30000)"
+        )),
+    }
+}
+
+impl ClusterArgs {
+    pub(crate) fn cluster(&self) -> Cluster {
+        Cluster {
+            brokers: self.brokers.clone(),
+            registry: self.registry.clone(),
+            guarantee: if self.at_least_once {
+                Guarantee::AtLeastOnce
+            } else {
+                Guarantee::ExactlyOnce
+            },
+            kafka: self.kafka.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Service {
+    /// The per-sku inventory service and its stock_levels view.
+    Inventory,
+    /// The order-fulfilment saga's participants and the sagas/saga_steps views.
+    Saga,
+    /// The compliance service: the hash-chained audit_trail view of every event log.
+    Compliance,
+}
+
+/// Options of `run saga`.
+#[derive(clap::Args, Clone)]
+pub(crate) struct SagaArgs {
+    /// Participants to run (comma-separated); all when absent: orders, inventory-saga,
+    /// payments, shipping, notifications, billing, catalog, suppliers, inventory-receiving.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) participants: Vec<String>,
+    /// Deadline of each saga step (and each compensation round), in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub(crate) step_timeout_ms: u64,
+    /// Do not run the views in this process (`run saga`: sagas/saga_steps; `run inventory`:
+    /// stock_levels): for instances scaled out to share the processing.
+    #[arg(long)]
+    pub(crate) no_views: bool,
+    /// Fault injection for tests: publish every output twice.
+    #[arg(long, hide = true)]
+    pub(crate) chaos_duplicate_outputs: bool,
+    /// Allowed lateness of order events in the orders_per_minute windows, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) window_lateness_ms: u64,
+    /// Purchasing: lead time of the fastest supplier, in milliseconds (others take 1.5x
+    /// and 2.5x).
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) lead_time_ms: u64,
+    /// Purchasing: units ordered on top of what brings a position back to its threshold.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+    pub(crate) reorder_quantity: i64,
+    /// Inventory: a position whose available stock falls below this raises a StockLow
+    /// alert, which suppliers answers with a purchase order (0: no alerts).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) low_stock_threshold: i64,
+}
+
+/// What `simulate` generates.
+#[derive(clap::Args, Clone)]
+pub(crate) struct SimArgs {
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) orders: usize,
+    #[arg(long, default_value_t = 11)]
+    pub(crate) seed: u64,
+    #[arg(long, default_value_t = 40)]
+    pub(crate) skus: usize,
+    /// Shares of orders (0 to 1) forced to fail each way.
+    #[arg(long, default_value_t = 0.10)]
+    pub(crate) stockouts: f64,
+    #[arg(long, default_value_t = 0.10)]
+    pub(crate) declines: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) ship_failures: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) cancellations: f64,
+    /// Stock per (sku, warehouse) before the orders; a little (e.g. 30) makes inventory
+    /// run low, so suppliers order more.
+    #[arg(long, default_value_t = saga::simulate::STOCK_PER_POSITION)]
+    pub(crate) stock_per_position: i64,
+}
+
+impl SimArgs {
+    pub(crate) fn spec(&self) -> saga::simulate::SimSpec {
+        saga::simulate::SimSpec {
+            orders: self.orders,
+            skus: self.skus,
+            seed: self.seed,
+            run: 0,
+            stockouts: self.stockouts,
+            declines: self.declines,
+            ship_failures: self.ship_failures,
+            cancellations: self.cancellations,
+            stock_per_position: self.stock_per_position,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SchemasCommand {
+    /// Say, subject by subject, whether the schemas may be registered; exit 1 if any may not.
+    Check {
+        /// Registry URL.
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: String,
+        /// Candidate schemas (`<dir>/<service>/<Record>.avsc`); the bundled ones by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Register the schemas (after the same check); exit 1 if any is refused.
+    Register {
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Set the compatibility level of a subject, or the global one.
+    Config {
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: String,
+        /// NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE.
+        level: String,
+        /// The subject (`<topic>-<record full name>`); the global level when absent.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum OffsetsCommand {
+    /// Committed offsets, ends and lag of a group (every service's group when absent).
+    Show {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Move a stopped group's offsets on a topic.
+    Reset {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// earliest | latest | <offset> | <RFC 3339 time>
+        #[arg(long)]
+        to: pipelines::replay::Position,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Recompute every hash chain of the audit_trail view; exit 1 naming the first record
+    /// that was altered, removed or reordered.
+    Verify {
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SagaCommand {
+    /// The timeline of one saga across services, from the saga_steps view.
+    Show {
+        saga_id: String,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Start an in-process broker and registry, run inventory, generate load, print stock_levels.
+    Demo {
+        /// Commands to generate.
+        #[arg(long, default_value_t = 5_000)]
+        commands: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where the views are written (wiped first: the embedded broker starts empty).
+        #[arg(long, default_value = "data/demo/views")]
+        views: PathBuf,
+        /// Orders to run through the fulfilment saga.
+        #[arg(long, default_value_t = 500)]
+        orders: usize,
+    },
+    /// Run a service (and its views) against a real cluster until Ctrl-C.
+    Run {
+        #[arg(value_enum)]
+        service: Service,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Where the views are written.
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+        /// This instance's id within the service's consumer group.
+        #[arg(long, default_value = "0")]
+        instance: String,
+        /// Partitions of the service's topics when they are created.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Input records per transaction at most.
+        #[arg(long, default_value_t = 2_000)]
+        batch_size: usize,
+        /// Local state: `<state-dir>/<service>/<pipeline>/` holds snapshots of the changelog
+        /// partitions a processor owns, so a restart reads only the changelog's tail. One
+        /// directory per instance (it is locked).
+        #[arg(long, default_value = "data/state")]
+        state_dir: PathBuf,
+        /// Keep no local state: every restart restores from the whole changelog.
+        #[arg(long)]
+        no_state_dir: bool,
+        /// How often changed state is snapshotted (also on a clean stop).
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_every_ms: u64,
+        #[command(flatten)]
+        saga: SagaArgs,
+    },
+    /// Place simulated orders (seeded) with a mix of failures, after stocking the shelves.
+    Simulate {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        sim: SimArgs,
+        /// Orders per second; as fast as possible when absent.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Check schemas against the registry before a deploy, register them, set compatibility.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
+    /// Check the tamper-evident audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Inspect sagas.
+    Saga {
+        #[command(subcommand)]
+        command: SagaCommand,
+    },
+    /// Produce JSON-lines commands (from FILE or stdin) as Avro to inventory.commands.
+    Produce {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// JSON-lines file; `-` or absent for stdin.
+        file: Option<PathBuf>,
+    },
+    /// Produce generated commands (seeded) to inventory.commands.
+    Load {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, default_value_t = 100_000)]
+        commands: usize,
+        #[arg(long, default_value_t = 500)]
+        skus: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Run SQL over the views.
+    Query {
+        sql: String,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Answer from the state at this RFC 3339 time (event-sourced views only:
+        /// stock_levels), rebuilt from the topic; needs the cluster.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long, env = "SUPPLYSTREAM_BROKERS")]
+        brokers: Option<String>,
+        #[arg(long, env = "SUPPLYSTREAM_REGISTRY")]
+        registry: Option<String>,
+    },
+    /// Rebuild a view from its topic (beside the live one, then swapped in atomically), or a
+    /// service's state store from its own event log.
+    Replay {
+        /// A view (stock_levels), or a service whose store is the fold of its events
+        /// (orders, payments, shipping, inventory).
+        view: String,
+        /// Stores: compare the fold of the event log with what a restart restores from the
+        /// changelog, and exit non-zero on any difference; write nothing.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+        /// earliest | latest | <offset> | <RFC 3339 time>
+        #[arg(long, default_value = "earliest")]
+        from: pipelines::replay::Position,
+        /// Where to stop (exclusive); latest = the end when the replay starts.
+        #[arg(long, default_value = "latest")]
+        to: pipelines::replay::Position,
+        /// Write `<out>/<view>/` instead of replacing the live view.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stores with --check: restore as a restart on this state directory would (its
+        /// local snapshots, then the changelog's tail); the service must be stopped.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Inspect or move consumer-group offsets.
+    Offsets {
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
+    /// The HTTP API: POST /commands/<service>/<Command>, GET|POST /query (read-your-writes
+    /// with the command's token), GET /views (freshness).
+    Serve {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[arg(long, default_value = "data/views")]
+        views: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// The ownership map: which service owns which topics and views, and what each of its
+    /// pipelines reads and writes (database per service, as enforced at start-up).
+    Services {
+        #[arg(long, value_enum, default_value_t = MapFormat::Text)]
+        format: MapFormat,
+        /// Where `run` keeps local state (its `--state-dir`): each stateful pipeline's
+        /// directory is printed under it.
+        #[arg(long, default_value = "data/state")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum MapFormat {
+    Text,
+    /// Graphviz: `supplystream services --format dot | dot -Tsvg > services.svg`.
+    Dot,
+    /// Definition files, one per service (each after a `# <service>.toml` line): the start
+    /// of an operator's own `--definitions DIR`.
+    Toml,
+}

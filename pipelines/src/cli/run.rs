@@ -1,0 +1,163 @@
+//! `supplystream run <service>` and `serve`: the long-running commands, and how they stop.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use pipelines::inventory::{self, Options};
+use pipelines::{Cluster, kafka, saga};
+
+use super::args::{ClusterArgs, SagaArgs};
+
+/// The requests to stop a long-running command: SIGINT (Ctrl-C) and SIGTERM (`kill`,
+/// `docker stop`, systemd).
+///
+/// Installed once, first thing in `main`, and kept: tokio hands a signal only to the
+/// listeners that exist when it arrives, and once a listener was installed the default
+/// action no longer ends the process. A loop that made a new `ctrl_c()` future per turn lost
+/// a SIGINT that landed between two turns; one installed after the start-up work lost a
+/// SIGINT that came during it when SIGINT was inherited ignored (as by any command started
+/// in the background by a non-interactive shell). Either way the process ran on as if never
+/// asked to stop (members of the churn scenarios did).
+pub(crate) struct Shutdown {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Returns when a stop is requested or `finished()` holds (checked twice a second).
+    pub(crate) async fn wait(&mut self, finished: impl Fn() -> bool) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => if finished() { return },
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(opts: Options, mut signals: Shutdown) -> anyhow::Result<()> {
+    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
+    let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
+    signals.wait(|| running.is_finished()).await;
+    let stats = tokio::task::spawn_blocking(move || running.stop()).await??;
+    eprintln!("Stopped: {stats:?}");
+    Ok(())
+}
+
+pub(crate) async fn run_saga(
+    opts: saga::Options,
+    participants: Vec<String>,
+    views: bool,
+    mut signals: Shutdown,
+) -> anyhow::Result<()> {
+    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
+    kafka::ensure_topics(&opts.cluster, &saga::topics(opts.partitions)).await?;
+    let names: Vec<&str> = participants.iter().map(String::as_str).collect();
+    let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &names, views)?;
+    signals.wait(|| running.is_finished()).await;
+    tokio::task::spawn_blocking(move || running.stop()).await??;
+    eprintln!("Stopped.");
+    Ok(())
+}
+
+pub(crate) async fn run_compliance(
+    cluster: Cluster,
+    views: PathBuf,
+    mut signals: Shutdown,
+) -> anyhow::Result<()> {
+    kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
+    kafka::ensure_topics(&cluster, &saga::topics(3)).await?;
+    let opts = pipelines::compliance::Options {
+        cluster,
+        views_dir: views,
+        flush: Duration::from_millis(500),
+    };
+    let stop = pipelines::Stop::default();
+    let handle = pipelines::compliance::spawn(&opts, &tokio::runtime::Handle::current(), &stop);
+    signals.wait(|| handle.is_finished()).await;
+    stop.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("compliance panicked"))??;
+    eprintln!("Stopped.");
+    Ok(())
+}
+
+/// `run inventory`: the options from the command line.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn inventory_options(
+    cluster: &ClusterArgs,
+    views: PathBuf,
+    instance: String,
+    partitions: i32,
+    batch_size: usize,
+    state_dir: Option<PathBuf>,
+    snapshot_every_ms: u64,
+    saga: &SagaArgs,
+) -> Options {
+    let mut opts = Options::new(cluster.cluster(), views);
+    opts.state_dir = state_dir;
+    opts.snapshot_every = Duration::from_millis(snapshot_every_ms);
+    opts.instance = instance;
+    opts.partitions = partitions;
+    opts.batch_size = batch_size;
+    opts.low_stock_threshold = saga.low_stock_threshold;
+    opts.run_view = !saga.no_views;
+    opts
+}
+
+/// `run saga`: the options from the command line.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn saga_options(
+    cluster: &ClusterArgs,
+    views: PathBuf,
+    instance: String,
+    partitions: i32,
+    batch_size: usize,
+    state_dir: Option<PathBuf>,
+    snapshot_every_ms: u64,
+    saga: &SagaArgs,
+) -> saga::Options {
+    let mut opts = saga::Options::new(cluster.cluster(), views);
+    opts.state_dir = state_dir;
+    opts.snapshot_every = Duration::from_millis(snapshot_every_ms);
+    opts.instance = instance;
+    opts.partitions = partitions;
+    opts.batch_size = batch_size;
+    opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
+    opts.duplicate_outputs = saga.chaos_duplicate_outputs;
+    opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);
+    opts.lead_time = Duration::from_millis(saga.lead_time_ms);
+    opts.reorder_quantity = saga.reorder_quantity;
+    opts
+}
+
+/// `serve`: the HTTP API until stopped.
+pub(crate) async fn serve(
+    cluster: Cluster,
+    views: PathBuf,
+    listen: &str,
+    ownership: pipelines::ownership::OwnershipMap,
+    mut signals: Shutdown,
+) -> anyhow::Result<()> {
+    kafka::ensure_topics(&cluster, &pipelines::registry::topics(3)).await?;
+    let api = pipelines::http::Api::new(cluster, views, ownership).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    eprintln!("Serving on http://{}", listener.local_addr()?);
+    tokio::select! {
+        r = pipelines::http::serve(api, listener) => r,
+        () = signals.wait(|| false) => Ok(()),
+    }
+}
