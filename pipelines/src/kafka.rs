@@ -993,10 +993,23 @@ impl Committed {
         if assignment.count() == 0 {
             return Ok(());
         }
-        if self.offsets.is_empty() {
+        // Every assigned partition it has no committed offset for, not only when it knows
+        // none: a loop that records its batches' commits (the saga runtime) knew the
+        // partitions of its first batch after a rebalance and never looked up the others,
+        // whose trailing commit markers then stayed uncommitted (lag 1 for good).
+        let mut unknown = TopicPartitionList::new();
+        for e in assignment.elements() {
+            if !self
+                .offsets
+                .contains_key(&(e.topic().to_owned(), e.partition()))
+            {
+                unknown.add_partition(e.topic(), e.partition());
+            }
+        }
+        if unknown.count() > 0 {
             // This runs in the processing loop: a slow answer must not hold records back
             // for long (an error is retried at the next idle second).
-            let committed = consumer.committed_offsets(assignment, IDLE_FETCH_TIMEOUT)?;
+            let committed = consumer.committed_offsets(unknown, IDLE_FETCH_TIMEOUT)?;
             self.record(&committed);
         }
         let mut ahead = TopicPartitionList::new();

@@ -71,7 +71,25 @@ pub struct Pipeline {
     pub changelog: Option<&'static str>,
     pub dlq: Option<&'static str>,
     pub views: &'static [&'static str],
+    /// Its store is the fold of its own event log: `replay <name> [--check]` rebuilds it.
+    pub rebuild: Option<Rebuild>,
 }
+
+/// How a store is rebuilt from its event log.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebuild {
+    /// The event log it folds.
+    pub events: &'static str,
+    pub run: fn(&crate::replay::Store<'_>) -> anyhow::Result<crate::replay::StoreReplay>,
+}
+
+impl PartialEq for Rebuild {
+    fn eq(&self, other: &Self) -> bool {
+        self.events == other.events
+    }
+}
+
+impl Eq for Rebuild {}
 
 impl Pipeline {
     /// A saga participant, from the topics its loop runs on.
@@ -84,6 +102,18 @@ impl Pipeline {
             changelog: Some(W::CHANGELOG),
             dlq: Some(W::DLQ),
             views: &[],
+            rebuild: None,
+        }
+    }
+
+    /// A participant whose store is the fold of its event log.
+    pub const fn event_sourced<W: crate::saga::rebuild::EventSourced>() -> Self {
+        Pipeline {
+            rebuild: Some(Rebuild {
+                events: W::EVENTS,
+                run: crate::replay::saga_store::<W>,
+            }),
+            ..Self::participant::<W>()
         }
     }
 
@@ -100,6 +130,7 @@ impl Pipeline {
                 None => None,
             },
             views: V::VIEWS,
+            rebuild: None,
         }
     }
 
@@ -166,6 +197,10 @@ pub const SERVICES: &[Service] = &[
                 changelog: Some(inv::CHANGELOG),
                 dlq: Some(inv::DLQ),
                 views: &[],
+                rebuild: Some(Rebuild {
+                    events: inv::EVENTS,
+                    run: crate::replay::inventory_store,
+                }),
             },
             Pipeline {
                 name: crate::inventory::views::PIPELINE,
@@ -175,6 +210,7 @@ pub const SERVICES: &[Service] = &[
                 changelog: None,
                 dlq: Some(inv::DLQ),
                 views: &[sinks::stock_levels::VIEW],
+                rebuild: None,
             },
             Pipeline::participant::<InventorySaga>(),
             // Purchasing's receipts become stock: only inventory writes inventory.commands.
@@ -191,7 +227,7 @@ pub const SERVICES: &[Service] = &[
             topic(st::ORDERS_DLQ, Dlq),
         ],
         pipelines: &[
-            Pipeline::participant::<Orders>(),
+            Pipeline::event_sourced::<Orders>(),
             Pipeline {
                 name: crate::saga::views::PIPELINE,
                 host: Host::Saga,
@@ -200,6 +236,7 @@ pub const SERVICES: &[Service] = &[
                 changelog: None,
                 dlq: None,
                 views: &[sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
+                rebuild: None,
             },
             Pipeline::topic_view::<crate::saga::windows::Windows>(),
         ],
@@ -212,7 +249,7 @@ pub const SERVICES: &[Service] = &[
             topic(st::PAYMENTS_CHANGELOG, Changelog),
             topic(st::PAYMENTS_DLQ, Dlq),
         ],
-        pipelines: &[Pipeline::participant::<Payments>()],
+        pipelines: &[Pipeline::event_sourced::<Payments>()],
     },
     Service {
         name: "shipping",
@@ -224,7 +261,7 @@ pub const SERVICES: &[Service] = &[
             topic(saga_topics::SHIPPING_TRACKING, External),
         ],
         pipelines: &[
-            Pipeline::participant::<Shipping>(),
+            Pipeline::event_sourced::<Shipping>(),
             Pipeline::topic_view::<crate::saga::shipments::Shipments>(),
         ],
     },
@@ -247,7 +284,7 @@ pub const SERVICES: &[Service] = &[
             topic(st::BILLING_DLQ, Dlq),
         ],
         pipelines: &[
-            Pipeline::participant::<Billing>(),
+            Pipeline::event_sourced::<Billing>(),
             Pipeline::topic_view::<crate::saga::ledger::Ledger>(),
         ],
     },
@@ -261,7 +298,7 @@ pub const SERVICES: &[Service] = &[
             topic(st::CATALOG_DLQ, Dlq),
         ],
         pipelines: &[
-            Pipeline::participant::<processors::catalog::Catalog>(),
+            Pipeline::event_sourced::<processors::catalog::Catalog>(),
             Pipeline::topic_view::<crate::saga::products::Products>(),
         ],
     },
@@ -274,7 +311,7 @@ pub const SERVICES: &[Service] = &[
             topic(st::SUPPLIERS_DLQ, Dlq),
         ],
         pipelines: &[
-            Pipeline::participant::<processors::suppliers::Suppliers>(),
+            Pipeline::event_sourced::<processors::suppliers::Suppliers>(),
             Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrders>(),
         ],
     },
@@ -290,6 +327,7 @@ pub const SERVICES: &[Service] = &[
             changelog: None,
             dlq: None,
             views: &[sinks::audit::VIEW],
+            rebuild: None,
         }],
     },
 ];
@@ -304,6 +342,15 @@ pub fn pipelines() -> impl Iterator<Item = (&'static Service, &'static Pipeline)
     SERVICES
         .iter()
         .flat_map(|s| s.pipelines.iter().map(move |p| (s, p)))
+}
+
+/// The service that runs the pipeline `name`. A pipeline the registry does not list is a
+/// programming error (every loop's name is in it).
+pub fn service_of(pipeline: &str) -> &'static str {
+    pipelines()
+        .find(|(_, p)| p.name == pipeline)
+        .map(|(s, _)| s.name)
+        .unwrap_or_else(|| panic!("pipeline {pipeline} is not in the service registry"))
 }
 
 /// The pipeline named `name`.

@@ -418,16 +418,14 @@ pub fn write_inventory_store(
     Ok(written)
 }
 
-/// Services whose state store can be rebuilt (or checked) from their own event log.
-pub const REBUILDABLE: &[&str] = &[
-    "orders",
-    "payments",
-    "shipping",
-    "billing",
-    "catalog",
-    "suppliers",
-    "inventory",
-];
+/// Services whose state store can be rebuilt (or checked) from their own event log: the
+/// registry's pipelines with a [`crate::registry::Rebuild`].
+pub fn rebuildable() -> Vec<&'static str> {
+    crate::registry::pipelines()
+        .filter(|(_, p)| p.rebuild.is_some())
+        .map(|(_, p)| p.name)
+        .collect()
+}
 
 /// What a store replay found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -456,105 +454,101 @@ pub fn replay_store(
     progress: bool,
     state_dir: Option<&Path>,
 ) -> anyhow::Result<StoreReplay> {
-    use crate::saga::rebuild::{self, EventSourced};
-    use processors::saga::{
-        billing::Billing, orders::Orders, payments::Payments, shipping::Shipping,
-    };
-
-    fn saga_store<W: EventSourced>(
-        cluster: &Cluster,
-        rt: &Handle,
-        service: &str,
-        check: bool,
-        bar: &indicatif::ProgressBar,
-        state_dir: Option<&Path>,
-    ) -> anyhow::Result<StoreReplay> {
-        let (folded, stats) = rebuild::fold::<W>(cluster, rt, bar)?;
-        bar.finish_and_clear();
-        let mut out = StoreReplay {
-            service: service.to_owned(),
-            events_topic: W::EVENTS,
-            events: stats.events,
-            states: stats.states,
-            differing: None,
-            written: 0,
-            from_snapshot: 0,
-        };
-        if check {
-            let (restored, read) = rebuild::restore::<W>(cluster, rt, state_dir)?;
-            out.from_snapshot = read.from_snapshot;
-            out.differing = Some(
-                rebuild::differences(&folded, &restored)
-                    .into_iter()
-                    .map(|(p, k)| format!("{k} (partition {p})"))
-                    .collect(),
-            );
-        } else {
-            out.written = rebuild::write::<W>(cluster, rt, &folded)?;
-        }
-        Ok(out)
-    }
-
-    let topic = match service {
-        "orders" => <Orders as EventSourced>::EVENTS,
-        "payments" => <Payments as EventSourced>::EVENTS,
-        "shipping" => <Shipping as EventSourced>::EVENTS,
-        "billing" => <Billing as EventSourced>::EVENTS,
-        "catalog" => <processors::catalog::Catalog as EventSourced>::EVENTS,
-        "suppliers" => <processors::suppliers::Suppliers as EventSourced>::EVENTS,
-        "inventory" => crate::topics::inventory::EVENTS,
-        _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
+    let Some(rebuild) = crate::registry::pipeline(service).and_then(|p| p.rebuild) else {
+        bail!(
+            "{service:?} has no rebuildable store (rebuildable: {:?})",
+            rebuildable()
+        );
     };
     let bar = progress_bar(
-        topic_span(cluster, topic)?,
-        &format!("folding {topic}"),
+        topic_span(cluster, rebuild.events)?,
+        &format!("folding {}", rebuild.events),
         progress,
     );
-    match service {
-        "orders" => saga_store::<Orders>(cluster, rt, service, check, &bar, state_dir),
-        "payments" => saga_store::<Payments>(cluster, rt, service, check, &bar, state_dir),
-        "shipping" => saga_store::<Shipping>(cluster, rt, service, check, &bar, state_dir),
-        "billing" => saga_store::<Billing>(cluster, rt, service, check, &bar, state_dir),
-        "catalog" => {
-            saga_store::<processors::catalog::Catalog>(cluster, rt, service, check, &bar, state_dir)
-        }
-        "suppliers" => saga_store::<processors::suppliers::Suppliers>(
-            cluster, rt, service, check, &bar, state_dir,
-        ),
-        "inventory" => {
-            let (stores, events) = fold_inventory(cluster, rt, &bar)?;
-            bar.finish_and_clear();
-            let mut out = StoreReplay {
-                service: service.to_owned(),
-                events_topic: crate::topics::inventory::EVENTS,
-                events,
-                states: stores.values().map(|s| s.len()).sum(),
-                differing: None,
-                written: 0,
-                from_snapshot: 0,
-            };
-            if !check {
-                out.written = write_inventory_store(cluster, rt, &stores)?;
-                return Ok(out);
-            }
-            let folded: std::collections::HashMap<_, _> = stores.into_values().flatten().collect();
-            let opts = crate::inventory::Options {
-                state_dir: state_dir.map(Path::to_path_buf),
-                ..crate::inventory::Options::new(cluster.clone(), PathBuf::from("."))
-            };
-            let (restored, read) = crate::inventory::service::restore_store(&opts, rt)?;
-            out.from_snapshot = read.from_snapshot;
-            let mut differing: Vec<String> = folded
-                .keys()
-                .chain(restored.keys())
-                .filter(|k| folded.get(*k) != restored.get(*k))
-                .cloned()
-                .collect();
-            differing.sort();
-            differing.dedup();
-            out.differing = Some(differing);
-            Ok(out)
-        }
-        _ => bail!("{service:?} has no rebuildable store (rebuildable: {REBUILDABLE:?})"),
+    (rebuild.run)(&Store {
+        cluster,
+        rt,
+        service,
+        check,
+        bar: &bar,
+        state_dir,
+    })
+}
+
+/// What a store rebuild works on (see [`replay_store`]).
+pub struct Store<'a> {
+    pub cluster: &'a Cluster,
+    pub rt: &'a Handle,
+    pub service: &'a str,
+    pub check: bool,
+    pub bar: &'a indicatif::ProgressBar,
+    pub state_dir: Option<&'a Path>,
+}
+
+/// Rebuilds (or checks) the store of an event-sourced participant.
+pub fn saga_store<W: crate::saga::rebuild::EventSourced>(
+    s: &Store<'_>,
+) -> anyhow::Result<StoreReplay> {
+    use crate::saga::rebuild;
+    let (folded, stats) = rebuild::fold::<W>(s.cluster, s.rt, s.bar)?;
+    s.bar.finish_and_clear();
+    let mut out = StoreReplay {
+        service: s.service.to_owned(),
+        events_topic: W::EVENTS,
+        events: stats.events,
+        states: stats.states,
+        differing: None,
+        written: 0,
+        from_snapshot: 0,
+    };
+    if s.check {
+        let (restored, read) = rebuild::restore::<W>(s.cluster, s.rt, s.state_dir)?;
+        out.from_snapshot = read.from_snapshot;
+        out.differing = Some(
+            rebuild::differences(&folded, &restored)
+                .into_iter()
+                .map(|(p, k)| format!("{k} (partition {p})"))
+                .collect(),
+        );
+    } else {
+        out.written = rebuild::write::<W>(s.cluster, s.rt, &folded)?;
     }
+    Ok(out)
+}
+
+/// Rebuilds (or checks) the inventory service's per-sku store.
+pub fn inventory_store(s: &Store<'_>) -> anyhow::Result<StoreReplay> {
+    let (cluster, rt) = (s.cluster, s.rt);
+    let (stores, events) = fold_inventory(cluster, rt, s.bar)?;
+    s.bar.finish_and_clear();
+    let mut out = StoreReplay {
+        service: s.service.to_owned(),
+        events_topic: crate::topics::inventory::EVENTS,
+        events,
+        states: stores.values().map(|s| s.len()).sum(),
+        differing: None,
+        written: 0,
+        from_snapshot: 0,
+    };
+    if !s.check {
+        out.written = write_inventory_store(cluster, rt, &stores)?;
+        return Ok(out);
+    }
+    let folded: std::collections::HashMap<_, _> = stores.into_values().flatten().collect();
+    let opts = crate::inventory::Options {
+        state_dir: s.state_dir.map(Path::to_path_buf),
+        ..crate::inventory::Options::new(cluster.clone(), PathBuf::from("."))
+    };
+    let (restored, read) = crate::inventory::service::restore_store(&opts, rt)?;
+    out.from_snapshot = read.from_snapshot;
+    let mut differing: Vec<String> = folded
+        .keys()
+        .chain(restored.keys())
+        .filter(|k| folded.get(*k) != restored.get(*k))
+        .cloned()
+        .collect();
+    differing.sort();
+    differing.dedup();
+    out.differing = Some(differing);
+    Ok(out)
 }

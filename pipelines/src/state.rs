@@ -264,6 +264,13 @@ pub struct ChangelogCache {
     topic: &'static str,
     group: String,
     parts: HashMap<i32, Part>,
+    /// The changelog's end per owned partition as of this instance's last restore or
+    /// commit there: if the partition's high watermark has not moved past it (but for a
+    /// commit marker), no one else wrote it since.
+    ends: HashMap<i32, i64>,
+    /// Partitions revoked by a rebalance, kept in case the next one gives them back.
+    suspended: HashMap<i32, (Option<Part>, i64)>,
+    probe: Option<kafka::Probe>,
     every: Duration,
     last: Instant,
 }
@@ -301,9 +308,51 @@ impl ChangelogCache {
             topic,
             group: format!("{pipeline}.restore"),
             parts: HashMap::new(),
+            ends: HashMap::new(),
+            suspended: HashMap::new(),
+            probe: None,
             every,
             last: Instant::now(),
         })
+    }
+
+    /// Keeps what is known of partition `p` aside: a rebalance revoked it, and eager
+    /// rebalancing revokes every partition, most of which come straight back.
+    pub fn suspend(&mut self, p: i32) {
+        if let Some(end) = self.ends.remove(&p) {
+            self.suspended.insert(p, (self.parts.remove(&p), end));
+        } else {
+            self.parts.remove(&p);
+        }
+    }
+
+    /// Whether partition `p`, suspended by [`ChangelogCache::suspend`], is as this instance
+    /// left it: its changelog's high watermark is where this instance's last restore or
+    /// commit left it (or one commit marker further). Then the caller's state of `p` is
+    /// still the fold of its changelog and needs no restore (Kafka Streams resumes a
+    /// suspended task the same way); else `p` is forgotten and must be restored.
+    pub fn resume(&mut self, p: i32) -> anyhow::Result<bool> {
+        let Some((part, end)) = self.suspended.remove(&p) else {
+            return Ok(false);
+        };
+        if self.probe.is_none() {
+            self.probe = Some(kafka::Probe::new(&self.cluster)?);
+        }
+        let probe = self.probe.as_ref().expect("just created");
+        let (_, high) = kafka::watermarks(probe, self.topic, p)?;
+        if high > end + 1 {
+            return Ok(false);
+        }
+        self.ends.insert(p, end);
+        if let Some(part) = part {
+            self.parts.insert(p, part);
+        }
+        Ok(true)
+    }
+
+    /// Drops every suspended partition (the rebalance that followed gave them elsewhere).
+    pub fn drop_suspended(&mut self) {
+        self.suspended.clear();
     }
 
     /// Restores partition `p`: the records of a trusted local snapshot, then the changelog
@@ -344,6 +393,7 @@ impl ChangelogCache {
                 }
             }
         }
+        self.suspended.remove(&p);
         let keep = self.dir.is_some();
         let end =
             kafka::read_partition_from(&self.cluster, &self.group, self.topic, p, from, |m| {
@@ -364,6 +414,7 @@ impl ChangelogCache {
                 }
                 Ok(())
             })?;
+        self.ends.insert(p, end.max(from.unwrap_or(0)));
         if keep {
             self.parts.insert(
                 p,
@@ -400,11 +451,15 @@ impl ChangelogCache {
     /// Forgets partition `p` (revoked); its snapshot stays for when it comes back.
     pub fn forget(&mut self, p: i32) {
         self.parts.remove(&p);
+        self.ends.remove(&p);
+        self.suspended.remove(&p);
     }
 
     /// Forgets everything (after a failed batch: the next restore starts over).
     pub fn clear(&mut self) {
         self.parts.clear();
+        self.ends.clear();
+        self.suspended.clear();
     }
 
     /// After a committed unit of work: `delivered` is the first and last changelog offset it
@@ -417,6 +472,9 @@ impl ChangelogCache {
         now: bool,
     ) -> anyhow::Result<()> {
         for (p, (first, last)) in delivered {
+            if let Some(end) = self.ends.get_mut(p) {
+                *end = (*end).max(last + 1);
+            }
             let Some(part) = self.parts.get_mut(p) else {
                 continue;
             };
@@ -537,6 +595,9 @@ mod tests {
             topic: "orders.changelog",
             group: String::new(),
             parts: HashMap::new(),
+            ends: HashMap::new(),
+            suspended: HashMap::new(),
+            probe: None,
             every: Duration::ZERO,
             last: Instant::now(),
         };

@@ -8,12 +8,27 @@ fn supplystream() -> Command {
     Command::new(env!("CARGO_BIN_EXE_supplystream"))
 }
 
+/// The registry's definitions as an operator starts their own: `services --format toml`,
+/// one file per `# <service>.toml` section.
 fn copy_definitions(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions");
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    let out = supplystream()
+        .args(["services", "--format", "toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut files = 0;
+    for section in text.split("# ").filter(|s| !s.trim().is_empty()) {
+        let (name, body) = section.split_once('\n').unwrap();
+        assert!(name.ends_with(".toml"), "{name}");
+        std::fs::write(to.join(name), body).unwrap();
+        files += 1;
     }
+    assert_eq!(files, 9, "one definition file per service");
 }
 
 #[test]

@@ -338,7 +338,7 @@ pub(crate) enum Command {
     /// service's state store from its own event log.
     Replay {
         /// A view (stock_levels), or a service whose store is the fold of its events
-        /// (orders, payments, shipping, inventory).
+        /// (orders, payments, shipping, billing, catalog, suppliers, inventory).
         view: String,
         /// Stores: compare the fold of the event log with what a restart restores from the
         /// changelog, and exit non-zero on any difference; write nothing.

@@ -169,7 +169,7 @@ pub(crate) fn replay(
     state_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    if pipelines::replay::REBUILDABLE.contains(&view.as_str()) {
+    if pipelines::replay::rebuildable().contains(&view.as_str()) {
         use pipelines::replay::Position;
         anyhow::ensure!(
             matches!(from, Position::Earliest) && matches!(to, Position::Latest),
@@ -221,7 +221,7 @@ pub(crate) fn replay(
     anyhow::ensure!(
         !check,
         "--check applies to state stores ({:?})",
-        pipelines::replay::REBUILDABLE
+        pipelines::replay::rebuildable()
     );
     let r = pipelines::replay::replay_view(
         &cluster.cluster(),

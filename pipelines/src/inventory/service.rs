@@ -106,6 +106,8 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     consumer.subscribe(&[COMMANDS])?;
 
     let mut store = Store::default();
+    // State of revoked partitions, resumed if the next assignment gives them back untouched.
+    let mut suspended: HashMap<i32, HashMap<String, Entry>> = HashMap::new();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
     let mut committed = kafka::Committed::default();
@@ -122,7 +124,14 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
         stats.poll_time += polled.elapsed();
         if !changes.is_empty() {
             committed.forget();
-            sync_assignment(rt, &changes, &mut store, &mut cache, &mut snapshot_decoder)?;
+            sync_assignment(
+                rt,
+                &changes,
+                &mut store,
+                &mut suspended,
+                &mut cache,
+                &mut snapshot_decoder,
+            )?;
         }
         if batch.is_empty() {
             // inventory.commands is also written transactionally (by the saga participant).
@@ -167,6 +176,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
                 kafka::rewind(&consumer)?;
                 committed.forget();
                 store = Store::default();
+                suspended.clear();
                 cache.clear();
                 owned.clear();
                 std::thread::sleep(Duration::from_millis(500));
@@ -339,19 +349,36 @@ fn process_batch(
     Ok(stats)
 }
 
-/// Forgets revoked partitions and restores newly assigned ones from the changelog.
+/// Suspends revoked partitions and restores newly assigned ones from the changelog, or
+/// resumes them when no one wrote their changelog since this instance had them (see
+/// [`ChangelogCache::resume`]): eager rebalancing revokes every partition of every member,
+/// and most come straight back.
 fn sync_assignment(
     rt: &Handle,
     changes: &kafka::Changes,
     store: &mut Store,
+    suspended: &mut HashMap<i32, HashMap<String, Entry>>,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<()> {
     for p in &changes.revoked {
-        store.partitions.remove(p);
-        cache.forget(*p);
+        if let Some(state) = store.partitions.remove(p) {
+            suspended.insert(*p, state);
+        }
+        cache.suspend(*p);
     }
     for &p in &changes.assigned {
+        if let Some(state) = suspended.remove(&p)
+            && cache.resume(p)?
+        {
+            info!(
+                partition = p,
+                skus = state.len(),
+                "Resumed as it was revoked."
+            );
+            store.partitions.insert(p, state);
+            continue;
+        }
         let mut read = Restored::default();
         let mut orphans = 0;
         let restored = restore_partition(rt, p, decoder, &mut orphans, |f| {
@@ -374,6 +401,11 @@ fn sync_assignment(
             "Restored."
         );
         store.partitions.insert(p, restored);
+    }
+    if !changes.assigned.is_empty() {
+        // The rest went to other members.
+        suspended.clear();
+        cache.drop_suspended();
     }
     Ok(())
 }

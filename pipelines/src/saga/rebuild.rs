@@ -142,7 +142,7 @@ pub fn restore<W: EventSourced>(
     let stop = Stop::default();
     let mut cache = crate::state::ChangelogCache::open(
         state_dir,
-        W::SERVICE,
+        W::service(),
         W::NAME,
         W::CHANGELOG,
         cluster,

@@ -38,8 +38,10 @@ pub trait Wiring:
 {
     /// Consumer group, transactional id and log span of this processor.
     const NAME: &'static str;
-    /// The service that owns it (and every topic it writes).
-    const SERVICE: &'static str;
+    /// The service that owns it (and every topic it writes), from the service registry.
+    fn service() -> &'static str {
+        crate::registry::service_of(Self::NAME)
+    }
     /// Topics it reads, all keyed by saga id.
     const INPUTS: &'static [&'static str];
     /// Topics it writes (its own: database per service).
@@ -110,7 +112,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     output.track_deliveries(&[W::CHANGELOG]);
     let mut cache = ChangelogCache::open(
         opts.state_dir.as_deref(),
-        W::SERVICE,
+        W::service(),
         W::NAME,
         W::CHANGELOG,
         &opts.cluster,
@@ -129,6 +131,8 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     consumer.subscribe(W::INPUTS)?;
 
     let mut store: Store<W::State> = HashMap::new();
+    // State of revoked partitions, resumed if the next assignment gives them back untouched.
+    let mut suspended: Store<W::State> = HashMap::new();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
     let mut last_scan = Instant::now();
@@ -146,7 +150,14 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
         )?;
         if !changes.is_empty() {
             committed.forget();
-            sync_assignment::<W>(rt, &changes, &mut store, &mut cache, &mut changelog_decoder)?;
+            sync_assignment::<W>(
+                rt,
+                &changes,
+                &mut store,
+                &mut suspended,
+                &mut cache,
+                &mut changelog_decoder,
+            )?;
         }
         let now = wire::now_ms();
         let due = if last_scan.elapsed() >= Duration::from_millis(200) {
@@ -198,6 +209,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
                 kafka::rewind(&consumer)?;
                 committed.forget();
                 store.clear();
+                suspended.clear();
                 cache.clear();
                 owned.clear();
                 let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
@@ -249,7 +261,7 @@ fn process<W: Wiring>(
         next.insert((message.topic().to_owned(), partition), offset + 1);
         stats.messages += 1;
         let dead = |kind: &str, reason: &str| {
-            output.dead_letter(W::DLQ, W::SERVICE, message, kind, reason)
+            output.dead_letter(W::DLQ, W::service(), message, kind, reason)
         };
         let payload = message.payload().unwrap_or_default();
         let input = match wire::decode(rt, &mut codecs.input, payload, stop) {
@@ -387,7 +399,7 @@ fn apply<W: Wiring>(
                     W::NAME,
                     out.record_name(),
                     expected_topic(out.record_name()),
-                    W::SERVICE,
+                    W::service(),
                     W::OUTPUTS
                 ))
             })?;
@@ -433,20 +445,35 @@ fn apply<W: Wiring>(
     Ok(())
 }
 
-/// Restores newly assigned partitions (local snapshot, then the changelog's tail) and forgets
-/// revoked ones.
+/// Restores newly assigned partitions (local snapshot, then the changelog's tail), or resumes
+/// them when no one wrote their changelog since this instance had them (see
+/// [`ChangelogCache::resume`]), and suspends revoked ones.
 fn sync_assignment<W: Wiring>(
     rt: &Handle,
     changes: &kafka::Changes,
     store: &mut Store<W::State>,
+    suspended: &mut Store<W::State>,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<W::Changelog>,
 ) -> anyhow::Result<()> {
     for p in &changes.revoked {
-        store.remove(p);
-        cache.forget(*p);
+        if let Some(states) = store.remove(p) {
+            suspended.insert(*p, states);
+        }
+        cache.suspend(*p);
     }
     for &p in &changes.assigned {
+        if let Some(states) = suspended.remove(&p)
+            && cache.resume(p)?
+        {
+            info!(
+                partition = p,
+                sagas = states.len(),
+                "Resumed as it was revoked."
+            );
+            store.insert(p, states);
+            continue;
+        }
         let mut states = HashMap::new();
         let restored = cache.restore(p, |payload, offset| {
             let record = match decoder.decode(payload) {
@@ -471,6 +498,11 @@ fn sync_assignment<W: Wiring>(
             "Restored."
         );
         store.insert(p, states);
+    }
+    if !changes.assigned.is_empty() {
+        // The rest went to other members.
+        suspended.clear();
+        cache.drop_suspended();
     }
     Ok(())
 }

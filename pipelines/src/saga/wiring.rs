@@ -22,7 +22,6 @@ use crate::topics::saga::*;
 
 impl Wiring for Orders {
     const NAME: &'static str = "orders";
-    const SERVICE: &'static str = "orders";
     const INPUTS: &'static [&'static str] = &[
         ORDER_COMMANDS,
         INVENTORY_REPLIES,
@@ -59,7 +58,6 @@ impl Wiring for Orders {
 
 impl Wiring for InventorySaga {
     const NAME: &'static str = "inventory-saga";
-    const SERVICE: &'static str = "inventory";
     const INPUTS: &'static [&'static str] =
         &[ORDER_EVENTS, PAYMENT_REPLIES, INVENTORY_RESERVATIONS];
     const OUTPUTS: &'static [&'static str] = &[INVENTORY_COMMANDS, INVENTORY_REPLIES];
@@ -96,7 +94,6 @@ impl Wiring for InventorySaga {
 
 impl Wiring for Payments {
     const NAME: &'static str = "payments";
-    const SERVICE: &'static str = "payments";
     const INPUTS: &'static [&'static str] = &[INVENTORY_REPLIES, SHIPPING_REPLIES];
     const OUTPUTS: &'static [&'static str] = &[PAYMENT_REPLIES];
     const CHANGELOG: &'static str = PAYMENTS_CHANGELOG;
@@ -127,7 +124,6 @@ impl Wiring for Payments {
 
 impl Wiring for Shipping {
     const NAME: &'static str = "shipping";
-    const SERVICE: &'static str = "shipping";
     const INPUTS: &'static [&'static str] = &[PAYMENT_REPLIES, ORDER_EVENTS];
     const OUTPUTS: &'static [&'static str] = &[SHIPPING_REPLIES];
     const CHANGELOG: &'static str = SHIPPING_CHANGELOG;
@@ -158,7 +154,6 @@ impl Wiring for Shipping {
 
 impl Wiring for Notifications {
     const NAME: &'static str = "notifications";
-    const SERVICE: &'static str = "notifications";
     const INPUTS: &'static [&'static str] = &[ORDER_EVENTS];
     const OUTPUTS: &'static [&'static str] = &[NOTIFICATION_EVENTS];
     const CHANGELOG: &'static str = NOTIFICATIONS_CHANGELOG;
@@ -188,7 +183,6 @@ impl Wiring for Notifications {
 
 impl Wiring for Billing {
     const NAME: &'static str = "billing";
-    const SERVICE: &'static str = "billing";
     const INPUTS: &'static [&'static str] = &[PAYMENT_REPLIES, ORDER_EVENTS];
     const OUTPUTS: &'static [&'static str] = &[BILLING_EVENTS];
     const CHANGELOG: &'static str = BILLING_CHANGELOG;
@@ -216,7 +210,6 @@ impl Wiring for Billing {
 
 impl Wiring for processors::catalog::Catalog {
     const NAME: &'static str = "catalog";
-    const SERVICE: &'static str = "catalog";
     const INPUTS: &'static [&'static str] = &[CATALOG_COMMANDS];
     const OUTPUTS: &'static [&'static str] = &[CATALOG_EVENTS];
     const CHANGELOG: &'static str = CATALOG_CHANGELOG;
@@ -246,7 +239,6 @@ impl Wiring for processors::catalog::Catalog {
 
 impl Wiring for processors::suppliers::Suppliers {
     const NAME: &'static str = "suppliers";
-    const SERVICE: &'static str = "suppliers";
     const INPUTS: &'static [&'static str] = &[INVENTORY_ALERTS];
     const OUTPUTS: &'static [&'static str] = &[SUPPLIER_EVENTS];
     const CHANGELOG: &'static str = SUPPLIERS_CHANGELOG;
@@ -276,7 +268,6 @@ impl Wiring for processors::suppliers::Suppliers {
 
 impl Wiring for processors::inventory::receiving::Receiving {
     const NAME: &'static str = "inventory-receiving";
-    const SERVICE: &'static str = "inventory";
     const INPUTS: &'static [&'static str] = &[SUPPLIER_EVENTS];
     const OUTPUTS: &'static [&'static str] = &[INVENTORY_COMMANDS];
     const CHANGELOG: &'static str = crate::topics::inventory::RECEIVING_CHANGELOG;
