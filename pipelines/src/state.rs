@@ -331,23 +331,43 @@ impl ChangelogCache {
     /// commit left it (or one commit marker further). Then the caller's state of `p` is
     /// still the fold of its changelog and needs no restore (Kafka Streams resumes a
     /// suspended task the same way); else `p` is forgotten and must be restored.
-    pub fn resume(&mut self, p: i32) -> anyhow::Result<bool> {
+    pub fn resume(&mut self, p: i32) -> bool {
         let Some((part, end)) = self.suspended.remove(&p) else {
-            return Ok(false);
+            return false;
         };
-        if self.probe.is_none() {
-            self.probe = Some(kafka::Probe::new(&self.cluster)?);
-        }
-        let probe = self.probe.as_ref().expect("just created");
-        let (_, high) = kafka::watermarks(probe, self.topic, p)?;
-        if high > end + 1 {
-            return Ok(false);
+        let high = match self.high_watermark(p) {
+            Ok(high) => high,
+            Err(e) => {
+                warn!(topic = self.topic, partition = p, error = %format!("{e:#}"), "Cannot tell whether the changelog moved; restoring.");
+                return false;
+            }
+        };
+        // A high watermark below the end means the topic was recreated or truncated.
+        if high < end || high > end + self.marker_slack() {
+            return false;
         }
         self.ends.insert(p, end);
         if let Some(part) = part {
             self.parts.insert(p, part);
         }
-        Ok(true)
+        true
+    }
+
+    fn high_watermark(&mut self, p: i32) -> anyhow::Result<i64> {
+        if self.probe.is_none() {
+            self.probe = Some(kafka::Probe::new(&self.cluster)?);
+        }
+        let probe = self.probe.as_ref().expect("just created");
+        Ok(kafka::watermarks(probe, self.topic, p)?.1)
+    }
+
+    /// Offsets a transaction adds after its last record: its commit marker. Without
+    /// transactions there is none, and one more offset is another writer's record.
+    fn marker_slack(&self) -> i64 {
+        match self.cluster.guarantee {
+            crate::Guarantee::ExactlyOnce => 1,
+            crate::Guarantee::AtLeastOnce => 0,
+        }
     }
 
     /// Drops every suspended partition (the rebalance that followed gave them elsewhere).
@@ -471,9 +491,17 @@ impl ChangelogCache {
         delivered: &HashMap<i32, (i64, i64)>,
         now: bool,
     ) -> anyhow::Result<()> {
+        let slack = self.marker_slack();
         for (p, (first, last)) in delivered {
-            if let Some(end) = self.ends.get_mut(p) {
-                *end = (*end).max(last + 1);
+            // This instance's writes must follow on from the end it knew (one commit marker
+            // between two transactions at most); else another writer came in between, and
+            // the partition is restored, not resumed, at its next assignment.
+            if let Some(end) = self.ends.get(p).copied() {
+                if *first <= end + slack {
+                    self.ends.insert(*p, end.max(last + 1));
+                } else {
+                    self.ends.remove(p);
+                }
             }
             let Some(part) = self.parts.get_mut(p) else {
                 continue;

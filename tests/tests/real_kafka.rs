@@ -834,12 +834,15 @@ fn main() -> ExitCode {
         ("http_read_your_writes", http_read_your_writes),
         ("purchasing_killed_mid_run", purchasing_killed_mid_run),
         // Last: they leave far more records on the shared topics than the scenarios above
-        // count exactly.
+        // count exactly. The saga churn first: its churned members restore inventory's
+        // changelog from the start, and after the inventory churn's 140,000 commands that
+        // alone (40-70k records a partition, uncompacted) stalled inventory past the step
+        // deadline (docs/next.md).
+        ("sagas_scaled_out_under_churn", sagas_scaled_out_under_churn),
         (
             "inventory_scaled_out_under_churn",
             inventory_scaled_out_under_churn,
         ),
-        ("sagas_scaled_out_under_churn", sagas_scaled_out_under_churn),
     ];
     // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));

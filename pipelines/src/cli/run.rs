@@ -19,26 +19,46 @@ use super::args::{ClusterArgs, SagaArgs};
 /// SIGINT that came during it when SIGINT was inherited ignored (as by any command started
 /// in the background by a non-interactive shell). Either way the process ran on as if never
 /// asked to stop (members of the churn scenarios did).
+///
+/// The first request stops the command cleanly (it finishes the unit of work in flight); a
+/// second one ends the process at once, also while the start-up work still blocks (a
+/// broker that does not answer).
 pub(crate) struct Shutdown {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
+    requested: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Shutdown {
+    /// Installs the listeners; call it inside the runtime.
     pub(crate) fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Shutdown {
-            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-        })
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let (tx, requested) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut asked = 0;
+            loop {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                asked += 1;
+                if asked == 1 {
+                    // Nobody waits yet while start-up runs: `wait` sees the value later.
+                    tx.send_replace(true);
+                } else {
+                    eprintln!("Asked to stop again: exiting without finishing.");
+                    std::process::exit(130);
+                }
+            }
+        });
+        Ok(Shutdown { requested })
     }
 
     /// Returns when a stop is requested or `finished()` holds (checked twice a second).
     pub(crate) async fn wait(&mut self, finished: impl Fn() -> bool) {
         loop {
             tokio::select! {
-                _ = self.interrupt.recv() => return,
-                _ = self.terminate.recv() => return,
+                _ = self.requested.wait_for(|asked| *asked) => return,
                 () = tokio::time::sleep(Duration::from_millis(500)) => if finished() { return },
             }
         }

@@ -369,7 +369,7 @@ fn sync_assignment(
     }
     for &p in &changes.assigned {
         if let Some(state) = suspended.remove(&p)
-            && cache.resume(p)?
+            && cache.resume(p)
         {
             info!(
                 partition = p,

@@ -366,7 +366,10 @@ fn process<W: Wiring>(
     let fenced_by_group = if offsets.count() == 0 {
         let mut owned = TopicPartitionList::new();
         for e in consumer.position()?.elements() {
-            if let Offset::Offset(o) = e.offset() {
+            // An unsettled partition's position may be past records dropped unprocessed.
+            if let Offset::Offset(o) = e.offset()
+                && consumer.context().settled(e.partition())
+            {
                 owned.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?;
             }
         }
@@ -464,7 +467,7 @@ fn sync_assignment<W: Wiring>(
     }
     for &p in &changes.assigned {
         if let Some(states) = suspended.remove(&p)
-            && cache.resume(p)?
+            && cache.resume(p)
         {
             info!(
                 partition = p,
