@@ -724,6 +724,25 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 /// A consumer that is a member of a group and tracks what rebalances take from it.
 pub type GroupConsumer = BaseConsumer<Membership>;
 
+/// Leaves the group and serves the revocation before the consumer is dropped.
+///
+/// rdkafka's `Drop` closes the consumer and serves the events still queued; a revocation
+/// served there calls `rd_kafka_rebalance_protocol`, which can wait for good on a consumer
+/// group that is closing (librdkafka #4041): a `run saga` member stopped by SIGINT hung in
+/// it with every other participant stopped (gdb). Served here, by a normal poll, it cannot.
+/// Records polled meanwhile are dropped: uncommitted, the next owner reads them again.
+pub fn leave(consumer: &GroupConsumer) {
+    consumer.unsubscribe();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        drop(consumer.poll(Duration::from_millis(100)));
+        if consumer.assignment().map_or(true, |a| a.count() == 0) {
+            return;
+        }
+    }
+    tracing::warn!("The revocation did not come within 10 s of leaving the group.");
+}
+
 /// How the partitions a processor keeps state for changed in one poll.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {

@@ -187,7 +187,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     cache.committed(&output.delivered(CHANGELOG), true)?;
     // Leave the group now rather than when the session times out, so a successor (or the
     // same instance restarted) gets the partitions at once.
-    consumer.unsubscribe();
+    kafka::leave(&consumer);
     info!(?stats, "Inventory service stopped.");
     Ok(stats)
 }

@@ -220,7 +220,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
     }
     // What is in the cache was committed with the last batch (a failed one clears it).
     cache.committed(&output.delivered(W::CHANGELOG), true)?;
-    consumer.unsubscribe();
+    kafka::leave(&consumer);
     info!(?stats, "Participant stopped.");
     Ok(stats)
 }
