@@ -92,52 +92,25 @@ fn main() -> anyhow::Result<()> {
         Command::Run {
             service,
             cluster,
-            views,
-            instance,
-            partitions,
-            batch_size,
-            state_dir,
-            no_state_dir,
-            snapshot_every_ms,
+            run,
             saga,
-        } => {
-            let state_dir = (!no_state_dir).then_some(state_dir);
-            match service {
-                Service::Inventory => rt.block_on(cli::run::run(
-                    cli::run::inventory_options(
-                        &cluster,
-                        views,
-                        instance,
-                        partitions,
-                        batch_size,
-                        state_dir,
-                        snapshot_every_ms,
-                        &saga,
-                    ),
-                    signals(),
-                )),
-                Service::Saga => rt.block_on(cli::run::run_saga(
-                    cli::run::saga_options(
-                        &cluster,
-                        views,
-                        instance,
-                        partitions,
-                        batch_size,
-                        state_dir,
-                        snapshot_every_ms,
-                        &saga,
-                    ),
-                    saga.participants,
-                    !saga.no_views,
-                    signals(),
-                )),
-                Service::Compliance => rt.block_on(cli::run::run_compliance(
-                    cluster.cluster(),
-                    views,
-                    signals(),
-                )),
-            }
-        }
+        } => match service {
+            Service::Inventory => rt.block_on(cli::run::run(
+                cli::run::inventory_options(&cluster, &run, &saga),
+                signals(),
+            )),
+            Service::Saga => rt.block_on(cli::run::run_saga(
+                cli::run::saga_options(&cluster, &run, &saga),
+                saga.participants,
+                !saga.no_views,
+                signals(),
+            )),
+            Service::Compliance => rt.block_on(cli::run::run_compliance(
+                cluster.cluster(),
+                run.views,
+                signals(),
+            )),
+        },
         Command::Simulate { cluster, sim, rate } => {
             rt.block_on(cli::ops::simulate(&cluster, &sim, rate))
         }

@@ -233,6 +233,49 @@ fn distrust(
     None
 }
 
+/// The state of partitions a rebalance revoked, kept with what the [`ChangelogCache`] knows of
+/// them, until the next assignment says whether they came back untouched (see
+/// [`ChangelogCache::resume`]). Both processor loops keep their per-partition state in one.
+pub struct Suspended<S> {
+    states: HashMap<i32, S>,
+}
+
+impl<S> Default for Suspended<S> {
+    fn default() -> Self {
+        Suspended {
+            states: HashMap::new(),
+        }
+    }
+}
+
+impl<S> Suspended<S> {
+    /// Partition `p` was revoked: keeps its `state` (if the caller had any).
+    pub fn revoke(&mut self, p: i32, state: Option<S>, cache: &mut ChangelogCache) {
+        if let Some(state) = state {
+            self.states.insert(p, state);
+        }
+        cache.suspend(p);
+    }
+
+    /// Partition `p` was assigned: its state as it was revoked, if no one wrote its
+    /// changelog since; `None`: restore it.
+    pub fn resume(&mut self, p: i32, cache: &mut ChangelogCache) -> Option<S> {
+        let state = self.states.remove(&p)?;
+        cache.resume(p).then_some(state)
+    }
+
+    /// After an assignment: the partitions it did not give back went to other members.
+    pub fn assigned(&mut self, cache: &mut ChangelogCache) {
+        self.states.clear();
+        cache.drop_suspended();
+    }
+
+    /// Forgets everything (after a failed batch).
+    pub fn clear(&mut self) {
+        self.states.clear();
+    }
+}
+
 /// How one partition was restored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -318,7 +361,7 @@ impl ChangelogCache {
 
     /// Keeps what is known of partition `p` aside: a rebalance revoked it, and eager
     /// rebalancing revokes every partition, most of which come straight back.
-    pub fn suspend(&mut self, p: i32) {
+    fn suspend(&mut self, p: i32) {
         if let Some(end) = self.ends.remove(&p) {
             self.suspended.insert(p, (self.parts.remove(&p), end));
         } else {
@@ -331,7 +374,7 @@ impl ChangelogCache {
     /// commit left it (or one commit marker further). Then the caller's state of `p` is
     /// still the fold of its changelog and needs no restore (Kafka Streams resumes a
     /// suspended task the same way); else `p` is forgotten and must be restored.
-    pub fn resume(&mut self, p: i32) -> bool {
+    fn resume(&mut self, p: i32) -> bool {
         let Some((part, end)) = self.suspended.remove(&p) else {
             return false;
         };
@@ -371,7 +414,7 @@ impl ChangelogCache {
     }
 
     /// Drops every suspended partition (the rebalance that followed gave them elsewhere).
-    pub fn drop_suspended(&mut self) {
+    fn drop_suspended(&mut self) {
         self.suspended.clear();
     }
 

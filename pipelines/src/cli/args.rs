@@ -80,6 +80,41 @@ pub(crate) enum Service {
     Compliance,
 }
 
+/// Options of every `run <service>`.
+#[derive(clap::Args, Clone)]
+pub(crate) struct RunArgs {
+    /// Where the views are written.
+    #[arg(long, default_value = "data/views")]
+    pub(crate) views: PathBuf,
+    /// This instance's id within the service's consumer group.
+    #[arg(long, default_value = "0")]
+    pub(crate) instance: String,
+    /// Partitions of the service's topics when they are created.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) partitions: i32,
+    /// Input records per transaction at most.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) batch_size: usize,
+    /// Local state: `<state-dir>/<service>/<pipeline>/` holds snapshots of the changelog
+    /// partitions a processor owns, so a restart reads only the changelog's tail. One
+    /// directory per instance (it is locked).
+    #[arg(long, default_value = "data/state")]
+    pub(crate) state_dir: PathBuf,
+    /// Keep no local state: every restart restores from the whole changelog.
+    #[arg(long)]
+    pub(crate) no_state_dir: bool,
+    /// How often changed state is snapshotted (also on a clean stop).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) snapshot_every_ms: u64,
+}
+
+impl RunArgs {
+    /// The local state directory, unless `--no-state-dir`.
+    pub(crate) fn state_dir(&self) -> Option<PathBuf> {
+        (!self.no_state_dir).then(|| self.state_dir.clone())
+    }
+}
+
 /// Options of `run saga`.
 #[derive(clap::Args, Clone)]
 pub(crate) struct SagaArgs {
@@ -249,29 +284,8 @@ pub(crate) enum Command {
         service: Service,
         #[command(flatten)]
         cluster: ClusterArgs,
-        /// Where the views are written.
-        #[arg(long, default_value = "data/views")]
-        views: PathBuf,
-        /// This instance's id within the service's consumer group.
-        #[arg(long, default_value = "0")]
-        instance: String,
-        /// Partitions of the service's topics when they are created.
-        #[arg(long, default_value_t = 3)]
-        partitions: i32,
-        /// Input records per transaction at most.
-        #[arg(long, default_value_t = 2_000)]
-        batch_size: usize,
-        /// Local state: `<state-dir>/<service>/<pipeline>/` holds snapshots of the changelog
-        /// partitions a processor owns, so a restart reads only the changelog's tail. One
-        /// directory per instance (it is locked).
-        #[arg(long, default_value = "data/state")]
-        state_dir: PathBuf,
-        /// Keep no local state: every restart restores from the whole changelog.
-        #[arg(long)]
-        no_state_dir: bool,
-        /// How often changed state is snapshotted (also on a clean stop).
-        #[arg(long, default_value_t = 10_000)]
-        snapshot_every_ms: u64,
+        #[command(flatten)]
+        run: RunArgs,
         #[command(flatten)]
         saga: SagaArgs,
     },

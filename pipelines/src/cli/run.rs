@@ -7,7 +7,7 @@ use anyhow::Context;
 use pipelines::inventory::{self, Options};
 use pipelines::{Cluster, kafka, saga};
 
-use super::args::{ClusterArgs, SagaArgs};
+use super::args::{ClusterArgs, RunArgs, SagaArgs};
 
 /// The requests to stop a long-running command: SIGINT (Ctrl-C) and SIGTERM (`kill`,
 /// `docker stop`, systemd).
@@ -114,46 +114,26 @@ pub(crate) async fn run_compliance(
 }
 
 /// `run inventory`: the options from the command line.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn inventory_options(
-    cluster: &ClusterArgs,
-    views: PathBuf,
-    instance: String,
-    partitions: i32,
-    batch_size: usize,
-    state_dir: Option<PathBuf>,
-    snapshot_every_ms: u64,
-    saga: &SagaArgs,
-) -> Options {
-    let mut opts = Options::new(cluster.cluster(), views);
-    opts.state_dir = state_dir;
-    opts.snapshot_every = Duration::from_millis(snapshot_every_ms);
-    opts.instance = instance;
-    opts.partitions = partitions;
-    opts.batch_size = batch_size;
+pub(crate) fn inventory_options(cluster: &ClusterArgs, run: &RunArgs, saga: &SagaArgs) -> Options {
+    let mut opts = Options::new(cluster.cluster(), run.views.clone());
+    opts.state_dir = run.state_dir();
+    opts.snapshot_every = Duration::from_millis(run.snapshot_every_ms);
+    opts.instance = run.instance.clone();
+    opts.partitions = run.partitions;
+    opts.batch_size = run.batch_size;
     opts.low_stock_threshold = saga.low_stock_threshold;
     opts.run_view = !saga.no_views;
     opts
 }
 
 /// `run saga`: the options from the command line.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn saga_options(
-    cluster: &ClusterArgs,
-    views: PathBuf,
-    instance: String,
-    partitions: i32,
-    batch_size: usize,
-    state_dir: Option<PathBuf>,
-    snapshot_every_ms: u64,
-    saga: &SagaArgs,
-) -> saga::Options {
-    let mut opts = saga::Options::new(cluster.cluster(), views);
-    opts.state_dir = state_dir;
-    opts.snapshot_every = Duration::from_millis(snapshot_every_ms);
-    opts.instance = instance;
-    opts.partitions = partitions;
-    opts.batch_size = batch_size;
+pub(crate) fn saga_options(cluster: &ClusterArgs, run: &RunArgs, saga: &SagaArgs) -> saga::Options {
+    let mut opts = saga::Options::new(cluster.cluster(), run.views.clone());
+    opts.state_dir = run.state_dir();
+    opts.snapshot_every = Duration::from_millis(run.snapshot_every_ms);
+    opts.instance = run.instance.clone();
+    opts.partitions = run.partitions;
+    opts.batch_size = run.batch_size;
     opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
     opts.duplicate_outputs = saga.chaos_duplicate_outputs;
     opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);

@@ -21,7 +21,7 @@ use tracing::{debug, info, info_span, warn};
 use super::Options;
 use crate::Stop;
 use crate::kafka::{self, Output};
-use crate::state::{ChangelogCache, Restored};
+use crate::state::{ChangelogCache, Restored, Suspended};
 use crate::topics::inventory::*;
 
 /// Counters of one run, for logs and tests.
@@ -107,7 +107,7 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
 
     let mut store = Store::default();
     // State of revoked partitions, resumed if the next assignment gives them back untouched.
-    let mut suspended: HashMap<i32, HashMap<String, Entry>> = HashMap::new();
+    let mut suspended = Suspended::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
     let mut committed = kafka::Committed::default();
@@ -357,20 +357,15 @@ fn sync_assignment(
     rt: &Handle,
     changes: &kafka::Changes,
     store: &mut Store,
-    suspended: &mut HashMap<i32, HashMap<String, Entry>>,
+    suspended: &mut Suspended<HashMap<String, Entry>>,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<InventoryChangelog>,
 ) -> anyhow::Result<()> {
-    for p in &changes.revoked {
-        if let Some(state) = store.partitions.remove(p) {
-            suspended.insert(*p, state);
-        }
-        cache.suspend(*p);
+    for &p in &changes.revoked {
+        suspended.revoke(p, store.partitions.remove(&p), cache);
     }
     for &p in &changes.assigned {
-        if let Some(state) = suspended.remove(&p)
-            && cache.resume(p)
-        {
+        if let Some(state) = suspended.resume(p, cache) {
             info!(
                 partition = p,
                 skus = state.len(),
@@ -403,9 +398,7 @@ fn sync_assignment(
         store.partitions.insert(p, restored);
     }
     if !changes.assigned.is_empty() {
-        // The rest went to other members.
-        suspended.clear();
-        cache.drop_suspended();
+        suspended.assigned(cache);
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use tracing::{debug, debug_span, info, info_span, warn};
 
 use super::Options;
 use crate::kafka::{self, Output};
-use crate::state::ChangelogCache;
+use crate::state::{ChangelogCache, Suspended};
 use crate::topics::saga_headers;
 use crate::{Guarantee, Stop, wire};
 
@@ -132,7 +132,7 @@ pub fn run<W: Wiring>(w: &W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow
 
     let mut store: Store<W::State> = HashMap::new();
     // State of revoked partitions, resumed if the next assignment gives them back untouched.
-    let mut suspended: Store<W::State> = HashMap::new();
+    let mut suspended = Suspended::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut stats = Stats::default();
     let mut last_scan = Instant::now();
@@ -455,20 +455,15 @@ fn sync_assignment<W: Wiring>(
     rt: &Handle,
     changes: &kafka::Changes,
     store: &mut Store<W::State>,
-    suspended: &mut Store<W::State>,
+    suspended: &mut Suspended<HashMap<String, W::State>>,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<W::Changelog>,
 ) -> anyhow::Result<()> {
-    for p in &changes.revoked {
-        if let Some(states) = store.remove(p) {
-            suspended.insert(*p, states);
-        }
-        cache.suspend(*p);
+    for &p in &changes.revoked {
+        suspended.revoke(p, store.remove(&p), cache);
     }
     for &p in &changes.assigned {
-        if let Some(states) = suspended.remove(&p)
-            && cache.resume(p)
-        {
+        if let Some(states) = suspended.resume(p, cache) {
             info!(
                 partition = p,
                 sagas = states.len(),
@@ -503,9 +498,7 @@ fn sync_assignment<W: Wiring>(
         store.insert(p, states);
     }
     if !changes.assigned.is_empty() {
-        // The rest went to other members.
-        suspended.clear();
-        cache.drop_suspended();
+        suspended.assigned(cache);
     }
     Ok(())
 }
