@@ -291,7 +291,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "pipeline: {} events, {} transactions, {} dead letters; service time in poll {:.1?}, \
          processing {:.1?}, committing {:.1?}",
-        stats.events,
+        stats.emitted,
         stats.transactions,
         stats.dead_letters,
         stats.poll_time,

@@ -23,6 +23,7 @@ pub mod ownership;
 pub mod produce;
 pub mod registry;
 pub mod replay;
+pub mod runtime;
 pub mod saga;
 pub mod schemas_cli;
 pub mod state;

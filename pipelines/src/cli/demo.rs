@@ -68,7 +68,7 @@ pub(crate) async fn demo(
     let stats = running.stop()?;
     eprintln!(
         "Inventory service: {} commands, {} events, {} dead-lettered.",
-        stats.commands, stats.events, stats.dead_letters
+        stats.records, stats.emitted, stats.dead_letters
     );
     println!(
         "Query it yourself: supplystream query --views {} \"SELECT * FROM stock_levels LIMIT 5\"",

@@ -72,7 +72,7 @@ pub fn topics(partitions: i32) -> Vec<TopicSpec> {
 /// The inventory service and its views running on threads of this process.
 pub struct Running {
     stop: crate::Stop,
-    service: std::thread::JoinHandle<anyhow::Result<service::Stats>>,
+    service: std::thread::JoinHandle<anyhow::Result<crate::runtime::Stats>>,
     view: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -105,7 +105,7 @@ impl Running {
     }
 
     /// Stops both loops after their current batch and waits for them.
-    pub fn stop(self) -> anyhow::Result<service::Stats> {
+    pub fn stop(self) -> anyhow::Result<crate::runtime::Stats> {
         self.stop.stop();
         let stats = self
             .service

@@ -6,10 +6,10 @@
 //! reservations the inventory participant fans out.
 
 pub mod ledger;
+pub mod participant;
 pub mod products;
 pub mod purchasing;
 pub mod rebuild;
-pub mod runtime;
 pub mod shipments;
 pub mod simulate;
 pub mod topic_view;
@@ -29,7 +29,8 @@ use processors::saga::{
 use crate::kafka::TopicSpec;
 use crate::{Cluster, Stop};
 
-pub use runtime::{Stats, Wiring};
+pub use crate::runtime::Stats;
+pub use participant::Wiring;
 
 /// Options of the saga participants and views.
 #[derive(Debug, Clone)]
@@ -125,7 +126,7 @@ fn spawn_one<W: Wiring>(
     let name = W::NAME.to_owned();
     let handle = std::thread::Builder::new()
         .name(name.clone())
-        .spawn(move || runtime::run(&w, &o, &r, &s).map(|_| ()))
+        .spawn(move || participant::run(w, &o, &r, &s).map(|_| ()))
         .expect("spawning a thread");
     (name, handle)
 }

@@ -16,7 +16,7 @@ use schemas::payments::{PaymentReply, PaymentState};
 use schemas::shipping::{ShipmentReply, ShipmentState};
 use tokio::runtime::Handle;
 
-use super::runtime::Wiring;
+use super::participant::Wiring;
 use crate::kafka::{self, Output};
 use crate::{Cluster, Stop, wire};
 

@@ -1,5 +1,5 @@
 //! Each saga participant wired to its topics and store (database per service: a participant
-//! writes only its service's topics; `runtime::apply` refuses anything else).
+//! writes only its service's topics; `participant::apply` refuses anything else).
 
 use processors::saga::{
     billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
@@ -17,7 +17,7 @@ use schemas::saga::{
 };
 use schemas::shipping::{ShipmentChangelog, ShipmentReply, ShipmentState};
 
-use super::runtime::Wiring;
+use super::participant::Wiring;
 use crate::topics::saga::*;
 
 impl Wiring for Orders {

@@ -1,0 +1,631 @@
+//! The one consume–decide–produce loop every stateful processor runs on.
+//!
+//! A [`Processor`] says what it reads, how a record finds its aggregate, what a record does to
+//! that aggregate and what the aggregate's changelog records are; [`run`] does the rest, once
+//! for all of them:
+//!
+//! - consumes its input topics as a member of its group ([`kafka::poll_member_batch`]: a
+//!   batch never spans a rebalance, revoked partitions' records are dropped);
+//! - keeps state per input partition: restored from the co-partitioned changelog (a local
+//!   snapshot and the changelog's tail, see [`ChangelogCache`]) when a partition is assigned,
+//!   suspended when it is revoked and resumed if the next assignment gives it back untouched
+//!   ([`Suspended`]);
+//! - decodes each record (waiting out a registry outage, never dead-lettering a good record
+//!   for it), checks its key, hands it to the processor, dead-letters what is bad input with
+//!   the reason in headers;
+//! - fires deadlines the processor's state carries;
+//! - writes the changelog records of every aggregate a batch changed, and commits outputs,
+//!   changelog and input offsets together: one Kafka transaction under exactly-once,
+//!   flush-then-commit under at-least-once;
+//! - on a failed batch aborts, forgets its in-memory state and rewinds to the committed
+//!   offsets, backing off; stops on a fence or a fatal error.
+//!
+//! Every input topic of a processor is keyed by the aggregate's id and has the same partition
+//! count as its changelog, and the consumer uses the range assignor, so partition `p` of every
+//! input and of the changelog land on the same instance: its store holds exactly the
+//! aggregates it sees.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::Registry;
+use schemas::codec::{DecodeError, Decoder, Encoder};
+use schemas::record::RecordUnion;
+use tokio::runtime::Handle;
+use tracing::{debug, info, info_span, warn};
+
+use crate::kafka::{self, Output};
+use crate::state::{ChangelogCache, Restored, Suspended};
+use crate::{Cluster, Guarantee, Stop, wire};
+
+/// What the loop needs to know about a processor besides its code.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Pipeline name: transactional id, state directory and log span.
+    pub name: &'static str,
+    /// Consumer group.
+    pub group: String,
+    /// The service that owns it, its changelog and every topic it writes.
+    pub service: &'static str,
+    /// Topics it reads, all keyed by the aggregate's id.
+    pub inputs: &'static [&'static str],
+    /// Its state (compacted), co-partitioned with the inputs.
+    pub changelog: &'static str,
+    /// Where records it cannot act on go, with the reason in headers.
+    pub dlq: &'static str,
+    /// What a record's key must equal, for the dead-letter reason (e.g. "the command's sku").
+    pub key_name: &'static str,
+    /// The keying rule, for the dead-letter reason (e.g. "commands must be keyed by sku").
+    pub key_rule: &'static str,
+}
+
+/// How the loop runs: the options every processor shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster: Cluster,
+    /// Identity of this process among the group's instances (part of the transactional id).
+    pub instance: String,
+    /// Records per transaction at most.
+    pub batch_size: usize,
+    /// Root of the local state directories; `None`: restores read the whole changelog.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// How often changed state is snapshotted there.
+    pub snapshot_every: Duration,
+}
+
+/// Why a decoded record is not handed to the processor: it goes to the dead-letter topic.
+#[derive(Debug)]
+pub struct Reject {
+    /// The `dlq-error-kind` header.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What handling one record did.
+#[derive(Debug)]
+pub enum Handled {
+    /// Applied; `emitted` outputs decided (events, replies).
+    Applied { emitted: usize },
+    /// Already applied (a redelivery the aggregate recognises): nothing to do.
+    Redelivery,
+    /// Refused by the aggregate's rules: dead-lettered as an invalid command.
+    Invalid(String),
+}
+
+/// A partition's state as its changelog rebuilt it.
+pub struct Rebuilt<S> {
+    pub state: S,
+    /// Keys the state holds, for the log.
+    pub keys: usize,
+    /// Changelog records of a batch whose state never landed (at-least-once only): the
+    /// partition gets no local snapshot until it is restored again, since a snapshot keeps
+    /// only the latest record per key and the next restore needs these.
+    pub orphans: usize,
+}
+
+/// Hands each changelog record of one partition, decoded and in log order, to the callback.
+pub type ReadChangelog<'a, C> =
+    &'a mut dyn FnMut(&mut dyn FnMut(C) -> anyhow::Result<()>) -> anyhow::Result<()>;
+
+/// A stateful processor: the decisions are its own (in `processors`); the loop is [`run`].
+pub trait Processor {
+    /// What its input topics carry.
+    type Input: RecordUnion;
+    /// What its changelog carries.
+    type Changelog: RecordUnion;
+    /// The state of one input partition (every aggregate keyed to it).
+    type Partition: Default + Send + 'static;
+
+    fn spec(&self) -> &Spec;
+
+    /// Whether a record of another type found on `topic` is meant for another reader of a
+    /// shared topic (skipped) rather than bad input (dead-lettered).
+    fn ignores(&self, _topic: &str, _record: &str) -> bool {
+        false
+    }
+
+    /// The aggregate `input` (found on `topic`) belongs to, which its record key must equal.
+    fn route<'i>(&self, topic: &str, input: &'i Self::Input) -> Result<&'i str, Reject>;
+
+    /// Handles one record against its partition's state. Outputs go through `out`; every
+    /// aggregate changed is marked with [`Batch::changed`].
+    fn handle(
+        &mut self,
+        out: &mut Batch<'_>,
+        state: &mut Self::Partition,
+        key: &str,
+        input: &Self::Input,
+        message: &BorrowedMessage<'_>,
+        now: i64,
+    ) -> anyhow::Result<Handled>;
+
+    /// Whether any aggregate of the processor can have a deadline (scanned every 200 ms).
+    fn has_deadlines(&self) -> bool {
+        false
+    }
+
+    /// Keys of `state` whose deadline passed by `now`.
+    fn due(&self, _state: &Self::Partition, _now: i64, _due: &mut Vec<String>) {}
+
+    /// Acts on `key`'s passed deadline: `Some(outputs emitted)` if it expired a step.
+    fn expire(
+        &mut self,
+        _out: &mut Batch<'_>,
+        _state: &mut Self::Partition,
+        _key: &str,
+        _now: i64,
+    ) -> anyhow::Result<Option<usize>> {
+        Ok(None)
+    }
+
+    /// Writes `key`'s changelog record(s) after a batch changed it (see [`Batch::changelog`]).
+    fn write_changelog(
+        &mut self,
+        out: &mut Batch<'_>,
+        state: &Self::Partition,
+        key: &str,
+    ) -> anyhow::Result<()>;
+
+    /// Rebuilds partition `p`'s state from its changelog records.
+    fn rebuild(
+        &self,
+        p: i32,
+        read: ReadChangelog<'_, Self::Changelog>,
+    ) -> anyhow::Result<Rebuilt<Self::Partition>>;
+}
+
+/// An error that rewinding cannot fix: the process must stop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+/// Counters of one run, for logs, tests and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Input records consumed.
+    pub records: u64,
+    /// Outputs decided (events, replies; not changelog records).
+    pub emitted: u64,
+    pub dead_letters: u64,
+    /// Redeliveries recognised, and records of a shared topic meant for other readers.
+    pub skipped: u64,
+    /// Deadlines that expired a step.
+    pub expired: u64,
+    pub transactions: u64,
+    /// Time spent waiting in poll, processing records (decode, decide, encode, enqueue) and
+    /// committing (flush, offsets, end of transaction).
+    pub poll_time: Duration,
+    pub process_time: Duration,
+    pub commit_time: Duration,
+}
+
+impl Stats {
+    fn add(&mut self, b: &Stats) {
+        self.records += b.records;
+        self.emitted += b.emitted;
+        self.dead_letters += b.dead_letters;
+        self.skipped += b.skipped;
+        self.expired += b.expired;
+        self.transactions += b.transactions;
+        self.poll_time += b.poll_time;
+        self.process_time += b.process_time;
+        self.commit_time += b.commit_time;
+    }
+}
+
+/// The unit of work a batch is: where a processor's outputs and changelog records go.
+pub struct Batch<'a> {
+    output: &'a Output,
+    cache: &'a mut ChangelogCache,
+    spec: &'a Spec,
+    /// The encode buffer: [`Batch::encode`] fills it, [`Batch::send`] sends it.
+    buf: &'a mut Vec<u8>,
+    /// Partition of the record (or deadline) being handled.
+    partition: i32,
+    changed: BTreeSet<(i32, String)>,
+}
+
+impl Batch<'_> {
+    /// Encodes `record` into the buffer the next send sends.
+    pub fn encode<R: RecordUnion>(
+        &mut self,
+        encoder: &Encoder<R>,
+        record: &R,
+    ) -> anyhow::Result<()> {
+        Ok(encoder.encode_into(record, self.buf)?)
+    }
+
+    /// Sends the encoded record to `topic` (partitioned by key), which the processor's
+    /// service must own.
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> anyhow::Result<()> {
+        self.output.send(topic, None, key, self.buf, headers)
+    }
+
+    /// Sends the encoded record to the changelog, on the partition being handled.
+    pub fn changelog(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        let p = self.partition;
+        self.output
+            .send(self.spec.changelog, Some(p), key, self.buf, None)?;
+        self.cache.record(p, key, self.buf);
+        Ok(())
+    }
+
+    /// Marks aggregate `key` (of the partition being handled) changed: its changelog
+    /// record is written at the end of the batch.
+    pub fn changed(&mut self, key: &str) {
+        self.changed.insert((self.partition, key.to_owned()));
+    }
+
+    /// The partition being handled.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
+type Store<S> = HashMap<i32, S>;
+
+/// Runs processor `p` until `stop`. Blocking: call from a dedicated thread.
+pub fn run<P: Processor>(
+    p: &mut P,
+    settings: &Settings,
+    registry: Registry,
+    rt: &Handle,
+    stop: &Stop,
+) -> anyhow::Result<Stats> {
+    let spec = p.spec().clone();
+    let span = info_span!("processor", name = spec.name, instance = %settings.instance);
+    let _guard = span.enter();
+    let mut input = Decoder::<P::Input>::new(registry.clone());
+    let mut changelog = Decoder::<P::Changelog>::new(registry);
+
+    // Initializing transactions first fences a previous incarnation and aborts its open
+    // transaction, so the changelog reads below are not blocked by it.
+    let output = Output::new(&settings.cluster, spec.name, &settings.instance)?;
+    output.track_deliveries(&[spec.changelog]);
+    let mut cache = ChangelogCache::open(
+        settings.state_dir.as_deref(),
+        spec.service,
+        spec.name,
+        spec.changelog,
+        &settings.cluster,
+        settings.snapshot_every,
+    )?;
+    let mut config = kafka::consumer_config(&settings.cluster, &spec.group);
+    // Co-partitioning needs the same partition of every input on one instance: range does it.
+    config.set("partition.assignment.strategy", "range");
+    // Static membership: a restarted instance takes its partitions back at once instead of
+    // waiting for the old member's session to time out. The mock broker does not replace
+    // static members (a restart would wait out the whole session), so only on real brokers.
+    if settings.cluster.guarantee == Guarantee::ExactlyOnce {
+        config.set(
+            "group.instance.id",
+            format!("{}-{}", spec.group, settings.instance),
+        );
+    }
+    let consumer: kafka::GroupConsumer = config.create_with_context(kafka::Membership::default())?;
+    consumer.subscribe(spec.inputs)?;
+
+    let mut store: Store<P::Partition> = HashMap::new();
+    // State of revoked partitions, resumed if the next assignment gives them back untouched.
+    let mut suspended = Suspended::default();
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut stats = Stats::default();
+    let mut last_scan = Instant::now();
+    let mut committed = kafka::Committed::default();
+    let mut buf = Vec::with_capacity(512);
+    // Consecutive failed batches: the retry waits 0.5 s, 1 s, 2 s, … up to 30 s.
+    let mut failures = 0u32;
+    info!(group = %spec.group, inputs = ?spec.inputs, guarantee = ?settings.cluster.guarantee, "Processor started.");
+
+    while !stop.is_stopped() {
+        let polled = Instant::now();
+        let (batch, changes) = kafka::poll_member_batch(
+            &consumer,
+            &mut owned,
+            settings.batch_size,
+            Duration::from_millis(100),
+        )?;
+        stats.poll_time += polled.elapsed();
+        if !changes.is_empty() {
+            committed.forget();
+            sync_assignment(
+                p,
+                rt,
+                &changes,
+                &mut store,
+                &mut suspended,
+                &mut cache,
+                &mut changelog,
+            )?;
+        }
+        let now = wire::now_ms();
+        let mut due = Vec::new();
+        if p.has_deadlines() && last_scan.elapsed() >= Duration::from_millis(200) {
+            last_scan = Instant::now();
+            for (&partition, state) in &store {
+                let mut keys = Vec::new();
+                p.due(state, now, &mut keys);
+                due.extend(keys.into_iter().map(|k| (partition, k)));
+            }
+        }
+        if batch.is_empty() && due.is_empty() {
+            // Inputs written transactionally end in markers no record follows.
+            if let Err(e) = committed.step_over_markers(&consumer, &output) {
+                warn!(error = %format!("{e:#}"), "Could not commit past transaction markers; will retry.");
+                committed.forget();
+            }
+            continue;
+        }
+        let mut unit = Unit {
+            spec: &spec,
+            rt,
+            consumer: &consumer,
+            output: &output,
+            input: &mut input,
+            buf: &mut buf,
+            stop,
+        };
+        match unit.process(p, &batch, &due, &mut store, &mut cache, now) {
+            Ok((s, offsets)) => {
+                failures = 0;
+                committed.record(&offsets);
+                cache.committed(&output.delivered(spec.changelog), false)?;
+                stats.add(&s);
+            }
+            Err(e) if kafka::is_fenced(&e) => {
+                bail!("fenced by a newer instance of {}: {e:#}", spec.name)
+            }
+            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+            Err(e) => {
+                // Nothing of the batch is committed: abort, forget in-memory state, and resume
+                // from the committed offsets and the changelog.
+                warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
+                output.abort();
+                drop(batch);
+                kafka::rewind(&consumer)?;
+                committed.forget();
+                store.clear();
+                suspended.clear();
+                cache.clear();
+                owned.clear();
+                let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                failures += 1;
+                std::thread::sleep(backoff.min(Duration::from_secs(30)));
+            }
+        }
+    }
+    // What is in the cache was committed with the last batch (a failed one clears it).
+    cache.committed(&output.delivered(spec.changelog), true)?;
+    // Leave the group now rather than when the session times out, so a successor (or the
+    // same instance restarted) gets the partitions at once.
+    kafka::leave(&consumer);
+    info!(?stats, "Processor stopped.");
+    Ok(stats)
+}
+
+/// What one batch is processed with.
+struct Unit<'a, I: RecordUnion> {
+    spec: &'a Spec,
+    rt: &'a Handle,
+    consumer: &'a kafka::GroupConsumer,
+    output: &'a Output,
+    input: &'a mut Decoder<I>,
+    buf: &'a mut Vec<u8>,
+    stop: &'a Stop,
+}
+
+impl<I: RecordUnion> Unit<'_, I> {
+    fn process<P: Processor<Input = I>>(
+        &mut self,
+        p: &mut P,
+        batch: &[BorrowedMessage<'_>],
+        due: &[(i32, String)],
+        store: &mut Store<P::Partition>,
+        cache: &mut ChangelogCache,
+        now: i64,
+    ) -> anyhow::Result<(Stats, TopicPartitionList)> {
+        let started = Instant::now();
+        let spec = self.spec;
+        let mut stats = Stats::default();
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        self.output.begin()?;
+        let mut out = Batch {
+            output: self.output,
+            cache,
+            spec,
+            buf: self.buf,
+            partition: 0,
+            changed: BTreeSet::new(),
+        };
+        for message in batch {
+            let (partition, offset) = (message.partition(), message.offset());
+            next.insert((message.topic(), partition), offset + 1);
+            stats.records += 1;
+            let dead = |kind: &str, reason: &str| {
+                self.output
+                    .dead_letter(spec.dlq, spec.service, message, kind, reason)
+            };
+            let payload = message.payload().unwrap_or_default();
+            let input = match wire::decode(self.rt, self.input, payload, self.stop) {
+                Ok(i) => i,
+                // Never dead-letter a good record because the registry is down: abandon the
+                // batch.
+                Err(e) if e.is_transient() => {
+                    bail!("stopping while the registry is unavailable: {e}")
+                }
+                // A record that belongs on this topic but is not for this processor (the
+                // topic is shared with other readers): not ours to act on.
+                Err(DecodeError::UnexpectedRecord { name, .. })
+                    if p.ignores(message.topic(), &name) =>
+                {
+                    stats.skipped += 1;
+                    continue;
+                }
+                Err(e) => {
+                    dead(e.kind(), &e.to_string())?;
+                    stats.dead_letters += 1;
+                    continue;
+                }
+            };
+            let key = match p.route(message.topic(), &input) {
+                Ok(key) => key,
+                Err(reject) => {
+                    dead(reject.kind, &reject.reason)?;
+                    stats.dead_letters += 1;
+                    continue;
+                }
+            };
+            if message.key() != Some(key.as_bytes()) {
+                let got = message
+                    .key()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                let reason = format!(
+                    "record key {got:?} differs from {} {key:?}; {}",
+                    spec.key_name, spec.key_rule
+                );
+                dead("wrong-key", &reason)?;
+                stats.dead_letters += 1;
+                continue;
+            }
+            out.partition = partition;
+            let state = store.entry(partition).or_default();
+            match p.handle(&mut out, state, key, &input, message, now)? {
+                Handled::Applied { emitted } => stats.emitted += emitted as u64,
+                Handled::Redelivery => stats.skipped += 1,
+                Handled::Invalid(reason) => {
+                    dead("invalid-command", &reason)?;
+                    stats.dead_letters += 1;
+                }
+            }
+        }
+        for (partition, key) in due {
+            out.partition = *partition;
+            let state = store.entry(*partition).or_default();
+            if let Some(emitted) = p.expire(&mut out, state, key, now)? {
+                stats.expired += 1;
+                stats.emitted += emitted as u64;
+            }
+        }
+        for (partition, key) in std::mem::take(&mut out.changed) {
+            out.partition = partition;
+            p.write_changelog(&mut out, &store[&partition], &key)?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, p), o) in &next {
+            offsets.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+        }
+        // A unit of work of deadlines only consumed nothing; it still sends the positions of
+        // what it owns, so that the commit checks its group generation: an instance that has
+        // lost its partitions (a zombie) must not commit what their new owner now decides.
+        let fenced_by_group = if offsets.count() == 0 {
+            let mut owned = TopicPartitionList::new();
+            for e in self.consumer.position()?.elements() {
+                // An unsettled partition's position may be past records dropped unprocessed.
+                if let Offset::Offset(o) = e.offset()
+                    && self.consumer.context().settled(e.partition())
+                {
+                    owned.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?;
+                }
+            }
+            owned
+        } else {
+            offsets.clone()
+        };
+        let committing = Instant::now();
+        stats.process_time = committing - started;
+        self.output.commit(self.consumer, &fenced_by_group)?;
+        stats.commit_time = committing.elapsed();
+        stats.transactions = 1;
+        debug!(
+            records = stats.records,
+            emitted = stats.emitted,
+            ?next,
+            "Batch committed."
+        );
+        Ok((stats, offsets))
+    }
+}
+
+/// Suspends revoked partitions and restores newly assigned ones from the changelog, or
+/// resumes them when no one wrote their changelog since this instance had them (see
+/// [`ChangelogCache::resume`]): eager rebalancing revokes every partition of every member,
+/// and most come straight back.
+fn sync_assignment<P: Processor>(
+    p: &P,
+    rt: &Handle,
+    changes: &kafka::Changes,
+    store: &mut Store<P::Partition>,
+    suspended: &mut Suspended<P::Partition>,
+    cache: &mut ChangelogCache,
+    decoder: &mut Decoder<P::Changelog>,
+) -> anyhow::Result<()> {
+    let changelog = p.spec().changelog;
+    for &partition in &changes.revoked {
+        suspended.revoke(partition, store.remove(&partition), cache);
+    }
+    for &partition in &changes.assigned {
+        if let Some(state) = suspended.resume(partition, cache) {
+            info!(partition, "Resumed as it was revoked.");
+            store.insert(partition, state);
+            continue;
+        }
+        let mut read = Restored::default();
+        let rebuilt = p.rebuild(partition, &mut |f| {
+            read = cache.restore(partition, |payload, offset| {
+                let record =
+                    decode_changelog(rt, decoder, payload).with_context(|| match offset {
+                        Some(o) => {
+                            format!("changelog {changelog}/{partition} offset {o} is unreadable")
+                        }
+                        None => {
+                            format!("the local snapshot of {changelog}/{partition} is unreadable")
+                        }
+                    })?;
+                f(record)
+            })?;
+            Ok(())
+        })?;
+        if rebuilt.orphans > 0 {
+            cache.hold(partition);
+            warn!(
+                partition,
+                orphans = rebuilt.orphans,
+                "Changelog records of an unfinished batch: no local snapshot of this partition until its next restore."
+            );
+        }
+        info!(
+            partition,
+            keys = rebuilt.keys,
+            from_snapshot = read.from_snapshot,
+            from_changelog = read.from_topic,
+            "Restored."
+        );
+        store.insert(partition, rebuilt.state);
+    }
+    if !changes.assigned.is_empty() {
+        suspended.assigned(cache);
+    }
+    Ok(())
+}
+
+/// Decodes a changelog record, learning a writer schema it has not seen from the registry.
+pub fn decode_changelog<C: RecordUnion>(
+    rt: &Handle,
+    decoder: &mut Decoder<C>,
+    payload: &[u8],
+) -> Result<C, DecodeError> {
+    match decoder.decode(payload) {
+        Err(DecodeError::NotCached(_)) => rt.block_on(decoder.decode_learning(payload)),
+        other => other,
+    }
+}
