@@ -21,7 +21,7 @@ use crate::Cluster;
 use crate::kafka::{self, TX_TIMEOUT};
 
 /// Positions per topic and partition.
-pub type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
+pub use crate::view::Positions;
 
 /// The topics each view folds (what its freshness is measured against): the reads of the
 /// pipeline that builds it, from the service registry.
@@ -34,47 +34,19 @@ pub fn views() -> Vec<&'static str> {
     crate::registry::views().collect()
 }
 
-/// The checkpoint stored with `view` under `views_dir`, parsed (`None`: never written). Reads
-/// the Parquet footer only, so polling it is cheap.
-pub fn stored<T: serde::de::DeserializeOwned>(
-    views_dir: &Path,
-    view: &str,
-) -> anyhow::Result<Option<T>> {
-    Ok(match sinks::table::stored_checkpoint(views_dir, view)? {
-        Some(text) if !text.is_empty() => {
-            Some(serde_json::from_str(&text).with_context(|| format!("{view} checkpoint"))?)
-        }
-        _ => None,
-    })
-}
-
 /// The positions stored with `view` under `views_dir` (`None`: the view does not exist yet).
+/// Every view but the audit trail (an append-only log of parts with its own manifest) keeps
+/// them in the one checkpoint format of the view loop.
 pub fn view_positions(views_dir: &Path, view: &str) -> anyhow::Result<Option<Positions>> {
     if !views_dir.join(view).exists() {
         return Ok(None);
     }
-    Ok(match view {
-        v if v == sinks::stock_levels::VIEW => {
-            crate::inventory::views::stock_levels_checkpoint(views_dir)?
-                .map(|c| BTreeMap::from([(crate::topics::inventory::EVENTS.to_owned(), c)]))
-        }
-        // Both saga tables are written together; saga_steps carries the checkpoint.
-        v if v == sinks::sagas::SAGAS || v == sinks::sagas::SAGA_STEPS => {
-            crate::saga::views::checkpoint(views_dir)?
-        }
-        v if v == sinks::ledger::VIEW
-            || v == sinks::products::VIEW
-            || v == sinks::purchasing::VIEW
-            || v == sinks::shipments::VIEW
-            || v == sinks::windows::ORDERS_PER_MINUTE =>
-        {
-            stored(views_dir, v)?
-        }
-        v if v == sinks::audit::VIEW => sinks::audit::AuditTable::open(views_dir)?
+    if view == sinks::audit::VIEW {
+        return Ok(sinks::audit::AuditTable::open(views_dir)?
             .checkpoint()?
-            .map(|c| c.positions),
-        _ => None,
-    })
+            .map(|c| c.positions));
+    }
+    crate::view::checkpoint(views_dir, view)
 }
 
 /// One row of the `views` system table.

@@ -28,6 +28,7 @@ pub mod saga;
 pub mod schemas_cli;
 pub mod state;
 pub mod topics;
+pub mod view;
 pub mod wire;
 
 use std::sync::Arc;

@@ -9,9 +9,8 @@
 //! HTTP API, and `supplystream services`.
 //!
 //! A pipeline's topics are not restated here: a participant's come from its
-//! [`Wiring`](crate::saga::Wiring), a view builder's from its
-//! [`TopicView`](crate::saga::topic_view::TopicView), the constants the loops themselves
-//! run on. Adding a service is one module that implements those, plus one entry in
+//! [`Wiring`](crate::saga::Wiring), a view builder's from its [`View`](crate::view::View)
+//! (or [`TopicView`](crate::view::TopicView)), the constants the loops themselves run on. Adding a service is one module that implements those, plus one entry in
 //! [`SERVICES`].
 
 use processors::saga::{
@@ -22,8 +21,8 @@ use schemas::saga::topics as saga_topics;
 
 use crate::kafka::TopicSpec;
 use crate::saga::Wiring;
-use crate::saga::topic_view::TopicView;
 use crate::topics::{inventory as inv, saga as st};
+use crate::view::{TopicView, View};
 
 /// What a topic is for; it decides how the topic is created and who may write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,11 +116,11 @@ impl Pipeline {
         }
     }
 
-    /// A view builder over one topic, from the constants its loop runs on.
-    pub const fn topic_view<V: TopicView>() -> Self {
+    /// A view builder run by `host`, from the constants the view loop runs it on.
+    pub const fn view<V: View>(host: Host) -> Self {
         Pipeline {
-            name: V::GROUP,
-            host: Host::Saga,
+            name: V::PIPELINE,
+            host,
             reads: V::TOPICS,
             outputs: &[],
             changelog: None,
@@ -129,9 +128,14 @@ impl Pipeline {
                 Some((dlq, _)) => Some(dlq),
                 None => None,
             },
-            views: V::VIEWS,
+            views: V::TABLES,
             rebuild: None,
         }
+    }
+
+    /// A view builder over one topic run by `host`.
+    pub const fn topic_view<V: TopicView>(host: Host) -> Self {
+        Self::view::<crate::view::OneTopic<V>>(host)
     }
 
     /// Every topic it writes.
@@ -202,16 +206,7 @@ pub const SERVICES: &[Service] = &[
                     run: crate::replay::inventory_store,
                 }),
             },
-            Pipeline {
-                name: crate::inventory::views::PIPELINE,
-                host: Host::Inventory,
-                reads: &[inv::EVENTS],
-                outputs: &[],
-                changelog: None,
-                dlq: Some(inv::DLQ),
-                views: &[sinks::stock_levels::VIEW],
-                rebuild: None,
-            },
+            Pipeline::topic_view::<crate::inventory::views::StockLevels>(Host::Inventory),
             Pipeline::participant::<InventorySaga>(),
             // Purchasing's receipts become stock: only inventory writes inventory.commands.
             Pipeline::participant::<processors::inventory::receiving::Receiving>(),
@@ -228,17 +223,8 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Orders>(),
-            Pipeline {
-                name: crate::saga::views::PIPELINE,
-                host: Host::Saga,
-                reads: crate::saga::views::TOPICS,
-                outputs: &[],
-                changelog: None,
-                dlq: None,
-                views: &[sinks::sagas::SAGAS, sinks::sagas::SAGA_STEPS],
-                rebuild: None,
-            },
-            Pipeline::topic_view::<crate::saga::windows::Windows>(),
+            Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::windows::Windows>(Host::Saga),
         ],
     },
     Service {
@@ -262,7 +248,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Shipping>(),
-            Pipeline::topic_view::<crate::saga::shipments::Shipments>(),
+            Pipeline::topic_view::<crate::saga::shipments::Shipments>(Host::Saga),
         ],
     },
     Service {
@@ -285,7 +271,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Billing>(),
-            Pipeline::topic_view::<crate::saga::ledger::Ledger>(),
+            Pipeline::topic_view::<crate::saga::ledger::Ledger>(Host::Saga),
         ],
     },
     Service {
@@ -299,7 +285,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::catalog::Catalog>(),
-            Pipeline::topic_view::<crate::saga::products::Products>(),
+            Pipeline::topic_view::<crate::saga::products::Products>(Host::Saga),
         ],
     },
     Service {
@@ -312,7 +298,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::suppliers::Suppliers>(),
-            Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrders>(),
+            Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrders>(Host::Saga),
         ],
     },
     Service {
@@ -413,6 +399,13 @@ pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
 /// Every view, by name.
 pub fn views() -> impl Iterator<Item = &'static str> {
     pipelines().flat_map(|(_, p)| p.views.iter().copied())
+}
+
+/// The pipeline that materializes `view`.
+pub fn pipeline_of_view(view: &str) -> Option<&'static Pipeline> {
+    pipelines()
+        .map(|(_, p)| p)
+        .find(|p| p.views.contains(&view))
 }
 
 /// The topics `view` is built from (`None`: no such view).

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use processors::inventory::StockLevelsProjection;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -22,7 +21,6 @@ use sinks::SnapshotTable;
 use sinks::stock_levels;
 use tokio::runtime::Handle;
 
-use crate::inventory::views::flush_stock_levels;
 use crate::kafka::{self, TX_TIMEOUT};
 use crate::{Cluster, Stop, wire};
 
@@ -164,7 +162,6 @@ pub fn replay_view(
         );
     }
     let topic = crate::topics::inventory::EVENTS;
-    let consumer: BaseConsumer = kafka::consumer_config(cluster, "supplystream-replay").create()?;
     let probe = kafka::Probe::new(cluster)?;
     let start = resolve(&probe, topic, from)?;
     let end = resolve(&probe, topic, to)?;
@@ -172,70 +169,42 @@ pub fn replay_view(
         .iter()
         .map(|(p, e)| (e - start.get(p).copied().unwrap_or(0)).max(0))
         .sum();
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in &start {
-        if end.get(p).is_some_and(|e| e > o) {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
-        }
-    }
-    consumer.assign(&tpl)?;
     let bar = progress_bar(total.max(0) as u64, &format!("replaying {view}"), progress);
-    let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&cluster.registry));
-    let mut projection = StockLevelsProjection::default();
-    let mut events = 0u64;
-    let stop = Stop::default();
-    let mut done: BTreeMap<i32, bool> = end
-        .iter()
-        .map(|(p, e)| (*p, start.get(p).is_none_or(|s| s >= e)))
-        .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
-    while done.values().any(|d| !d) {
-        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
-            let p = m.partition();
-            if m.offset() >= end[&p] {
-                done.insert(p, true);
-                continue;
-            }
-            let payload = m.payload().unwrap_or_default();
-            let event = wire::decode(rt, &mut decoder, payload, &stop)
-                .with_context(|| format!("{topic}/{p}@{}", m.offset()))?;
-            projection.apply(&event);
-            events += 1;
-        }
-        // Positions step over transaction markers: compare them, not last offsets.
-        for e in consumer.position()?.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                bar.set_position(
-                    start
-                        .iter()
-                        .map(|(p, s)| {
-                            let at = if *p == e.partition() { o } else { *s };
-                            (at.min(end[p]) - s).max(0)
-                        })
-                        .sum::<i64>() as u64,
-                );
-                if o >= end[&e.partition()] {
-                    done.insert(e.partition(), true);
-                }
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("replay of {view} did not reach {end:?} within an hour");
-        }
-    }
+    let bounds = crate::view::Bounds {
+        start: BTreeMap::from([(topic.to_owned(), start.clone())]),
+        end: BTreeMap::from([(topic.to_owned(), end.clone())]),
+    };
+    // The same loop the live view runs on, bounded; into a scratch directory unless `out`.
+    let scratch = views_dir.join(".replay");
+    let settings = crate::view::Settings {
+        cluster: cluster.clone(),
+        instance: "replay".to_owned(),
+        views_dir: out.map_or_else(|| scratch.clone(), Path::to_path_buf),
+        flush: Duration::MAX,
+    };
+    let stock_levels = crate::view::OneTopic::new(
+        crate::inventory::views::StockLevels::default(),
+        Registry::new(&cluster.registry),
+    );
+    let events = crate::view::replay(stock_levels, &settings, rt, &bounds, &mut |at| {
+        let reached: i64 = start
+            .iter()
+            .map(|(p, s)| {
+                let at = at
+                    .get(topic)
+                    .and_then(|ps| ps.get(p))
+                    .copied()
+                    .unwrap_or(*s);
+                (at.min(end[p]) - s).max(0)
+            })
+            .sum();
+        bar.set_position(reached as u64);
+    })?;
     bar.finish_and_clear();
-    // The checkpoint is where the rebuilt table stands: a live view resumes from there.
-    let checkpoint = serde_json::to_string(&end)?;
     let table = match out {
-        Some(out) => {
-            let table = SnapshotTable::open(out, view)?;
-            flush_stock_levels(&table, &projection, &checkpoint)?;
-            table.path()
-        }
+        Some(out) => SnapshotTable::open(out, view)?.path(),
         None => {
-            let scratch = views_dir.join(".replay");
             let table = SnapshotTable::open(&scratch, view)?;
-            flush_stock_levels(&table, &projection, &checkpoint)?;
             let live = SnapshotTable::open(views_dir, view)?;
             std::fs::rename(table.path(), live.path())
                 .with_context(|| format!("swapping the rebuilt {view} in"))?;

@@ -4,47 +4,58 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use arrow::record_batch::RecordBatch;
 use processors::inventory::{Position, ProjectedPosition, StockLevelsProjection};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use schemas::Registry;
-use schemas::codec::{DecodeError, Decoder};
 use schemas::inventory::InventoryEvent;
 use sinks::SnapshotTable;
 use sinks::stock_levels::{self, StockLevel};
 use tokio::runtime::Handle;
-use tracing::{info, info_span, warn};
 
 use super::Options;
-use crate::kafka::{self, Output};
+use crate::Stop;
 use crate::topics::inventory::*;
-use crate::{Guarantee, Stop};
+use crate::view::{OneTopic, TopicView};
 
 /// Positions (next offset to read) per partition of `inventory.events`.
 pub type Checkpoint = BTreeMap<i32, i64>;
 
-/// The pipeline (its name in the service registry, the DLQ header and the transactional
-/// id's stem; its consumer group is `<group>.views`).
+/// The pipeline (its name in the service registry and its consumer group; the DLQ header).
 pub const PIPELINE: &str = "inventory-views";
 
-/// The checkpoint stored in the `stock_levels` table under `views_dir`, if any.
+/// The positions on `inventory.events` stored with the `stock_levels` table under
+/// `views_dir`, if any.
 pub fn stock_levels_checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
-    crate::freshness::stored(views_dir, stock_levels::VIEW)
+    Ok(crate::view::checkpoint(views_dir, stock_levels::VIEW)?
+        .map(|mut c| c.remove(EVENTS).unwrap_or_default()))
 }
 
-/// Runs the view until `stop`, flushing once more on the way out. Blocking.
-pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    let span = info_span!("view", name = stock_levels::VIEW);
-    let _guard = span.enter();
-    let table = SnapshotTable::open(&opts.views_dir, stock_levels::VIEW)?;
-    let mut projection = StockLevelsProjection::default();
-    let mut checkpoint: Checkpoint = BTreeMap::new();
-    if let Some((batches, text)) = table.load()? {
-        for row in stock_levels::from_batches(&batches)? {
+/// The view: its rows are its fold state, so it resumes from its table.
+#[derive(Default)]
+pub(crate) struct StockLevels(StockLevelsProjection);
+
+impl TopicView for StockLevels {
+    type Event = InventoryEvent;
+    const VIEW: &'static str = stock_levels::VIEW;
+    const TOPIC: &'static str = EVENTS;
+    const GROUP: &'static str = PIPELINE;
+    /// The events topic is written by this service: a record that does not decode is a bug,
+    /// kept on the dead-letter topic where it can be seen.
+    const DLQ: Option<(&'static str, &'static str)> = Some((DLQ, PIPELINE));
+    const RESUMES: bool = true;
+
+    fn fold(&mut self, _partition: i32, _offset: i64, event: InventoryEvent) {
+        self.0.apply(&event);
+    }
+
+    fn batch(&self) -> anyhow::Result<RecordBatch> {
+        rows_batch(&self.0)
+    }
+
+    fn resume(&mut self, table: &[RecordBatch]) -> anyhow::Result<()> {
+        let mut projection = StockLevelsProjection::default();
+        for row in stock_levels::from_batches(table)? {
             let position = Position {
                 on_hand: row.on_hand,
                 reserved: row.reserved,
@@ -59,102 +70,29 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
                 },
             );
         }
-        if !text.is_empty() {
-            checkpoint = serde_json::from_str(&text).context("stock_levels checkpoint")?;
-        }
-    }
-    let consumer: BaseConsumer =
-        kafka::consumer_config(&opts.cluster, &format!("{}.views", opts.group)).create()?;
-    let partitions = kafka::partition_count(&consumer, EVENTS)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        let offset = checkpoint
-            .get(&p)
-            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(EVENTS, p, offset)?;
-    }
-    consumer.assign(&tpl)?;
-    // Dead letters of the view are rare (the events topic is written by this service) and
-    // need no transaction.
-    let dlq = Output::new(
-        &crate::Cluster {
-            guarantee: Guarantee::AtLeastOnce,
-            ..opts.cluster.clone()
-        },
-        PIPELINE,
-        &opts.instance,
-    )?;
-    let mut decoder = Decoder::<InventoryEvent>::new(Registry::new(&opts.cluster.registry));
-    info!(resume = ?checkpoint, "View started.");
-
-    let mut dirty = false;
-    let mut last_flush = Instant::now();
-    loop {
-        let stopping = stop.is_stopped();
-        let batch = kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))?;
-        for message in &batch {
-            let payload = message.payload().unwrap_or_default();
-            let decoded = match decoder.decode(payload) {
-                Err(DecodeError::NotCached(_)) => rt.block_on(decoder.decode_learning(payload)),
-                other => other,
-            };
-            match decoded {
-                Ok(event) => projection.apply(&event),
-                Err(e) if e.is_transient() => {
-                    // Registry down: re-read this record later rather than dead-letter it.
-                    warn!(error = %e, "Registry unavailable; rewinding view.");
-                    consumer.seek(
-                        message.topic(),
-                        message.partition(),
-                        Offset::Offset(message.offset()),
-                        kafka::TX_TIMEOUT,
-                    )?;
-                    std::thread::sleep(Duration::from_secs(1));
-                    break;
-                }
-                Err(e) => {
-                    dlq.dead_letter(DLQ, PIPELINE, message, e.kind(), &e.to_string())?;
-                    dlq.commit(&consumer, &TopicPartitionList::new())?;
-                }
-            }
-            dirty = true;
-        }
-        // Positions, not last offsets + 1: they also step over transaction markers, so a
-        // caught-up view's checkpoint equals the topic's high watermarks.
-        let mut moved = false;
-        for e in consumer.position()?.elements() {
-            if let Offset::Offset(o) = e.offset()
-                && checkpoint.insert(e.partition(), o) != Some(o)
-            {
-                moved = true;
-            }
-        }
-        dirty |= moved;
-        if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
-            flush(&table, &projection, &checkpoint)?;
-            dirty = false;
-            last_flush = Instant::now();
-        }
-        if stopping {
-            return Ok(());
-        }
+        self.0 = projection;
+        Ok(())
     }
 }
 
-fn flush(
-    table: &SnapshotTable,
-    projection: &StockLevelsProjection,
-    checkpoint: &Checkpoint,
-) -> anyhow::Result<()> {
-    flush_stock_levels(table, projection, &serde_json::to_string(checkpoint)?)
+/// Runs the view until `stop`, flushing once more on the way out. Blocking.
+pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
+    let settings = crate::view::Settings {
+        cluster: opts.cluster.clone(),
+        instance: opts.instance.clone(),
+        views_dir: opts.views_dir.clone(),
+        flush: opts.view_flush,
+    };
+    let registry = Registry::new(&opts.cluster.registry);
+    crate::view::run(
+        OneTopic::new(StockLevels::default(), registry),
+        &settings,
+        rt,
+        stop,
+    )
 }
 
-/// Writes the projection's rows to `table` with `checkpoint` (replaces the file atomically).
-pub fn flush_stock_levels(
-    table: &SnapshotTable,
-    projection: &StockLevelsProjection,
-    checkpoint: &str,
-) -> anyhow::Result<()> {
+fn rows_batch(projection: &StockLevelsProjection) -> anyhow::Result<RecordBatch> {
     let rows: Vec<StockLevel> = projection
         .rows()
         .map(|(sku, warehouse, r)| StockLevel {
@@ -166,6 +104,15 @@ pub fn flush_stock_levels(
             updated_at: r.updated_at,
         })
         .collect();
-    table.replace(&stock_levels::to_batch(&rows)?, checkpoint)?;
+    Ok(stock_levels::to_batch(&rows)?)
+}
+
+/// Writes the projection's rows to `table` with `checkpoint` (replaces the file atomically).
+pub fn flush_stock_levels(
+    table: &SnapshotTable,
+    projection: &StockLevelsProjection,
+    checkpoint: &str,
+) -> anyhow::Result<()> {
+    table.replace(&rows_batch(projection)?, checkpoint)?;
     Ok(())
 }

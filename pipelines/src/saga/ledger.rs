@@ -11,8 +11,8 @@ use sinks::ledger::{self, LedgerRow};
 use tokio::runtime::Handle;
 
 use super::Options;
-use super::topic_view::{self, TopicView};
 use crate::Stop;
+use crate::view::TopicView;
 
 #[derive(Default)]
 pub(crate) struct Ledger {
@@ -70,5 +70,5 @@ impl TopicView for Ledger {
 
 /// Runs the ledger view until `stop`, flushing once more on the way out. Blocking.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    topic_view::run(Ledger::default(), opts, rt, stop)
+    super::run_topic_view(Ledger::default(), opts, rt, stop)
 }

@@ -12,7 +12,6 @@ pub mod purchasing;
 pub mod rebuild;
 pub mod shipments;
 pub mod simulate;
-pub mod topic_view;
 pub mod views;
 pub mod windows;
 mod wiring;
@@ -109,6 +108,34 @@ pub fn groups() -> Vec<(&'static str, &'static [&'static str])> {
 }
 
 type Handle = JoinHandle<anyhow::Result<()>>;
+
+impl Options {
+    /// How the view loop runs for the views of this host.
+    pub fn view_settings(&self) -> crate::view::Settings {
+        crate::view::Settings {
+            cluster: self.cluster.clone(),
+            instance: self.instance.clone(),
+            views_dir: self.views_dir.clone(),
+            flush: self.view_flush,
+        }
+    }
+}
+
+/// Runs a view of one topic on the view loop until `stop`. Blocking.
+pub(crate) fn run_topic_view<V: crate::view::TopicView>(
+    view: V,
+    opts: &Options,
+    rt: &tokio::runtime::Handle,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    let registry = schemas::Registry::new(&opts.cluster.registry);
+    crate::view::run(
+        crate::view::OneTopic::new(view, registry),
+        &opts.view_settings(),
+        rt,
+        stop,
+    )
+}
 
 /// Participants (and views) running on threads of this process.
 pub struct Running {

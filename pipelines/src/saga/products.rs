@@ -10,8 +10,8 @@ use sinks::products::{self, ProductRow};
 use tokio::runtime::Handle;
 
 use super::Options;
-use super::topic_view::{self, TopicView};
 use crate::Stop;
+use crate::view::TopicView;
 
 /// Each product and when it last changed.
 #[derive(Default)]
@@ -78,5 +78,5 @@ impl TopicView for Products {
 
 /// Runs the products view until `stop`, flushing once more on the way out. Blocking.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    topic_view::run(Products::default(), opts, rt, stop)
+    super::run_topic_view(Products::default(), opts, rt, stop)
 }

@@ -10,8 +10,8 @@ use sinks::purchasing::{self, PurchaseOrderRow};
 use tokio::runtime::Handle;
 
 use super::Options;
-use super::topic_view::{self, TopicView};
 use crate::Stop;
+use crate::view::TopicView;
 
 #[derive(Default)]
 pub(crate) struct PurchaseOrders {
@@ -69,5 +69,5 @@ impl TopicView for PurchaseOrders {
 
 /// Runs the purchase_orders view until `stop`, flushing once more on the way out. Blocking.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    topic_view::run(PurchaseOrders::default(), opts, rt, stop)
+    super::run_topic_view(PurchaseOrders::default(), opts, rt, stop)
 }

@@ -16,9 +16,9 @@ use sinks::shipments::{self, ShipmentRow, status};
 use tokio::runtime::Handle;
 
 use super::Options;
-use super::topic_view::{self, TopicView};
 use crate::Stop;
 use crate::topics::saga::SHIPPING_DLQ;
+use crate::view::TopicView;
 
 #[derive(Default)]
 pub(crate) struct Shipments {
@@ -112,7 +112,7 @@ impl TopicView for Shipments {
 
 /// Runs the shipments view until `stop`, flushing once more on the way out. Blocking.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    topic_view::run(Shipments::default(), opts, rt, stop)
+    super::run_topic_view(Shipments::default(), opts, rt, stop)
 }
 
 #[cfg(test)]

@@ -9,13 +9,9 @@
 //! read, a topic recreated or truncated) they rebuild from the beginning of the topics.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use arrow::record_batch::RecordBatch;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use schemas::Registry;
 use schemas::codec::Decoder;
 use schemas::inventory::InventoryReply;
@@ -25,16 +21,14 @@ use schemas::payments::PaymentReply;
 use schemas::record::RecordUnion;
 use schemas::saga::topics::*;
 use schemas::shipping::ShipmentReply;
-use sinks::SnapshotTable;
 use sinks::sagas::{
     SAGA_STEPS, SAGAS, Saga, SagaStep, sagas_batch, sagas_from_batches, steps_batch,
     steps_from_batches,
 };
 use tokio::runtime::Handle;
-use tracing::{info, info_span, warn};
 
 use super::Options;
-use crate::{Stop, kafka, wire};
+use crate::{Stop, wire};
 
 /// The pipeline (its consumer group).
 pub const PIPELINE: &str = "saga-views";
@@ -47,14 +41,6 @@ pub const TOPICS: &[&str] = &[
     SHIPPING_REPLIES,
     NOTIFICATION_EVENTS,
 ];
-
-/// Positions per topic and partition.
-pub type Checkpoint = crate::freshness::Positions;
-
-/// The checkpoint stored with the `saga_steps` table under `views_dir`, if any.
-pub fn checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
-    crate::freshness::stored(views_dir, SAGA_STEPS)
-}
 
 struct Decoders {
     orders: Decoder<OrderEvent>,
@@ -312,147 +298,71 @@ impl Fold {
     }
 }
 
-/// Runs the saga views until `stop`, flushing once more on the way out. Blocking.
-pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    let span = info_span!("view", name = "sagas");
-    let _guard = span.enter();
-    let sagas = SnapshotTable::open(&opts.views_dir, SAGAS)?;
-    let steps = SnapshotTable::open(&opts.views_dir, SAGA_STEPS)?;
-    let registry = Registry::new(&opts.cluster.registry);
-    let mut decoders = Decoders {
-        orders: Decoder::new(registry.clone()),
-        inventory: Decoder::new(registry.clone()),
-        payments: Decoder::new(registry.clone()),
-        shipping: Decoder::new(registry.clone()),
-        notifications: Decoder::new(registry),
-    };
-    let consumer: BaseConsumer = kafka::consumer_config(&opts.cluster, PIPELINE).create()?;
-    let mut partitions = HashMap::new();
-    for topic in TOPICS {
-        let n = kafka::partition_count(&consumer, topic)? as i32;
-        partitions.insert(*topic, (0..n).collect::<Vec<i32>>());
+/// The two views on the view loop: their fold and the decoders of the five topics.
+pub(crate) struct SagaViews {
+    fold: Fold,
+    decoders: Decoders,
+}
+
+impl crate::view::View for SagaViews {
+    const PIPELINE: &'static str = PIPELINE;
+    const TOPICS: &'static [&'static str] = TOPICS;
+    /// `saga_steps` is written last: its checkpoint says both tables are complete up to it.
+    const TABLES: &'static [&'static str] = &[SAGAS, SAGA_STEPS];
+    const RESUMES: bool = true;
+
+    fn fold(
+        &mut self,
+        rt: &Handle,
+        stop: &Stop,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<(), schemas::DecodeError> {
+        let seen = decode(&mut self.decoders, rt, stop, m)?;
+        self.fold.add(m, seen);
+        Ok(())
     }
-    let resumed = resume(
-        &sagas,
-        &steps,
-        &kafka::Probe::new(&opts.cluster)?,
-        &partitions,
-    )?;
-    let mut tpl = TopicPartitionList::new();
-    for topic in TOPICS {
-        for p in &partitions[topic] {
-            let at = resumed
-                .as_ref()
-                .and_then(|(_, c)| c.get(*topic))
-                .and_then(|c| c.get(p));
-            tpl.add_partition_offset(
-                topic,
-                *p,
-                at.map_or(Offset::Beginning, |o| Offset::Offset(*o)),
-            )?;
-        }
+
+    fn batches(&self) -> anyhow::Result<Vec<RecordBatch>> {
+        Ok(vec![
+            sagas_batch(self.fold.sagas.values())?,
+            steps_batch(&self.fold.steps)?,
+        ])
     }
-    consumer.assign(&tpl)?;
-    let (mut fold, mut checkpoint) = match resumed {
-        Some((fold, checkpoint)) => {
-            info!(
-                sagas = fold.sagas.len(),
-                steps = fold.steps.len(),
-                ?checkpoint,
-                "Saga views started (resuming from their tables)."
-            );
-            (fold, checkpoint)
+
+    /// Takes both tables back if they agree: every saga's step count is its rows in
+    /// `saga_steps`.
+    fn resume(&mut self, tables: &[Vec<RecordBatch>]) -> anyhow::Result<()> {
+        let sagas = sagas_from_batches(&tables[0])?;
+        let steps = steps_from_batches(&tables[1])?;
+        let mut counted: HashMap<&str, i64> = HashMap::new();
+        for s in &steps {
+            *counted.entry(s.saga_id.as_str()).or_default() += 1;
         }
-        None => {
-            info!("Saga views started (rebuilding from the beginning of the topics).");
-            (Fold::default(), Checkpoint::new())
+        let disagree = sagas
+            .iter()
+            .find(|s| counted.remove(s.saga_id.as_str()).unwrap_or(0) != s.steps)
+            .map(|s| s.saga_id.clone())
+            .or_else(|| counted.keys().next().map(|id| id.to_string()));
+        if let Some(saga_id) = disagree {
+            anyhow::bail!("the saga tables disagree on saga {saga_id}'s steps");
         }
-    };
-    let mut dirty = true;
-    let mut last_flush = Instant::now();
-    loop {
-        let stopping = stop.is_stopped();
-        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
-            match decode(&mut decoders, rt, stop, &m) {
-                Ok(seen) => fold.add(&m, seen),
-                Err(e) if e.is_transient() => return Err(e).context("registry unavailable"),
-                // The topics are written by their owners with registered schemas; a record
-                // that does not decode is left out of the views and reported.
-                Err(e) => {
-                    warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "Undecodable saga message skipped by the views.")
-                }
-            }
-            dirty = true;
-        }
-        dirty |= kafka::note_positions(&consumer, &mut checkpoint)?;
-        if dirty && (stopping || last_flush.elapsed() >= opts.view_flush) {
-            let text = serde_json::to_string(&checkpoint)?;
-            sagas.replace(&sagas_batch(fold.sagas.values())?, &text)?;
-            // Written last: its checkpoint says both tables are complete up to it.
-            steps.replace(&steps_batch(&fold.steps)?, &text)?;
-            dirty = false;
-            last_flush = Instant::now();
-        }
-        if stopping {
-            return Ok(());
-        }
+        self.fold = Fold::from_tables(sagas, steps);
+        Ok(())
     }
 }
 
-/// The fold and checkpoint to resume from, if both tables can be read, carry the same
-/// checkpoint (`sagas` is written first: a stop between the two writes leaves them apart),
-/// name only topics the views read, and every position lies within its partition. `None`
-/// rebuilds, saying why.
-fn resume(
-    sagas: &SnapshotTable,
-    steps: &SnapshotTable,
-    probe: &kafka::Probe,
-    partitions: &HashMap<&str, Vec<i32>>,
-) -> anyhow::Result<Option<(Fold, Checkpoint)>> {
-    use super::topic_view::stored_table;
-    let (Some((sagas, at)), Some((steps, checkpoint))) = (stored_table(sagas), stored_table(steps))
-    else {
-        return Ok(None);
+/// Runs the saga views until `stop`, flushing once more on the way out. Blocking.
+pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
+    let registry = Registry::new(&opts.cluster.registry);
+    let views = SagaViews {
+        fold: Fold::default(),
+        decoders: Decoders {
+            orders: Decoder::new(registry.clone()),
+            inventory: Decoder::new(registry.clone()),
+            payments: Decoder::new(registry.clone()),
+            shipping: Decoder::new(registry.clone()),
+            notifications: Decoder::new(registry),
+        },
     };
-    if at != checkpoint {
-        info!("Rebuilding: the two saga tables were written at different positions.");
-        return Ok(None);
-    }
-    for (topic, positions) in &checkpoint {
-        let Some(have) = partitions.get(topic.as_str()) else {
-            info!(
-                topic,
-                "Rebuilding: the checkpoint names a topic the views do not read."
-            );
-            return Ok(None);
-        };
-        if !super::topic_view::positions_hold(probe, topic, positions, have)? {
-            return Ok(None);
-        }
-    }
-    let (sagas, steps) = match (sagas_from_batches(&sagas), steps_from_batches(&steps)) {
-        (Ok(s), Ok(t)) => (s, t),
-        (Err(e), _) | (_, Err(e)) => {
-            warn!(error = %e, "Rebuilding: a saga table cannot be taken back.");
-            return Ok(None);
-        }
-    };
-    // The two tables of one flush: every saga's step count is its rows in saga_steps.
-    let mut counted: HashMap<&str, i64> = HashMap::new();
-    for s in &steps {
-        *counted.entry(s.saga_id.as_str()).or_default() += 1;
-    }
-    let disagree = sagas
-        .iter()
-        .find(|s| counted.remove(s.saga_id.as_str()).unwrap_or(0) != s.steps)
-        .map(|s| s.saga_id.clone())
-        .or_else(|| counted.keys().next().map(|id| id.to_string()));
-    if let Some(saga_id) = disagree {
-        warn!(
-            saga_id,
-            "Rebuilding: the saga tables disagree on a saga's steps."
-        );
-        return Ok(None);
-    }
-    Ok(Some((Fold::from_tables(sagas, steps), checkpoint)))
+    crate::view::run(views, &opts.view_settings(), rt, stop)
 }

@@ -14,8 +14,8 @@ use tokio::runtime::Handle;
 use tracing::info;
 
 use super::Options;
-use super::topic_view::{self, TopicView};
 use crate::Stop;
+use crate::view::TopicView;
 
 /// Width of the windows.
 pub const WIDTH: Duration = Duration::from_secs(60);
@@ -90,5 +90,5 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         ),
         seen: HashSet::new(),
     };
-    topic_view::run(view, opts, rt, stop)
+    super::run_topic_view(view, opts, rt, stop)
 }
