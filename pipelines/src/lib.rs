@@ -2,6 +2,9 @@
 //!
 //! - [`embedded`]: the zero-install mode (librdkafka's in-process mock cluster and the
 //!   in-process schema registry);
+//! - [`runtime`]: the one consume–decide–produce loop of every processor; [`view`]: the one
+//!   loop of every view; [`error`]: what a fault is and what the loops do about it;
+//! - [`registry`]: every service declared once, and everything derived from it;
 //! - [`kafka`]: client configuration, topic provisioning, output with transactions or
 //!   at-least-once delivery, and the dead-letter queue;
 //! - [`inventory`]: the inventory service (consume `inventory.commands` → pure processor →
@@ -13,6 +16,7 @@
 
 pub mod compliance;
 pub mod embedded;
+pub mod error;
 pub mod freshness;
 #[cfg(feature = "query")]
 pub mod http;

@@ -17,8 +17,9 @@
 //! - writes the changelog records of every aggregate a batch changed, and commits outputs,
 //!   changelog and input offsets together: one Kafka transaction under exactly-once,
 //!   flush-then-commit under at-least-once;
-//! - on a failed batch aborts, forgets its in-memory state and rewinds to the committed
-//!   offsets, backing off; stops on a fence or a fatal error.
+//! - on a failed batch decides by the error's [`Domain`](crate::error::Domain): an external
+//!   fault aborts, forgets the in-memory state, rewinds to the committed offsets and backs
+//!   off; a fence or an internal fault stops the loop.
 //!
 //! Every input topic of a processor is keyed by the aggregate's id and has the same partition
 //! count as its changelog, and the consumer uses the range assignor, so partition `p` of every
@@ -38,6 +39,7 @@ use schemas::record::RecordUnion;
 use tokio::runtime::Handle;
 use tracing::{debug, info, info_span, warn};
 
+use crate::error::{self, BadInput, Domain, Retry};
 use crate::kafka::{self, Output};
 use crate::state::{ChangelogCache, Restored, Suspended};
 use crate::{Cluster, Guarantee, Stop, wire};
@@ -75,14 +77,6 @@ pub struct Settings {
     pub state_dir: Option<std::path::PathBuf>,
     /// How often changed state is snapshotted there.
     pub snapshot_every: Duration,
-}
-
-/// Why a decoded record is not handed to the processor: it goes to the dead-letter topic.
-#[derive(Debug)]
-pub struct Reject {
-    /// The `dlq-error-kind` header.
-    pub kind: &'static str,
-    pub reason: String,
 }
 
 /// What handling one record did.
@@ -129,7 +123,7 @@ pub trait Processor {
     }
 
     /// The aggregate `input` (found on `topic`) belongs to, which its record key must equal.
-    fn route<'i>(&self, topic: &str, input: &'i Self::Input) -> Result<&'i str, Reject>;
+    fn route<'i>(&self, topic: &str, input: &'i Self::Input) -> Result<&'i str, BadInput>;
 
     /// Handles one record against its partition's state. Outputs go through `out`; every
     /// aggregate changed is marked with [`Batch::changed`].
@@ -177,11 +171,6 @@ pub trait Processor {
         read: ReadChangelog<'_, Self::Changelog>,
     ) -> anyhow::Result<Rebuilt<Self::Partition>>;
 }
-
-/// An error that rewinding cannot fix: the process must stop.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Fatal(pub String);
 
 /// Counters of one run, for logs, tests and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -381,10 +370,10 @@ pub fn run<P: Processor>(
                 cache.committed(&output.delivered(spec.changelog), false)?;
                 stats.add(&s);
             }
-            Err(e) if kafka::is_fenced(&e) => {
+            Err(e) if error::domain(&e) == Domain::Fenced => {
                 bail!("fenced by a newer instance of {}: {e:#}", spec.name)
             }
-            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+            Err(e) if error::domain(&e).retry() == Retry::Stop => return Err(e),
             Err(e) => {
                 // Nothing of the batch is committed: abort, forget in-memory state, and resume
                 // from the committed offsets and the changelog.

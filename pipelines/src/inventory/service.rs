@@ -23,8 +23,9 @@ use tokio::runtime::Handle;
 
 use super::Options;
 use crate::Stop;
+use crate::error::BadInput;
 use crate::kafka;
-use crate::runtime::{self, Batch, Handled, ReadChangelog, Rebuilt, Reject, Spec, Stats};
+use crate::runtime::{self, Batch, Handled, ReadChangelog, Rebuilt, Spec, Stats};
 use crate::state::{ChangelogCache, Restored};
 use crate::topics::inventory::*;
 
@@ -97,7 +98,7 @@ impl runtime::Processor for Inventory {
         &self.spec
     }
 
-    fn route<'i>(&self, _topic: &str, command: &'i InventoryCommand) -> Result<&'i str, Reject> {
+    fn route<'i>(&self, _topic: &str, command: &'i InventoryCommand) -> Result<&'i str, BadInput> {
         Ok(command.sku())
     }
 

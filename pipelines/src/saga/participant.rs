@@ -17,7 +17,8 @@ use tracing::{debug, debug_span, info};
 
 use super::Options;
 use crate::Stop;
-use crate::runtime::{self, Batch, Fatal, Handled, ReadChangelog, Rebuilt, Reject, Spec, Stats};
+use crate::error::{BadInput, Internal};
+use crate::runtime::{self, Batch, Handled, ReadChangelog, Rebuilt, Spec, Stats};
 use crate::topics::saga_headers;
 
 /// How a participant is wired to Kafka: its name, its topics, its store.
@@ -112,9 +113,9 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         expected_topic(record) == Some(topic)
     }
 
-    fn route<'i>(&self, topic: &str, input: &'i W::Input) -> Result<&'i str, Reject> {
+    fn route<'i>(&self, topic: &str, input: &'i W::Input) -> Result<&'i str, BadInput> {
         if expected_topic(input.record_name()) != Some(topic) {
-            return Err(Reject {
+            return Err(BadInput {
                 kind: "unexpected-record",
                 reason: format!(
                     "{} does not belong on {topic}; it travels on {}",
@@ -224,7 +225,7 @@ impl<W: Wiring> Participant<W> {
             let topic = expected_topic(output.record_name())
                 .filter(|t| W::OUTPUTS.contains(t))
                 .ok_or_else(|| {
-                    Fatal(format!(
+                    Internal(format!(
                         "{} may not publish {}: it travels on {:?}, which {} does not own (it owns {:?})",
                         W::NAME,
                         output.record_name(),

@@ -1,0 +1,104 @@
+//! The runtime's errors: what kind of fault an error is (its [`Domain`]) and what the loop
+//! does about it ([`Retry`]), in the spirit of Arroyo's `arroyo-rpc` errors.
+//!
+//! | domain | examples | what the loop does |
+//! |---|---|---|
+//! | bad input | an undecodable record, a wrong key, an invalid command | dead-letters the record with the reason in its headers, goes on |
+//! | external | the broker or the registry unavailable, a timeout, a transaction the coordinator aborted | aborts the unit of work, rewinds to the committed state, backs off, retries |
+//! | fenced | a newer instance of the same processor took over | stops: this one is a zombie |
+//! | internal | a bug or a wrong deployment (a processor publishing a topic its service does not own) | stops loudly |
+//!
+//! Lower layers return `anyhow::Error`s; [`domain`] classifies them, so a new fault is
+//! external (retried) unless it is known to be something else.
+
+use crate::kafka;
+
+/// What kind of fault an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// The record is wrong, not the system.
+    BadInput,
+    /// Something outside the process failed; it may work again.
+    External,
+    /// Another instance owns this work now.
+    Fenced,
+    /// This process is wrong.
+    Internal,
+}
+
+/// What the loop does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Send the record to the dead-letter topic and go on.
+    DeadLetter,
+    /// Abort, rewind, wait and try the unit of work again.
+    WithBackoff,
+    /// End the loop with the error.
+    Stop,
+}
+
+impl Domain {
+    pub fn retry(self) -> Retry {
+        match self {
+            Domain::BadInput => Retry::DeadLetter,
+            Domain::External => Retry::WithBackoff,
+            Domain::Fenced | Domain::Internal => Retry::Stop,
+        }
+    }
+}
+
+/// A record the runtime cannot act on: it goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct BadInput {
+    /// Its `dlq-error-kind` header (`wrong-key`, `unexpected-record`, `invalid-command`, …).
+    pub kind: &'static str,
+    /// Its `dlq-reason` header: what was wrong, naming the field or record.
+    pub reason: String,
+}
+
+/// A fault of this process (a bug, a wrong deployment): retrying cannot fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Internal(pub String);
+
+/// The domain of an error a unit of work ended with.
+pub fn domain(e: &anyhow::Error) -> Domain {
+    if kafka::is_fenced(e) {
+        Domain::Fenced
+    } else if e.chain().any(|c| c.is::<Internal>()) {
+        Domain::Internal
+    } else if e.chain().any(|c| c.is::<BadInput>()) {
+        Domain::BadInput
+    } else {
+        Domain::External
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn errors_are_classified_by_what_they_carry_and_unknown_ones_are_retried() {
+        let internal = anyhow::Error::new(Internal("publishes a topic it does not own".into()))
+            .context("handling a batch");
+        assert_eq!(domain(&internal), Domain::Internal);
+        assert_eq!(domain(&internal).retry(), Retry::Stop);
+        let bad = anyhow::Error::new(BadInput {
+            kind: "wrong-key",
+            reason: "key differs".into(),
+        });
+        assert_eq!(domain(&bad).retry(), Retry::DeadLetter);
+        let outage: anyhow::Result<()> = Err(std::io::Error::other("connection refused").into());
+        let outage = outage.context("registry").unwrap_err();
+        assert_eq!(domain(&outage), Domain::External);
+        assert_eq!(domain(&outage).retry(), Retry::WithBackoff);
+        let fenced = anyhow::Error::new(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::Fenced,
+        ))
+        .context("committing");
+        assert_eq!(domain(&fenced), Domain::Fenced);
+    }
+}
