@@ -13,10 +13,12 @@
 //! (or [`TopicView`](crate::view::TopicView)), the constants the loops themselves run on. Adding a service is one module that implements those, plus one entry in
 //! [`SERVICES`].
 
-use processors::saga::{
-    billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
-    payments::Payments, shipping::Shipping,
-};
+use processors::billing::Billing;
+use processors::inventory::saga::InventorySaga;
+use processors::notifications::Notifications;
+use processors::orders::Orders;
+use processors::payments::Payments;
+use processors::shipping::Shipping;
 use schemas::saga::topics as saga_topics;
 
 use crate::kafka::TopicSpec;
@@ -206,7 +208,7 @@ pub const SERVICES: &[Service] = &[
                     run: crate::replay::inventory_store,
                 }),
             },
-            Pipeline::topic_view::<crate::inventory::views::StockLevels>(Host::Inventory),
+            Pipeline::topic_view::<crate::inventory::views::StockLevelsView>(Host::Inventory),
             Pipeline::participant::<InventorySaga>(),
             // Purchasing's receipts become stock: only inventory writes inventory.commands.
             Pipeline::participant::<processors::inventory::receiving::Receiving>(),
@@ -224,7 +226,7 @@ pub const SERVICES: &[Service] = &[
         pipelines: &[
             Pipeline::event_sourced::<Orders>(),
             Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga),
-            Pipeline::topic_view::<crate::saga::windows::Windows>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::windows::WindowsView>(Host::Saga),
         ],
     },
     Service {
@@ -248,7 +250,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Shipping>(),
-            Pipeline::topic_view::<crate::saga::shipments::Shipments>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::shipments::ShipmentsView>(Host::Saga),
         ],
     },
     Service {
@@ -271,7 +273,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Billing>(),
-            Pipeline::topic_view::<crate::saga::ledger::Ledger>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::ledger::LedgerView>(Host::Saga),
         ],
     },
     Service {
@@ -285,7 +287,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::catalog::Catalog>(),
-            Pipeline::topic_view::<crate::saga::products::Products>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::products::ProductsView>(Host::Saga),
         ],
     },
     Service {
@@ -298,7 +300,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::suppliers::Suppliers>(),
-            Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrders>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrdersView>(Host::Saga),
         ],
     },
     Service {

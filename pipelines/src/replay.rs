@@ -182,8 +182,8 @@ pub fn replay_view(
         views_dir: out.map_or_else(|| scratch.clone(), Path::to_path_buf),
         flush: Duration::MAX,
     };
-    let stock_levels = crate::view::OneTopic::new(
-        crate::inventory::views::StockLevels::default(),
+    let stock_levels = crate::view::OneTopic::<crate::inventory::views::StockLevelsView>::new(
+        Default::default(),
         Registry::new(&cluster.registry),
     );
     let events = crate::view::replay(stock_levels, &settings, rt, &bounds, &mut |at| {

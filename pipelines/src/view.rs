@@ -19,7 +19,7 @@
 //! - **A registry outage** holds the loop (decoding retries) rather than leaving a record
 //!   out; a stop during one ends the loop with the tables as last written.
 //!
-//! [`TopicView`] is the short form for a view of one topic with one record type.
+//! [`TopicView`] is the short form for a view of one topic: a projection and a table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::record_batch::RecordBatch;
+use processors::{Projection, Source};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -34,6 +35,7 @@ use schemas::Registry;
 use schemas::codec::{DecodeError, Decoder};
 use schemas::record::RecordUnion;
 use sinks::SnapshotTable;
+use sinks::table::Table;
 use tokio::runtime::Handle;
 use tracing::{info, info_span, warn};
 
@@ -99,53 +101,36 @@ pub trait View {
     }
 }
 
-/// A view of one topic and one record type: the loop decodes, the view folds.
+/// A view of one topic: a [`Projection`] from `processors` written to a [`Table`] declared in
+/// `sinks`. The loop decodes, the projection folds, the table converts.
 pub trait TopicView {
     /// What the topic carries.
     type Event: RecordUnion;
-    const VIEW: &'static str;
+    type Projection: Projection<Event = Self::Event>;
+    type Table: Table<Row = <Self::Projection as Projection>::Row>;
     const TOPIC: &'static str;
     /// Its consumer group (see [`View::PIPELINE`]).
     const GROUP: &'static str;
-    /// `TOPIC` and `VIEW` as lists, for the service registry.
-    const TOPICS: &'static [&'static str] = &[Self::TOPIC];
-    const VIEWS: &'static [&'static str] = &[Self::VIEW];
     /// See [`View::DLQ`].
     const DLQ: Option<(&'static str, &'static str)> = None;
-    /// See [`View::RESUMES`].
-    const RESUMES: bool = false;
-    /// See [`View::WANTS_ENDS`].
+    /// Whether the projection is told which partitions are read to their end before each
+    /// write (event-time windows: an idle partition does not hold the watermark back).
     const WANTS_ENDS: bool = false;
-
-    /// The partitions it reads, once assigned.
-    fn assigned(&mut self, _partitions: &[i32]) {}
-
-    /// Folds one event read at `offset` of `partition`.
-    fn fold(&mut self, partition: i32, offset: i64, event: Self::Event);
-
-    /// Before a flush: the positions reached and the topic's ends (fetched only when
-    /// [`TopicView::WANTS_ENDS`]).
-    fn before_flush(&mut self, _positions: &BTreeMap<i32, i64>, _ends: &BTreeMap<i32, i64>) {}
-
-    /// The table as it stands.
-    fn batch(&self) -> anyhow::Result<RecordBatch>;
-
-    /// See [`View::resume`].
-    fn resume(&mut self, _table: &[RecordBatch]) -> anyhow::Result<()> {
-        Ok(())
-    }
+    /// `TOPIC` and the table as lists, for the service registry.
+    const TOPICS: &'static [&'static str] = &[Self::TOPIC];
+    const VIEWS: &'static [&'static str] = &[<Self::Table as Table>::NAME];
 }
 
-/// A [`TopicView`] with its decoder: a [`View`].
+/// A [`TopicView`]'s projection with its decoder: a [`View`].
 pub struct OneTopic<V: TopicView> {
-    pub view: V,
+    pub projection: V::Projection,
     decoder: Decoder<V::Event>,
 }
 
 impl<V: TopicView> OneTopic<V> {
-    pub fn new(view: V, registry: Registry) -> Self {
+    pub fn new(projection: V::Projection, registry: Registry) -> Self {
         OneTopic {
-            view,
+            projection,
             decoder: Decoder::new(registry),
         }
     }
@@ -156,11 +141,11 @@ impl<V: TopicView> View for OneTopic<V> {
     const TOPICS: &'static [&'static str] = V::TOPICS;
     const TABLES: &'static [&'static str] = V::VIEWS;
     const DLQ: Option<(&'static str, &'static str)> = V::DLQ;
-    const RESUMES: bool = V::RESUMES;
+    const RESUMES: bool = <V::Projection as Projection>::RESUMES;
     const WANTS_ENDS: bool = V::WANTS_ENDS;
 
     fn assigned(&mut self, partitions: &BTreeMap<&'static str, Vec<i32>>) {
-        self.view
+        self.projection
             .assigned(partitions.get(V::TOPIC).map_or(&[][..], Vec::as_slice));
     }
 
@@ -171,24 +156,33 @@ impl<V: TopicView> View for OneTopic<V> {
         m: &BorrowedMessage<'_>,
     ) -> Result<(), DecodeError> {
         let event = wire::decode(rt, &mut self.decoder, m.payload().unwrap_or_default(), stop)?;
-        self.view.fold(m.partition(), m.offset(), event);
+        let at = Source {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        self.projection.apply(at, &event);
         Ok(())
     }
 
     fn before_flush(&mut self, positions: &Positions, ends: &Positions) {
-        let none = BTreeMap::new();
-        self.view.before_flush(
-            positions.get(V::TOPIC).unwrap_or(&none),
-            ends.get(V::TOPIC).unwrap_or(&none),
-        );
+        for (p, end) in ends.get(V::TOPIC).into_iter().flatten() {
+            let reached = at(positions, V::TOPIC, *p).unwrap_or(0);
+            self.projection.idle(*p, reached >= *end);
+        }
     }
 
     fn batches(&self) -> anyhow::Result<Vec<RecordBatch>> {
-        Ok(vec![self.view.batch()?])
+        let rows = self.projection.rows();
+        let rows: Vec<&_> = rows.iter().map(|r| r.as_ref()).collect();
+        Ok(vec![V::Table::to_batch(&rows)?])
     }
 
     fn resume(&mut self, tables: &[Vec<RecordBatch>]) -> anyhow::Result<()> {
-        self.view.resume(&tables[0])
+        let rows = V::Table::from_batches(&tables[0])?;
+        self.projection = V::Projection::restore(rows)
+            .ok_or_else(|| anyhow::anyhow!("{} is rebuilt from its topic", V::Table::NAME))?;
+        Ok(())
     }
 }
 

@@ -20,11 +20,15 @@
 //! assert_eq!(stock.position("AMS").available(), 5);
 //! ```
 
+pub mod billing;
 pub mod catalog;
 pub mod inventory;
+pub mod notifications;
+pub mod orders;
+pub mod payments;
 pub mod saga;
+pub mod shipping;
 pub mod suppliers;
-pub mod windows;
 
 /// An event-sourced aggregate: state = fold of its events.
 pub trait Aggregate {
@@ -40,6 +44,46 @@ pub trait Aggregate {
 
     /// Evolves the state by one event. Never fails: events are facts.
     fn apply(&mut self, event: &Self::Event);
+}
+
+/// Where a record was read: what a projection may keep of it (a row's source coordinates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A read model: a fold of one topic's events into the rows of one table. Every view of one
+/// topic implements it; the view loop in `pipelines` feeds it events and writes its rows.
+///
+/// Events can arrive twice (at-least-once delivery, a producer's retry): a projection folds
+/// each once, by its event id or the aggregate version it carries.
+pub trait Projection: Sized {
+    type Event;
+    type Row: Clone;
+
+    /// Whether the rows are the projection's whole state, so that [`Projection::restore`]
+    /// takes it back from its table; `false` (the default): it is rebuilt from its topic.
+    const RESUMES: bool = false;
+
+    /// The partitions of its topic, once known (for per-partition progress, e.g. watermarks).
+    fn assigned(&mut self, _partitions: &[i32]) {}
+
+    /// Folds one event read at `at`.
+    fn apply(&mut self, at: Source<'_>, event: &Self::Event);
+
+    /// Whether `partition` has been read to its end (before every write of the rows).
+    fn idle(&mut self, _partition: i32, _idle: bool) {}
+
+    /// The rows as they stand, borrowed where the projection keeps them.
+    fn rows(&self) -> Vec<std::borrow::Cow<'_, Self::Row>>;
+
+    /// The projection its rows describe; `None` if they are not its whole state (see
+    /// [`Projection::RESUMES`]).
+    fn restore(_rows: Vec<Self::Row>) -> Option<Self> {
+        None
+    }
 }
 
 /// A command that cannot be processed at all; the message names the field.

@@ -14,22 +14,8 @@ use crate::table::{Columns, batch};
 
 pub const VIEW: &str = "ledger";
 
-/// One posting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerRow {
-    pub order_id: String,
-    /// The billing event (record name): PaymentReceived, InvoiceIssued, CreditNoteIssued.
-    pub entry: String,
-    /// The document: invoice or credit note id, or the payment id.
-    pub document: String,
-    pub account: String,
-    pub debit_cents: i64,
-    pub credit_cents: i64,
-    pub occurred_at: i64,
-    pub event_id: String,
-    pub partition: i32,
-    pub offset: i64,
-}
+/// The rows, as the projection in `processors` folds them.
+pub use processors::billing::ledger::LedgerRow;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -51,6 +37,20 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The `ledger` batch, sorted by (order id, partition, offset).
+/// The table's declaration.
+pub struct LedgerTable;
+
+impl crate::table::Table for LedgerTable {
+    type Row = LedgerRow;
+    const NAME: &'static str = VIEW;
+    fn to_batch(rows: &[&LedgerRow]) -> Result<RecordBatch> {
+        to_batch(rows.iter().copied())
+    }
+    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<LedgerRow>> {
+        from_batches(batches)
+    }
+}
+
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a LedgerRow>) -> Result<RecordBatch> {
     let mut r: Vec<&LedgerRow> = rows.into_iter().collect();
     r.sort_by(|a, b| {

@@ -12,16 +12,8 @@ use crate::table::{Columns, batch};
 
 pub const VIEW: &str = "products";
 
-/// One product.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductRow {
-    pub sku: String,
-    pub name: String,
-    pub price_cents: i64,
-    pub discontinued: bool,
-    pub version: i64,
-    pub updated_at: i64,
-}
+/// The rows, as the projection in `processors` folds them.
+pub use processors::catalog::products::ProductRow;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -39,6 +31,20 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The batch, sorted by sku.
+/// The table's declaration.
+pub struct ProductsTable;
+
+impl crate::table::Table for ProductsTable {
+    type Row = ProductRow;
+    const NAME: &'static str = VIEW;
+    fn to_batch(rows: &[&ProductRow]) -> Result<RecordBatch> {
+        to_batch(rows.iter().copied())
+    }
+    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ProductRow>> {
+        from_batches(batches)
+    }
+}
+
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ProductRow>) -> Result<RecordBatch> {
     let mut r: Vec<&ProductRow> = rows.into_iter().collect();
     r.sort_by(|a, b| a.sku.cmp(&b.sku));

@@ -15,20 +15,8 @@ use crate::table::{Columns, batch, value_at};
 
 pub const VIEW: &str = "purchase_orders";
 
-/// One purchase order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PurchaseOrderRow {
-    pub po_id: String,
-    pub sku: String,
-    pub warehouse: String,
-    pub supplier_id: String,
-    pub quantity: i64,
-    /// Event id of the `StockLow` alert (on `inventory.alerts`) that caused it.
-    pub low_stock_event_id: String,
-    pub placed_at: i64,
-    pub expected_at: i64,
-    pub received_at: Option<i64>,
-}
+/// The rows, as the projection in `processors` folds them.
+pub use processors::suppliers::purchase_orders::PurchaseOrderRow;
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -51,6 +39,20 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The `purchase_orders` batch, sorted by (sku, po id).
+/// The table's declaration.
+pub struct PurchaseOrdersTable;
+
+impl crate::table::Table for PurchaseOrdersTable {
+    type Row = PurchaseOrderRow;
+    const NAME: &'static str = VIEW;
+    fn to_batch(rows: &[&PurchaseOrderRow]) -> Result<RecordBatch> {
+        to_batch(rows.iter().copied())
+    }
+    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<PurchaseOrderRow>> {
+        from_batches(batches)
+    }
+}
+
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a PurchaseOrderRow>) -> Result<RecordBatch> {
     let mut r: Vec<&PurchaseOrderRow> = rows.into_iter().collect();
     r.sort_by(|a, b| (&a.sku, &a.po_id).cmp(&(&b.sku, &b.po_id)));

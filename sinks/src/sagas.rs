@@ -19,43 +19,8 @@ use crate::table::{Columns, batch, text_at};
 pub const SAGAS: &str = "sagas";
 pub const SAGA_STEPS: &str = "saga_steps";
 
-/// One row of `sagas`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Saga {
-    pub saga_id: String,
-    pub customer_id: Option<String>,
-    /// Running, Compensating, Confirmed or Cancelled.
-    pub status: String,
-    /// The last message of the saga (record name).
-    pub current_step: String,
-    pub started_at: i64,
-    pub updated_at: i64,
-    /// Why it was cancelled, if it was.
-    pub outcome: Option<String>,
-    pub total_cents: i64,
-    pub steps: i64,
-    /// Compensations that undid something (a shipment, a charge, reservations).
-    pub compensations: i64,
-    /// Compensation requests by the initiator; above 1 the compensation was stuck and retried.
-    pub compensation_attempts: i64,
-}
-
-/// One row of `saga_steps`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SagaStep {
-    pub saga_id: String,
-    /// Position of the step within its saga, as the view saw it.
-    pub seq: i64,
-    pub occurred_at: i64,
-    pub service: String,
-    pub step: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub event_id: String,
-    pub causation_id: Option<String>,
-    pub detail: String,
-}
+/// The rows, as the projection in `processors` folds them.
+pub use processors::orders::sagas::{Saga, SagaStep};
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))

@@ -9,7 +9,6 @@
 //! retried scan counts once, so the rows with their ids are the view's whole fold state and
 //! the view resumes from its table ([`from_batches`]).
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
@@ -24,36 +23,8 @@ use crate::{Error, Result};
 
 pub const VIEW: &str = "shipments";
 
-/// Where a shipment stands.
-pub mod status {
-    /// Picked up; not delivered; its latest scan is not a failed attempt.
-    pub const IN_TRANSIT: &str = "in_transit";
-    /// Its latest scan is a failed delivery attempt.
-    pub const ATTEMPT_FAILED: &str = "attempt_failed";
-    /// Delivered (final, whatever scans arrive later).
-    pub const DELIVERED: &str = "delivered";
-}
-
-/// One shipment, as its carrier reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ShipmentRow {
-    pub shipment_id: String,
-    pub carrier: String,
-    /// One of [`status`].
-    pub status: &'static str,
-    pub picked_up_at: Option<i64>,
-    pub delivered_at: Option<i64>,
-    pub received_by: Option<String>,
-    pub failed_attempts: i64,
-    /// Reason of the latest failed attempt.
-    pub last_failure: Option<String>,
-    pub last_location: String,
-    pub last_scan_at: i64,
-    /// Distinct scans (by event id) folded.
-    pub scans: i64,
-    /// Their event ids (a carrier's retry of a scan is the same scan).
-    pub scan_ids: BTreeSet<String>,
-}
+/// The rows and their statuses, as the projection in `processors` folds them.
+pub use processors::shipping::shipments::{ShipmentRow, status};
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -82,6 +53,20 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The `shipments` batch, sorted by shipment id.
+/// The table's declaration.
+pub struct ShipmentsTable;
+
+impl crate::table::Table for ShipmentsTable {
+    type Row = ShipmentRow;
+    const NAME: &'static str = VIEW;
+    fn to_batch(rows: &[&ShipmentRow]) -> Result<RecordBatch> {
+        to_batch(rows.iter().copied())
+    }
+    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
+        from_batches(batches)
+    }
+}
+
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ShipmentRow>) -> Result<RecordBatch> {
     let mut r: Vec<&ShipmentRow> = rows.into_iter().collect();
     r.sort_by(|a, b| a.shipment_id.cmp(&b.shipment_id));

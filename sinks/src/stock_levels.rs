@@ -15,18 +15,8 @@ use crate::table::{Columns, batch};
 /// Name of the view (and its table).
 pub const VIEW: &str = "stock_levels";
 
-/// One row of `stock_levels`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StockLevel {
-    pub sku: String,
-    pub warehouse: String,
-    pub on_hand: i64,
-    pub reserved: i64,
-    /// Aggregate version of the sku after the last event that changed this row.
-    pub version: i64,
-    /// When the last event that changed this row occurred (ms since epoch, UTC).
-    pub updated_at: i64,
-}
+/// The rows, as the projection in `processors` folds them.
+pub use processors::inventory::StockLevel;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -50,6 +40,20 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Builds the view's batch from rows, sorted by (sku, warehouse).
+/// The table's declaration.
+pub struct StockLevelsTable;
+
+impl crate::table::Table for StockLevelsTable {
+    type Row = StockLevel;
+    const NAME: &'static str = VIEW;
+    fn to_batch(rows: &[&StockLevel]) -> Result<RecordBatch> {
+        to_batch(rows.iter().copied())
+    }
+    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<StockLevel>> {
+        from_batches(batches)
+    }
+}
+
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a StockLevel>) -> Result<RecordBatch> {
     let mut rows: Vec<&StockLevel> = rows.into_iter().collect();
     rows.sort_by(|a, b| (&a.sku, &a.warehouse).cmp(&(&b.sku, &b.warehouse)));

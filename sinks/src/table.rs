@@ -19,6 +19,17 @@ use parquet::file::properties::WriterProperties;
 
 use crate::{Error, Result};
 
+/// A table's declaration: the rows a view writes and their Arrow form, both ways.
+pub trait Table {
+    type Row: Clone;
+    /// The table's (and its view's) name.
+    const NAME: &'static str;
+    /// The batch of `rows`, in the table's order.
+    fn to_batch(rows: &[&Self::Row]) -> Result<RecordBatch>;
+    /// The rows of a stored table (for a view that resumes from it).
+    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<Self::Row>>;
+}
+
 /// Key of the checkpoint in the Parquet key-value metadata.
 pub const CHECKPOINT_KEY: &str = "supplystream.checkpoint";
 const FILE: &str = "part-0.parquet";

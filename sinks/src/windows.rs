@@ -13,18 +13,8 @@ use crate::{Result, table::batch};
 
 pub const ORDERS_PER_MINUTE: &str = "orders_per_minute";
 
-/// One window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowRow {
-    pub window_start: i64,
-    pub window_end: i64,
-    pub orders_placed: i64,
-    pub orders_confirmed: i64,
-    pub orders_cancelled: i64,
-    pub revenue_cents: i64,
-    pub late_events: i64,
-    pub is_final: bool,
-}
+/// The rows, as the projection in `processors` folds them.
+pub use processors::orders::windows::WindowRow;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
@@ -41,6 +31,24 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The batch, in window order.
+/// The table's declaration.
+pub struct OrdersPerMinuteTable;
+
+impl crate::table::Table for OrdersPerMinuteTable {
+    type Row = WindowRow;
+    const NAME: &'static str = ORDERS_PER_MINUTE;
+    fn to_batch(rows: &[&WindowRow]) -> Result<RecordBatch> {
+        to_batch(&rows.iter().map(|r| **r).collect::<Vec<_>>())
+    }
+    /// The windows are rebuilt from their topic (the event ids seen are not in the rows).
+    fn from_batches(_: &[RecordBatch]) -> Result<Vec<WindowRow>> {
+        Err(crate::Error::Layout {
+            view: ORDERS_PER_MINUTE.to_owned(),
+            reason: "its rows are not its whole state: it is rebuilt from its topic".to_owned(),
+        })
+    }
+}
+
 pub fn to_batch(rows: &[WindowRow]) -> Result<RecordBatch> {
     let ts = |f: fn(&WindowRow) -> i64| -> ArrayRef {
         Arc::new(

@@ -1691,9 +1691,7 @@ pub fn stores_rebuild_from_event_logs(
     mut rebuild: impl FnMut(&str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use pipelines::saga::rebuild::{EventSourced, Stores, differences, restore};
-    use processors::saga::{
-        billing::Billing, orders::Orders, payments::Payments, shipping::Shipping,
-    };
+    use processors::{billing::Billing, orders::Orders, payments::Payments, shipping::Shipping};
 
     fn one<W: EventSourced>(
         cluster: &Cluster,

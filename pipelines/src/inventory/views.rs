@@ -5,10 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arrow::record_batch::RecordBatch;
-use processors::inventory::{Position, ProjectedPosition, StockLevelsProjection};
+use processors::inventory::StockLevelsProjection;
 use schemas::Registry;
-use schemas::inventory::InventoryEvent;
 use sinks::SnapshotTable;
 use sinks::stock_levels::{self, StockLevel};
 use tokio::runtime::Handle;
@@ -31,48 +29,19 @@ pub fn stock_levels_checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkp
         .map(|mut c| c.remove(EVENTS).unwrap_or_default()))
 }
 
-/// The view: its rows are its fold state, so it resumes from its table.
-#[derive(Default)]
-pub(crate) struct StockLevels(StockLevelsProjection);
+/// The view's declaration: the [`StockLevelsProjection`] of `inventory.events` (its rows are
+/// its whole state: it resumes from its table).
+pub(crate) struct StockLevelsView;
 
-impl TopicView for StockLevels {
-    type Event = InventoryEvent;
-    const VIEW: &'static str = stock_levels::VIEW;
+impl TopicView for StockLevelsView {
+    type Event = <Self::Projection as processors::Projection>::Event;
+    type Projection = StockLevelsProjection;
+    type Table = stock_levels::StockLevelsTable;
     const TOPIC: &'static str = EVENTS;
     const GROUP: &'static str = PIPELINE;
     /// The events topic is written by this service: a record that does not decode is a bug,
     /// kept on the dead-letter topic where it can be seen.
     const DLQ: Option<(&'static str, &'static str)> = Some((DLQ, PIPELINE));
-    const RESUMES: bool = true;
-
-    fn fold(&mut self, _partition: i32, _offset: i64, event: InventoryEvent) {
-        self.0.apply(&event);
-    }
-
-    fn batch(&self) -> anyhow::Result<RecordBatch> {
-        rows_batch(&self.0)
-    }
-
-    fn resume(&mut self, table: &[RecordBatch]) -> anyhow::Result<()> {
-        let mut projection = StockLevelsProjection::default();
-        for row in stock_levels::from_batches(table)? {
-            let position = Position {
-                on_hand: row.on_hand,
-                reserved: row.reserved,
-            };
-            projection.restore(
-                row.sku,
-                row.warehouse,
-                ProjectedPosition {
-                    position,
-                    version: row.version,
-                    updated_at: row.updated_at,
-                },
-            );
-        }
-        self.0 = projection;
-        Ok(())
-    }
 }
 
 /// Runs the view until `stop`, flushing once more on the way out. Blocking.
@@ -85,26 +54,11 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
     };
     let registry = Registry::new(&opts.cluster.registry);
     crate::view::run(
-        OneTopic::new(StockLevels::default(), registry),
+        OneTopic::<StockLevelsView>::new(StockLevelsProjection::default(), registry),
         &settings,
         rt,
         stop,
     )
-}
-
-fn rows_batch(projection: &StockLevelsProjection) -> anyhow::Result<RecordBatch> {
-    let rows: Vec<StockLevel> = projection
-        .rows()
-        .map(|(sku, warehouse, r)| StockLevel {
-            sku: sku.to_owned(),
-            warehouse: warehouse.to_owned(),
-            on_hand: r.position.on_hand,
-            reserved: r.position.reserved,
-            version: r.version,
-            updated_at: r.updated_at,
-        })
-        .collect();
-    Ok(stock_levels::to_batch(&rows)?)
 }
 
 /// Writes the projection's rows to `table` with `checkpoint` (replaces the file atomically).
@@ -113,6 +67,8 @@ pub fn flush_stock_levels(
     projection: &StockLevelsProjection,
     checkpoint: &str,
 ) -> anyhow::Result<()> {
-    table.replace(&rows_batch(projection)?, checkpoint)?;
+    let rows = processors::Projection::rows(projection);
+    let rows: Vec<&StockLevel> = rows.iter().map(|r| r.as_ref()).collect();
+    table.replace(&stock_levels::to_batch(rows)?, checkpoint)?;
     Ok(())
 }

@@ -20,10 +20,12 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use processors::saga::{
-    billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
-    payments::Payments, shipping::Shipping,
-};
+use processors::billing::Billing;
+use processors::inventory::saga::InventorySaga;
+use processors::notifications::Notifications;
+use processors::orders::Orders;
+use processors::payments::Payments;
+use processors::shipping::Shipping;
 
 use crate::kafka::TopicSpec;
 use crate::{Cluster, Stop};
@@ -123,14 +125,14 @@ impl Options {
 
 /// Runs a view of one topic on the view loop until `stop`. Blocking.
 pub(crate) fn run_topic_view<V: crate::view::TopicView>(
-    view: V,
+    projection: V::Projection,
     opts: &Options,
     rt: &tokio::runtime::Handle,
     stop: &Stop,
 ) -> anyhow::Result<()> {
     let registry = schemas::Registry::new(&opts.cluster.registry);
     crate::view::run(
-        crate::view::OneTopic::new(view, registry),
+        crate::view::OneTopic::<V>::new(projection, registry),
         &opts.view_settings(),
         rt,
         stop,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
-use processors::saga::{orders::Orders, payments::Payments, shipping::Shipping};
+use processors::{orders::Orders, payments::Payments, shipping::Shipping};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use schemas::Registry;
@@ -35,24 +35,24 @@ pub trait EventSourced: Wiring<State: PartialEq> {
 impl EventSourced for Orders {
     const EVENTS: &'static str = schemas::saga::topics::ORDER_EVENTS;
     fn evolve(state: Option<&OrderState>, event: &OrderEvent) -> Option<OrderState> {
-        processors::saga::orders::evolve(state, event)
+        processors::orders::evolve(state, event)
     }
 }
 
 impl EventSourced for Payments {
     const EVENTS: &'static str = schemas::saga::topics::PAYMENT_REPLIES;
     fn evolve(state: Option<&PaymentState>, event: &PaymentReply) -> Option<PaymentState> {
-        Some(processors::saga::payments::evolve(state, event))
+        Some(processors::payments::evolve(state, event))
     }
 }
 
-impl EventSourced for processors::saga::billing::Billing {
+impl EventSourced for processors::billing::Billing {
     const EVENTS: &'static str = schemas::saga::topics::BILLING_EVENTS;
     fn evolve(
         state: Option<&schemas::billing::BillingState>,
         event: &schemas::billing::BillingEvent,
     ) -> Option<schemas::billing::BillingState> {
-        Some(processors::saga::billing::evolve(state, event))
+        Some(processors::billing::evolve(state, event))
     }
 }
 
@@ -79,7 +79,7 @@ impl EventSourced for processors::catalog::Catalog {
 impl EventSourced for Shipping {
     const EVENTS: &'static str = schemas::saga::topics::SHIPPING_REPLIES;
     fn evolve(state: Option<&ShipmentState>, event: &ShipmentReply) -> Option<ShipmentState> {
-        Some(processors::saga::shipping::evolve(state, event))
+        Some(processors::shipping::evolve(state, event))
     }
 }
 

@@ -1,18 +1,9 @@
-//! The shipping service's `shipments` view over `shipping.tracking`, the carriers' events
-//! (external events: outside producers write the topic, through `POST /events/…`). Kept
-//! current by the single-topic view loop; it resumes from its table (each row keeps the event
-//! ids of its scans, the rest of the fold state follows from the row); an undecodable record
+//! The shipping service's `shipments` view: the [`Shipments`](processors::shipping::shipments)
+//! projection of `shipping.tracking`, the carriers' events (external events: outside producers
+//! write the topic, through `POST /events/…`), resumed from its table. An undecodable record
 //! there is dead-lettered to `shipping.dlq`.
-//!
-//! Carriers retry and scan out of order, so the fold is idempotent and order-tolerant: a scan
-//! counts once per event id; delivered is final; otherwise the latest scan (by its own time,
-//! not arrival) says where the parcel is.
-
-use std::collections::BTreeMap;
 
 use schemas::saga::topics::SHIPPING_TRACKING;
-use schemas::shipping::TrackingEvent;
-use sinks::shipments::{self, ShipmentRow, status};
 use tokio::runtime::Handle;
 
 use super::Options;
@@ -20,208 +11,19 @@ use crate::Stop;
 use crate::topics::saga::SHIPPING_DLQ;
 use crate::view::TopicView;
 
-#[derive(Default)]
-pub(crate) struct Shipments {
-    rows: BTreeMap<String, Tracked>,
-}
+/// The view's declaration.
+pub(crate) struct ShipmentsView;
 
-#[derive(Default)]
-struct Tracked {
-    /// The row, with the event ids folded (a carrier's retry of a scan is the same scan).
-    row: ShipmentRow,
-    /// Whether the latest scan by time is a failed attempt (what the status says, until
-    /// the parcel is delivered; after that it no longer matters).
-    latest_failed: bool,
-}
-
-impl Shipments {
-    fn apply(&mut self, e: &TrackingEvent) {
-        let meta = e.metadata();
-        let t = self.rows.entry(e.shipment_id().to_owned()).or_default();
-        if !t.row.scan_ids.insert(meta.event_id.clone()) {
-            return;
-        }
-        let at = meta.occurred_at;
-        let row = &mut t.row;
-        if row.scans == 0 {
-            row.shipment_id = e.shipment_id().to_owned();
-            row.last_scan_at = i64::MIN;
-        }
-        row.scans += 1;
-        if at >= row.last_scan_at {
-            row.last_scan_at = at;
-            row.last_location = e.location().to_owned();
-            row.carrier = e.carrier().to_owned();
-            t.latest_failed = matches!(e, TrackingEvent::DeliveryAttemptFailed(_));
-        }
-        match e {
-            TrackingEvent::ParcelPickedUp(_) => {
-                row.picked_up_at = Some(row.picked_up_at.map_or(at, |p| p.min(at)));
-            }
-            TrackingEvent::DeliveryAttemptFailed(f) => {
-                row.failed_attempts += 1;
-                if at >= row.last_scan_at {
-                    row.last_failure = Some(f.reason.clone());
-                }
-            }
-            TrackingEvent::ParcelDelivered(d) => {
-                if row.delivered_at.is_none() {
-                    row.delivered_at = Some(at);
-                    row.received_by = d.received_by.clone();
-                }
-            }
-        }
-        row.status = if row.delivered_at.is_some() {
-            status::DELIVERED
-        } else if t.latest_failed {
-            status::ATTEMPT_FAILED
-        } else {
-            status::IN_TRANSIT
-        };
-    }
-}
-
-impl TopicView for Shipments {
-    type Event = TrackingEvent;
-    const VIEW: &'static str = shipments::VIEW;
+impl TopicView for ShipmentsView {
+    type Event = <Self::Projection as processors::Projection>::Event;
+    type Projection = processors::shipping::shipments::Shipments;
+    type Table = sinks::shipments::ShipmentsTable;
     const TOPIC: &'static str = SHIPPING_TRACKING;
     const GROUP: &'static str = "shipments-view";
     const DLQ: Option<(&'static str, &'static str)> = Some((SHIPPING_DLQ, "shipping"));
-
-    fn fold(&mut self, _partition: i32, _offset: i64, e: TrackingEvent) {
-        self.apply(&e);
-    }
-
-    fn batch(&self) -> anyhow::Result<arrow::record_batch::RecordBatch> {
-        Ok(shipments::to_batch(self.rows.values().map(|t| &t.row))?)
-    }
-
-    const RESUMES: bool = true;
-
-    fn resume(&mut self, table: &[arrow::record_batch::RecordBatch]) -> anyhow::Result<()> {
-        self.rows = shipments::from_batches(table)?
-            .into_iter()
-            .map(|row| {
-                let latest_failed = row.status == status::ATTEMPT_FAILED;
-                (row.shipment_id.clone(), Tracked { row, latest_failed })
-            })
-            .collect();
-        Ok(())
-    }
 }
 
-/// Runs the shipments view until `stop`, flushing once more on the way out. Blocking.
+/// Runs the view until `stop`, flushing once more on the way out. Blocking.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    super::run_topic_view(Shipments::default(), opts, rt, stop)
-}
-
-#[cfg(test)]
-mod tests {
-    use schemas::Metadata;
-    use schemas::shipping::{DeliveryAttemptFailed, ParcelDelivered, ParcelPickedUp};
-
-    use super::*;
-
-    fn meta(id: &str, at: i64) -> Metadata {
-        Metadata::command(id, "SHP-1", at)
-    }
-    fn picked(id: &str, at: i64) -> TrackingEvent {
-        ParcelPickedUp {
-            metadata: meta(id, at),
-            shipment_id: "SHP-1".into(),
-            carrier: "PostNL".into(),
-            location: "Utrecht".into(),
-        }
-        .into()
-    }
-    fn failed(id: &str, at: i64) -> TrackingEvent {
-        DeliveryAttemptFailed {
-            metadata: meta(id, at),
-            shipment_id: "SHP-1".into(),
-            carrier: "PostNL".into(),
-            location: "Amsterdam".into(),
-            reason: "nobody home".into(),
-        }
-        .into()
-    }
-    fn delivered(id: &str, at: i64) -> TrackingEvent {
-        ParcelDelivered {
-            metadata: meta(id, at),
-            shipment_id: "SHP-1".into(),
-            carrier: "PostNL".into(),
-            location: "Amsterdam".into(),
-            received_by: Some("neighbour".into()),
-        }
-        .into()
-    }
-
-    fn fold(events: &[TrackingEvent]) -> ShipmentRow {
-        let mut v = Shipments::default();
-        for e in events {
-            v.apply(e);
-        }
-        v.rows["SHP-1"].row.clone()
-    }
-
-    #[test]
-    fn a_shipment_is_tracked_to_its_delivery() {
-        let row = fold(&[picked("a", 10), failed("b", 20)]);
-        assert_eq!(row.status, status::ATTEMPT_FAILED);
-        assert_eq!(row.failed_attempts, 1);
-        assert_eq!(row.last_failure.as_deref(), Some("nobody home"));
-        let row = fold(&[picked("a", 10), failed("b", 20), delivered("c", 30)]);
-        assert_eq!(row.status, status::DELIVERED);
-        assert_eq!((row.picked_up_at, row.delivered_at), (Some(10), Some(30)));
-        assert_eq!(row.received_by.as_deref(), Some("neighbour"));
-        assert_eq!((row.scans, row.last_scan_at), (3, 30));
-        let batch = shipments::to_batch([&row]).unwrap();
-        assert_eq!(batch.num_rows(), 1);
-    }
-
-    /// A view resumed from its table at any point of a stream (retries and late scans
-    /// included) ends with the table of one run over the whole stream.
-    #[test]
-    fn a_resumed_view_folds_on_as_one_run_would() {
-        let stream = [
-            picked("a", 10),
-            failed("b", 20),
-            failed("b", 20),
-            picked("a", 10),
-            failed("c", 25),
-            delivered("d", 30),
-            failed("c", 25),
-            picked("e", 5),
-            delivered("d", 30),
-        ];
-        let mut whole = Shipments::default();
-        stream.iter().for_each(|e| whole.apply(e));
-        let want = whole.batch().unwrap();
-        for cut in 0..=stream.len() {
-            let mut first = Shipments::default();
-            stream[..cut].iter().for_each(|e| first.apply(e));
-            let mut resumed = Shipments::default();
-            if cut > 0 {
-                resumed.resume(&[first.batch().unwrap()]).unwrap();
-            }
-            stream[cut..].iter().for_each(|e| resumed.apply(e));
-            assert_eq!(resumed.batch().unwrap(), want, "resumed after {cut} events");
-        }
-    }
-
-    #[test]
-    fn retries_count_once_and_late_scans_do_not_move_it_back() {
-        // The same scan posted twice (a carrier's retry) is one scan.
-        let row = fold(&[picked("a", 10), failed("b", 20), failed("b", 20)]);
-        assert_eq!((row.scans, row.failed_attempts), (2, 1));
-        // Delivered is final; a pick-up scan that arrives after it does not undo it, and the
-        // latest scan by time (not arrival) gives the location.
-        let row = fold(&[delivered("c", 30), picked("a", 10)]);
-        assert_eq!(row.status, status::DELIVERED);
-        assert_eq!(row.picked_up_at, Some(10));
-        assert_eq!(row.last_scan_at, 30);
-        // A failed attempt that arrives after a later pick-up is not the latest scan.
-        let row = fold(&[picked("a", 40), failed("b", 20)]);
-        assert_eq!(row.status, status::IN_TRANSIT);
-        assert_eq!(row.failed_attempts, 1);
-    }
+    super::run_topic_view::<ShipmentsView>(Default::default(), opts, rt, stop)
 }

@@ -1,10 +1,12 @@
 //! Each saga participant wired to its topics and store (database per service: a participant
 //! writes only its service's topics; `participant::apply` refuses anything else).
 
-use processors::saga::{
-    billing::Billing, inventory::InventorySaga, notifications::Notifications, orders::Orders,
-    payments::Payments, shipping::Shipping,
-};
+use processors::billing::Billing;
+use processors::inventory::saga::InventorySaga;
+use processors::notifications::Notifications;
+use processors::orders::Orders;
+use processors::payments::Payments;
+use processors::shipping::Shipping;
 use schemas::Metadata;
 use schemas::billing::{BillingChangelog, BillingEvent, BillingState};
 use schemas::inventory::{InventorySagaChangelog, OrderReservation};

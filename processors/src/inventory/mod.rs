@@ -10,9 +10,10 @@ mod aggregate;
 mod alerts;
 mod projection;
 pub mod receiving;
+pub mod saga;
 #[cfg(test)]
 mod tests;
 
 pub use aggregate::{Effect, Position, SkuInventory, for_each_effect, reservation_changes};
 pub use alerts::LowStock;
-pub use projection::{ProjectedPosition, StockLevelsProjection};
+pub use projection::{ProjectedPosition, StockLevel, StockLevelsProjection};

@@ -4,11 +4,26 @@
 //! quantity it moves, so positions alone are enough to fold, and the projection can be
 //! restored from the rows of its own view.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use schemas::inventory::InventoryEvent;
 
 use super::{Position, aggregate::for_each_effect};
+use crate::{Projection, Source};
+
+/// One row of `stock_levels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockLevel {
+    pub sku: String,
+    pub warehouse: String,
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// Aggregate version of the sku after the last event that changed this row.
+    pub version: i64,
+    /// When the last event that changed this row occurred (ms since epoch, UTC).
+    pub updated_at: i64,
+}
 
 /// One row of the projection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,15 +58,61 @@ impl StockLevelsProjection {
     }
 
     /// Restores one row (from the view's stored table).
-    pub fn restore(&mut self, sku: String, warehouse: String, row: ProjectedPosition) {
+    pub fn restore_row(&mut self, sku: String, warehouse: String, row: ProjectedPosition) {
         self.rows.insert((sku, warehouse), row);
     }
 
-    /// All rows, ordered by (sku, warehouse).
-    pub fn rows(&self) -> impl Iterator<Item = (&str, &str, &ProjectedPosition)> {
+    /// All positions, ordered by (sku, warehouse).
+    pub fn positions(&self) -> impl Iterator<Item = (&str, &str, &ProjectedPosition)> {
         self.rows
             .iter()
             .map(|((s, w), r)| (s.as_str(), w.as_str(), r))
+    }
+}
+
+impl Projection for StockLevelsProjection {
+    type Event = InventoryEvent;
+    type Row = StockLevel;
+    /// Every event carries what it moves: the positions are the whole state.
+    const RESUMES: bool = true;
+
+    fn apply(&mut self, _at: Source<'_>, event: &InventoryEvent) {
+        StockLevelsProjection::apply(self, event);
+    }
+
+    fn rows(&self) -> Vec<Cow<'_, StockLevel>> {
+        self.positions()
+            .map(|(sku, warehouse, r)| {
+                Cow::Owned(StockLevel {
+                    sku: sku.to_owned(),
+                    warehouse: warehouse.to_owned(),
+                    on_hand: r.position.on_hand,
+                    reserved: r.position.reserved,
+                    version: r.version,
+                    updated_at: r.updated_at,
+                })
+            })
+            .collect()
+    }
+
+    fn restore(rows: Vec<StockLevel>) -> Option<Self> {
+        let mut projection = StockLevelsProjection::default();
+        for row in rows {
+            let position = Position {
+                on_hand: row.on_hand,
+                reserved: row.reserved,
+            };
+            projection.restore_row(
+                row.sku,
+                row.warehouse,
+                ProjectedPosition {
+                    position,
+                    version: row.version,
+                    updated_at: row.updated_at,
+                },
+            );
+        }
+        Some(projection)
     }
 }
 
@@ -121,7 +182,7 @@ mod tests {
             }
         }
         let rows: Vec<_> = view
-            .rows()
+            .positions()
             .map(|(s, w, r)| (s.to_owned(), w.to_owned(), r.position))
             .collect();
         let expected: Vec<_> = agg
@@ -136,6 +197,6 @@ mod tests {
                 reserved: 0
             }
         );
-        assert_eq!(view.rows().next().unwrap().2.version, agg.version());
+        assert_eq!(view.positions().next().unwrap().2.version, agg.version());
     }
 }

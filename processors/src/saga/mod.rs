@@ -21,13 +21,6 @@
 //! the whole chain again and still ends. A forward request that arrives after the saga was
 //! compensated is ignored: late replies never resurrect a saga.
 
-pub mod billing;
-pub mod inventory;
-pub mod notifications;
-pub mod orders;
-pub mod payments;
-pub mod shipping;
-
 #[cfg(test)]
 mod tests;
 

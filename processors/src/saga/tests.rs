@@ -12,14 +12,14 @@ use schemas::payments::*;
 use schemas::saga::*;
 use schemas::shipping::*;
 
-use super::inventory::InventorySaga;
-use super::notifications::Notifications;
-use super::orders::{Orders, status};
-use super::payments::Payments;
-use super::shipping::Shipping;
 use super::{Participant, Reaction};
 use crate::Aggregate;
 use crate::inventory::SkuInventory;
+use crate::inventory::saga::InventorySaga;
+use crate::notifications::Notifications;
+use crate::orders::{Orders, status};
+use crate::payments::Payments;
+use crate::shipping::Shipping;
 
 #[derive(Debug, Clone)]
 enum Msg {
@@ -175,7 +175,7 @@ impl Bus {
         let mut orders: HashMap<String, OrderState> = HashMap::new();
         for e in &self.order_events {
             let key = saga_of(e.metadata());
-            if let Some(s) = super::orders::evolve(orders.get(&key), e) {
+            if let Some(s) = crate::orders::evolve(orders.get(&key), e) {
                 orders.insert(key, s);
             }
         }
@@ -186,7 +186,7 @@ impl Bus {
         let mut payments: HashMap<String, PaymentState> = HashMap::new();
         for r in &self.payment_replies {
             let key = saga_of(r.metadata());
-            let s = super::payments::evolve(payments.get(&key), r);
+            let s = crate::payments::evolve(payments.get(&key), r);
             payments.insert(key, s);
         }
         assert_eq!(
@@ -196,7 +196,7 @@ impl Bus {
         let mut shipments: HashMap<String, ShipmentState> = HashMap::new();
         for r in &self.shipment_replies {
             let key = saga_of(r.metadata());
-            let s = super::shipping::evolve(shipments.get(&key), r);
+            let s = crate::shipping::evolve(shipments.get(&key), r);
             shipments.insert(key, s);
         }
         assert_eq!(
@@ -528,7 +528,7 @@ fn a_failed_shipment_refunds_then_releases() {
     assert_eq!(bus.net_charged(), 0);
     assert_eq!(
         bus.payments["O-1"].status,
-        super::payments::status::REFUNDED
+        crate::payments::status::REFUNDED
     );
 }
 

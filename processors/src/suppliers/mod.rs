@@ -8,6 +8,8 @@
 //! alert that caused it (`low_stock_event_id`), and an alert acts at most once: alerts carry
 //! the sku's inventory version, and one at or below the last acted on is spent.
 
+pub mod purchase_orders;
+
 use schemas::common::Metadata;
 use schemas::suppliers::*;
 

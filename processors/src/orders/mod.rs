@@ -1,13 +1,16 @@
 //! The orders service: the order aggregate, which initiates the fulfilment saga, follows its
 //! replies, owns its deadlines and decides its outcome.
 
+pub mod sagas;
+pub mod windows;
+
 use schemas::Metadata;
 use schemas::orders::*;
 use schemas::record::RecordUnion;
 use schemas::saga::OrdersIn;
 
-use super::{Participant, Reaction, caused_by, seen};
 use crate::InvalidCommand;
+use crate::saga::{Participant, Reaction, caused_by, seen};
 
 pub const SERVICE: &str = "orders";
 

@@ -4,6 +4,8 @@
 //! price is positive; a discontinued product's price no longer changes; a command with an
 //! expected version (`metadata.aggregate_version ≥ 0`) must match the product's.
 
+pub mod products;
+
 use schemas::Metadata;
 use schemas::products::*;
 use schemas::record::RecordUnion;

@@ -8,12 +8,14 @@
 //! Event-sourced like payments and shipping: it decides events and its state is their fold
 //! ([`evolve`]), rebuildable from `billing.events` alone.
 
+pub mod ledger;
+
 use schemas::billing::accounts::*;
 use schemas::billing::*;
 use schemas::saga::BillingIn;
 
-use super::{Participant, Reaction, caused_by, saga_of, seen};
 use crate::InvalidCommand;
+use crate::saga::{Participant, Reaction, caused_by, saga_of, seen};
 
 pub const SERVICE: &str = "billing";
 

@@ -1,10 +1,12 @@
 //! The shipping service: creates a shipment for paid orders, cancels it on compensation.
 
+pub mod shipments;
+
 use schemas::saga::ShippingIn;
 use schemas::shipping::*;
 
-use super::{Participant, Reaction, caused_by, saga_of, seen};
 use crate::InvalidCommand;
+use crate::saga::{Participant, Reaction, caused_by, saga_of, seen};
 
 pub const SERVICE: &str = "shipping";
 

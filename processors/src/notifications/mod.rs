@@ -3,8 +3,8 @@
 use schemas::notifications::*;
 use schemas::saga::NotificationsIn;
 
-use super::{Participant, Reaction, caused_by};
 use crate::InvalidCommand;
+use crate::saga::{Participant, Reaction, caused_by};
 
 pub const SERVICE: &str = "notifications";
 

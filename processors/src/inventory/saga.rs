@@ -11,8 +11,8 @@ use schemas::inventory::*;
 use schemas::orders::OrderContext;
 use schemas::saga::{InventorySagaIn, InventorySagaOut};
 
-use super::{Participant, Reaction, caused_by, remember};
 use crate::InvalidCommand;
+use crate::saga::{Participant, Reaction, caused_by, remember};
 
 pub const SERVICE: &str = "inventory";
 

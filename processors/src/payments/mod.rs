@@ -3,8 +3,8 @@
 use schemas::payments::*;
 use schemas::saga::PaymentsIn;
 
-use super::{Participant, Reaction, caused_by, saga_of, seen};
 use crate::InvalidCommand;
+use crate::saga::{Participant, Reaction, caused_by, saga_of, seen};
 
 pub const SERVICE: &str = "payments";
 
