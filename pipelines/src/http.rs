@@ -33,22 +33,26 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use std::collections::BTreeMap;
+
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::Metadata;
 use schemas::Registry;
-use schemas::codec::Encoder;
-use schemas::inventory::*;
-use schemas::orders::*;
-use schemas::products::*;
-use schemas::saga::topics::SHIPPING_TRACKING;
-use schemas::shipping::*;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::Cluster;
 use crate::freshness::{self, Token};
+use crate::ingress::{FieldError, JsonTopic};
 use crate::kafka;
 use crate::ownership::OwnershipMap;
+use crate::registry::{self, Ingress, Kind};
+
+/// A topic open for records over HTTP.
+struct Open {
+    ingress: Ingress,
+    json: Box<dyn JsonTopic>,
+}
 
 /// What the API needs.
 pub struct Api {
@@ -56,10 +60,10 @@ pub struct Api {
     views_dir: PathBuf,
     ownership: OwnershipMap,
     producer: FutureProducer,
-    inventory: Encoder<InventoryCommand>,
-    orders: Encoder<OrderCommand>,
-    catalog: Encoder<CatalogCommand>,
-    tracking: Encoder<TrackingEvent>,
+    /// Every topic that takes records over HTTP (from the service registry), by name.
+    topics: BTreeMap<&'static str, Open>,
+    /// The commands topic of each service that takes commands over HTTP.
+    commands: BTreeMap<&'static str, &'static str>,
     /// Longest a query waits for its token (unless it asks for less).
     pub max_wait: Duration,
 }
@@ -73,14 +77,18 @@ impl Api {
     ) -> anyhow::Result<Self> {
         // Every topic declared external must be one the API can encode, and the other way
         // round: the definitions and the code agree, as for the pipelines.
+        let event_topics: Vec<&str> = registry::ingresses()
+            .filter(|(_, t, _)| t.kind == Kind::External)
+            .map(|(_, t, _)| t.name)
+            .collect();
         for (topic, service) in ownership.external_events() {
             anyhow::ensure!(
-                EVENT_TOPICS.contains(&topic),
+                event_topics.contains(&topic),
                 "{service} declares external events on {topic}, which the HTTP API has no records for (it takes events on {})",
-                EVENT_TOPICS.join(", ")
+                event_topics.join(", ")
             );
         }
-        for topic in EVENT_TOPICS {
+        for topic in &event_topics {
             anyhow::ensure!(
                 ownership.external_events().any(|(t, _)| t == *topic),
                 "the HTTP API takes events on {topic}, which no pipeline definition declares external_events"
@@ -90,11 +98,18 @@ impl Api {
         let producer: FutureProducer = kafka::producer_config(&cluster)
             .set("linger.ms", "0")
             .create()?;
+        let mut topics = BTreeMap::new();
+        let mut commands = BTreeMap::new();
+        for (service, topic, ingress) in registry::ingresses() {
+            let json = (ingress.open)(&registry, topic.name).await?;
+            topics.insert(topic.name, Open { ingress, json });
+            if topic.kind == Kind::Commands {
+                commands.insert(service, topic.name);
+            }
+        }
         Ok(Api {
-            inventory: Encoder::register(&registry, crate::topics::inventory::COMMANDS).await?,
-            orders: Encoder::register(&registry, schemas::saga::topics::ORDER_COMMANDS).await?,
-            catalog: Encoder::register(&registry, schemas::saga::topics::CATALOG_COMMANDS).await?,
-            tracking: Encoder::register(&registry, SHIPPING_TRACKING).await?,
+            topics,
+            commands,
             cluster,
             views_dir,
             ownership,
@@ -149,11 +164,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(body)
-        .map_err(|e| ApiError::bad_field(e.path().to_string(), e.inner()))
-}
-
 /// The topic, key and encoded bytes of one command.
 struct Encoded {
     topic: &'static str,
@@ -161,26 +171,38 @@ struct Encoded {
     payload: Vec<u8>,
 }
 
-/// Parses `$body` as the record named `$name` (one of `[$record]`), makes it a `$union`,
-/// checks its key (`$key`) and encodes it for `$topic`; another name is `$unknown(names)`.
-macro_rules! encode_record {
-    ($name:expr, $body:expr, $encoder:expr, $topic:expr, $union:ident, $key:ident,
-     [$($record:ident),+], $unknown:expr) => {
-        match $name {
-            $(stringify!($record) => {
-                let r: $union = parse::<$record>($body)?.into();
-                let key = r.$key().to_owned();
-                if key.is_empty() {
-                    return Err(ApiError::bad_field(stringify!($key).into(), "must not be empty"));
-                }
-                let payload = $encoder
-                    .encode(&r)
-                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-                Ok(Encoded { topic: $topic, key, payload })
-            })+
-            _ => Err(($unknown)([$(stringify!($record)),+].join(", "))),
-        }
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::bad_field(e.field, e.message)
+    }
+}
+
+/// Encodes `body` as record `record` of `topic`, keyed by the field its ingress names; a
+/// record the topic does not carry is `unknown(names)`.
+fn encode_record(
+    open: &Open,
+    topic: &'static str,
+    record: &str,
+    body: Value,
+    unknown: impl FnOnce(String) -> ApiError,
+) -> Result<Encoded, ApiError> {
+    let key_field = open.ingress.key;
+    let key = body
+        .get(key_field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(payload) = open.json.encode(record, body)? else {
+        return Err(unknown(open.json.records().join(", ")));
     };
+    if key.is_empty() {
+        return Err(ApiError::bad_field(key_field.into(), "must not be empty"));
+    }
+    Ok(Encoded {
+        topic,
+        key,
+        payload,
+    })
 }
 
 fn encode_command(
@@ -189,58 +211,26 @@ fn encode_command(
     command: &str,
     body: Value,
 ) -> Result<Encoded, ApiError> {
-    match service {
-        "inventory" => encode_record!(
-            command,
-            body,
-            api.inventory,
-            crate::topics::inventory::COMMANDS,
-            InventoryCommand,
-            sku,
-            [
-                ReceiveStock,
-                ReserveStock,
-                ReleaseReservation,
-                AdjustStock,
-                TransferStock,
-                AuditStock
-            ],
-            |names: String| ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("{service} has no command {command:?} (commands: {names})"),
-            )
-        ),
-        "orders" => encode_record!(
-            command,
-            body,
-            api.orders,
-            schemas::saga::topics::ORDER_COMMANDS,
-            OrderCommand,
-            order_id,
-            [PlaceOrder, CancelOrder],
-            |names: String| ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("{service} has no command {command:?} (commands: {names})"),
-            )
-        ),
-        "catalog" => encode_record!(
-            command,
-            body,
-            api.catalog,
-            schemas::saga::topics::CATALOG_COMMANDS,
-            CatalogCommand,
-            sku,
-            [CreateProduct, ChangePrice, DiscontinueProduct],
-            |names: String| ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("{service} has no command {command:?} (commands: {names})"),
-            )
-        ),
-        _ => Err(ApiError::new(
+    let Some((topic, open)) = api
+        .commands
+        .get(service)
+        .map(|topic| (*topic, &api.topics[topic]))
+    else {
+        let services: Vec<&str> = api.commands.keys().copied().collect();
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no service {service:?} takes commands over HTTP (inventory, orders, catalog)"),
-        )),
-    }
+            format!(
+                "no service {service:?} takes commands over HTTP ({})",
+                services.join(", ")
+            ),
+        ));
+    };
+    encode_record(open, topic, command, body, |names| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{service} has no command {command:?} (commands: {names})"),
+        )
+    })
 }
 
 /// Fills in `metadata` when the caller did not send it.
@@ -305,11 +295,10 @@ async fn command(
             "the body must be JSON (Content-Type: application/json)",
         ));
     };
-    let key_field = if service == "orders" {
-        "order_id"
-    } else {
-        "sku"
-    };
+    let key_field = api
+        .commands
+        .get(service.as_str())
+        .map_or("", |topic| api.topics[topic].ingress.key);
     let (body, command_id) = with_metadata(body, key_field)?;
     let encoded = encode_command(&api, &service, &command, body)?;
     let mut answer = write(&api, &encoded).await?;
@@ -348,37 +337,19 @@ async fn write(api: &Api, encoded: &Encoded) -> Result<Value, ApiError> {
     }))
 }
 
-/// The topics that take events from outside producers, each with the records it carries.
-pub const EVENT_TOPICS: &[&str] = &[SHIPPING_TRACKING];
-
 fn encode_event(api: &Api, topic: &str, record: &str, body: Value) -> Result<Encoded, ApiError> {
-    match topic {
-        SHIPPING_TRACKING => encode_record!(
-            record,
-            body,
-            api.tracking,
-            SHIPPING_TRACKING,
-            TrackingEvent,
-            shipment_id,
-            [ParcelPickedUp, DeliveryAttemptFailed, ParcelDelivered],
-            |names: String| ApiError::bad_field(
-                "record".into(),
-                format!("{topic} carries no record {record:?} (records: {names})"),
-            )
-        ),
-        _ => Err(ApiError::new(
+    let Some((&name, open)) = api.topics.get_key_value(topic) else {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("the API has no records for {topic}"),
-        )),
-    }
-}
-
-/// The key field of each event topic (the aggregate its events are about).
-fn event_key(topic: &str) -> &'static str {
-    match topic {
-        SHIPPING_TRACKING => "shipment_id",
-        _ => "",
-    }
+        ));
+    };
+    encode_record(open, name, record, body, |names| {
+        ApiError::bad_field(
+            "record".into(),
+            format!("{topic} carries no record {record:?} (records: {names})"),
+        )
+    })
 }
 
 /// Takes `record` out of an event's body and fills in its metadata when the caller did not
@@ -467,7 +438,8 @@ async fn event(
             "the body must be JSON (Content-Type: application/json)",
         ));
     };
-    let (body, record, event_id) = event_metadata(body, event_key(&topic))?;
+    let key_field = api.topics.get(topic.as_str()).map_or("", |o| o.ingress.key);
+    let (body, record, event_id) = event_metadata(body, key_field)?;
     let encoded = encode_event(&api, &topic, &record, body)?;
     let mut answer = write(&api, &encoded).await?;
     answer["event_id"] = json!(event_id);
@@ -680,6 +652,16 @@ pub async fn serve(api: Api, listener: tokio::net::TcpListener) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::inventory::InventoryCommand;
+    use schemas::orders::OrderCommand;
+    use schemas::shipping::TrackingEvent;
+
+    fn parse<U: schemas::record::RecordUnion>(
+        record: &str,
+        body: Value,
+    ) -> Result<Option<U>, ApiError> {
+        Ok(crate::ingress::parse::<U>(record, body)?)
+    }
 
     #[test]
     fn the_views_a_query_reads_are_found_by_name() {
@@ -704,7 +686,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!((record.as_str(), id.as_str()), ("ParcelPickedUp", "scan-9"));
-        let e = parse::<ParcelPickedUp>(body).unwrap();
+        let Some(TrackingEvent::ParcelPickedUp(e)) =
+            parse::<TrackingEvent>("ParcelPickedUp", body).unwrap()
+        else {
+            panic!("a pick-up")
+        };
         assert_eq!(e.metadata.event_id, "scan-9");
         assert_eq!(e.metadata.aggregate_id, "SHP-1");
         assert_eq!(e.metadata.occurred_at, 1234);
@@ -741,19 +727,25 @@ mod tests {
 
     #[test]
     fn a_bad_field_is_named() {
-        let e = parse::<ReceiveStock>(json!({
-            "metadata": serde_json::to_value(Metadata::command("c", "S", 0)).unwrap(),
-            "sku": "S", "warehouse": "AMS", "quantity": "many"
-        }))
+        let e = parse::<InventoryCommand>(
+            "ReceiveStock",
+            json!({
+                "metadata": serde_json::to_value(Metadata::command("c", "S", 0)).unwrap(),
+                "sku": "S", "warehouse": "AMS", "quantity": "many"
+            }),
+        )
         .unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.body["field"], "quantity");
-        let e = parse::<PlaceOrder>(json!({
-            "metadata": serde_json::to_value(Metadata::command("c", "O", 0)).unwrap(),
-            "order_id": "O", "customer_id": "C", "payment_method": "visa",
-            "ship_to_country": "NL", "ship_to_postcode": "1",
-            "lines": [{"sku": "S", "warehouse": "AMS", "quantity": 1}]
-        }))
+        let e = parse::<OrderCommand>(
+            "PlaceOrder",
+            json!({
+                "metadata": serde_json::to_value(Metadata::command("c", "O", 0)).unwrap(),
+                "order_id": "O", "customer_id": "C", "payment_method": "visa",
+                "ship_to_country": "NL", "ship_to_postcode": "1",
+                "lines": [{"sku": "S", "warehouse": "AMS", "quantity": 1}]
+            }),
+        )
         .unwrap_err();
         assert_eq!(e.body["field"], "lines[0]", "{:?}", e.body);
         assert!(

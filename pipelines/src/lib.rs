@@ -20,6 +20,8 @@ pub mod error;
 pub mod freshness;
 #[cfg(feature = "query")]
 pub mod http;
+#[cfg(feature = "query")]
+pub mod ingress;
 pub mod inventory;
 pub mod kafka;
 pub mod load;

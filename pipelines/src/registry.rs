@@ -49,7 +49,28 @@ pub enum Kind {
 pub struct Topic {
     pub name: &'static str,
     pub kind: Kind,
+    /// Whether it takes records over HTTP (commands, external events), and how.
+    pub ingress: Option<Ingress>,
 }
+
+/// How a topic takes records over HTTP: commands of its service
+/// (`POST /commands/<service>/<Command>`) or external events (`POST /events/<topic>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Ingress {
+    /// The field naming the aggregate: the record's key, and its metadata's aggregate id.
+    pub key: &'static str,
+    /// Opens the topic's JSON encoder (its record union, registered).
+    #[cfg(feature = "query")]
+    pub open: crate::ingress::Open,
+}
+
+impl PartialEq for Ingress {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Ingress {}
 
 /// The process a pipeline runs in (`supplystream run <host>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +194,29 @@ impl Service {
 }
 
 const fn topic(name: &'static str, kind: Kind) -> Topic {
-    Topic { name, kind }
+    Topic {
+        name,
+        kind,
+        ingress: None,
+    }
+}
+
+/// A topic that takes records of union `U` over HTTP, keyed by field `key`.
+#[cfg_attr(not(feature = "query"), allow(clippy::extra_unused_type_parameters))]
+const fn ingress<U: schemas::record::RecordUnion>(
+    name: &'static str,
+    kind: Kind,
+    key: &'static str,
+) -> Topic {
+    Topic {
+        name,
+        kind,
+        ingress: Some(Ingress {
+            key,
+            #[cfg(feature = "query")]
+            open: crate::ingress::open::<U>,
+        }),
+    }
 }
 
 use Kind::*;
@@ -184,7 +227,7 @@ pub const SERVICES: &[Service] = &[
         name: "inventory",
         description: "Stock per (sku, warehouse), reservations, low-stock alerts; saga participant (reserve / release); books purchase-order receipts",
         topics: &[
-            topic(inv::COMMANDS, Commands),
+            ingress::<schemas::inventory::InventoryCommand>(inv::COMMANDS, Commands, "sku"),
             topic(inv::EVENTS, Events),
             topic(inv::REPLIES, Events),
             topic(inv::RESERVATIONS, Internal),
@@ -218,7 +261,11 @@ pub const SERVICES: &[Service] = &[
         name: "orders",
         description: "Order aggregates; initiator of the fulfilment saga (owns its deadlines)",
         topics: &[
-            topic(saga_topics::ORDER_COMMANDS, Commands),
+            ingress::<schemas::orders::OrderCommand>(
+                saga_topics::ORDER_COMMANDS,
+                Commands,
+                "order_id",
+            ),
             topic(saga_topics::ORDER_EVENTS, Events),
             topic(st::ORDERS_CHANGELOG, Changelog),
             topic(st::ORDERS_DLQ, Dlq),
@@ -246,7 +293,11 @@ pub const SERVICES: &[Service] = &[
             topic(saga_topics::SHIPPING_REPLIES, Events),
             topic(st::SHIPPING_CHANGELOG, Changelog),
             topic(st::SHIPPING_DLQ, Dlq),
-            topic(saga_topics::SHIPPING_TRACKING, External),
+            ingress::<schemas::shipping::TrackingEvent>(
+                saga_topics::SHIPPING_TRACKING,
+                External,
+                "shipment_id",
+            ),
         ],
         pipelines: &[
             Pipeline::event_sourced::<Shipping>(),
@@ -280,7 +331,11 @@ pub const SERVICES: &[Service] = &[
         name: "catalog",
         description: "Products, prices and discontinuation: reference data for the others",
         topics: &[
-            topic(saga_topics::CATALOG_COMMANDS, Commands),
+            ingress::<schemas::products::CatalogCommand>(
+                saga_topics::CATALOG_COMMANDS,
+                Commands,
+                "sku",
+            ),
             topic(saga_topics::CATALOG_EVENTS, Events),
             topic(st::CATALOG_CHANGELOG, Changelog),
             topic(st::CATALOG_DLQ, Dlq),
@@ -423,6 +478,11 @@ pub fn audited() -> impl Iterator<Item = (&'static str, &'static str)> {
     owned_topics()
         .filter(|(_, t)| matches!(t.kind, Events | External))
         .map(|(s, t)| (t.name, s.name))
+}
+
+/// Every topic that takes records over HTTP, with its owner.
+pub fn ingresses() -> impl Iterator<Item = (&'static str, &'static Topic, Ingress)> {
+    owned_topics().filter_map(|(s, t)| t.ingress.map(|i| (s.name, t, i)))
 }
 
 /// Every external-event topic (`POST /events/<topic>`), with its owner.

@@ -70,6 +70,15 @@ pub trait RecordUnion: Sized + Send + Sync + 'static {
     fn read(index: usize, reader: &GenericDatumReader<'_>, bytes: &mut &[u8]) -> AvroResult<Self>;
     /// Builds variant `index` from a value already resolved to our schema.
     fn from_resolved(index: usize, value: Value) -> AvroResult<Self>;
+    /// Short names of the records (the Rust type, e.g. `ReceiveStock`), as an API names
+    /// them, in variant order.
+    fn short_names() -> &'static [&'static str];
+    /// Deserializes the record whose short name is `name` from `d` (any serde format, e.g.
+    /// JSON); `None`: the union has no such record.
+    fn deserialize_named<'de, D: serde::Deserializer<'de>>(
+        name: &str,
+        d: D,
+    ) -> Option<Result<Self, D::Error>>;
 
     /// Full name of this value's record type.
     fn record_name(&self) -> &'static str {
@@ -125,6 +134,16 @@ macro_rules! record_union {
                 let mut i = 0usize;
                 $(if index == i { return apache_avro::from_value::<$variant>(&value).map($union::$variant); } i += 1;)+
                 unreachable!("variant {index} of {i}")
+            }
+            fn short_names() -> &'static [&'static str] {
+                &[$(stringify!($variant)),+]
+            }
+            fn deserialize_named<'de, D: serde::Deserializer<'de>>(name: &str, d: D)
+                -> Option<Result<Self, D::Error>> {
+                $(if name == stringify!($variant) {
+                    return Some(<$variant as serde::Deserialize>::deserialize(d).map($union::$variant));
+                })+
+                None
             }
         }
     };
