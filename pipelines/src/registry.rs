@@ -273,7 +273,7 @@ pub const SERVICES: &[Service] = &[
         pipelines: &[
             Pipeline::event_sourced::<Orders>(),
             Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga),
-            Pipeline::topic_view::<crate::saga::windows::WindowsView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::WindowsView>(Host::Saga),
         ],
     },
     Service {
@@ -301,7 +301,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Shipping>(),
-            Pipeline::topic_view::<crate::saga::shipments::ShipmentsView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::ShipmentsView>(Host::Saga),
         ],
     },
     Service {
@@ -324,7 +324,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Billing>(),
-            Pipeline::topic_view::<crate::saga::ledger::LedgerView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::LedgerView>(Host::Saga),
         ],
     },
     Service {
@@ -342,7 +342,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::catalog::Catalog>(),
-            Pipeline::topic_view::<crate::saga::products::ProductsView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::ProductsView>(Host::Saga),
         ],
     },
     Service {
@@ -355,7 +355,7 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::suppliers::Suppliers>(),
-            Pipeline::topic_view::<crate::saga::purchasing::PurchaseOrdersView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::PurchaseOrdersView>(Host::Saga),
         ],
     },
     Service {

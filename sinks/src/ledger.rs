@@ -36,21 +36,9 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+crate::table!(LedgerTable, LedgerRow, VIEW);
+
 /// The `ledger` batch, sorted by (order id, partition, offset).
-/// The table's declaration.
-pub struct LedgerTable;
-
-impl crate::table::Table for LedgerTable {
-    type Row = LedgerRow;
-    const NAME: &'static str = VIEW;
-    fn to_batch(rows: &[&LedgerRow]) -> Result<RecordBatch> {
-        to_batch(rows.iter().copied())
-    }
-    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<LedgerRow>> {
-        from_batches(batches)
-    }
-}
-
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a LedgerRow>) -> Result<RecordBatch> {
     let mut r: Vec<&LedgerRow> = rows.into_iter().collect();
     r.sort_by(|a, b| {

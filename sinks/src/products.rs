@@ -30,21 +30,9 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+crate::table!(ProductsTable, ProductRow, VIEW);
+
 /// The batch, sorted by sku.
-/// The table's declaration.
-pub struct ProductsTable;
-
-impl crate::table::Table for ProductsTable {
-    type Row = ProductRow;
-    const NAME: &'static str = VIEW;
-    fn to_batch(rows: &[&ProductRow]) -> Result<RecordBatch> {
-        to_batch(rows.iter().copied())
-    }
-    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ProductRow>> {
-        from_batches(batches)
-    }
-}
-
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ProductRow>) -> Result<RecordBatch> {
     let mut r: Vec<&ProductRow> = rows.into_iter().collect();
     r.sort_by(|a, b| a.sku.cmp(&b.sku));

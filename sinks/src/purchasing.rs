@@ -38,21 +38,9 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+crate::table!(PurchaseOrdersTable, PurchaseOrderRow, VIEW);
+
 /// The `purchase_orders` batch, sorted by (sku, po id).
-/// The table's declaration.
-pub struct PurchaseOrdersTable;
-
-impl crate::table::Table for PurchaseOrdersTable {
-    type Row = PurchaseOrderRow;
-    const NAME: &'static str = VIEW;
-    fn to_batch(rows: &[&PurchaseOrderRow]) -> Result<RecordBatch> {
-        to_batch(rows.iter().copied())
-    }
-    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<PurchaseOrderRow>> {
-        from_batches(batches)
-    }
-}
-
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a PurchaseOrderRow>) -> Result<RecordBatch> {
     let mut r: Vec<&PurchaseOrderRow> = rows.into_iter().collect();
     r.sort_by(|a, b| (&a.sku, &a.po_id).cmp(&(&b.sku, &b.po_id)));

@@ -52,21 +52,9 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+crate::table!(ShipmentsTable, ShipmentRow, VIEW);
+
 /// The `shipments` batch, sorted by shipment id.
-/// The table's declaration.
-pub struct ShipmentsTable;
-
-impl crate::table::Table for ShipmentsTable {
-    type Row = ShipmentRow;
-    const NAME: &'static str = VIEW;
-    fn to_batch(rows: &[&ShipmentRow]) -> Result<RecordBatch> {
-        to_batch(rows.iter().copied())
-    }
-    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
-        from_batches(batches)
-    }
-}
-
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a ShipmentRow>) -> Result<RecordBatch> {
     let mut r: Vec<&ShipmentRow> = rows.into_iter().collect();
     r.sort_by(|a, b| a.shipment_id.cmp(&b.shipment_id));

@@ -39,21 +39,9 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+crate::table!(StockLevelsTable, StockLevel, VIEW);
+
 /// Builds the view's batch from rows, sorted by (sku, warehouse).
-/// The table's declaration.
-pub struct StockLevelsTable;
-
-impl crate::table::Table for StockLevelsTable {
-    type Row = StockLevel;
-    const NAME: &'static str = VIEW;
-    fn to_batch(rows: &[&StockLevel]) -> Result<RecordBatch> {
-        to_batch(rows.iter().copied())
-    }
-    fn from_batches(batches: &[RecordBatch]) -> Result<Vec<StockLevel>> {
-        from_batches(batches)
-    }
-}
-
 pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a StockLevel>) -> Result<RecordBatch> {
     let mut rows: Vec<&StockLevel> = rows.into_iter().collect();
     rows.sort_by(|a, b| (&a.sku, &a.warehouse).cmp(&(&b.sku, &b.warehouse)));

@@ -30,6 +30,29 @@ pub trait Table {
     fn from_batches(batches: &[RecordBatch]) -> Result<Vec<Self::Row>>;
 }
 
+/// Declares `$table` as the [`Table`] of rows `$row` named `$name`, over the module's
+/// `to_batch` and `from_batches`.
+#[macro_export]
+macro_rules! table {
+    ($table:ident, $row:ty, $name:expr) => {
+        /// The table's declaration.
+        pub struct $table;
+
+        impl $crate::table::Table for $table {
+            type Row = $row;
+            const NAME: &'static str = $name;
+            fn to_batch(rows: &[&$row]) -> $crate::Result<arrow::record_batch::RecordBatch> {
+                to_batch(rows.iter().copied())
+            }
+            fn from_batches(
+                batches: &[arrow::record_batch::RecordBatch],
+            ) -> $crate::Result<Vec<$row>> {
+                from_batches(batches)
+            }
+        }
+    };
+}
+
 /// Key of the checkpoint in the Parquet key-value metadata.
 pub const CHECKPOINT_KEY: &str = "supplystream.checkpoint";
 const FILE: &str = "part-0.parquet";

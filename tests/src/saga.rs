@@ -276,7 +276,7 @@ pub fn ledger_resumes_from_its_table(
         copy.path(),
         ledger::VIEW,
         BILLING_EVENTS,
-        saga::ledger::run,
+        saga::topic_views::run::<saga::topic_views::LedgerView>,
     )?;
     let mut resumed = ledger::from_batches(&batches)?;
     let at = resumed
@@ -431,7 +431,7 @@ pub fn purchase_orders_resume_from_their_table(
         copy.path(),
         purchasing::VIEW,
         EVENTS,
-        saga::purchasing::run,
+        saga::topic_views::run::<saga::topic_views::PurchaseOrdersView>,
     )?;
     let mut resumed = purchasing::from_batches(&batches)?;
     let at = resumed

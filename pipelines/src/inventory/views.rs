@@ -34,7 +34,7 @@ pub fn stock_levels_checkpoint(views_dir: &Path) -> anyhow::Result<Option<Checkp
 pub(crate) struct StockLevelsView;
 
 impl TopicView for StockLevelsView {
-    type Event = <Self::Projection as processors::Projection>::Event;
+    type Event = schemas::inventory::InventoryEvent;
     type Projection = StockLevelsProjection;
     type Table = stock_levels::StockLevelsTable;
     const TOPIC: &'static str = EVENTS;

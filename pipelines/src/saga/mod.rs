@@ -5,15 +5,11 @@
 //! The per-sku inventory service ([`crate::inventory`]) must run too: it executes the
 //! reservations the inventory participant fans out.
 
-pub mod ledger;
 pub mod participant;
-pub mod products;
-pub mod purchasing;
 pub mod rebuild;
-pub mod shipments;
 pub mod simulate;
+pub mod topic_views;
 pub mod views;
-pub mod windows;
 mod wiring;
 
 use std::path::PathBuf;
@@ -166,11 +162,27 @@ type ViewLoop = fn(&Options, &tokio::runtime::Handle, &Stop) -> anyhow::Result<(
 /// The view pipelines that run beside the participants: each with the participant whose
 /// service owns it (`None`: always), its pipeline name and its loop.
 const VIEW_PIPELINES: &[(Option<&str>, &str, ViewLoop)] = &[
-    (Some("catalog"), "products-view", products::run),
-    (Some("suppliers"), "purchase-orders-view", purchasing::run),
-    (Some("shipping"), "shipments-view", shipments::run),
-    (Some("billing"), "ledger-view", ledger::run),
-    (None, "orders-windows", windows::run),
+    (
+        Some("catalog"),
+        "products-view",
+        topic_views::run::<topic_views::ProductsView>,
+    ),
+    (
+        Some("suppliers"),
+        "purchase-orders-view",
+        topic_views::run::<topic_views::PurchaseOrdersView>,
+    ),
+    (
+        Some("shipping"),
+        "shipments-view",
+        topic_views::run::<topic_views::ShipmentsView>,
+    ),
+    (
+        Some("billing"),
+        "ledger-view",
+        topic_views::run::<topic_views::LedgerView>,
+    ),
+    (None, "orders-windows", topic_views::run_windows),
     (None, views::PIPELINE, views::run),
 ];
 
