@@ -3,7 +3,7 @@
 //!
 //! | domain | examples | what the loop does |
 //! |---|---|---|
-//! | bad input | an undecodable record, a wrong key, an invalid command | dead-letters the record with the reason in its headers, goes on |
+//! | bad input | an undecodable record, a wrong key, an invalid command | dead-letters the record with the reason in its headers, goes on (record by record, inside the unit of work: a `BadInput` error that escapes it stops the loop, since a retry would meet it again) |
 //! | external | the broker or the registry unavailable, a timeout, a transaction the coordinator aborted | aborts the unit of work, rewinds to the committed state, backs off, retries |
 //! | fenced | a newer instance of the same processor took over | stops: this one is a zombie |
 //! | internal | a bug or a wrong deployment (a processor publishing a topic its service does not own) | stops loudly |

@@ -173,7 +173,10 @@ struct Encoded {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        ApiError::bad_field(e.field, e.message)
+        match e.field {
+            Some(field) => ApiError::bad_field(field, e.message),
+            None => ApiError::new(StatusCode::BAD_REQUEST, e.message),
+        }
     }
 }
 
@@ -192,8 +195,12 @@ fn encode_record(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    let allowed = open.ingress.records.unwrap_or(open.json.records());
+    if !allowed.contains(&record) {
+        return Err(unknown(allowed.join(", ")));
+    }
     let Some(payload) = open.json.encode(record, body)? else {
-        return Err(unknown(open.json.records().join(", ")));
+        return Err(unknown(allowed.join(", ")));
     };
     if key.is_empty() {
         return Err(ApiError::bad_field(key_field.into(), "must not be empty"));

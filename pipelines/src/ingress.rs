@@ -10,11 +10,12 @@ use schemas::record::RecordUnion;
 use schemas::{Registry, RegistryError};
 use serde_json::Value;
 
-/// A field of a body that does not make the record.
+/// A body that does not make the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
-    /// Its path (`lines[0].quantity`); empty for the body as a whole.
-    pub field: String,
+    /// The path of the field that does not fit (`lines[0].quantity`; empty for the body as
+    /// a whole); `None`: the record was made but cannot be encoded.
+    pub field: Option<String>,
     pub message: String,
 }
 
@@ -38,7 +39,7 @@ impl<U: RecordUnion> JsonTopic for Typed<U> {
             return Ok(None);
         };
         self.0.encode(&value).map(Some).map_err(|e| FieldError {
-            field: String::new(),
+            field: None,
             message: e.to_string(),
         })
     }
@@ -56,7 +57,7 @@ pub fn parse<U: RecordUnion>(record: &str, body: Value) -> Result<Option<U>, Fie
         None => Ok(None),
         Some(Ok(value)) => Ok(Some(value)),
         Some(Err(e)) => Err(FieldError {
-            field: track.path().to_string(),
+            field: Some(track.path().to_string()),
             message: e.to_string(),
         }),
     }

@@ -59,6 +59,9 @@ pub struct Topic {
 pub struct Ingress {
     /// The field naming the aggregate: the record's key, and its metadata's aggregate id.
     pub key: &'static str,
+    /// The records it takes from outside, by short name; `None`: every record of its union.
+    /// (`DispatchStock` on `inventory.commands` is the inventory saga's, not a caller's.)
+    pub records: Option<&'static [&'static str]>,
     /// Opens the topic's JSON encoder (its record union, registered).
     #[cfg(feature = "query")]
     pub open: crate::ingress::Open,
@@ -207,12 +210,14 @@ const fn ingress<U: schemas::record::RecordUnion>(
     name: &'static str,
     kind: Kind,
     key: &'static str,
+    records: Option<&'static [&'static str]>,
 ) -> Topic {
     Topic {
         name,
         kind,
         ingress: Some(Ingress {
             key,
+            records,
             #[cfg(feature = "query")]
             open: crate::ingress::open::<U>,
         }),
@@ -227,7 +232,19 @@ pub const SERVICES: &[Service] = &[
         name: "inventory",
         description: "Stock per (sku, warehouse), reservations, low-stock alerts; saga participant (reserve / release); books purchase-order receipts",
         topics: &[
-            ingress::<schemas::inventory::InventoryCommand>(inv::COMMANDS, Commands, "sku"),
+            ingress::<schemas::inventory::InventoryCommand>(
+                inv::COMMANDS,
+                Commands,
+                "sku",
+                Some(&[
+                    "ReceiveStock",
+                    "ReserveStock",
+                    "ReleaseReservation",
+                    "AdjustStock",
+                    "TransferStock",
+                    "AuditStock",
+                ]),
+            ),
             topic(inv::EVENTS, Events),
             topic(inv::REPLIES, Events),
             topic(inv::RESERVATIONS, Internal),
@@ -265,6 +282,7 @@ pub const SERVICES: &[Service] = &[
                 saga_topics::ORDER_COMMANDS,
                 Commands,
                 "order_id",
+                None,
             ),
             topic(saga_topics::ORDER_EVENTS, Events),
             topic(st::ORDERS_CHANGELOG, Changelog),
@@ -297,6 +315,7 @@ pub const SERVICES: &[Service] = &[
                 saga_topics::SHIPPING_TRACKING,
                 External,
                 "shipment_id",
+                None,
             ),
         ],
         pipelines: &[
@@ -335,6 +354,7 @@ pub const SERVICES: &[Service] = &[
                 saga_topics::CATALOG_COMMANDS,
                 Commands,
                 "sku",
+                None,
             ),
             topic(saga_topics::CATALOG_EVENTS, Events),
             topic(st::CATALOG_CHANGELOG, Changelog),

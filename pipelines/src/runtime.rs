@@ -373,7 +373,11 @@ pub fn run<P: Processor>(
             Err(e) if error::domain(&e) == Domain::Fenced => {
                 bail!("fenced by a newer instance of {}: {e:#}", spec.name)
             }
-            Err(e) if error::domain(&e).retry() == Retry::Stop => return Err(e),
+            // Bad input is dead-lettered record by record inside the unit of work: one that
+            // escapes it is a bug, and retrying the batch would meet it again.
+            Err(e) if matches!(error::domain(&e).retry(), Retry::Stop | Retry::DeadLetter) => {
+                return Err(e);
+            }
             Err(e) => {
                 // Nothing of the batch is committed: abort, forget in-memory state, and resume
                 // from the committed offsets and the changelog.

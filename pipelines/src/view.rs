@@ -251,6 +251,16 @@ fn resume_from<V: View>(
     let Some(checkpoint) = checkpoint else {
         return Ok(None);
     };
+    // A one-topic view's rows came from its topic: a checkpoint without it cannot say where.
+    if let [topic] = V::TOPICS
+        && !checkpoint.contains_key(*topic)
+    {
+        info!(
+            topic,
+            "Rebuilding: the stored checkpoint has no position for the view's topic."
+        );
+        return Ok(None);
+    }
     for (topic, positions) in &checkpoint {
         let Some(have) = partitions.get(topic.as_str()) else {
             info!(
@@ -332,7 +342,7 @@ pub fn run<V: View>(view: V, settings: &Settings, rt: &Handle, stop: &Stop) -> a
 }
 
 /// A bounded run of a view: from `start` (partitions it does not name: their beginning) up
-/// to, not including, `end`.
+/// to, not including, `end`. Partitions `end` does not name are not read.
 #[derive(Debug, Clone, Default)]
 pub struct Bounds {
     pub start: Positions,
@@ -342,8 +352,8 @@ pub struct Bounds {
 /// Rebuilds `view` from the records within `bounds` on the same loop a live view runs on,
 /// and writes its tables under `settings.views_dir` once, with `bounds.end` as their
 /// checkpoint (a live view resumes from there). Nothing is dead-lettered: the live view
-/// did that. `progress` is told the positions reached after every poll. Returns the
-/// records folded.
+/// did that, and a record that does not decode fails the replay, naming it. `progress` is
+/// told the positions reached after every poll. Returns the records folded.
 pub fn replay<V: View>(
     view: V,
     settings: &Settings,
@@ -436,10 +446,9 @@ fn drive<V: View>(
                 &settings.instance,
             )?;
             let last = V::TABLES.last().expect("a view writes a table");
-            let handled = match sinks::table::stored_checkpoint(&settings.views_dir, last) {
-                Ok(Some(text)) if !text.is_empty() => {
-                    parse_checkpoint(&text, V::TOPICS).unwrap_or_default()
-                }
+            let handled = match sinks::table::stored_checkpoint(&settings.views_dir, last)? {
+                Some(text) if !text.is_empty() => parse_checkpoint(&text, V::TOPICS)
+                    .with_context(|| format!("{last} checkpoint"))?,
                 _ => Positions::new(),
             };
             Some((output, dlq, service, handled))
@@ -690,6 +699,15 @@ mod tests {
             resume_from(&mut view, std::slice::from_ref(&table), &consumer, &parts()).unwrap(),
             None
         );
+
+        // A checkpoint without the view's topic cannot say where its rows came from.
+        table.replace(&good.batch().unwrap(), "{}").unwrap();
+        let mut view = start();
+        assert_eq!(
+            resume_from(&mut view, std::slice::from_ref(&table), &consumer, &parts()).unwrap(),
+            None
+        );
+        assert_eq!(view.0, start().0);
 
         // And with no position for its topic yet (none stored): taken back, nothing to seek.
         table

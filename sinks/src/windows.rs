@@ -30,7 +30,6 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// The batch, in window order.
 /// The table's declaration.
 pub struct OrdersPerMinuteTable;
 
@@ -49,6 +48,7 @@ impl crate::table::Table for OrdersPerMinuteTable {
     }
 }
 
+/// The batch, in window order.
 pub fn to_batch(rows: &[WindowRow]) -> Result<RecordBatch> {
     let ts = |f: fn(&WindowRow) -> i64| -> ArrayRef {
         Arc::new(

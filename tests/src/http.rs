@@ -240,6 +240,20 @@ pub async fn read_your_writes(
     )
     .await?;
     ensure!(status == 404, "unknown command: {status} {e}");
+    // A record of the topic that only the inventory saga may send is not a caller's command.
+    let (status, e) = post(
+        &client,
+        format!("{base}/commands/inventory/DispatchStock"),
+        json!({"sku": "SKU-1", "warehouse": "AMS", "reservation_id": "R-1"}),
+    )
+    .await?;
+    let listed = e["error"]
+        .as_str()
+        .and_then(|m| m.split("(commands:").nth(1));
+    ensure!(
+        status == 404 && listed.is_some_and(|l| !l.contains("DispatchStock")),
+        "the saga's command from outside: {status} {e}"
+    );
     let (status, e) = post(
         &client,
         format!("{base}/commands/payments/Charge"),
