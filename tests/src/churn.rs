@@ -251,7 +251,8 @@ impl Fleet {
 }
 
 /// Inventory scaled out under churn: `spec`'s commands produced at `rate` per second while
-/// `fleet` churns (until the backlog has drained and it joined or left `min_actions` times);
+/// `fleet` churns (until the backlog has drained and it joined or left `min_actions` times,
+/// or for `churn_for` at most once it has);
 /// then, once the churn has ended and everything is processed, every sku of
 /// the run must have the events an independent model computes, in order, with versions
 /// 1, 2, 3, … and no event id twice, and `stock_levels` (kept by the fleet's stable member)
@@ -263,6 +264,7 @@ pub async fn inventory_under_churn(
     spec: &pipelines::load::LoadSpec,
     rate: f64,
     min_actions: usize,
+    churn_for: Duration,
 ) -> anyhow::Result<Churned> {
     use pipelines::inventory;
     use pipelines::load;
@@ -280,9 +282,11 @@ pub async fn inventory_under_churn(
     // Churn on while the backlog drains: rebalances land while batches are in flight.
     let opts = inventory::Options::new(cluster.clone(), views.to_path_buf());
     let probe = inventory::ProgressProbe::new(&opts)?;
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let churning = Instant::now();
+    let deadline = churning + Duration::from_secs(300);
     while (probe.progress()?.command_lag > 2_000 || fleet.actions() < min_actions)
         && Instant::now() < deadline
+        && !(fleet.actions() >= min_actions && churning.elapsed() >= churn_for)
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -301,6 +301,7 @@ fn inventory_scaled_out_under_churn(
         &spec,
         5_000.0,
         60,
+        std::time::Duration::from_secs(300),
     ))?;
     let rebalances = churn::rebalances(&kafka_log, "inventory")? - before;
     eprintln!("inventory: {churned:?}, {rebalances} rebalances of its group");
