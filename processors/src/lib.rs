@@ -3,7 +3,10 @@
 //! A service's aggregate is a fold: [`Aggregate::apply`] evolves state by one event and
 //! [`Aggregate::handle`] decides which events a command yields (business rejections are
 //! events too). Nothing here touches Kafka, clocks or I/O, so every rule is a unit test of
-//! microseconds; the runtime in `pipelines` feeds records in and ships events out.
+//! microseconds; the runtime in `pipelines` feeds records in and ships events out. Saga
+//! participants implement [`saga::Participant`] (their shared machinery is in [`saga`]), and
+//! every view's fold is a [`Projection`] beside its service, with the row type its table
+//! holds.
 //!
 //! ```
 //! use processors::Aggregate;

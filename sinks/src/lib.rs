@@ -1,8 +1,10 @@
 //! Analytics sinks: materialized views as Parquet tables, and the DataFusion query engine
 //! analysts use over them.
 //!
-//! This crate knows Arrow and Parquet, not Kafka: the runtime folds events into rows and
-//! hands them here with the source offsets they reflect. A view's offsets are stored inside
+//! This crate knows Arrow and Parquet, not Kafka: the projections in `processors` fold
+//! events into rows (their row types are re-exported here), each module declares its table
+//! (`table!`: rows ⇄ batch), and the view loop in `pipelines` hands the rows here with the
+//! source offsets they reflect. A view's offsets are stored inside
 //! the Parquet file it writes (key-value metadata `supplystream.checkpoint`), so data and
 //! position commit together with one atomic rename; on restart the view resumes from there.
 //! Kafka consumer-group offsets of view consumers are informational only.

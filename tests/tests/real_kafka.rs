@@ -464,7 +464,7 @@ const SAGA_GROUPS: &[&str] = &[
 ];
 
 /// Three instances of inventory and of every saga participant, members joining and leaving
-/// (fresh ids, clean stops and SIGKILL) while 22,000 orders with failures arrive at 400 a
+/// (fresh ids, clean stops and SIGKILL) while 30,000 orders with failures arrive at 400 a
 /// second (more than a debug build processes here: the backlog keeps them busy): every saga ends
 /// once as its forced failure says and money is conserved per order (captured − refunded =
 /// the total if confirmed, else 0, in payments, the ledger and `revenue` alike: the checks of
@@ -494,7 +494,7 @@ fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
         Box::new(compliance),
     ]);
     let spec = SimSpec {
-        orders: 22_000,
+        orders: 30_000,
         run: 2,
         seed: 23,
         ..SAGA_SPEC
