@@ -205,16 +205,23 @@ fn churn(
 /// Generations the broker's group coordinator completed for `group`, from its log
 /// (`Stabilized group <group> generation <n>`): how many rebalances the group went through.
 pub fn rebalances(kafka_log: &Path, group: &str) -> anyhow::Result<usize> {
+    let n = generations(kafka_log, group)?;
     let log = std::fs::read_to_string(kafka_log)
         .with_context(|| format!("reading {}", kafka_log.display()))?;
-    let needle = format!("Stabilized group {group} generation ");
     let preparing = format!("Preparing to rebalance group {group} ");
-    let n = log.lines().filter(|l| l.contains(&needle)).count();
     eprintln!(
         "{group}: {n} generations, {} rebalances begun",
         log.lines().filter(|l| l.contains(&preparing)).count()
     );
     Ok(n)
+}
+
+/// Like [`rebalances`], without a word.
+pub fn generations(kafka_log: &Path, group: &str) -> anyhow::Result<usize> {
+    let log = std::fs::read_to_string(kafka_log)
+        .with_context(|| format!("reading {}", kafka_log.display()))?;
+    let needle = format!("Stabilized group {group} generation ");
+    Ok(log.lines().filter(|l| l.contains(&needle)).count())
 }
 
 /// Checks that every aggregate's events on a topic carry versions 1, 2, 3, … in order, and
