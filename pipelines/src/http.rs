@@ -212,34 +212,6 @@ fn encode_record(
     })
 }
 
-fn encode_command(
-    api: &Api,
-    service: &str,
-    command: &str,
-    body: Value,
-) -> Result<Encoded, ApiError> {
-    let Some((topic, open)) = api
-        .commands
-        .get(service)
-        .map(|topic| (*topic, &api.topics[topic]))
-    else {
-        let services: Vec<&str> = api.commands.keys().copied().collect();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no service {service:?} takes commands over HTTP ({})",
-                services.join(", ")
-            ),
-        ));
-    };
-    encode_record(open, topic, command, body, |names| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("{service} has no command {command:?} (commands: {names})"),
-        )
-    })
-}
-
 /// Fills in `metadata` when the caller did not send it.
 fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), ApiError> {
     let Some(object) = body.as_object_mut() else {
@@ -302,12 +274,27 @@ async fn command(
             "the body must be JSON (Content-Type: application/json)",
         ));
     };
-    let key_field = api
+    let Some((topic, open)) = api
         .commands
         .get(service.as_str())
-        .map_or("", |topic| api.topics[topic].ingress.key);
-    let (body, command_id) = with_metadata(body, key_field)?;
-    let encoded = encode_command(&api, &service, &command, body)?;
+        .map(|topic| (*topic, &api.topics[topic]))
+    else {
+        let services: Vec<&str> = api.commands.keys().copied().collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service {service:?} takes commands over HTTP ({})",
+                services.join(", ")
+            ),
+        ));
+    };
+    let (body, command_id) = with_metadata(body, open.ingress.key)?;
+    let encoded = encode_record(open, topic, &command, body, |names| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{service} has no command {command:?} (commands: {names})"),
+        )
+    })?;
     let mut answer = write(&api, &encoded).await?;
     answer["command_id"] = json!(command_id);
     Ok(Json(answer))
@@ -342,21 +329,6 @@ async fn write(api: &Api, encoded: &Encoded) -> Result<Value, ApiError> {
         "offset": offset,
         "token": token.to_string(),
     }))
-}
-
-fn encode_event(api: &Api, topic: &str, record: &str, body: Value) -> Result<Encoded, ApiError> {
-    let Some((&name, open)) = api.topics.get_key_value(topic) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("the API has no records for {topic}"),
-        ));
-    };
-    encode_record(open, name, record, body, |names| {
-        ApiError::bad_field(
-            "record".into(),
-            format!("{topic} carries no record {record:?} (records: {names})"),
-        )
-    })
 }
 
 /// Takes `record` out of an event's body and fills in its metadata when the caller did not
@@ -445,9 +417,19 @@ async fn event(
             "the body must be JSON (Content-Type: application/json)",
         ));
     };
-    let key_field = api.topics.get(topic.as_str()).map_or("", |o| o.ingress.key);
-    let (body, record, event_id) = event_metadata(body, key_field)?;
-    let encoded = encode_event(&api, &topic, &record, body)?;
+    let Some((&name, open)) = api.topics.get_key_value(topic.as_str()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("the API has no records for {topic}"),
+        ));
+    };
+    let (body, record, event_id) = event_metadata(body, open.ingress.key)?;
+    let encoded = encode_record(open, name, &record, body, |names| {
+        ApiError::bad_field(
+            "record".into(),
+            format!("{topic} carries no record {record:?} (records: {names})"),
+        )
+    })?;
     let mut answer = write(&api, &encoded).await?;
     answer["event_id"] = json!(event_id);
     Ok(Json(answer))

@@ -215,7 +215,8 @@ pub struct Batch<'a> {
     buf: &'a mut Vec<u8>,
     /// Partition of the record (or deadline) being handled.
     partition: i32,
-    changed: BTreeSet<(i32, String)>,
+    /// Keys changed, per partition (a key is copied once per batch, not once per record).
+    changed: BTreeMap<i32, BTreeSet<String>>,
 }
 
 impl Batch<'_> {
@@ -251,7 +252,10 @@ impl Batch<'_> {
     /// Marks aggregate `key` (of the partition being handled) changed: its changelog
     /// record is written at the end of the batch.
     pub fn changed(&mut self, key: &str) {
-        self.changed.insert((self.partition, key.to_owned()));
+        let keys = self.changed.entry(self.partition).or_default();
+        if !keys.contains(key) {
+            keys.insert(key.to_owned());
+        }
     }
 
     /// The partition being handled.
@@ -437,7 +441,7 @@ impl<I: RecordUnion> Unit<'_, I> {
             spec,
             buf: self.buf,
             partition: 0,
-            changed: BTreeSet::new(),
+            changed: BTreeMap::new(),
         };
         for message in batch {
             let (partition, offset) = (message.partition(), message.offset());
@@ -509,9 +513,11 @@ impl<I: RecordUnion> Unit<'_, I> {
                 stats.emitted += emitted as u64;
             }
         }
-        for (partition, key) in std::mem::take(&mut out.changed) {
+        for (partition, keys) in std::mem::take(&mut out.changed) {
             out.partition = partition;
-            p.write_changelog(&mut out, &store[&partition], &key)?;
+            for key in keys {
+                p.write_changelog(&mut out, &store[&partition], &key)?;
+            }
         }
         let mut offsets = TopicPartitionList::new();
         for ((topic, p), o) in &next {

@@ -206,13 +206,34 @@ pub fn checkpoint(views_dir: &Path, table: &str) -> anyhow::Result<Option<Positi
         return Ok(None);
     };
     let last = pipeline.views.last().copied().unwrap_or(table);
-    Ok(match sinks::table::stored_checkpoint(views_dir, last)? {
-        Some(text) if !text.is_empty() => Some(
-            parse_checkpoint(&text, pipeline.reads)
-                .with_context(|| format!("{last} checkpoint"))?,
-        ),
+    stored_positions(views_dir, last, pipeline.reads)
+}
+
+/// The checkpoint stored with `table` (of a view of `topics`), if any.
+fn stored_positions(
+    views_dir: &Path,
+    table: &str,
+    topics: &[&str],
+) -> anyhow::Result<Option<Positions>> {
+    Ok(match sinks::table::stored_checkpoint(views_dir, table)? {
+        Some(text) if !text.is_empty() => {
+            Some(parse_checkpoint(&text, topics).with_context(|| format!("{table} checkpoint"))?)
+        }
         _ => None,
     })
+}
+
+/// Replaces every table of `view` with its rows and `checkpoint`, in order.
+fn write_tables<V: View>(
+    view: &V,
+    tables: &[SnapshotTable],
+    checkpoint: &Positions,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_string(checkpoint)?;
+    for (table, batch) in tables.iter().zip(view.batches()?) {
+        table.replace(&batch, &text)?;
+    }
+    Ok(())
 }
 
 /// Where a resumable view starts: its tables' checkpoint, if the view takes them back, they
@@ -394,8 +415,14 @@ fn drive<V: View>(
     settings: &Settings,
     rt: &Handle,
     stop: &Stop,
-    mut mode: Mode<'_>,
+    mode: Mode<'_>,
 ) -> anyhow::Result<u64> {
+    let (bounds, mut progress) = match mode {
+        Mode::Live => (None, None),
+        Mode::Bounded { bounds, progress } => (Some(bounds), Some(progress)),
+    };
+    // A bounded run's end of `topic`/`p` (0 where it names none: nothing to read).
+    let end = |topic: &str, p: i32| bounds.map(|b| at(&b.end, topic, p).unwrap_or(0));
     let span = info_span!("view", name = V::PIPELINE);
     let _guard = span.enter();
     let tables = V::TABLES
@@ -409,34 +436,27 @@ fn drive<V: View>(
         let n = kafka::partition_count(&consumer, topic)? as i32;
         partitions.insert(topic, (0..n).collect::<Vec<i32>>());
     }
-    let end = match &mode {
-        Mode::Live => None,
-        Mode::Bounded { bounds, .. } => Some(bounds.end.clone()),
-    };
-    let from = match &mode {
-        Mode::Live => resume_from(&mut view, &tables, &probe, &partitions)?,
-        Mode::Bounded { bounds, .. } => Some(bounds.start.clone()),
-    };
-    let position = |positions: &Option<Positions>, topic: &str, p: i32| {
-        positions.as_ref().and_then(|r| at(r, topic, p))
+    let from = match bounds {
+        None => resume_from(&mut view, &tables, &probe, &partitions)?,
+        Some(b) => Some(b.start.clone()),
     };
     let mut tpl = TopicPartitionList::new();
     for (topic, ps) in &partitions {
         for &p in ps {
-            let at = position(&from, topic, p);
+            let start = from.as_ref().and_then(|f| at(f, topic, p));
             // A bounded run reads only partitions with records left below their end.
-            if end.is_some() && at.unwrap_or(0) >= position(&end, topic, p).unwrap_or(0) {
+            if end(topic, p).is_some_and(|e| start.unwrap_or(0) >= e) {
                 continue;
             }
-            tpl.add_partition_offset(topic, p, at.map_or(Offset::Beginning, Offset::Offset))?;
+            tpl.add_partition_offset(topic, p, start.map_or(Offset::Beginning, Offset::Offset))?;
         }
     }
     consumer.assign(&tpl)?;
     view.assigned(&partitions);
     // Where undecodable records go, and what an earlier run has already dead-lettered
     // (everything below its checkpoint). Dead letters are rare and need no transaction.
-    let dead_letters = match (V::DLQ, &mode) {
-        (Some((dlq, service)), Mode::Live) => {
+    let dead_letters = match (V::DLQ, bounds) {
+        (Some((dlq, service)), None) => {
             let output = kafka::Output::new(
                 &Cluster {
                     guarantee: crate::Guarantee::AtLeastOnce,
@@ -446,25 +466,22 @@ fn drive<V: View>(
                 &settings.instance,
             )?;
             let last = V::TABLES.last().expect("a view writes a table");
-            let handled = match sinks::table::stored_checkpoint(&settings.views_dir, last)? {
-                Some(text) if !text.is_empty() => parse_checkpoint(&text, V::TOPICS)
-                    .with_context(|| format!("{last} checkpoint"))?,
-                _ => Positions::new(),
-            };
+            let handled =
+                stored_positions(&settings.views_dir, last, V::TOPICS)?.unwrap_or_default();
             Some((output, dlq, service, handled))
         }
         _ => None,
     };
     let mut checkpoint = Positions::new();
-    match (&mode, from) {
-        (Mode::Bounded { .. }, _) => {
-            info!(topics = ?V::TOPICS, ?end, "View replay started.")
+    match (bounds, from) {
+        (Some(b), _) => {
+            info!(topics = ?V::TOPICS, end = ?b.end, "View replay started.")
         }
-        (Mode::Live, Some(positions)) => {
+        (None, Some(positions)) => {
             info!(topics = ?V::TOPICS, ?positions, "View started (resuming from its tables).");
             checkpoint = positions;
         }
-        (Mode::Live, None) => info!(
+        (None, None) => info!(
             topics = ?V::TOPICS,
             "View started (rebuilding from the beginning of its topics)."
         ),
@@ -476,8 +493,7 @@ fn drive<V: View>(
     loop {
         let stopping = stop.is_stopped();
         for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
-            if end.is_some() && m.offset() >= position(&end, m.topic(), m.partition()).unwrap_or(0)
-            {
+            if end(m.topic(), m.partition()).is_some_and(|e| m.offset() >= e) {
                 continue;
             }
             match view.fold(rt, stop, &m) {
@@ -490,16 +506,11 @@ fn drive<V: View>(
                 }
                 Err(e) => match &dead_letters {
                     Some((out, dlq, service, handled)) => {
-                        let below = handled
-                            .get(m.topic())
-                            .and_then(|h| h.get(&m.partition()))
-                            .copied()
-                            .unwrap_or(0);
-                        if m.offset() >= below {
+                        if m.offset() >= at(handled, m.topic(), m.partition()).unwrap_or(0) {
                             out.dead_letter(dlq, service, &m, e.kind(), &e.to_string())?;
                         }
                     }
-                    None if end.is_some() => {
+                    None if bounds.is_some() => {
                         return Err(e).with_context(|| {
                             format!("{}/{}@{}", m.topic(), m.partition(), m.offset())
                         });
@@ -513,7 +524,7 @@ fn drive<V: View>(
             dirty = true;
         }
         dirty |= kafka::note_positions(&consumer, &mut checkpoint)?;
-        if let Mode::Bounded { bounds, progress } = &mut mode {
+        if let (Some(bounds), Some(progress)) = (bounds, progress.as_mut()) {
             // Positions step over transaction markers: compare them, not last offsets.
             progress(&checkpoint);
             let reached = bounds.end.iter().all(|(topic, ends)| {
@@ -534,10 +545,7 @@ fn drive<V: View>(
             if V::WANTS_ENDS {
                 view.before_flush(&checkpoint, &bounds.end);
             }
-            let text = serde_json::to_string(&checkpoint)?;
-            for (table, batch) in tables.iter().zip(view.batches()?) {
-                table.replace(&batch, &text)?;
-            }
+            write_tables(&view, &tables, &checkpoint)?;
             return Ok(folded);
         }
         if dirty && (stopping || last_flush.elapsed() >= settings.flush) {
@@ -551,10 +559,7 @@ fn drive<V: View>(
             if let Some((out, ..)) = &dead_letters {
                 out.flush().context("dead letters not delivered")?;
             }
-            let text = serde_json::to_string(&checkpoint)?;
-            for (table, batch) in tables.iter().zip(view.batches()?) {
-                table.replace(&batch, &text)?;
-            }
+            write_tables(&view, &tables, &checkpoint)?;
             dirty = false;
             last_flush = Instant::now();
         }

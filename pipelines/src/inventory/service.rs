@@ -66,14 +66,16 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
     runtime::run(&mut inventory, &settings(opts), registry, rt, stop)
 }
 
+/// The processor's names and topics, from its entry in the service registry.
 fn spec(group: &str) -> Spec {
+    let declared = crate::registry::pipeline(GROUP).expect("inventory is in the registry");
     Spec {
-        name: "inventory",
+        name: declared.name,
         group: group.to_owned(),
-        service: "inventory",
-        inputs: &[COMMANDS],
-        changelog: CHANGELOG,
-        dlq: DLQ,
+        service: crate::registry::service_of(declared.name),
+        inputs: declared.reads,
+        changelog: declared.changelog.expect("inventory keeps a changelog"),
+        dlq: declared.dlq.expect("inventory has a dead-letter topic"),
         key_name: "the command's sku",
         key_rule: "commands must be keyed by sku",
     }
