@@ -46,6 +46,7 @@ pub const EVENT_TOPICS: &[&str] = &[
     "billing.events",
     "catalog.events",
     "suppliers.events",
+    "returns.events",
 ];
 
 /// Small audit parts merged at a time (see `AuditTable::compact`).
@@ -95,6 +96,7 @@ fn decoder_for(topic: &str, registry: &Registry) -> Box<dyn MetaDecoder> {
         "suppliers.events" => Box::new(Decoder::<schemas::suppliers::SupplierEvent>::new(r)),
         "shipping.tracking" => Box::new(Decoder::<schemas::shipping::TrackingEvent>::new(r)),
         "notifications.events" => Box::new(Decoder::<NotificationEvent>::new(r)),
+        "returns.events" => Box::new(Decoder::<schemas::returns::ReturnEvent>::new(r)),
         other => unreachable!("compliance has no decoder for {other}: add it to decoder_for"),
     }
 }

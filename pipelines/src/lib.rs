@@ -29,6 +29,7 @@ pub mod ownership;
 pub mod produce;
 pub mod registry;
 pub mod replay;
+pub mod returns;
 pub mod runtime;
 pub mod saga;
 pub mod schemas_cli;

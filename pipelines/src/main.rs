@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
                 saga.participants.iter().map(String::as_str).collect()
             };
             if !saga.no_views {
-                let views: Vec<&str> = saga::view_pipelines(&names).map(|v| v.1).collect();
+                let views: Vec<&str> = saga::view_pipelines(&names).map(|v| v.0).collect();
                 names.extend(views);
             }
             ownership()?.enforce(&names)?

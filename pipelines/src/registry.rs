@@ -98,7 +98,26 @@ pub struct Pipeline {
     pub views: &'static [&'static str],
     /// Its store is the fold of its own event log: `replay <name> [--check]` rebuilds it.
     pub rebuild: Option<Rebuild>,
+    /// How `supplystream run saga` runs it (`None`: another host runs it).
+    pub start: Option<Start>,
 }
+
+/// How the saga host runs a pipeline: its loop (blocking, until the stop), and whether a view
+/// runs whichever participants the process runs (the saga's own views) or only beside its
+/// service's.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    pub run: fn(&crate::saga::Options, &tokio::runtime::Handle, &crate::Stop) -> anyhow::Result<()>,
+    pub always: bool,
+}
+
+impl PartialEq for Start {
+    fn eq(&self, other: &Self) -> bool {
+        self.always == other.always
+    }
+}
+
+impl Eq for Start {}
 
 /// How a store is rebuilt from its event log.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +147,10 @@ impl Pipeline {
             dlq: Some(W::DLQ),
             views: &[],
             rebuild: None,
+            start: Some(Start {
+                run: crate::saga::run_participant::<W>,
+                always: false,
+            }),
         }
     }
 
@@ -156,6 +179,29 @@ impl Pipeline {
             },
             views: V::TABLES,
             rebuild: None,
+            start: None,
+        }
+    }
+
+    /// Run by the saga host with `run`, beside its service's participants.
+    pub const fn run_by(
+        self,
+        run: fn(&crate::saga::Options, &tokio::runtime::Handle, &crate::Stop) -> anyhow::Result<()>,
+    ) -> Self {
+        Pipeline {
+            start: Some(Start { run, always: false }),
+            ..self
+        }
+    }
+
+    /// Run by the saga host with `run`, whichever participants it runs.
+    pub const fn always_run_by(
+        self,
+        run: fn(&crate::saga::Options, &tokio::runtime::Handle, &crate::Stop) -> anyhow::Result<()>,
+    ) -> Self {
+        Pipeline {
+            start: Some(Start { run, always: true }),
+            ..self
         }
     }
 
@@ -196,7 +242,7 @@ impl Service {
     }
 }
 
-const fn topic(name: &'static str, kind: Kind) -> Topic {
+pub(crate) const fn topic(name: &'static str, kind: Kind) -> Topic {
     Topic {
         name,
         kind,
@@ -206,7 +252,7 @@ const fn topic(name: &'static str, kind: Kind) -> Topic {
 
 /// A topic that takes records of union `U` over HTTP, keyed by field `key`.
 #[cfg_attr(not(feature = "query"), allow(clippy::extra_unused_type_parameters))]
-const fn ingress<U: schemas::record::RecordUnion>(
+pub(crate) const fn ingress<U: schemas::record::RecordUnion>(
     name: &'static str,
     kind: Kind,
     key: &'static str,
@@ -252,6 +298,7 @@ pub const SERVICES: &[Service] = &[
             topic(st::INVENTORY_SAGA_CHANGELOG, Changelog),
             topic(inv::ALERTS, Events),
             topic(inv::RECEIVING_CHANGELOG, Changelog),
+            crate::returns::RESTOCKING_STORE,
             topic(inv::DLQ, Dlq),
         ],
         pipelines: &[
@@ -267,11 +314,14 @@ pub const SERVICES: &[Service] = &[
                     events: inv::EVENTS,
                     run: crate::replay::inventory_store,
                 }),
+                start: None,
             },
             Pipeline::topic_view::<crate::inventory::views::StockLevelsView>(Host::Inventory),
             Pipeline::participant::<InventorySaga>(),
             // Purchasing's receipts become stock: only inventory writes inventory.commands.
             Pipeline::participant::<processors::inventory::receiving::Receiving>(),
+            // Returns' received units become stock, likewise.
+            crate::returns::RESTOCKING,
         ],
     },
     Service {
@@ -290,8 +340,10 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Orders>(),
-            Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga),
-            Pipeline::topic_view::<crate::saga::topic_views::WindowsView>(Host::Saga),
+            Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga)
+                .always_run_by(crate::saga::views::run),
+            Pipeline::topic_view::<crate::saga::topic_views::WindowsView>(Host::Saga)
+                .always_run_by(crate::saga::topic_views::run_windows),
         ],
     },
     Service {
@@ -320,7 +372,8 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Shipping>(),
-            Pipeline::topic_view::<crate::saga::topic_views::ShipmentsView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::ShipmentsView>(Host::Saga)
+                .run_by(crate::saga::topic_views::run::<crate::saga::topic_views::ShipmentsView>),
         ],
     },
     Service {
@@ -343,7 +396,8 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<Billing>(),
-            Pipeline::topic_view::<crate::saga::topic_views::LedgerView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::LedgerView>(Host::Saga)
+                .run_by(crate::saga::topic_views::run::<crate::saga::topic_views::LedgerView>),
         ],
     },
     Service {
@@ -362,7 +416,8 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::catalog::Catalog>(),
-            Pipeline::topic_view::<crate::saga::topic_views::ProductsView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::ProductsView>(Host::Saga)
+                .run_by(crate::saga::topic_views::run::<crate::saga::topic_views::ProductsView>),
         ],
     },
     Service {
@@ -375,7 +430,10 @@ pub const SERVICES: &[Service] = &[
         ],
         pipelines: &[
             Pipeline::event_sourced::<processors::suppliers::Suppliers>(),
-            Pipeline::topic_view::<crate::saga::topic_views::PurchaseOrdersView>(Host::Saga),
+            Pipeline::topic_view::<crate::saga::topic_views::PurchaseOrdersView>(Host::Saga)
+                .run_by(
+                    crate::saga::topic_views::run::<crate::saga::topic_views::PurchaseOrdersView>,
+                ),
         ],
     },
     Service {
@@ -391,8 +449,10 @@ pub const SERVICES: &[Service] = &[
             dlq: None,
             views: &[sinks::audit::VIEW],
             rebuild: None,
+            start: None,
         }],
     },
+    crate::returns::SERVICE,
 ];
 
 /// The service named `name`.

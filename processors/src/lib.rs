@@ -29,6 +29,7 @@ pub mod inventory;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
+pub mod returns;
 pub mod saga;
 pub mod shipping;
 pub mod suppliers;

@@ -15,6 +15,10 @@ use crate::orders::{OrderChangelog, OrderCommand, OrderEvent};
 use crate::payments::{PaymentChangelog, PaymentReply};
 use crate::products::{CatalogChangelog, CatalogCommand, CatalogEvent};
 use crate::record::RecordUnion;
+use crate::returns::{
+    DeliveriesChangelog, DeliveryEvent, RestockingChangelog, ReturnCommand, ReturnEvent,
+    ReturnsChangelog, topics as returns,
+};
 use crate::saga::topics::INVENTORY_RESERVATIONS;
 use crate::shipping::{ShipmentChangelog, ShipmentReply, TrackingEvent};
 use crate::suppliers::{SupplierEvent, SuppliersChangelog};
@@ -79,6 +83,12 @@ pub fn subjects() -> Vec<Subject> {
         of::<InventoryReceivingChangelog>("inventory.receiving-changelog", all),
         of::<SupplierEvent>("suppliers.events", all),
         of::<SuppliersChangelog>("suppliers.changelog", all),
+        of::<ReturnCommand>(returns::COMMANDS, all),
+        of::<ReturnEvent>(returns::EVENTS, all),
+        of::<DeliveryEvent>(returns::DELIVERIES, all),
+        of::<ReturnsChangelog>(returns::CHANGELOG, all),
+        of::<DeliveriesChangelog>(returns::DELIVERIES_CHANGELOG, all),
+        of::<RestockingChangelog>(returns::RESTOCKING_CHANGELOG, all),
     ]
     .into_iter()
     .flatten()

@@ -37,6 +37,7 @@ pub mod products;
 pub mod record;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod returns;
 pub mod saga;
 pub mod shipping;
 pub mod suppliers;

@@ -14,6 +14,7 @@ use crate::orders::{
 };
 use crate::payments::{PaymentCaptured, PaymentDeclined, PaymentRefunded};
 use crate::record::RecordUnion;
+use crate::returns::ReturnReceived;
 use crate::shipping::{ShipmentCancelled, ShipmentCreated, ShipmentFailed};
 use crate::{record_union, union_metadata};
 
@@ -75,7 +76,8 @@ pub fn expected_topic(record_name: &str) -> Option<&'static str> {
         "ProductCreated" | "PriceChanged" | "ProductDiscontinued" | "CatalogCommandRejected" => {
             CATALOG_EVENTS
         }
-        _ => return None,
+        // Services outside the order saga say where their records travel.
+        other => return crate::returns::expected_topic(other),
     })
 }
 
@@ -158,17 +160,20 @@ union_metadata!(InventorySagaOut {
 });
 
 record_union! {
-    /// What payments reads: reserved orders to charge, shipping outcomes that call for a refund.
+    /// What payments reads: reserved orders to charge, shipping outcomes that call for a
+    /// refund, and received returns to refund.
     PaymentsIn {
         StockReserved => "../avro/inventory/StockReserved.avsc",
         ShipmentFailed => "../avro/shipping/ShipmentFailed.avsc",
         ShipmentCancelled => "../avro/shipping/ShipmentCancelled.avsc",
+        ReturnReceived => "../avro/returns/ReturnReceived.avsc",
     }
 }
 union_metadata!(PaymentsIn {
     StockReserved,
     ShipmentFailed,
-    ShipmentCancelled
+    ShipmentCancelled,
+    ReturnReceived
 });
 
 record_union! {

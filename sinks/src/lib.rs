@@ -24,6 +24,7 @@ pub mod products;
 pub mod purchasing;
 #[cfg(feature = "query")]
 pub mod query;
+pub mod returns;
 pub mod sagas;
 pub mod shipments;
 pub mod stock_levels;

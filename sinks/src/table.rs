@@ -195,13 +195,13 @@ pub(crate) fn batch(
 /// The columns of one batch of a view, read back (to resume after a restart): the batch must
 /// have the view's current `schema`, and each column the type asked for; an error names the
 /// view and what differs.
-pub(crate) struct Columns<'a> {
+pub struct Columns<'a> {
     view: &'static str,
     batch: &'a RecordBatch,
 }
 
 impl<'a> Columns<'a> {
-    pub(crate) fn new(
+    pub fn new(
         view: &'static str,
         schema: &arrow::datatypes::Schema,
         batch: &'a RecordBatch,
@@ -241,4 +241,166 @@ pub(crate) fn value_at<T: arrow::datatypes::ArrowPrimitiveType>(
 ) -> Option<T::Native> {
     use arrow::array::Array;
     a.is_valid(i).then(|| a.value(i))
+}
+
+/// How a row field is held in an Arrow column: its type, and the conversions both ways.
+/// The kinds in [`col`] cover the views' fields; [`columns!`](crate::columns) declares a
+/// table from them.
+pub trait Column {
+    /// The row field's type.
+    type Value;
+    /// The column's field (its type and nullability).
+    fn field(name: &str) -> arrow::datatypes::Field;
+    /// The column of `values`.
+    fn array<'a>(values: impl Iterator<Item = &'a Self::Value>) -> arrow::array::ArrayRef
+    where
+        Self::Value: 'a;
+    /// Row `i` of `array`, which [`Columns::new`] checked is of [`Column::field`]'s type.
+    fn value(array: &dyn arrow::array::Array, i: usize) -> Self::Value;
+}
+
+/// Column kinds: text, 64-bit and 32-bit integers, booleans and UTC millisecond timestamps,
+/// each also nullable (`Opt…`, for `Option` fields).
+pub mod col {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        Array, ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray,
+        TimestampMillisecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, TimeUnit};
+
+    use super::Column;
+
+    fn time() -> DataType {
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+    }
+
+    fn of<T: Array + 'static>(a: &dyn Array) -> &T {
+        a.as_any()
+            .downcast_ref::<T>()
+            .expect("Columns::new checked the schema")
+    }
+
+    macro_rules! kind {
+        ($(#[$doc:meta])* $kind:ident, $value:ty, $data:expr, $nullable:expr, $array:ty,
+         |$vs:ident| $build:expr, |$a:ident, $i:ident| $read:expr) => {
+            $(#[$doc])*
+            pub struct $kind;
+
+            impl Column for $kind {
+                type Value = $value;
+                fn field(name: &str) -> Field {
+                    Field::new(name, $data, $nullable)
+                }
+                fn array<'a>($vs: impl Iterator<Item = &'a $value>) -> ArrayRef {
+                    Arc::new($build)
+                }
+                fn value(a: &dyn Array, $i: usize) -> $value {
+                    let $a = of::<$array>(a);
+                    $read
+                }
+            }
+        };
+    }
+
+    kind!(/** `Utf8`, not null. */ Text, String, DataType::Utf8, false, StringArray,
+        |vs| StringArray::from_iter_values(vs), |a, i| a.value(i).to_owned());
+    kind!(/** `Utf8`, nullable. */ OptText, Option<String>, DataType::Utf8, true, StringArray,
+        |vs| vs.map(|v| v.as_deref()).collect::<StringArray>(),
+        |a, i| a.is_valid(i).then(|| a.value(i).to_owned()));
+    kind!(/** `Int64`, not null. */ Int, i64, DataType::Int64, false, Int64Array,
+        |vs| Int64Array::from_iter_values(vs.copied()), |a, i| a.value(i));
+    kind!(/** `Int64`, nullable. */ OptInt, Option<i64>, DataType::Int64, true, Int64Array,
+        |vs| vs.copied().collect::<Int64Array>(), |a, i| a.is_valid(i).then(|| a.value(i)));
+    kind!(/** `Int32`, not null. */ Int32, i32, DataType::Int32, false, Int32Array,
+        |vs| Int32Array::from_iter_values(vs.copied()), |a, i| a.value(i));
+    kind!(/** `Boolean`, not null. */ Bool, bool, DataType::Boolean, false, BooleanArray,
+        |vs| vs.map(|v| Some(*v)).collect::<BooleanArray>(), |a, i| a.value(i));
+    kind!(/** UTC millisecond timestamp, not null. */ Time, i64, time(), false,
+        TimestampMillisecondArray,
+        |vs| TimestampMillisecondArray::from_iter_values(vs.copied()).with_timezone("UTC"),
+        |a, i| a.value(i));
+    kind!(/** UTC millisecond timestamp, nullable. */ OptTime, Option<i64>, time(), true,
+        TimestampMillisecondArray,
+        |vs| vs.copied().collect::<TimestampMillisecondArray>().with_timezone("UTC"),
+        |a, i| a.is_valid(i).then(|| a.value(i)));
+}
+
+/// Declares a view's table from one list of its row's fields and their [`col`] kinds: the
+/// Arrow schema (`SCHEMA`), `to_batch` (rows sorted by `order`), `from_batches` (refusing a
+/// table of another layout) and the [`Table`] `$table`. Prove the declaration with
+/// [`round_trip`] in the module's tests.
+///
+/// ```ignore
+/// sinks::columns! {
+///     ReturnsTable, ReturnRow, "returns", order: |r| (&r.order_id, &r.return_id),
+///     order_id: Text, return_id: Text, refund_cents: Int, received_at: OptTime,
+/// }
+/// ```
+#[macro_export]
+macro_rules! columns {
+    ($table:ident, $row:ident, $name:expr, order: |$r:ident| $key:expr,
+     $($field:ident : $kind:ident),+ $(,)?) => {
+        static SCHEMA: std::sync::LazyLock<arrow::datatypes::SchemaRef> =
+            std::sync::LazyLock::new(|| {
+                std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+                    $(<$crate::table::col::$kind as $crate::table::Column>::field(stringify!($field))),+
+                ]))
+            });
+
+        /// The batch of `rows`, in the table's order.
+        pub fn to_batch<'a>(
+            rows: impl IntoIterator<Item = &'a $row>,
+        ) -> $crate::Result<arrow::record_batch::RecordBatch> {
+            let mut rows: Vec<&$row> = rows.into_iter().collect();
+            rows.sort_by(|a, b| {
+                let first = {
+                    let $r = *a;
+                    $key
+                };
+                let second = {
+                    let $r = *b;
+                    $key
+                };
+                first.cmp(&second)
+            });
+            Ok(arrow::record_batch::RecordBatch::try_new(
+                SCHEMA.clone(),
+                vec![$(<$crate::table::col::$kind as $crate::table::Column>::array(
+                    rows.iter().map(|r| &r.$field),
+                )),+],
+            )?)
+        }
+
+        /// The rows of batches of this table (to resume after a restart); an error if the
+        /// table was written with another layout.
+        pub fn from_batches(
+            batches: &[arrow::record_batch::RecordBatch],
+        ) -> $crate::Result<Vec<$row>> {
+            let mut rows = Vec::new();
+            for b in batches {
+                $crate::table::Columns::new($name, &SCHEMA, b)?;
+                for i in 0..b.num_rows() {
+                    rows.push($row {
+                        $($field: <$crate::table::col::$kind as $crate::table::Column>::value(
+                            b.column_by_name(stringify!($field)).expect("checked").as_ref(),
+                            i,
+                        )),+
+                    });
+                }
+            }
+            Ok(rows)
+        }
+
+        $crate::table!($table, $row, $name);
+    };
+}
+
+/// Writes `rows` as table `T` and reads them back: a declaration's test (both ways, every
+/// column). `rows` must be in the table's order.
+pub fn round_trip<T: Table<Row: PartialEq + std::fmt::Debug>>(rows: Vec<T::Row>) {
+    let refs: Vec<&T::Row> = rows.iter().collect();
+    let batch = T::to_batch(&refs).expect("to_batch");
+    assert_eq!(T::from_batches(&[batch]).expect("from_batches"), rows);
 }

@@ -16,13 +16,6 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use processors::billing::Billing;
-use processors::inventory::saga::InventorySaga;
-use processors::notifications::Notifications;
-use processors::orders::Orders;
-use processors::payments::Payments;
-use processors::shipping::Shipping;
-
 use crate::kafka::TopicSpec;
 use crate::{Cluster, Stop};
 
@@ -141,62 +134,33 @@ pub struct Running {
     threads: Vec<(String, Handle)>,
 }
 
-fn spawn_one<W: Wiring>(
-    w: W,
+/// Runs participant `W`, as `opts` configure it, until `stop`. Blocking: the loop the service
+/// registry starts it with.
+pub fn run_participant<W: Wiring>(
     opts: &Options,
     rt: &tokio::runtime::Handle,
     stop: &Stop,
-) -> (String, Handle) {
-    let (o, r, s) = (opts.clone(), rt.clone(), stop.clone());
-    let name = W::NAME.to_owned();
-    let handle = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || participant::run(w, &o, &r, &s).map(|_| ()))
-        .expect("spawning a thread");
-    (name, handle)
+) -> anyhow::Result<()> {
+    participant::run(W::new(opts), opts, rt, stop).map(|_| ())
 }
 
-/// A view pipeline's loop (blocking, until the stop).
-type ViewLoop = fn(&Options, &tokio::runtime::Handle, &Stop) -> anyhow::Result<()>;
-
-/// The view pipelines that run beside the participants: each with the participant whose
-/// service owns it (`None`: always), its pipeline name and its loop.
-const VIEW_PIPELINES: &[(Option<&str>, &str, ViewLoop)] = &[
-    (
-        Some("catalog"),
-        "products-view",
-        topic_views::run::<topic_views::ProductsView>,
-    ),
-    (
-        Some("suppliers"),
-        "purchase-orders-view",
-        topic_views::run::<topic_views::PurchaseOrdersView>,
-    ),
-    (
-        Some("shipping"),
-        "shipments-view",
-        topic_views::run::<topic_views::ShipmentsView>,
-    ),
-    (
-        Some("billing"),
-        "ledger-view",
-        topic_views::run::<topic_views::LedgerView>,
-    ),
-    (None, "orders-windows", topic_views::run_windows),
-    (None, views::PIPELINE, views::run),
-];
-
-/// The view pipelines that run with the participants `names`.
+/// The view pipelines that run with the participants `names`: each saga-host view of a
+/// service one of them belongs to, and the saga's own views (`always`) whichever run.
 pub fn view_pipelines<'a>(
     names: &'a [&'a str],
-) -> impl Iterator<Item = &'static (Option<&'static str>, &'static str, ViewLoop)> + 'a {
-    VIEW_PIPELINES
-        .iter()
-        .filter(move |(with, _, _)| with.is_none_or(|p| names.contains(&p)))
+) -> impl Iterator<Item = (&'static str, crate::registry::Start)> + 'a {
+    use crate::registry::{Host, pipelines, service_of};
+    pipelines().filter_map(move |(service, p)| {
+        let start = p
+            .start
+            .filter(|_| p.host == Host::Saga && !p.is_processor())?;
+        let beside = names.iter().any(|n| service_of(n) == service.name);
+        (start.always || beside).then_some((p.name, start))
+    })
 }
 
 /// Starts the named participants (all of [`participants`] if `names` is empty) and, with
-/// `views`, their view pipelines ([`view_pipelines`]).
+/// `views`, their view pipelines ([`view_pipelines`]), each as the service registry says.
 pub fn spawn(
     opts: &Options,
     rt: &tokio::runtime::Handle,
@@ -210,49 +174,29 @@ pub fn spawn(
     } else {
         names.to_vec()
     };
+    let mut loops = Vec::new();
     for &name in &names {
-        threads.push(match name {
-            "orders" => spawn_one(
-                Orders {
-                    step_timeout_ms: opts.step_timeout.as_millis() as i64,
-                },
-                opts,
-                rt,
-                &stop,
-            ),
-            "inventory-saga" => spawn_one(InventorySaga, opts, rt, &stop),
-            "payments" => spawn_one(Payments, opts, rt, &stop),
-            "shipping" => spawn_one(Shipping, opts, rt, &stop),
-            "notifications" => spawn_one(Notifications, opts, rt, &stop),
-            "billing" => spawn_one(Billing, opts, rt, &stop),
-            "catalog" => spawn_one(processors::catalog::Catalog, opts, rt, &stop),
-            "suppliers" => spawn_one(
-                processors::suppliers::Suppliers {
-                    lead_time_ms: opts.lead_time.as_millis() as i64,
-                    reorder_quantity: opts.reorder_quantity,
-                },
-                opts,
-                rt,
-                &stop,
-            ),
-            "inventory-receiving" => {
-                spawn_one(processors::inventory::receiving::Receiving, opts, rt, &stop)
-            }
-            other => anyhow::bail!(
-                "unknown saga participant {other:?}; known: {:?}",
-                participants()
-            ),
-        });
+        let start = crate::registry::processors(crate::registry::Host::Saga)
+            .find(|p| p.name == name)
+            .and_then(|p| p.start)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown saga participant {name:?}; known: {:?}",
+                    participants()
+                )
+            })?;
+        loops.push((crate::registry::pipeline(name).expect("found").name, start));
     }
     if views {
-        for (_, name, run) in view_pipelines(&names) {
-            let (o, r, s, run) = (opts.clone(), rt.clone(), stop.clone(), *run);
-            let handle = std::thread::Builder::new()
-                .name((*name).into())
-                .spawn(move || run(&o, &r, &s))
-                .expect("spawning a thread");
-            threads.push(((*name).to_owned(), handle));
-        }
+        loops.extend(view_pipelines(&names));
+    }
+    for (name, start) in loops {
+        let (o, r, s, run) = (opts.clone(), rt.clone(), stop.clone(), start.run);
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(&o, &r, &s))
+            .expect("spawning a thread");
+        threads.push((name.to_owned(), handle));
     }
     Ok(Running { stop, threads })
 }
@@ -362,15 +306,13 @@ impl ProgressProbe {
             }
             progress.lag.insert(group, lag);
         }
-        // The saga views always; the others where they run.
-        for (view, always) in [
-            (sinks::sagas::SAGA_STEPS, true),
-            (sinks::windows::ORDERS_PER_MINUTE, false),
-            (sinks::ledger::VIEW, false),
-            (sinks::products::VIEW, false),
-            (sinks::purchasing::VIEW, false),
-            (sinks::shipments::VIEW, false),
-        ] {
+        // The saga's own views always; the others where they run.
+        for (p, view) in crate::registry::pipelines()
+            .map(|(_, p)| p)
+            .filter(|p| p.host == crate::registry::Host::Saga && !p.is_processor())
+            .flat_map(|p| p.views.iter().map(move |v| (p, *v)))
+        {
+            let always = p.start.is_some_and(|s| s.always) && view == sinks::sagas::SAGA_STEPS;
             let positions = match crate::freshness::view_positions(&self.views_dir, view)? {
                 Some(p) => p,
                 None if always => Default::default(),

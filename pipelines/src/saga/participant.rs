@@ -45,6 +45,8 @@ pub trait Wiring:
 
     /// The changelog's record union.
     type Changelog: RecordUnion;
+    /// The participant, as `opts` configure it.
+    fn new(opts: &Options) -> Self;
     fn to_changelog(state: &Self::State) -> Self::Changelog;
     fn from_changelog(record: Self::Changelog) -> Self::State;
     fn state_key(state: &Self::State) -> &str;

@@ -34,6 +34,11 @@ impl Wiring for Orders {
     const CHANGELOG: &'static str = ORDERS_CHANGELOG;
     const DLQ: &'static str = ORDERS_DLQ;
     type Changelog = OrderChangelog;
+    fn new(opts: &super::Options) -> Self {
+        Orders {
+            step_timeout_ms: opts.step_timeout.as_millis() as i64,
+        }
+    }
     fn to_changelog(state: &OrderState) -> OrderChangelog {
         state.clone().into()
     }
@@ -66,6 +71,9 @@ impl Wiring for InventorySaga {
     const CHANGELOG: &'static str = INVENTORY_SAGA_CHANGELOG;
     const DLQ: &'static str = crate::topics::inventory::DLQ;
     type Changelog = InventorySagaChangelog;
+    fn new(_: &super::Options) -> Self {
+        InventorySaga
+    }
     fn to_changelog(state: &OrderReservation) -> InventorySagaChangelog {
         state.clone().into()
     }
@@ -101,6 +109,9 @@ impl Wiring for Payments {
     const CHANGELOG: &'static str = PAYMENTS_CHANGELOG;
     const DLQ: &'static str = PAYMENTS_DLQ;
     type Changelog = PaymentChangelog;
+    fn new(_: &super::Options) -> Self {
+        Payments
+    }
     fn to_changelog(state: &PaymentState) -> PaymentChangelog {
         state.clone().into()
     }
@@ -131,6 +142,9 @@ impl Wiring for Shipping {
     const CHANGELOG: &'static str = SHIPPING_CHANGELOG;
     const DLQ: &'static str = SHIPPING_DLQ;
     type Changelog = ShipmentChangelog;
+    fn new(_: &super::Options) -> Self {
+        Shipping
+    }
     fn to_changelog(state: &ShipmentState) -> ShipmentChangelog {
         state.clone().into()
     }
@@ -161,6 +175,9 @@ impl Wiring for Notifications {
     const CHANGELOG: &'static str = NOTIFICATIONS_CHANGELOG;
     const DLQ: &'static str = NOTIFICATIONS_DLQ;
     type Changelog = NotificationChangelog;
+    fn new(_: &super::Options) -> Self {
+        Notifications
+    }
     fn to_changelog(state: &NotificationState) -> NotificationChangelog {
         state.clone().into()
     }
@@ -190,6 +207,9 @@ impl Wiring for Billing {
     const CHANGELOG: &'static str = BILLING_CHANGELOG;
     const DLQ: &'static str = BILLING_DLQ;
     type Changelog = BillingChangelog;
+    fn new(_: &super::Options) -> Self {
+        Billing
+    }
     fn to_changelog(state: &BillingState) -> BillingChangelog {
         state.clone().into()
     }
@@ -217,6 +237,9 @@ impl Wiring for processors::catalog::Catalog {
     const CHANGELOG: &'static str = CATALOG_CHANGELOG;
     const DLQ: &'static str = CATALOG_DLQ;
     type Changelog = schemas::products::CatalogChangelog;
+    fn new(_: &super::Options) -> Self {
+        processors::catalog::Catalog
+    }
     fn to_changelog(state: &schemas::products::ProductState) -> Self::Changelog {
         state.clone().into()
     }
@@ -246,6 +269,12 @@ impl Wiring for processors::suppliers::Suppliers {
     const CHANGELOG: &'static str = SUPPLIERS_CHANGELOG;
     const DLQ: &'static str = SUPPLIERS_DLQ;
     type Changelog = schemas::suppliers::SuppliersChangelog;
+    fn new(opts: &super::Options) -> Self {
+        processors::suppliers::Suppliers {
+            lead_time_ms: opts.lead_time.as_millis() as i64,
+            reorder_quantity: opts.reorder_quantity,
+        }
+    }
     fn to_changelog(state: &schemas::suppliers::SupplyState) -> Self::Changelog {
         state.clone().into()
     }
@@ -275,6 +304,9 @@ impl Wiring for processors::inventory::receiving::Receiving {
     const CHANGELOG: &'static str = crate::topics::inventory::RECEIVING_CHANGELOG;
     const DLQ: &'static str = crate::topics::inventory::DLQ;
     type Changelog = schemas::inventory::InventoryReceivingChangelog;
+    fn new(_: &super::Options) -> Self {
+        processors::inventory::receiving::Receiving
+    }
     fn to_changelog(state: &schemas::inventory::ReceivingState) -> Self::Changelog {
         state.clone().into()
     }

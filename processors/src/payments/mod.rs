@@ -1,4 +1,5 @@
-//! The payments service: charges reserved orders once, refunds on compensation.
+//! The payments service: charges reserved orders once, refunds on compensation and for
+//! received returns (never more than was captured).
 
 use schemas::payments::*;
 use schemas::saga::PaymentsIn;
@@ -78,6 +79,24 @@ impl Participant for Payments {
                     }
                     .into(),
                 }
+            }
+            // A received return: refund what it says, never more than is left captured.
+            // Nothing left (or nothing ever captured): nothing to answer, no one waits.
+            PaymentsIn::ReturnReceived(r) => {
+                let left = state
+                    .filter(|s| s.status == CAPTURED || s.status == REFUNDED)
+                    .map_or(0, |s| s.captured_cents.saturating_sub(s.refunded_cents));
+                let amount = r.refund_cents.clamp(0, left.max(0));
+                if amount == 0 {
+                    return Ok(Reaction::none());
+                }
+                PaymentRefunded {
+                    metadata: meta,
+                    order_id: order_id.clone(),
+                    payment_id: payment_id(&order_id),
+                    amount_cents: amount,
+                }
+                .into()
             }
             // Compensation: refund what was captured; always answer, so a retried
             // compensation still reaches inventory.

@@ -31,6 +31,16 @@ pub fn carrier_for(country: &str) -> Option<&'static str> {
     }
 }
 
+/// The shipment id of an order's shipment.
+pub fn shipment_id(order_id: &str) -> String {
+    format!("SHP-{order_id}")
+}
+
+/// The order a shipment id was made for (`None`: not one of [`shipment_id`]'s).
+pub fn order_of_shipment(shipment_id: &str) -> Option<&str> {
+    shipment_id.strip_prefix("SHP-").filter(|o| !o.is_empty())
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Shipping;
 
@@ -72,7 +82,7 @@ impl Participant for Shipping {
                     .into(),
                     Some(carrier) => ShipmentCreated {
                         metadata: meta,
-                        shipment_id: format!("SHP-{order_id}"),
+                        shipment_id: shipment_id(&order_id),
                         order_id: order_id.clone(),
                         carrier: carrier.into(),
                     }
