@@ -13,6 +13,7 @@ pub mod evolution;
 pub mod http;
 pub mod model;
 pub mod replay;
+pub mod returns;
 pub mod saga;
 pub mod scenario;
 pub mod stack;

@@ -784,7 +784,7 @@ pub async fn wait_ended(views: &Path, ids: &[String], timeout: Duration) -> anyh
 }
 
 /// Records of `topic` decoded as `T`, each event id once.
-async fn read_unique<T: RecordUnion>(
+pub async fn read_unique<T: RecordUnion>(
     cluster: &Cluster,
     topic: &str,
     id: impl Fn(&T) -> String,

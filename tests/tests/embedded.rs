@@ -158,6 +158,25 @@ async fn low_stock_is_reordered_and_receipts_restock_inventory() -> anyhow::Resu
     Ok(())
 }
 
+/// Customer returns end to end (`integration::returns`): good, late, over-quantity,
+/// undelivered, twice, damaged and an over-receipt; stock, refunds and the `returns` view
+/// agree with the rules restated in the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_restock_refund_and_reject_as_the_rules_say() -> anyhow::Result<()> {
+    logs();
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    embedded.create_topics(&saga::topics(3))?;
+    let views = tempfile::tempdir()?;
+    let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
+    runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
+    let checked =
+        integration::returns::returns_end_to_end(&cluster, views.path(), &mut runner, 41).await?;
+    assert!(checked >= 7, "{checked} returns");
+    Ok(())
+}
+
 /// Payments stays down past the deadline: sagas time out, compensations wait for it, and
 /// its late replies do not resurrect any saga.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

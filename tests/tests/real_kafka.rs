@@ -810,6 +810,21 @@ fn purchasing_killed_mid_run(stack: &Stack, rt: &tokio::runtime::Runtime) -> any
     ))
 }
 
+/// Customer returns end to end on real Kafka, the services as child processes.
+fn returns_end_to_end(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    let mut runner = saga_children(stack, views.path(), "returns", &[])?;
+    let checked = rt.block_on(integration::returns::returns_end_to_end(
+        &stack.cluster,
+        views.path(),
+        &mut runner,
+        51,
+    ))?;
+    anyhow::ensure!(checked >= 7, "{checked} returns");
+    Ok(())
+}
+
 fn replay_rebuilds_views(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
     let views = tempfile::tempdir()?;
@@ -853,7 +868,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 11] = [
+    let scenarios: [(&str, Scenario); 12] = [
         (
             "a_stop_sent_while_a_service_starts_is_honoured",
             a_stop_sent_while_a_service_starts_is_honoured,
@@ -878,6 +893,7 @@ fn main() -> ExitCode {
         ("replay_rebuilds_views", replay_rebuilds_views),
         ("http_read_your_writes", http_read_your_writes),
         ("purchasing_killed_mid_run", purchasing_killed_mid_run),
+        ("returns_end_to_end", returns_end_to_end),
         // Last: they leave far more records on the shared topics than the scenarios above
         // count exactly. The saga churn first: its churned members restore inventory's
         // changelog from the start, and after the inventory churn's 140,000 commands that

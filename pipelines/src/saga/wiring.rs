@@ -104,7 +104,11 @@ impl Wiring for InventorySaga {
 
 impl Wiring for Payments {
     const NAME: &'static str = "payments";
-    const INPUTS: &'static [&'static str] = &[INVENTORY_REPLIES, SHIPPING_REPLIES];
+    const INPUTS: &'static [&'static str] = &[
+        INVENTORY_REPLIES,
+        SHIPPING_REPLIES,
+        schemas::returns::topics::EVENTS,
+    ];
     const OUTPUTS: &'static [&'static str] = &[PAYMENT_REPLIES];
     const CHANGELOG: &'static str = PAYMENTS_CHANGELOG;
     const DLQ: &'static str = PAYMENTS_DLQ;
