@@ -6,7 +6,6 @@
 use processors::returns::Returns;
 use processors::returns::deliveries::Deliveries;
 use processors::returns::restocking::Restocking;
-use schemas::Metadata;
 use schemas::returns::topics::*;
 use schemas::returns::*;
 use schemas::saga::topics::{INVENTORY_COMMANDS, ORDER_EVENTS, SHIPPING_TRACKING};
@@ -61,23 +60,11 @@ impl Wiring for Returns {
     fn new(_: &Options) -> Self {
         Returns
     }
-    fn to_changelog(state: &ReturnsState) -> ReturnsChangelog {
-        state.clone().into()
-    }
     fn from_changelog(ReturnsChangelog::ReturnsState(s): ReturnsChangelog) -> ReturnsState {
         s
     }
     fn state_key(state: &ReturnsState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &ReturnsIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &ReturnEvent) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &ReturnEvent) -> Option<&'static str> {
-        None
     }
 }
 
@@ -91,23 +78,11 @@ impl Wiring for Deliveries {
     fn new(_: &Options) -> Self {
         Deliveries
     }
-    fn to_changelog(state: &DeliveryState) -> DeliveriesChangelog {
-        state.clone().into()
-    }
     fn from_changelog(DeliveriesChangelog::DeliveryState(s): DeliveriesChangelog) -> DeliveryState {
         s
     }
     fn state_key(state: &DeliveryState) -> &str {
         &state.shipment_id
-    }
-    fn input_metadata(input: &DeliveriesIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &DeliveryEvent) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &DeliveryEvent) -> Option<&'static str> {
-        None
     }
 }
 
@@ -121,9 +96,6 @@ impl Wiring for Restocking {
     fn new(_: &Options) -> Self {
         Restocking
     }
-    fn to_changelog(state: &RestockingState) -> RestockingChangelog {
-        state.clone().into()
-    }
     fn from_changelog(
         RestockingChangelog::RestockingState(s): RestockingChangelog,
     ) -> RestockingState {
@@ -131,14 +103,5 @@ impl Wiring for Restocking {
     }
     fn state_key(state: &RestockingState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &RestockingIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &schemas::inventory::ReceivingOut) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &schemas::inventory::ReceivingOut) -> Option<&'static str> {
-        None
     }
 }

@@ -10,6 +10,7 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use schemas::Metadata;
 use schemas::Registry;
 use schemas::codec::Encoder;
+use schemas::common::HasMetadata;
 use schemas::record::RecordUnion;
 use schemas::saga::expected_topic;
 use tokio::runtime::Handle;
@@ -23,8 +24,11 @@ use crate::topics::saga_headers;
 
 /// How a participant is wired to Kafka: its name, its topics, its store.
 pub trait Wiring:
-    Decide<Input: RecordUnion, Output: RecordUnion, State: Clone + Send + 'static>
-    + Send
+    Decide<
+        Input: RecordUnion + HasMetadata,
+        Output: RecordUnion + HasMetadata,
+        State: Clone + Send + 'static,
+    > + Send
     + Sync
     + 'static
 {
@@ -43,17 +47,25 @@ pub trait Wiring:
     /// Where records it cannot act on go, with the reason in headers.
     const DLQ: &'static str;
 
-    /// The changelog's record union.
-    type Changelog: RecordUnion;
+    /// The changelog's record union (its one record is the state).
+    type Changelog: RecordUnion + From<Self::State>;
     /// The participant, as `opts` configure it.
     fn new(opts: &Options) -> Self;
-    fn to_changelog(state: &Self::State) -> Self::Changelog;
     fn from_changelog(record: Self::Changelog) -> Self::State;
     fn state_key(state: &Self::State) -> &str;
-    fn input_metadata(input: &Self::Input) -> &Metadata;
-    fn output_metadata(output: &Self::Output) -> &Metadata;
-    /// Where the answer to `output` is expected (its `reply-to` header).
-    fn reply_to(output: &Self::Output) -> Option<&'static str>;
+    /// Where the answer to `output` is expected (its `reply-to` header); none by default.
+    fn reply_to(_output: &Self::Output) -> Option<&'static str> {
+        None
+    }
+    fn to_changelog(state: &Self::State) -> Self::Changelog {
+        state.clone().into()
+    }
+    fn input_metadata(input: &Self::Input) -> &Metadata {
+        input.metadata()
+    }
+    fn output_metadata(output: &Self::Output) -> &Metadata {
+        output.metadata()
+    }
 }
 
 /// A participant `W` as a [`runtime::Processor`]: its encoders and how it publishes.

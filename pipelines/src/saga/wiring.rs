@@ -7,16 +7,13 @@ use processors::notifications::Notifications;
 use processors::orders::Orders;
 use processors::payments::Payments;
 use processors::shipping::Shipping;
-use schemas::Metadata;
-use schemas::billing::{BillingChangelog, BillingEvent, BillingState};
+use schemas::billing::{BillingChangelog, BillingState};
 use schemas::inventory::{InventorySagaChangelog, OrderReservation};
-use schemas::notifications::{NotificationChangelog, NotificationEvent, NotificationState};
+use schemas::notifications::{NotificationChangelog, NotificationState};
 use schemas::orders::{OrderChangelog, OrderEvent, OrderState};
 use schemas::payments::{PaymentChangelog, PaymentReply, PaymentState};
+use schemas::saga::InventorySagaOut;
 use schemas::saga::topics::*;
-use schemas::saga::{
-    BillingIn, InventorySagaIn, InventorySagaOut, NotificationsIn, OrdersIn, PaymentsIn, ShippingIn,
-};
 use schemas::shipping::{ShipmentChangelog, ShipmentReply, ShipmentState};
 
 use super::participant::Wiring;
@@ -39,20 +36,11 @@ impl Wiring for Orders {
             step_timeout_ms: opts.step_timeout.as_millis() as i64,
         }
     }
-    fn to_changelog(state: &OrderState) -> OrderChangelog {
-        state.clone().into()
-    }
     fn from_changelog(OrderChangelog::OrderState(s): OrderChangelog) -> OrderState {
         s
     }
     fn state_key(state: &OrderState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &OrdersIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &OrderEvent) -> &Metadata {
-        output.metadata()
     }
     fn reply_to(output: &OrderEvent) -> Option<&'static str> {
         match output {
@@ -74,9 +62,6 @@ impl Wiring for InventorySaga {
     fn new(_: &super::Options) -> Self {
         InventorySaga
     }
-    fn to_changelog(state: &OrderReservation) -> InventorySagaChangelog {
-        state.clone().into()
-    }
     fn from_changelog(
         InventorySagaChangelog::OrderReservation(s): InventorySagaChangelog,
     ) -> OrderReservation {
@@ -84,12 +69,6 @@ impl Wiring for InventorySaga {
     }
     fn state_key(state: &OrderReservation) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &InventorySagaIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &InventorySagaOut) -> &Metadata {
-        output.metadata()
     }
     fn reply_to(output: &InventorySagaOut) -> Option<&'static str> {
         match output {
@@ -116,20 +95,11 @@ impl Wiring for Payments {
     fn new(_: &super::Options) -> Self {
         Payments
     }
-    fn to_changelog(state: &PaymentState) -> PaymentChangelog {
-        state.clone().into()
-    }
     fn from_changelog(PaymentChangelog::PaymentState(s): PaymentChangelog) -> PaymentState {
         s
     }
     fn state_key(state: &PaymentState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &PaymentsIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &PaymentReply) -> &Metadata {
-        output.metadata()
     }
     fn reply_to(output: &PaymentReply) -> Option<&'static str> {
         match output {
@@ -149,20 +119,11 @@ impl Wiring for Shipping {
     fn new(_: &super::Options) -> Self {
         Shipping
     }
-    fn to_changelog(state: &ShipmentState) -> ShipmentChangelog {
-        state.clone().into()
-    }
     fn from_changelog(ShipmentChangelog::ShipmentState(s): ShipmentChangelog) -> ShipmentState {
         s
     }
     fn state_key(state: &ShipmentState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &ShippingIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &ShipmentReply) -> &Metadata {
-        output.metadata()
     }
     fn reply_to(output: &ShipmentReply) -> Option<&'static str> {
         match output {
@@ -182,9 +143,6 @@ impl Wiring for Notifications {
     fn new(_: &super::Options) -> Self {
         Notifications
     }
-    fn to_changelog(state: &NotificationState) -> NotificationChangelog {
-        state.clone().into()
-    }
     fn from_changelog(
         NotificationChangelog::NotificationState(s): NotificationChangelog,
     ) -> NotificationState {
@@ -192,15 +150,6 @@ impl Wiring for Notifications {
     }
     fn state_key(state: &NotificationState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &NotificationsIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &NotificationEvent) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &NotificationEvent) -> Option<&'static str> {
-        None
     }
 }
 
@@ -214,23 +163,11 @@ impl Wiring for Billing {
     fn new(_: &super::Options) -> Self {
         Billing
     }
-    fn to_changelog(state: &BillingState) -> BillingChangelog {
-        state.clone().into()
-    }
     fn from_changelog(BillingChangelog::BillingState(s): BillingChangelog) -> BillingState {
         s
     }
     fn state_key(state: &BillingState) -> &str {
         &state.order_id
-    }
-    fn input_metadata(input: &BillingIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &BillingEvent) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &BillingEvent) -> Option<&'static str> {
-        None
     }
 }
 
@@ -244,9 +181,6 @@ impl Wiring for processors::catalog::Catalog {
     fn new(_: &super::Options) -> Self {
         processors::catalog::Catalog
     }
-    fn to_changelog(state: &schemas::products::ProductState) -> Self::Changelog {
-        state.clone().into()
-    }
     fn from_changelog(
         schemas::products::CatalogChangelog::ProductState(s): Self::Changelog,
     ) -> schemas::products::ProductState {
@@ -254,15 +188,6 @@ impl Wiring for processors::catalog::Catalog {
     }
     fn state_key(state: &schemas::products::ProductState) -> &str {
         &state.sku
-    }
-    fn input_metadata(input: &schemas::products::CatalogCommand) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &schemas::products::CatalogEvent) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &schemas::products::CatalogEvent) -> Option<&'static str> {
-        None
     }
 }
 
@@ -279,9 +204,6 @@ impl Wiring for processors::suppliers::Suppliers {
             reorder_quantity: opts.reorder_quantity,
         }
     }
-    fn to_changelog(state: &schemas::suppliers::SupplyState) -> Self::Changelog {
-        state.clone().into()
-    }
     fn from_changelog(
         schemas::suppliers::SuppliersChangelog::SupplyState(s): Self::Changelog,
     ) -> schemas::suppliers::SupplyState {
@@ -289,15 +211,6 @@ impl Wiring for processors::suppliers::Suppliers {
     }
     fn state_key(state: &schemas::suppliers::SupplyState) -> &str {
         &state.sku
-    }
-    fn input_metadata(input: &schemas::suppliers::SuppliersIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &schemas::suppliers::SupplierEvent) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &schemas::suppliers::SupplierEvent) -> Option<&'static str> {
-        None
     }
 }
 
@@ -311,9 +224,6 @@ impl Wiring for processors::inventory::receiving::Receiving {
     fn new(_: &super::Options) -> Self {
         processors::inventory::receiving::Receiving
     }
-    fn to_changelog(state: &schemas::inventory::ReceivingState) -> Self::Changelog {
-        state.clone().into()
-    }
     fn from_changelog(
         schemas::inventory::InventoryReceivingChangelog::ReceivingState(s): Self::Changelog,
     ) -> schemas::inventory::ReceivingState {
@@ -321,14 +231,5 @@ impl Wiring for processors::inventory::receiving::Receiving {
     }
     fn state_key(state: &schemas::inventory::ReceivingState) -> &str {
         &state.sku
-    }
-    fn input_metadata(input: &schemas::suppliers::ReceivingIn) -> &Metadata {
-        input.metadata()
-    }
-    fn output_metadata(output: &schemas::inventory::ReceivingOut) -> &Metadata {
-        output.metadata()
-    }
-    fn reply_to(_: &schemas::inventory::ReceivingOut) -> Option<&'static str> {
-        None
     }
 }
