@@ -440,17 +440,7 @@ pub const SERVICES: &[Service] = &[
         name: "compliance",
         description: "Hash-chained, append-only audit trail of every event log",
         topics: &[],
-        pipelines: &[Pipeline {
-            name: crate::compliance::GROUP,
-            host: Host::Compliance,
-            reads: crate::compliance::EVENT_TOPICS,
-            outputs: &[],
-            changelog: None,
-            dlq: None,
-            views: &[sinks::audit::VIEW],
-            rebuild: None,
-            start: None,
-        }],
+        pipelines: &[Pipeline::view::<crate::compliance::AuditView>(Host::Compliance)],
     },
     crate::returns::SERVICE,
 ];

@@ -74,6 +74,12 @@ pub trait View {
     const RESUMES: bool = false;
     /// Whether [`View::before_flush`] is given the topics' ends.
     const WANTS_ENDS: bool = false;
+    /// How its tables are written: replaced whole with each flush (the default), or
+    /// appended to by the view itself ([`View::open_appended`], [`View::append`]).
+    const SINK: Sink = Sink::Replace;
+    /// Whether a clean stop first reads on to the ends its topics had when the stop came
+    /// (bounded: see [`Drain`]), so that what was written before a stop is in the view.
+    const DRAIN_ON_STOP: bool = false;
 
     /// The partitions of each topic it reads, once assigned.
     fn assigned(&mut self, _partitions: &BTreeMap<&'static str, Vec<i32>>) {}
@@ -99,6 +105,28 @@ pub trait View {
     fn resume(&mut self, _tables: &[Vec<RecordBatch>]) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// [`Sink::Append`]: opens the view's own store under `views_dir` and takes back the
+    /// state its last write carries; the positions it reflects (`None`: nothing written).
+    fn open_appended(&mut self, _views_dir: &Path) -> anyhow::Result<Option<Positions>> {
+        anyhow::bail!("{} does not append", Self::PIPELINE)
+    }
+
+    /// [`Sink::Append`]: writes what was folded since the last write, with `checkpoint`
+    /// (nothing new: nothing to write).
+    fn append(&mut self, _checkpoint: &Positions) -> anyhow::Result<()> {
+        anyhow::bail!("{} does not append", Self::PIPELINE)
+    }
+}
+
+/// How a view's tables are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// Each flush replaces every table with the view's rows (`sinks::SnapshotTable`); the
+    /// checkpoint is in each table's metadata.
+    Replace,
+    /// The view appends parts of its own (the audit trail), each with its checkpoint.
+    Append,
 }
 
 /// A view of one topic: a [`Projection`] from `processors` written to a [`Table`] declared in
@@ -234,6 +262,86 @@ fn write_tables<V: View>(
         table.replace(&batch, &text)?;
     }
     Ok(())
+}
+
+/// Writes `view` as its [`Sink`] says.
+fn write<V: View>(
+    view: &mut V,
+    tables: &[SnapshotTable],
+    checkpoint: &Positions,
+) -> anyhow::Result<()> {
+    match V::SINK {
+        Sink::Replace => write_tables(view, tables, checkpoint),
+        Sink::Append => view.append(checkpoint),
+    }
+}
+
+/// A clean stop of a [`View::DRAIN_ON_STOP`] view: it reads on until every partition is read
+/// to the end it had when the stop came (positions step over transaction markers, so they
+/// reach it), or reading made no progress for [`QUIET`] (a partition held back by another
+/// producer's open transaction: `read_committed` stops at its last stable offset, and a stop
+/// does not wait for someone else's commit), or [`STOP_DRAIN`] passed. Stopping at the first
+/// empty poll could leave the view a fetch behind the logs until the next start.
+struct Drain {
+    ends: Positions,
+    deadline: Instant,
+    last_progress: Instant,
+    behind: i64,
+}
+
+/// Longest a clean stop goes on reading.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
+/// No progress for this long during a stop: the rest is held back, not on its way.
+const QUIET: Duration = Duration::from_secs(3);
+
+impl Drain {
+    /// The ends of `topics` to reach; none (stop at once) if they cannot be read (the broker
+    /// is down: what is not read now is on the next start).
+    fn new(probe: &kafka::Probe, topics: &[&str]) -> Self {
+        let now = Instant::now();
+        let mut ends = Positions::new();
+        for topic in topics {
+            match kafka::high_watermarks(probe, topic) {
+                Ok(e) => {
+                    ends.insert(topic.to_string(), e);
+                }
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "Stopping without reading on: the ends of the topics cannot be read.");
+                    ends.clear();
+                    break;
+                }
+            }
+        }
+        Drain {
+            ends,
+            deadline: now + STOP_DRAIN,
+            last_progress: now,
+            behind: i64::MAX,
+        }
+    }
+
+    /// Whether to stop now, at `reached`, with or without records in the last poll (`got`).
+    fn done(&mut self, reached: &Positions, got: bool) -> bool {
+        let now = Instant::now();
+        let behind: i64 = self
+            .ends
+            .iter()
+            .flat_map(|(t, ends)| ends.iter().map(move |(p, end)| (t, *p, *end)))
+            .map(|(t, p, end)| (end - at(reached, t, p).unwrap_or(0)).max(0))
+            .sum();
+        if got || behind < self.behind {
+            self.last_progress = now;
+        }
+        self.behind = behind;
+        let done = behind == 0 || now - self.last_progress >= QUIET || now >= self.deadline;
+        if done && behind > 0 && now >= self.deadline {
+            warn!(
+                behind,
+                "Stopped before reading everything written before the stop; the next start goes on from there."
+            );
+        }
+        done
+    }
 }
 
 /// Where a resumable view starts: its tables' checkpoint, if the view takes them back, they
@@ -425,10 +533,13 @@ fn drive<V: View>(
     let end = |topic: &str, p: i32| bounds.map(|b| at(&b.end, topic, p).unwrap_or(0));
     let span = info_span!("view", name = V::PIPELINE);
     let _guard = span.enter();
-    let tables = V::TABLES
-        .iter()
-        .map(|t| SnapshotTable::open(&settings.views_dir, t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tables = match V::SINK {
+        Sink::Replace => V::TABLES
+            .iter()
+            .map(|t| SnapshotTable::open(&settings.views_dir, t))
+            .collect::<Result<Vec<_>, _>>()?,
+        Sink::Append => Vec::new(),
+    };
     let consumer: BaseConsumer = kafka::consumer_config(&settings.cluster, V::PIPELINE).create()?;
     let probe = kafka::Probe::new(&settings.cluster)?;
     let mut partitions = BTreeMap::new();
@@ -436,9 +547,10 @@ fn drive<V: View>(
         let n = kafka::partition_count(&consumer, topic)? as i32;
         partitions.insert(topic, (0..n).collect::<Vec<i32>>());
     }
-    let from = match bounds {
-        None => resume_from(&mut view, &tables, &probe, &partitions)?,
-        Some(b) => Some(b.start.clone()),
+    let from = match (bounds, V::SINK) {
+        (None, Sink::Replace) => resume_from(&mut view, &tables, &probe, &partitions)?,
+        (None, Sink::Append) => view.open_appended(&settings.views_dir)?,
+        (Some(b), _) => Some(b.start.clone()),
     };
     let mut tpl = TopicPartitionList::new();
     for (topic, ps) in &partitions {
@@ -490,9 +602,15 @@ fn drive<V: View>(
     let mut folded = 0u64;
     let mut dirty = true;
     let mut last_flush = Instant::now();
+    let mut drain: Option<Drain> = None;
     loop {
-        let stopping = stop.is_stopped();
-        for m in kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))? {
+        if V::DRAIN_ON_STOP && drain.is_none() && stop.is_stopped() {
+            drain = Some(Drain::new(&probe, V::TOPICS));
+        }
+        let mut stopping = stop.is_stopped() && !V::DRAIN_ON_STOP;
+        let batch = kafka::poll_batch(&consumer, 10_000, Duration::from_millis(100))?;
+        let got = !batch.is_empty();
+        for m in batch {
             if end(m.topic(), m.partition()).is_some_and(|e| m.offset() >= e) {
                 continue;
             }
@@ -524,6 +642,9 @@ fn drive<V: View>(
             dirty = true;
         }
         dirty |= kafka::note_positions(&consumer, &mut checkpoint)?;
+        if let Some(d) = &mut drain {
+            stopping = d.done(&checkpoint, got);
+        }
         if let (Some(bounds), Some(progress)) = (bounds, progress.as_mut()) {
             // Positions step over transaction markers: compare them, not last offsets.
             progress(&checkpoint);
@@ -545,7 +666,7 @@ fn drive<V: View>(
             if V::WANTS_ENDS {
                 view.before_flush(&checkpoint, &bounds.end);
             }
-            write_tables(&view, &tables, &checkpoint)?;
+            write(&mut view, &tables, &checkpoint)?;
             return Ok(folded);
         }
         if dirty && (stopping || last_flush.elapsed() >= settings.flush) {
@@ -559,7 +680,7 @@ fn drive<V: View>(
             if let Some((out, ..)) = &dead_letters {
                 out.flush().context("dead letters not delivered")?;
             }
-            write_tables(&view, &tables, &checkpoint)?;
+            write(&mut view, &tables, &checkpoint)?;
             dirty = false;
             last_flush = Instant::now();
         }
