@@ -440,7 +440,9 @@ pub const SERVICES: &[Service] = &[
         name: "compliance",
         description: "Hash-chained, append-only audit trail of every event log",
         topics: &[],
-        pipelines: &[Pipeline::view::<crate::compliance::AuditView>(Host::Compliance)],
+        pipelines: &[Pipeline::view::<crate::compliance::AuditView>(
+            Host::Compliance,
+        )],
     },
     crate::returns::SERVICE,
 ];
