@@ -3,90 +3,26 @@
 //!
 //! Rows are sorted by (sku, warehouse) so point lookups by sku prune row groups.
 
-use std::sync::{Arc, LazyLock};
-
-use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
-
-use crate::Result;
-use crate::table::{Columns, batch};
-
 /// Name of the view (and its table).
 pub const VIEW: &str = "stock_levels";
 
 /// The rows, as the projection in `processors` folds them.
 pub use processors::inventory::StockLevel;
 
-static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("sku", DataType::Utf8, false),
-        Field::new("warehouse", DataType::Utf8, false),
-        Field::new("on_hand", DataType::Int64, false),
-        Field::new("reserved", DataType::Int64, false),
-        Field::new("available", DataType::Int64, false),
-        Field::new("version", DataType::Int64, false),
-        Field::new(
-            "updated_at",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
-    ]))
-});
+crate::columns! {
+    StockLevelsTable, StockLevel, VIEW, order: |r| (&r.sku, &r.warehouse),
+    sku: Text,
+    warehouse: Text,
+    on_hand: Int,
+    reserved: Int,
+    available: Int = |r| r.on_hand - r.reserved,
+    version: Int,
+    updated_at: Time,
+}
 
 /// Arrow schema of the view.
-pub fn schema() -> SchemaRef {
+pub fn schema() -> arrow::datatypes::SchemaRef {
     SCHEMA.clone()
-}
-
-crate::table!(StockLevelsTable, StockLevel, VIEW);
-
-/// Builds the view's batch from rows, sorted by (sku, warehouse).
-pub fn to_batch<'a>(rows: impl IntoIterator<Item = &'a StockLevel>) -> Result<RecordBatch> {
-    let mut rows: Vec<&StockLevel> = rows.into_iter().collect();
-    rows.sort_by(|a, b| (&a.sku, &a.warehouse).cmp(&(&b.sku, &b.warehouse)));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.sku))),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| &r.warehouse),
-        )),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.on_hand))),
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| r.reserved),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| r.on_hand - r.reserved),
-        )),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.version))),
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.updated_at))
-                .with_timezone("UTC"),
-        ),
-    ];
-    batch(schema(), columns)
-}
-
-/// Reads rows back from batches of this view (used to resume after a restart).
-pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<StockLevel>> {
-    let mut rows = Vec::new();
-    for b in batches {
-        let c = Columns::new(VIEW, &schema(), b)?;
-        let s = |i| c.get::<StringArray>(i);
-        let n = |i| c.get::<Int64Array>(i);
-        let (sku, warehouse, on_hand, reserved, version) = (s(0)?, s(1)?, n(2)?, n(3)?, n(5)?);
-        let updated = c.get::<TimestampMillisecondArray>(6)?;
-        for i in 0..b.num_rows() {
-            rows.push(StockLevel {
-                sku: sku.value(i).to_owned(),
-                warehouse: warehouse.value(i).to_owned(),
-                on_hand: on_hand.value(i),
-                reserved: reserved.value(i),
-                version: version.value(i),
-                updated_at: updated.value(i),
-            });
-        }
-    }
-    Ok(rows)
 }
 
 #[cfg(test)]

@@ -327,25 +327,59 @@ pub mod col {
         |a, i| a.is_valid(i).then(|| a.value(i)));
 }
 
-/// Declares a view's table from one list of its row's fields and their [`col`] kinds: the
-/// Arrow schema (`SCHEMA`), `to_batch` (rows sorted by `order`), `from_batches` (refusing a
-/// table of another layout) and the [`Table`] `$table`. Prove the declaration with
-/// [`round_trip`] in the module's tests.
+/// Declares a view's table from one list of its columns, in order: the Arrow schema
+/// (`SCHEMA`), `to_batch` (rows sorted by `order`), `from_batches` (refusing a table of
+/// another layout) and the [`Table`] `$table`. Each column is one of
+/// - `field: Kind`: the row's field, of a [`col`] kind;
+/// - `"name" => field: Kind`: the same under another column name (e.g. a Rust keyword);
+/// - `name: Kind = |r| expr`: computed from the row when written, not read back.
+///
+/// Prove the declaration with [`round_trip`] in the module's tests.
 ///
 /// ```ignore
 /// sinks::columns! {
-///     ReturnsTable, ReturnRow, "returns", order: |r| (&r.order_id, &r.return_id),
-///     order_id: Text, return_id: Text, refund_cents: Int, received_at: OptTime,
+///     StockLevelsTable, StockLevel, "stock_levels", order: |r| (&r.sku, &r.warehouse),
+///     sku: Text, on_hand: Int, reserved: Int, available: Int = |r| r.on_hand - r.reserved,
 /// }
 /// ```
 #[macro_export]
 macro_rules! columns {
-    ($table:ident, $row:ident, $name:expr, order: |$r:ident| $key:expr,
-     $($field:ident : $kind:ident),+ $(,)?) => {
+    ($table:ident, $row:ident, $name:expr, order: |$r:ident| $key:expr, $($spec:tt)+) => {
+        $crate::columns!(@parse [$table $row ($name) $r ($key)] [] [] $($spec)+);
+    };
+    // A field under its own name.
+    (@parse $head:tt [$($cols:tt)*] [$($inits:tt)*]
+        $field:ident : $kind:ident = |$x:ident| $e:expr $(, $($rest:tt)*)?) => {
+        $crate::columns!(@parse $head
+            [$($cols)* (stringify!($field), $kind, (computed $x $e))]
+            [$($inits)*] $($($rest)*)?);
+    };
+    (@parse $head:tt [$($cols:tt)*] [$($inits:tt)*]
+        $field:ident : $kind:ident $(, $($rest:tt)*)?) => {
+        $crate::columns!(@parse $head
+            [$($cols)* (stringify!($field), $kind, (field $field))]
+            [$($inits)* ($field, stringify!($field), $kind)] $($($rest)*)?);
+    };
+    (@parse $head:tt [$($cols:tt)*] [$($inits:tt)*]
+        $column:literal => $field:ident : $kind:ident $(, $($rest:tt)*)?) => {
+        $crate::columns!(@parse $head
+            [$($cols)* ($column, $kind, (field $field))]
+            [$($inits)* ($field, $column, $kind)] $($($rest)*)?);
+    };
+    (@array $rows:ident, $kind:ident, (field $field:ident)) => {
+        <$crate::table::col::$kind as $crate::table::Column>::array($rows.iter().map(|r| &r.$field))
+    };
+    (@array $rows:ident, $kind:ident, (computed $x:ident $e:expr)) => {{
+        let values: Vec<_> = $rows.iter().map(|$x| $e).collect();
+        <$crate::table::col::$kind as $crate::table::Column>::array(values.iter())
+    }};
+    (@parse [$table:ident $row:ident ($name:expr) $r:ident ($key:expr)]
+        [$(($col:expr, $kind:ident, $how:tt))+]
+        [$(($ifield:ident, $icol:expr, $ikind:ident))*]) => {
         static SCHEMA: std::sync::LazyLock<arrow::datatypes::SchemaRef> =
             std::sync::LazyLock::new(|| {
                 std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
-                    $(<$crate::table::col::$kind as $crate::table::Column>::field(stringify!($field))),+
+                    $(<$crate::table::col::$kind as $crate::table::Column>::field($col)),+
                 ]))
             });
 
@@ -367,9 +401,7 @@ macro_rules! columns {
             });
             Ok(arrow::record_batch::RecordBatch::try_new(
                 SCHEMA.clone(),
-                vec![$(<$crate::table::col::$kind as $crate::table::Column>::array(
-                    rows.iter().map(|r| &r.$field),
-                )),+],
+                vec![$($crate::columns!(@array rows, $kind, $how)),+],
             )?)
         }
 
@@ -383,10 +415,10 @@ macro_rules! columns {
                 $crate::table::Columns::new($name, &SCHEMA, b)?;
                 for i in 0..b.num_rows() {
                     rows.push($row {
-                        $($field: <$crate::table::col::$kind as $crate::table::Column>::value(
-                            b.column_by_name(stringify!($field)).expect("checked").as_ref(),
+                        $($ifield: <$crate::table::col::$ikind as $crate::table::Column>::value(
+                            b.column_by_name($icol).expect("checked").as_ref(),
                             i,
-                        )),+
+                        )),*
                     });
                 }
             }

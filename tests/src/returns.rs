@@ -98,12 +98,15 @@ async fn produce<T: RecordUnion>(
 }
 
 /// Runs the scenario with `runner` (the saga, the inventory service and their views);
-/// `seed` keeps runs on one cluster apart. Returns the number of returns checked.
+/// `seed` keeps runs on one cluster apart. With `interrupt`, the runner is interrupted (a
+/// child process: SIGKILLed) right after the requests and again right after the receipts are
+/// produced, and started again. Returns the number of returns checked.
 pub async fn returns_end_to_end(
     cluster: &Cluster,
     views: &Path,
     runner: &mut dyn Runner,
     seed: u64,
+    interrupt: bool,
 ) -> anyhow::Result<usize> {
     let spec = SimSpec {
         orders: 7 * 6,
@@ -119,7 +122,7 @@ pub async fn returns_end_to_end(
     runner.start()?;
     let ran = async {
         run_simulation(cluster, views, runner, &sim, 0).await?;
-        returns_phase(cluster, views, &sim).await
+        returns_phase(cluster, views, &sim, runner, interrupt).await
     }
     .await;
     runner.stop()?;
@@ -130,7 +133,16 @@ async fn returns_phase(
     cluster: &Cluster,
     views: &Path,
     sim: &simulate::Simulation,
+    runner: &mut dyn Runner,
+    interrupt: bool,
 ) -> anyhow::Result<usize> {
+    let interrupted = |runner: &mut dyn Runner| -> anyhow::Result<()> {
+        if interrupt {
+            runner.interrupt()?;
+            runner.start()?;
+        }
+        Ok(())
+    };
     let before = stock_levels(views).await?;
     let now = chrono_now();
     // Every order confirms (no failure was forced); the case of each by its index.
@@ -264,8 +276,10 @@ async fn returns_phase(
         }
     }
     produce(cluster, returns::COMMANDS, requests).await?;
+    interrupted(runner)?;
     wait_caught_up(cluster, views).await?;
     produce(cluster, returns::COMMANDS, receipts).await?;
+    interrupted(runner)?;
     wait_caught_up(cluster, views).await?;
     wait_view(views, &expected, Duration::from_secs(60)).await?;
 

@@ -172,7 +172,8 @@ async fn returns_restock_refund_and_reject_as_the_rules_say() -> anyhow::Result<
     let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
     runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
     let checked =
-        integration::returns::returns_end_to_end(&cluster, views.path(), &mut runner, 41).await?;
+        integration::returns::returns_end_to_end(&cluster, views.path(), &mut runner, 41, false)
+            .await?;
     assert!(checked >= 7, "{checked} returns");
     Ok(())
 }

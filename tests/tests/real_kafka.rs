@@ -809,7 +809,9 @@ fn purchasing_killed_mid_run(stack: &Stack, rt: &tokio::runtime::Runtime) -> any
     ))
 }
 
-/// Customer returns end to end on real Kafka, the services as child processes.
+/// Customer returns end to end on real Kafka, the services as child processes SIGKILLed
+/// right after the requests and right after the receipts: each return decided, refunded and
+/// restocked exactly once.
 fn returns_end_to_end(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     ensure_saga_topics(stack, rt)?;
     let views = tempfile::tempdir()?;
@@ -819,6 +821,7 @@ fn returns_end_to_end(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Re
         views.path(),
         &mut runner,
         51,
+        true,
     ))?;
     anyhow::ensure!(checked >= 7, "{checked} returns");
     Ok(())
