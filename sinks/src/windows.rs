@@ -21,7 +21,6 @@ crate::columns! {
     "final" => is_final: Bool,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
