@@ -69,7 +69,6 @@ pub struct ReturnsState {
     pub order_id: String,
     pub version: i64,
     pub lines: Vec<OrderLine>,
-    pub shipped: bool,
     pub cancelled: bool,
     pub delivered_at: Option<i64>,
     pub returns: Vec<ReturnCase>,
@@ -136,13 +135,12 @@ record_union! {
 union_metadata!(DeliveryEvent { OrderDelivered });
 
 record_union! {
-    /// What the returns processor reads: its commands, the orders' lines and outcomes, and
-    /// the deliveries.
+    /// What the returns processor reads: its commands, the orders' lines and cancellations,
+    /// and the deliveries.
     ReturnsIn {
         RequestReturn => "../avro/returns/RequestReturn.avsc",
         ReceiveReturn => "../avro/returns/ReceiveReturn.avsc",
         OrderPlaced => "../avro/orders/OrderPlaced.avsc",
-        OrderConfirmed => "../avro/orders/OrderConfirmed.avsc",
         OrderCancelled => "../avro/orders/OrderCancelled.avsc",
         OrderDelivered => "../avro/returns/OrderDelivered.avsc",
     }
@@ -151,12 +149,11 @@ union_metadata!(ReturnsIn {
     RequestReturn,
     ReceiveReturn,
     OrderPlaced,
-    OrderConfirmed,
     OrderCancelled,
     OrderDelivered
 });
 
-use crate::orders::{OrderCancelled, OrderConfirmed, OrderPlaced};
+use crate::orders::{OrderCancelled, OrderPlaced};
 use crate::shipping::ParcelDelivered;
 
 record_union! {
@@ -235,7 +232,6 @@ mod tests {
                 quantity: 2,
                 unit_price_cents: 450,
             }],
-            shipped: true,
             cancelled: false,
             delivered_at: Some(7),
             returns: vec![ReturnCase {

@@ -8,6 +8,17 @@ use pipelines::embedded::Embedded;
 use pipelines::inventory::{self, Options};
 use pipelines::saga::{self, simulate::SimSpec};
 
+/// The embedded broker (kept alive by the first element) with every service's topics, its
+/// cluster and a fresh views directory: where each saga scenario starts.
+async fn saga_stack() -> anyhow::Result<(Embedded, pipelines::Cluster, tempfile::TempDir)> {
+    logs();
+    let embedded = Embedded::start().await?;
+    let cluster = embedded.cluster();
+    embedded.create_topics(&inventory::topics(3))?;
+    embedded.create_topics(&saga::topics(3))?;
+    Ok((embedded, cluster, tempfile::tempdir()?))
+}
+
 /// Logs at `SUPPLYSTREAM_LOG` (default: warnings) into each test's captured output: a test
 /// that fails in CI shows the warnings of its run (failed batches, rewinds, consumer errors).
 fn logs() {
@@ -54,12 +65,7 @@ async fn inventory_walking_skeleton_on_the_embedded_broker() -> anyhow::Result<(
 const NO_TIMEOUT_EXPECTED: std::time::Duration = std::time::Duration::from_secs(120);
 
 async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()> {
-    logs();
-    let embedded = Embedded::start().await?;
-    let cluster = embedded.cluster();
-    embedded.create_topics(&inventory::topics(3))?;
-    embedded.create_topics(&saga::topics(3))?;
-    let views = tempfile::tempdir()?;
+    let (_broker, cluster, views) = saga_stack().await?;
     let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
     runner.saga.duplicate_outputs = duplicate_outputs;
     runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
@@ -125,12 +131,7 @@ async fn order_sagas_with_every_message_delivered_twice() -> anyhow::Result<()> 
 /// store is the fold of its event log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_stock_is_reordered_and_receipts_restock_inventory() -> anyhow::Result<()> {
-    logs();
-    let embedded = Embedded::start().await?;
-    let cluster = embedded.cluster();
-    embedded.create_topics(&inventory::topics(3))?;
-    embedded.create_topics(&saga::topics(3))?;
-    let views = tempfile::tempdir()?;
+    let (_broker, cluster, views) = saga_stack().await?;
     let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
     runner.saga.lead_time = std::time::Duration::from_millis(800);
     runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
@@ -163,12 +164,7 @@ async fn low_stock_is_reordered_and_receipts_restock_inventory() -> anyhow::Resu
 /// agree with the rules restated in the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returns_restock_refund_and_reject_as_the_rules_say() -> anyhow::Result<()> {
-    logs();
-    let embedded = Embedded::start().await?;
-    let cluster = embedded.cluster();
-    embedded.create_topics(&inventory::topics(3))?;
-    embedded.create_topics(&saga::topics(3))?;
-    let views = tempfile::tempdir()?;
+    let (_broker, cluster, views) = saga_stack().await?;
     let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
     runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
     let checked =
@@ -182,12 +178,7 @@ async fn returns_restock_refund_and_reject_as_the_rules_say() -> anyhow::Result<
 /// its late replies do not resurrect any saga.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_time_out_while_payments_is_down() -> anyhow::Result<()> {
-    logs();
-    let embedded = Embedded::start().await?;
-    let cluster = embedded.cluster();
-    embedded.create_topics(&inventory::topics(3))?;
-    embedded.create_topics(&saga::topics(3))?;
-    let views = tempfile::tempdir()?;
+    let (_broker, cluster, views) = saga_stack().await?;
     let rt = tokio::runtime::Handle::current();
     let timeout = std::time::Duration::from_secs(2);
     let mut rest = InProcessSaga::new(&cluster, views.path(), rt.clone());
@@ -252,12 +243,7 @@ async fn replay_rebuilds_stock_levels_from_the_topic() -> anyhow::Result<()> {
 /// first try; bad input is a 4xx naming the field and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_commands_are_read_back_with_their_token() -> anyhow::Result<()> {
-    logs();
-    let embedded = Embedded::start().await?;
-    let cluster = embedded.cluster();
-    embedded.create_topics(&inventory::topics(3))?;
-    embedded.create_topics(&saga::topics(3))?;
-    let views = tempfile::tempdir()?;
+    let (_broker, cluster, views) = saga_stack().await?;
     let mut runner = InProcess::new(
         Options::new(cluster.clone(), views.path().to_path_buf()),
         tokio::runtime::Handle::current(),

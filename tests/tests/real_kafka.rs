@@ -453,6 +453,16 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
     Ok(())
 }
 
+/// The participants of the order saga: the churn scales them out.
+const SAGA_PARTICIPANTS: &[&str] = &[
+    "orders",
+    "inventory-saga",
+    "payments",
+    "shipping",
+    "notifications",
+    "billing",
+];
+
 /// The groups whose rebalances the saga churn counts (one per participant it checks).
 const SAGA_GROUPS: &[&str] = &[
     "inventory",
@@ -480,7 +490,31 @@ fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
         .map(|g| churn::rebalances(&kafka_log, g))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // No saga should time out: the step deadline is a business setting, not the subject.
-    let saga_args = ["saga", "--step-timeout-ms", "120000"];
+    // The order saga's participants churn; the services beside them (catalog, purchasing,
+    // returns) run in one stable process without views, as a deployment scales each service
+    // on its own: the churn is about the saga.
+    let participants = SAGA_PARTICIPANTS.join(",");
+    let saga_args = [
+        "saga",
+        "--step-timeout-ms",
+        "120000",
+        "--participants",
+        &participants,
+    ];
+    let others = saga::participants()
+        .into_iter()
+        .filter(|p| !SAGA_PARTICIPANTS.contains(p))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut beside = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.path().to_path_buf(),
+        logs_dir().join("churn-beside"),
+    );
+    beside.args = ["saga", "--participants", &others, "--no-views"]
+        .map(str::to_owned)
+        .to_vec();
     let mut compliance = ChildProcess::new(
         binary(),
         stack.cluster.clone(),
@@ -494,6 +528,7 @@ fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
         inner: Together(vec![
             Box::new(fleet(stack, views.path(), "inv", &["inventory"])),
             Box::new(fleet(stack, views.path(), "saga", &saga_args)),
+            Box::new(beside),
             Box::new(compliance),
         ]),
         kafka_log: kafka_log.clone(),

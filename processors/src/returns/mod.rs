@@ -6,10 +6,13 @@
 //!
 //! One aggregate per **order** (all returns of an order in one place, so "not more than was
 //! shipped" holds across several returns), fed by `returns.commands`, the order's own events
-//! (`OrderPlaced` for the lines and prices, `OrderConfirmed`, `OrderCancelled`) and its
-//! delivery ([`deliveries`] re-keys carriers' `ParcelDelivered` from shipment to order).
+//! (`OrderPlaced` for the lines and prices, `OrderCancelled`) and its delivery ([`deliveries`]
+//! re-keys carriers' `ParcelDelivered` from shipment to order). It reads every order, so it
+//! keeps one changelog record per order and no more: the order's events are facts folded
+//! idempotently (only commands are remembered, for dedup), and a delivery is what says the
+//! order shipped.
 //!
-//! Rules of a request: the order shipped and was delivered, not cancelled; it is asked for
+//! Rules of a request: the order was delivered and not cancelled; it is asked for
 //! within [`WINDOW_MS`] of the delivery (the request's `occurred_at` against the carrier's
 //! scan time); every line was in the order; per sku, the units asked back across the order's
 //! authorized returns never exceed the units shipped. A broken rule is a `ReturnRejected`
@@ -48,7 +51,6 @@ fn order_of(input: &ReturnsIn) -> &str {
         ReturnsIn::RequestReturn(r) => &r.order_id,
         ReturnsIn::ReceiveReturn(r) => &r.order_id,
         ReturnsIn::OrderPlaced(p) => &p.order.order_id,
-        ReturnsIn::OrderConfirmed(c) => &c.order_id,
         ReturnsIn::OrderCancelled(c) => &c.order_id,
         ReturnsIn::OrderDelivered(d) => &d.order_id,
     }
@@ -71,28 +73,23 @@ impl Participant for Returns {
     ) -> Result<Reaction<ReturnsState, ReturnEvent>, InvalidCommand> {
         let cause = input.metadata();
         if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
-            return Ok(Reaction::none()); // a redelivery
+            return Ok(Reaction::none()); // a command delivered again
         }
         let order_id = order_of(input).to_owned();
         let mut s = state.cloned().unwrap_or_else(|| ReturnsState {
             order_id: order_id.clone(),
             version: 0,
             lines: Vec::new(),
-            shipped: false,
             cancelled: false,
             delivered_at: None,
             returns: Vec::new(),
             steps: Vec::new(),
         });
-        s.steps.push(cause.event_id.clone());
+        let before = state.cloned();
         let meta = |version| caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let event: Option<ReturnEvent> = match input {
             ReturnsIn::OrderPlaced(p) => {
                 s.lines = p.order.lines.clone();
-                None
-            }
-            ReturnsIn::OrderConfirmed(_) => {
-                s.shipped = true;
                 None
             }
             ReturnsIn::OrderCancelled(_) => {
@@ -106,6 +103,7 @@ impl Participant for Returns {
             }
             ReturnsIn::RequestReturn(r) => {
                 check_request(&s, r)?;
+                s.steps.push(cause.event_id.clone());
                 let lines = merged(r.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
                 let version = s.version + 1;
                 Some(match refusal(&s, cause.occurred_at, &lines) {
@@ -143,6 +141,7 @@ impl Participant for Returns {
             }
             ReturnsIn::ReceiveReturn(r) => {
                 let refund = receipt(&s, r)?;
+                s.steps.push(cause.event_id.clone());
                 let version = s.version + 1;
                 let case = s
                     .returns
@@ -166,6 +165,8 @@ impl Participant for Returns {
         };
         if event.is_some() {
             s.version += 1;
+        } else if before.as_ref() == Some(&s) {
+            return Ok(Reaction::none()); // an order event delivered again
         }
         Ok(Reaction::new(s, event.into_iter().collect()))
     }
@@ -216,9 +217,8 @@ fn refusal(s: &ReturnsState, asked_at: i64, lines: &BTreeMap<&str, i64>) -> Opti
     if s.cancelled {
         return Some(format!("order {order} was cancelled"));
     }
-    let delivered = match s.delivered_at {
-        Some(at) if s.shipped => at,
-        _ => return Some(format!("order {order} has not been delivered")),
+    let Some(delivered) = s.delivered_at else {
+        return Some(format!("order {order} has not been delivered"));
     };
     if asked_at.saturating_sub(delivered) > WINDOW_MS {
         return Some(format!(

@@ -2,7 +2,7 @@
 
 use schemas::Metadata;
 use schemas::inventory::ReceivingOut;
-use schemas::orders::{OrderCancelled, OrderConfirmed, OrderContext, OrderLine, OrderPlaced};
+use schemas::orders::{OrderCancelled, OrderContext, OrderLine, OrderPlaced};
 use schemas::payments::{PaymentReply, PaymentState};
 use schemas::returns::*;
 use schemas::saga::PaymentsIn;
@@ -43,18 +43,6 @@ fn placed() -> ReturnsIn {
             ship_to_postcode: "1011".into(),
         },
         deadline_at: 0,
-    }
-    .into()
-}
-
-fn confirmed() -> ReturnsIn {
-    OrderConfirmed {
-        metadata: meta("confirmed", 1),
-        order_id: ORDER.into(),
-        customer_id: "C-1".into(),
-        total_cents: 3_500,
-        shipment_id: "SHP-O-1".into(),
-        carrier: "DHL".into(),
     }
     .into()
 }
@@ -118,7 +106,7 @@ fn given(inputs: &[ReturnsIn]) -> (Vec<ReturnEvent>, Option<ReturnsState>) {
 }
 
 fn delivered_order() -> Vec<ReturnsIn> {
-    vec![placed(), confirmed(), delivered()]
+    vec![placed(), delivered()]
 }
 
 fn rejection(events: &[ReturnEvent]) -> Option<&str> {
@@ -162,11 +150,7 @@ fn late_undelivered_cancelled_or_foreign_returns_are_rejected_with_their_reason(
             .contains("31 days after delivery")
     );
 
-    let undelivered = vec![
-        placed(),
-        confirmed(),
-        request("R1", DELIVERED, &[("SKU-A", 1)]),
-    ];
+    let undelivered = vec![placed(), request("R1", DELIVERED, &[("SKU-A", 1)])];
     assert!(
         rejection(&given(&undelivered).0)
             .unwrap()
@@ -274,6 +258,23 @@ fn malformed_commands_are_invalid_and_redeliveries_change_nothing() {
             .reason
             .contains("is Received")
     );
+}
+
+#[test]
+fn order_events_are_folded_idempotently_and_not_remembered() {
+    let (_, state) = given(&delivered_order());
+    let s = state.unwrap();
+    assert!(s.steps.is_empty(), "only commands are remembered: {:?}", s.steps);
+    for again in [placed(), delivered()] {
+        assert_eq!(Returns.handle(Some(&s), &again, 9).unwrap(), Reaction::none());
+    }
+    // A later delivery scan does not move the delivery date.
+    let mut later = delivered();
+    if let ReturnsIn::OrderDelivered(d) = &mut later {
+        d.metadata.event_id = "delivered-again".into();
+        d.delivered_at += DAY_MS;
+    }
+    assert_eq!(Returns.handle(Some(&s), &later, 9).unwrap(), Reaction::none());
 }
 
 #[test]
