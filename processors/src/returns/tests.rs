@@ -264,9 +264,16 @@ fn malformed_commands_are_invalid_and_redeliveries_change_nothing() {
 fn order_events_are_folded_idempotently_and_not_remembered() {
     let (_, state) = given(&delivered_order());
     let s = state.unwrap();
-    assert!(s.steps.is_empty(), "only commands are remembered: {:?}", s.steps);
+    assert!(
+        s.steps.is_empty(),
+        "only commands are remembered: {:?}",
+        s.steps
+    );
     for again in [placed(), delivered()] {
-        assert_eq!(Returns.handle(Some(&s), &again, 9).unwrap(), Reaction::none());
+        assert_eq!(
+            Returns.handle(Some(&s), &again, 9).unwrap(),
+            Reaction::none()
+        );
     }
     // A later delivery scan does not move the delivery date.
     let mut later = delivered();
@@ -274,7 +281,10 @@ fn order_events_are_folded_idempotently_and_not_remembered() {
         d.metadata.event_id = "delivered-again".into();
         d.delivered_at += DAY_MS;
     }
-    assert_eq!(Returns.handle(Some(&s), &later, 9).unwrap(), Reaction::none());
+    assert_eq!(
+        Returns.handle(Some(&s), &later, 9).unwrap(),
+        Reaction::none()
+    );
 }
 
 #[test]
