@@ -144,7 +144,7 @@ async fn returns_phase(
         Ok(())
     };
     let before = stock_levels(views).await?;
-    let now = chrono_now();
+    let now = pipelines::wire::now_ms();
     // Every order confirms (no failure was forced); the case of each by its index.
     let orders: Vec<(&schemas::orders::PlaceOrder, Case)> = sim
         .orders
@@ -429,13 +429,6 @@ async fn returns_phase(
         expected.values().filter(|e| e.status == "Rejected").count()
     );
     Ok(expected.len())
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_millis() as i64
 }
 
 /// On hand per (sku, warehouse).

@@ -85,7 +85,6 @@ impl Participant for Returns {
             returns: Vec::new(),
             steps: Vec::new(),
         });
-        let before = state.cloned();
         let meta = |version| caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let event: Option<ReturnEvent> = match input {
             ReturnsIn::OrderPlaced(p) => {
@@ -165,7 +164,7 @@ impl Participant for Returns {
         };
         if event.is_some() {
             s.version += 1;
-        } else if before.as_ref() == Some(&s) {
+        } else if state == Some(&s) {
             return Ok(Reaction::none()); // an order event delivered again
         }
         Ok(Reaction::new(s, event.into_iter().collect()))
