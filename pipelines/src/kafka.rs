@@ -50,6 +50,13 @@ pub fn consumer_config(cluster: &Cluster, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "100")
+        // librdkafka's fetcher stops when a consumer's queue holds `queued.min.messages`
+        // and, once the consumer has drained it, waits `fetch.queue.backoff.ms` (1 s by
+        // default) before it fetches again: any consumer slower than its fetcher idles for
+        // up to a second at a time. Under a backlog that capped a processor near 100-150K
+        // records/s, and a saga participant sharing a process with a dozen others spent most
+        // of its time waiting on an empty queue (librdkafka #2879; BENCHMARKS.md).
+        .set("fetch.queue.backoff.ms", "10")
         // A Rust process has no GC pauses to ride out: detect a dead instance in 10 s, not
         // the default 45 s (6 s is the broker's minimum).
         .set("session.timeout.ms", "10000")

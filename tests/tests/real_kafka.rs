@@ -515,6 +515,9 @@ fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
     beside.args = ["saga", "--participants", &others, "--no-views"]
         .map(str::to_owned)
         .to_vec();
+    // Batches as large as the fleet's: at the default 10, `returns` (one transaction per ten
+    // order events) fell 45,000 records behind `orders.events` and never caught up.
+    beside.batch_size = 2_000;
     let mut compliance = ChildProcess::new(
         binary(),
         stack.cluster.clone(),
