@@ -96,11 +96,11 @@ fn main() -> anyhow::Result<()> {
             saga,
         } => match service {
             Service::Inventory => rt.block_on(cli::run::run(
-                cli::run::inventory_options(&cluster, &run, &saga),
+                cli::run::inventory_options(&cluster, &run, &saga)?,
                 signals(),
             )),
             Service::Saga => rt.block_on(cli::run::run_saga(
-                cli::run::saga_options(&cluster, &run, &saga),
+                cli::run::saga_options(&cluster, &run, &saga)?,
                 saga.participants,
                 !saga.no_views,
                 signals(),

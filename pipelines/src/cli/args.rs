@@ -86,9 +86,13 @@ pub(crate) struct RunArgs {
     /// Where the views are written.
     #[arg(long, default_value = "data/views")]
     pub(crate) views: PathBuf,
-    /// This instance's id within the service's consumer group.
-    #[arg(long, default_value = "0")]
-    pub(crate) instance: String,
+    /// This instance's id within the service's consumer groups (its static membership and
+    /// transactional ids). Two live processes must not share one: the older stops, naming
+    /// the other. By default the id kept in the state directory (`<state-dir>/instance`,
+    /// made on the first start as `<host>-<random>`), or `<host>-<pid>` with
+    /// `--no-state-dir`.
+    #[arg(long)]
+    pub(crate) instance: Option<String>,
     /// Partitions of the service's topics when they are created.
     #[arg(long, default_value_t = 3)]
     pub(crate) partitions: i32,
@@ -113,6 +117,49 @@ impl RunArgs {
     pub(crate) fn state_dir(&self) -> Option<PathBuf> {
         (!self.no_state_dir).then(|| self.state_dir.clone())
     }
+
+    /// `--instance`, else the state directory's (made on first use), else `<host>-<pid>`.
+    /// Before, every process defaulted to `0`: a second one on another host fenced the first.
+    pub(crate) fn instance(&self) -> anyhow::Result<String> {
+        if let Some(i) = &self.instance {
+            return Ok(i.clone());
+        }
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let Some(dir) = self.state_dir() else {
+            return Ok(format!("{host}-{}", std::process::id()));
+        };
+        instance_kept_in(&dir, &host)
+    }
+}
+
+/// The instance id kept in `dir/instance`, written there as `<host>-<random>` when absent.
+pub(crate) fn instance_kept_in(dir: &std::path::Path, host: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let file = dir.join("instance");
+    match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    // Written aside and renamed: a process killed meanwhile leaves no half id behind.
+    let part = dir.join("instance.part");
+    std::fs::write(&part, format!("{id}\n"))
+        .with_context(|| format!("writing {}", part.display()))?;
+    std::fs::rename(&part, &file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(id)
 }
 
 /// Options of `run saga`.

@@ -114,24 +114,32 @@ pub(crate) async fn run_compliance(
 }
 
 /// `run inventory`: the options from the command line.
-pub(crate) fn inventory_options(cluster: &ClusterArgs, run: &RunArgs, saga: &SagaArgs) -> Options {
+pub(crate) fn inventory_options(
+    cluster: &ClusterArgs,
+    run: &RunArgs,
+    saga: &SagaArgs,
+) -> anyhow::Result<Options> {
     let mut opts = Options::new(cluster.cluster(), run.views.clone());
     opts.state_dir = run.state_dir();
     opts.snapshot_every = Duration::from_millis(run.snapshot_every_ms);
-    opts.instance = run.instance.clone();
+    opts.instance = run.instance()?;
     opts.partitions = run.partitions;
     opts.batch_size = run.batch_size;
     opts.low_stock_threshold = saga.low_stock_threshold;
     opts.run_view = !saga.no_views;
-    opts
+    Ok(opts)
 }
 
 /// `run saga`: the options from the command line.
-pub(crate) fn saga_options(cluster: &ClusterArgs, run: &RunArgs, saga: &SagaArgs) -> saga::Options {
+pub(crate) fn saga_options(
+    cluster: &ClusterArgs,
+    run: &RunArgs,
+    saga: &SagaArgs,
+) -> anyhow::Result<saga::Options> {
     let mut opts = saga::Options::new(cluster.cluster(), run.views.clone());
     opts.state_dir = run.state_dir();
     opts.snapshot_every = Duration::from_millis(run.snapshot_every_ms);
-    opts.instance = run.instance.clone();
+    opts.instance = run.instance()?;
     opts.partitions = run.partitions;
     opts.batch_size = run.batch_size;
     opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
@@ -139,7 +147,7 @@ pub(crate) fn saga_options(cluster: &ClusterArgs, run: &RunArgs, saga: &SagaArgs
     opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);
     opts.lead_time = Duration::from_millis(saga.lead_time_ms);
     opts.reorder_quantity = saga.reorder_quantity;
-    opts
+    Ok(opts)
 }
 
 /// `serve`: the HTTP API until stopped.
