@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | bad input | an undecodable record, a wrong key, an invalid command | dead-letters the record with the reason in its headers, goes on (record by record, inside the unit of work: a `BadInput` error that escapes it stops the loop, since a retry would meet it again) |
 //! | external | the broker or the registry unavailable, a timeout, a transaction the coordinator aborted | aborts the unit of work, rewinds to the committed state, backs off, retries |
-//! | fenced | a newer instance of the same processor took over | stops: this one is a zombie |
+//! | broken client | librdkafka's fatal state (e.g. a consumer's `FencedInstanceId` after a broker pause), a transaction neither committed nor aborted | drops its clients and state, backs off, starts again with new ones (what a restart of the process would do); the third fence or breakage within five minutes stops it: another live process runs as this instance |
+//! | fenced | the producer fenced (`ProducerFenced`): another incarnation initialized this transactional id, or the coordinator bumped its epoch after a timeout | the same (Kafka cannot tell the two apart) |
 //! | internal | a bug or a wrong deployment (a processor publishing a topic its service does not own) | stops loudly |
 //!
 //! Lower layers return `anyhow::Error`s; [`domain`] classifies them, so a new fault is
@@ -20,6 +21,9 @@ pub enum Domain {
     BadInput,
     /// Something outside the process failed; it may work again.
     External,
+    /// The Kafka client cannot go on (librdkafka's fatal state, an abort refused): new
+    /// clients can.
+    Broken,
     /// Another instance owns this work now.
     Fenced,
     /// This process is wrong.
@@ -33,6 +37,9 @@ pub enum Retry {
     DeadLetter,
     /// Abort, rewind, wait and try the unit of work again.
     WithBackoff,
+    /// Drop the clients and the in-memory state, wait, and start the loop again with new
+    /// clients.
+    Rebuild,
     /// End the loop with the error.
     Stop,
 }
@@ -42,6 +49,7 @@ impl Domain {
         match self {
             Domain::BadInput => Retry::DeadLetter,
             Domain::External => Retry::WithBackoff,
+            Domain::Broken => Retry::Rebuild,
             Domain::Fenced | Domain::Internal => Retry::Stop,
         }
     }
@@ -62,9 +70,31 @@ pub struct BadInput {
 #[error("{0}")]
 pub struct Internal(pub String);
 
+/// A Kafka client in a state it cannot leave: librdkafka's fatal error, or a transaction it
+/// could neither commit nor abort.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Broken(pub String);
+
+/// A unit of work given up before its transaction began (its schemas could not be learned):
+/// nothing was applied or sent, so the state in memory is still that of the committed
+/// offsets; only the consumer goes back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("batch given up before it began")]
+pub struct NotBegun;
+
+/// Whether `e` carries a `T`, as its cause or as the context of any layer.
+pub fn carries<T: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static>(
+    e: &anyhow::Error,
+) -> bool {
+    e.downcast_ref::<T>().is_some()
+}
+
 /// The domain of an error a unit of work ended with.
 pub fn domain(e: &anyhow::Error) -> Domain {
-    if kafka::is_fenced(e) {
+    if carries::<Broken>(e) {
+        Domain::Broken
+    } else if kafka::is_fenced(e) {
         Domain::Fenced
     } else if e.chain().any(|c| c.is::<Internal>()) {
         Domain::Internal
@@ -100,5 +130,17 @@ mod tests {
         ))
         .context("committing");
         assert_eq!(domain(&fenced), Domain::Fenced);
+        let broken = anyhow::Error::new(Broken("FencedInstanceId".into())).context("polling");
+        assert_eq!(domain(&broken).retry(), Retry::Rebuild);
+        // As the context of a lower error, under more context (how `Output` reports it).
+        let refused: anyhow::Result<()> = Err(std::io::Error::other("abort refused").into());
+        let refused = refused
+            .context(Broken("the transaction could not be aborted".into()))
+            .context("aborting")
+            .unwrap_err();
+        assert_eq!(domain(&refused), Domain::Broken);
+        let given_up = anyhow::Error::new(std::io::Error::other("registry")).context(NotBegun);
+        assert!(carries::<NotBegun>(&given_up));
+        assert_eq!(domain(&given_up), Domain::External);
     }
 }

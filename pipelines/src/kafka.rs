@@ -14,6 +14,7 @@ use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::error::Broken;
 use crate::topics::dlq_headers;
 use crate::{Cluster, Guarantee};
 
@@ -435,13 +436,14 @@ impl Output {
                 // delivery reports this thread is responsible for.
                 self.flush().context("outputs not delivered")?;
                 if offsets.count() > 0 {
-                    self.producer
-                        .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
-                        .context("sending offsets to transaction")?;
+                    self.transactional("sending offsets to transaction", || {
+                        self.producer
+                            .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
+                    })?;
                 }
-                self.producer
-                    .commit_transaction(TX_TIMEOUT)
-                    .context("committing transaction")?;
+                self.transactional("committing transaction", || {
+                    self.producer.commit_transaction(TX_TIMEOUT)
+                })?;
             }
             Guarantee::AtLeastOnce => {
                 self.flush()
@@ -510,22 +512,61 @@ impl Output {
     pub fn end(&self) -> anyhow::Result<()> {
         self.flush().context("outputs not delivered")?;
         if self.guarantee == Guarantee::ExactlyOnce {
-            self.producer
-                .commit_transaction(TX_TIMEOUT)
-                .context("committing transaction")?;
+            self.transactional("committing transaction", || {
+                self.producer.commit_transaction(TX_TIMEOUT)
+            })?;
         }
         Ok(())
     }
 
-    /// Abandons the unit of work. Exactly-once: aborts the transaction. At-least-once: what
-    /// was sent cannot be taken back, so it waits (up to 5 s) for what is in flight to land
+    /// Runs a transactional call as librdkafka's contract says: a retriable error (a
+    /// timeout) calls it again, for up to twice [`TX_TIMEOUT`] in all; an error that needs
+    /// an abort is returned for the caller to abort; a fatal one (the producer can never
+    /// go on) is [`Broken`]. Before this, a commit that timed out was followed by an abort
+    /// that librdkafka refuses while committing, and every later `begin_transaction` failed.
+    fn transactional(
+        &self,
+        what: &'static str,
+        call: impl Fn() -> rdkafka::error::KafkaResult<()>,
+    ) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + 2 * TX_TIMEOUT;
+        loop {
+            match call() {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "{what}: retriable; trying again.");
+                }
+                Err(e) => {
+                    if let Some((code, reason)) = self.producer.client().fatal_error() {
+                        return Err(e)
+                            .context(Broken(format!(
+                                "producer failed for good: {code:?}: {reason}"
+                            )))
+                            .context(what);
+                    }
+                    return Err(e).context(what);
+                }
+            }
+        }
+    }
+
+    /// Abandons the unit of work. Exactly-once: aborts the transaction (retrying what is
+    /// retriable); an abort that fails leaves the producer where no transaction can begin
+    /// again, so it is [`Broken`] and the caller makes a new one. At-least-once: what was
+    /// sent cannot be taken back, so it waits (up to 5 s) for what is in flight to land
     /// first; a caller that then restores its state from a changelog sees every record the
     /// abandoned work delivered there, and does not produce its events a second time.
-    pub fn abort(&self) {
+    pub fn abort(&self) -> anyhow::Result<()> {
         match self.guarantee {
             Guarantee::ExactlyOnce => {
-                if let Err(e) = self.producer.abort_transaction(TX_TIMEOUT) {
-                    tracing::warn!(error = %e, "Abort failed.");
+                let aborted = self.transactional("aborting transaction", || {
+                    self.producer.abort_transaction(TX_TIMEOUT)
+                });
+                if let Err(e) = aborted {
+                    self.producer.context().failed.store(0, Ordering::Relaxed);
+                    return Err(e).context(Broken("the transaction could not be aborted".into()));
                 }
             }
             Guarantee::AtLeastOnce => {
@@ -536,6 +577,7 @@ impl Output {
             }
         }
         self.producer.context().failed.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Sends `message` to `dlq` with the reason and source coordinates in headers; the key,
@@ -807,6 +849,14 @@ pub fn poll_member_batch<'c>(
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
+                // librdkafka's fatal state (e.g. `FencedInstanceId`): this consumer will never
+                // deliver again; it was a silent zombie when only logged.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    return Err(Broken(format!(
+                        "consumer failed for good: {code:?}: {reason}"
+                    )))
+                    .context("polling");
+                }
                 consumer_error(&e, batch.is_empty());
                 break;
             }
@@ -896,7 +946,11 @@ pub fn is_fenced(e: &anyhow::Error) -> bool {
         c.downcast_ref::<KafkaError>().is_some_and(|k| {
             matches!(
                 k.rdkafka_error_code(),
-                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+                Some(
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::FencedInstanceId
+                )
             )
         })
     })
@@ -1053,7 +1107,9 @@ impl Committed {
             tracing::debug!(from = ?self.offsets, to = ?ahead, "Committing positions past transaction markers.");
             output.begin()?;
             if let Err(e) = output.commit(consumer, &ahead) {
-                output.abort();
+                if let Err(a) = output.abort() {
+                    return Err(a.context(format!("after {e:#}")));
+                }
                 return Err(e);
             }
             self.record(&ahead);

@@ -80,4 +80,16 @@ impl Stop {
     pub fn is_stopped(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Waits `d`, or less if a stop is asked for meanwhile.
+    pub fn sleep(&self, d: std::time::Duration) {
+        let until = std::time::Instant::now() + d;
+        while !self.is_stopped() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(100)));
+        }
+    }
 }

@@ -39,7 +39,7 @@ use schemas::record::RecordUnion;
 use tokio::runtime::Handle;
 use tracing::{debug, info, info_span, warn};
 
-use crate::error::{self, BadInput, Domain, Retry};
+use crate::error::{self, BadInput, Domain, NotBegun, Retry};
 use crate::kafka::{self, Output};
 use crate::state::{ChangelogCache, Restored, Suspended};
 use crate::{Cluster, Guarantee, Stop, wire};
@@ -266,6 +266,15 @@ impl Batch<'_> {
 
 type Store<S> = HashMap<i32, S>;
 
+/// How long a batch waits for the registry before it is given up (and tried again after a
+/// backoff): well inside `transaction.timeout.ms` (10 s) and `max.poll.interval.ms`.
+const REGISTRY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Fences within [`FENCES_WINDOW`] after which a processor stops rather than start again:
+/// another process runs as the same instance.
+const FENCES_TO_STOP: usize = 3;
+const FENCES_WINDOW: Duration = Duration::from_secs(300);
+
 /// Runs processor `p` until `stop`. Blocking: call from a dedicated thread.
 pub fn run<P: Processor>(
     p: &mut P,
@@ -277,13 +286,7 @@ pub fn run<P: Processor>(
     let spec = p.spec().clone();
     let span = info_span!("processor", name = spec.name, instance = %settings.instance);
     let _guard = span.enter();
-    let mut input = Decoder::<P::Input>::new(registry.clone());
-    let mut changelog = Decoder::<P::Changelog>::new(registry);
-
-    // Initializing transactions first fences a previous incarnation and aborts its open
-    // transaction, so the changelog reads below are not blocked by it.
-    let output = Output::new(&settings.cluster, spec.name, &settings.instance)?;
-    output.track_deliveries(&[spec.changelog]);
+    // Opened once: it holds the lock of the instance's state directory.
     let mut cache = ChangelogCache::open(
         settings.state_dir.as_deref(),
         spec.service,
@@ -292,6 +295,74 @@ pub fn run<P: Processor>(
         &settings.cluster,
         settings.snapshot_every,
     )?;
+    let mut stats = Stats::default();
+    let mut rebuilds = 0u32;
+    let mut fences: Vec<Instant> = Vec::new();
+    loop {
+        let failed = match with_clients(p, settings, &registry, rt, stop, &mut cache, &mut stats) {
+            Ok(()) => return Ok(stats),
+            Err(e) if matches!(error::domain(&e), Domain::Internal | Domain::BadInput) => {
+                return Err(e);
+            }
+            Err(e) => e,
+        };
+        // A fence or a broken client. Kafka cannot say who fenced whom: a consumer's own
+        // JoinGroup retried across a broker pause fences it (`FencedInstanceId`) as surely
+        // as a second process with the same `group.instance.id` does, and a transaction the
+        // coordinator timed out fences the producer as another `init_transactions` does (a
+        // static member replaced keeps the old member's client id in the group's listing,
+        // so the listing cannot tell either). So new clients are tried, as a restart of the
+        // process would, without an operator; but two live processes sharing an instance
+        // fence each other over and over, so the third fence within five minutes stops
+        // this one. An external fault outside a batch (a restore, or a producer's
+        // initialization, timed out while the broker was away) also starts again.
+        let now = Instant::now();
+        if matches!(error::domain(&failed), Domain::Fenced | Domain::Broken) {
+            fences.retain(|t| now.duration_since(*t) < FENCES_WINDOW);
+            fences.push(now);
+            if fences.len() >= FENCES_TO_STOP {
+                bail!(
+                    "instance {:?} of {} was fenced {} times within {:?}: another process is \
+                     running as this instance (the same --instance, or a copy of the same state \
+                     directory); stopping this one. The last fence: {failed:#}",
+                    settings.instance,
+                    spec.name,
+                    fences.len(),
+                    now.duration_since(fences[0]),
+                );
+            }
+        }
+        rebuilds += 1;
+        let backoff =
+            (Duration::from_secs(1) * 2u32.pow(rebuilds.min(5))).min(Duration::from_secs(30));
+        warn!(error = %format!("{failed:#}"), ?backoff, rebuilds, fences = fences.len(), "The loop failed: starting again with new clients.");
+        cache.clear();
+        stop.sleep(backoff);
+        if stop.is_stopped() {
+            return Ok(stats);
+        }
+    }
+}
+
+/// One life of the loop, with its own consumer and producer: ends on a stop, or with the
+/// error that ended it (the caller decides whether new clients go on).
+fn with_clients<P: Processor>(
+    p: &mut P,
+    settings: &Settings,
+    registry: &Registry,
+    rt: &Handle,
+    stop: &Stop,
+    cache: &mut ChangelogCache,
+    stats: &mut Stats,
+) -> anyhow::Result<()> {
+    let spec = p.spec().clone();
+    let mut input = Decoder::<P::Input>::new(registry.clone());
+    let mut changelog = Decoder::<P::Changelog>::new(registry.clone());
+
+    // Initializing transactions first fences a previous incarnation and aborts its open
+    // transaction, so the changelog reads below are not blocked by it.
+    let output = Output::new(&settings.cluster, spec.name, &settings.instance)?;
+    output.track_deliveries(&[spec.changelog]);
     let mut config = kafka::consumer_config(&settings.cluster, &spec.group);
     // Co-partitioning needs the same partition of every input on one instance: range does it.
     config.set("partition.assignment.strategy", "range");
@@ -311,7 +382,6 @@ pub fn run<P: Processor>(
     // State of revoked partitions, resumed if the next assignment gives them back untouched.
     let mut suspended = Suspended::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
-    let mut stats = Stats::default();
     let mut last_scan = Instant::now();
     let mut committed = kafka::Committed::default();
     let mut buf = Vec::with_capacity(512);
@@ -336,7 +406,7 @@ pub fn run<P: Processor>(
                 &changes,
                 &mut store,
                 &mut suspended,
-                &mut cache,
+                cache,
                 &mut changelog,
             )?;
         }
@@ -353,6 +423,9 @@ pub fn run<P: Processor>(
         if batch.is_empty() && due.is_empty() {
             // Inputs written transactionally end in markers no record follows.
             if let Err(e) = committed.step_over_markers(&consumer, &output) {
+                if error::domain(&e) == Domain::Broken {
+                    return Err(e);
+                }
                 warn!(error = %format!("{e:#}"), "Could not commit past transaction markers; will retry.");
                 committed.forget();
             }
@@ -367,26 +440,34 @@ pub fn run<P: Processor>(
             buf: &mut buf,
             stop,
         };
-        match unit.process(p, &batch, &due, &mut store, &mut cache, now) {
+        match unit.process(p, &batch, &due, &mut store, cache, now) {
             Ok((s, offsets)) => {
                 failures = 0;
                 committed.record(&offsets);
                 cache.committed(&output.delivered(spec.changelog), false)?;
                 stats.add(&s);
             }
-            Err(e) if error::domain(&e) == Domain::Fenced => {
-                bail!("fenced by a newer instance of {}: {e:#}", spec.name)
-            }
             // Bad input is dead-lettered record by record inside the unit of work: one that
-            // escapes it is a bug, and retrying the batch would meet it again.
-            Err(e) if matches!(error::domain(&e).retry(), Retry::Stop | Retry::DeadLetter) => {
+            // escapes it is a bug, and retrying the batch would meet it again. A fence or a
+            // broken client is the caller's to judge.
+            Err(e) if !matches!(error::domain(&e).retry(), Retry::WithBackoff) => {
                 return Err(e);
+            }
+            Err(e) if error::carries::<NotBegun>(&e) => {
+                // Nothing applied, nothing sent: the state stays, the consumer goes back.
+                warn!(error = %format!("{e:#}"), "Batch given up before it began; reading it again.");
+                drop(batch);
+                kafka::rewind(&consumer)?;
+                committed.forget();
+                let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                failures += 1;
+                stop.sleep(backoff.min(Duration::from_secs(30)));
             }
             Err(e) => {
                 // Nothing of the batch is committed: abort, forget in-memory state, and resume
                 // from the committed offsets and the changelog.
                 warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
-                output.abort();
+                output.abort().with_context(|| format!("after {e:#}"))?;
                 drop(batch);
                 kafka::rewind(&consumer)?;
                 committed.forget();
@@ -406,7 +487,7 @@ pub fn run<P: Processor>(
     // same instance restarted) gets the partitions at once.
     kafka::leave(&consumer);
     info!(?stats, "Processor stopped.");
-    Ok(stats)
+    Ok(())
 }
 
 /// What one batch is processed with.
@@ -434,6 +515,14 @@ impl<I: RecordUnion> Unit<'_, I> {
         let spec = self.spec;
         let mut stats = Stats::default();
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        // Every schema the batch needs is learned before the transaction begins: a registry
+        // outage then never holds one open past its timeout (the coordinator would abort it
+        // and fence the producer, and the member would be evicted for not polling).
+        let payloads = batch.iter().map(|m| m.payload().unwrap_or_default());
+        if let Err(e) = wire::learn_all(self.rt, self.input, payloads, self.stop, REGISTRY_PATIENCE)
+        {
+            return Err(anyhow::Error::new(e).context(NotBegun));
+        }
         self.output.begin()?;
         let mut out = Batch {
             output: self.output,

@@ -266,6 +266,11 @@ impl<T: RecordUnion> Decoder<T> {
         }
     }
 
+    /// Whether schema `id` has been learned (as a record, an unexpected one or unknown).
+    pub fn is_learned(&self, id: u32) -> bool {
+        self.known.contains_key(&id)
+    }
+
     /// Schema ids learned so far whose writer schema differs from ours (read by resolution,
     /// the slower path); for diagnostics.
     pub fn resolving_ids(&self) -> Vec<u32> {

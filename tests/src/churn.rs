@@ -306,6 +306,60 @@ pub async fn inventory_under_churn(
     Ok(churned)
 }
 
+/// Inventory through a fault: `spec`'s commands produced (at `rate` per second) to the
+/// service `runner` starts; once it has processed a fifth of them and not four fifths,
+/// `fault` runs (it returns when the fault is over); then, with no one's help, the service
+/// must catch up, and every sku of the run must have the model's events in order with
+/// versions 1, 2, 3, … and no event id twice, and `stock_levels` the model's positions.
+pub async fn inventory_through_fault(
+    cluster: &pipelines::Cluster,
+    runner: &mut dyn Runner,
+    views: &Path,
+    spec: &pipelines::load::LoadSpec,
+    rate: f64,
+    fault: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use pipelines::inventory;
+    use pipelines::load;
+
+    let commands = load::generate(spec);
+    let expected = crate::model::expect(&commands);
+    let total = commands.len() as i64;
+    let started = Instant::now();
+    runner.start()?;
+    produce_at(cluster, &commands, rate).await?;
+    eprintln!("{:>6.1?} produced {total} commands", started.elapsed());
+    let opts = inventory::Options::new(cluster.clone(), views.to_path_buf());
+    let probe = inventory::ProgressProbe::new(&opts)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let lag = probe.progress()?.command_lag;
+        ensure!(
+            lag > total / 5,
+            "the backlog drained before the fault ({lag} left): nothing was in flight"
+        );
+        if lag < total * 4 / 5 {
+            eprintln!(
+                "{:>6.1?} the fault, with {lag} commands left",
+                started.elapsed()
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the service processed too little in 120 s ({lag} of {total} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fault()?;
+    eprintln!("{:>6.1?} the fault is over", started.elapsed());
+    tokio::task::spawn_blocking(move || inventory::wait_caught_up(&opts, Duration::from_secs(240)))
+        .await??;
+    eprintln!("{:>6.1?} caught up", started.elapsed());
+    runner.stop()?;
+    check_inventory(cluster, views, &expected).await
+}
+
 /// Produces `commands` (keyed by sku) at `rate` per second with one producer.
 async fn produce_at(
     cluster: &pipelines::Cluster,

@@ -102,10 +102,25 @@ impl ChildProcess {
     }
 }
 
+impl ChildProcess {
+    /// How the process ended, if it has (`None` while it runs or before it started).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// The log file of its latest start.
+    pub fn latest_log(&self) -> PathBuf {
+        self.log.with_extension(format!("{}.log", self.starts))
+    }
+}
+
 impl Runner for ChildProcess {
     fn start(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
-        let log = std::fs::File::create(self.log.with_extension(format!("{}.log", self.starts)))?;
+        let log = std::fs::File::create(self.latest_log())?;
         let mut command = Command::new(&self.binary);
         command
             .arg("run")

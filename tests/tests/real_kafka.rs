@@ -12,7 +12,7 @@ use integration::duckdb;
 use integration::saga::{
     Together, participant_down_past_deadline, purchasing_end_to_end, saga_end_to_end,
 };
-use integration::scenario::{ChildProcess, inventory_end_to_end};
+use integration::scenario::{ChildProcess, Runner, inventory_end_to_end};
 use integration::stack::{Stack, repo_root};
 use pipelines::inventory;
 use pipelines::kafka;
@@ -107,8 +107,7 @@ fn saga_children(
         .map(|s| s.to_string())
         .collect();
     saga.batch_size = 50;
-    let mut runners: Vec<Box<dyn integration::scenario::Runner>> =
-        vec![Box::new(inventory), Box::new(saga)];
+    let mut runners: Vec<Box<dyn Runner>> = vec![Box::new(inventory), Box::new(saga)];
     if !extra.contains(&"--participants") {
         let mut compliance = ChildProcess::new(
             binary(),
@@ -136,32 +135,25 @@ fn fleet(
     let cluster = stack.cluster.clone();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let stable_views = views.to_path_buf();
-    Fleet::new(
-        name,
-        views,
-        3,
-        period,
-        move |id, dir| {
-            let mut p =
-                ChildProcess::new(binary(), cluster.clone(), dir.to_path_buf(), logs.join(id));
-            p.args = args.clone();
-            p.args.extend(["--instance".to_owned(), id.to_owned()]);
-            // Short sessions: a stopped or killed member (static membership sends no LeaveGroup)
-            // expires in 2 s, so the group rebalances often (the test broker allows 1 s).
-            for setting in ["session.timeout.ms=2000", "heartbeat.interval.ms=500"] {
-                p.args.extend(["-X".to_owned(), setting.to_owned()]);
-            }
-            if dir != stable_views {
-                p.args.push("--no-views".to_owned());
-            }
-            p.batch_size = 2_000;
-            // A stop that lands in a restore waits for it, and a restore waits while a killed
-            // member's open transaction holds the changelog's end (transaction.timeout.ms, 10 s, and
-            // the coordinator's sweep for timed-out transactions, every 10 s).
-            p.stop_timeout = std::time::Duration::from_secs(90);
-            Box::new(p)
-        },
-    )
+    Fleet::new(name, views, 3, period, move |id, dir| {
+        let mut p = ChildProcess::new(binary(), cluster.clone(), dir.to_path_buf(), logs.join(id));
+        p.args = args.clone();
+        p.args.extend(["--instance".to_owned(), id.to_owned()]);
+        // Short sessions: a stopped or killed member (static membership sends no LeaveGroup)
+        // expires in 2 s, so the group rebalances often (the test broker allows 1 s).
+        for setting in ["session.timeout.ms=2000", "heartbeat.interval.ms=500"] {
+            p.args.extend(["-X".to_owned(), setting.to_owned()]);
+        }
+        if dir != stable_views {
+            p.args.push("--no-views".to_owned());
+        }
+        p.batch_size = 2_000;
+        // A stop that lands in a restore waits for it, and a restore waits while a killed
+        // member's open transaction holds the changelog's end (transaction.timeout.ms, 10 s, and
+        // the coordinator's sweep for timed-out transactions, every 10 s).
+        p.stop_timeout = std::time::Duration::from_secs(90);
+        Box::new(p)
+    })
 }
 
 /// A stop requested while a service is still starting (creating topics, initializing its
@@ -328,6 +320,160 @@ fn inventory_scaled_out_under_churn(
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+    Ok(())
+}
+
+/// The single broker frozen (SIGSTOP) for 40 s while one `run inventory` works through a
+/// backlog, then resumed: past the request timeout (30 s), the session timeout and the
+/// transaction timeout (10 s each), so the batch in flight fails, its transaction is
+/// aborted by the coordinator and the member is dropped from its group. The service must
+/// recover by itself and drain, with nothing lost or doubled (issue 13: it stayed up idle,
+/// its consumer fenced, 134,000 commands unprocessed).
+fn a_frozen_broker_is_ridden_out(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
+    std::fs::create_dir_all(logs_dir())?;
+    let views = tempfile::tempdir()?;
+    let mut service = ChildProcess::new(
+        binary(),
+        stack.cluster.clone(),
+        views.path().to_path_buf(),
+        logs_dir().join("frozen-broker"),
+    );
+    service.batch_size = 2_000;
+    service.stop_timeout = std::time::Duration::from_secs(90);
+    let spec = LoadSpec {
+        commands: 60_000,
+        skus: 200,
+        warehouses: 4,
+        seed: 41,
+        first_sku: 20_000,
+    };
+    let broker = std::fs::read_to_string(stack.dir().join("kafka.pid"))?
+        .trim()
+        .to_owned();
+    let signal = |sig: &str| -> anyhow::Result<()> {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &broker])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill {sig} {broker} failed");
+        Ok(())
+    };
+    let mut freeze = || -> anyhow::Result<()> {
+        signal("-STOP")?;
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        signal("-CONT")
+    };
+    let through = rt.block_on(churn::inventory_through_fault(
+        &stack.cluster,
+        &mut service,
+        views.path(),
+        &spec,
+        20_000.0,
+        &mut freeze,
+    ));
+    // Whatever happened, the broker runs on for the scenarios after this one.
+    signal("-CONT")?;
+    through?;
+    let check = cli(stack, &["replay", "inventory", "--check"])?;
+    anyhow::ensure!(
+        check.status.success(),
+        "replay inventory --check failed: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    Ok(())
+}
+
+/// Instance identity: two `run inventory` started without `--instance` (each with its own
+/// state directory) are two members of the group, not one fencing the other; a third
+/// started with the `--instance` of one of them makes that older one stop with an error
+/// that says why, never a process that stays up doing nothing (issue 13: it logged
+/// `FencedInstanceId` once and idled).
+fn an_instance_held_twice_stops_the_older(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
+    std::fs::create_dir_all(logs_dir())?;
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let mut services: Vec<ChildProcess> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut p = ChildProcess::new(
+                binary(),
+                stack.cluster.clone(),
+                d.path().to_path_buf(),
+                logs_dir().join(format!("instance-{i}")),
+            );
+            p.args = vec!["inventory".to_owned(), "--no-views".to_owned()];
+            p
+        })
+        .collect();
+    services[0].start()?;
+    services[1].start()?;
+    let group_members = |n: usize| -> anyhow::Result<bool> {
+        use rdkafka::consumer::Consumer;
+        let probe = kafka::Probe::new(&stack.cluster)?;
+        let groups =
+            probe.fetch_group_list(Some("inventory"), std::time::Duration::from_secs(10))?;
+        Ok(groups
+            .groups()
+            .iter()
+            .map(|g| g.members().len())
+            .sum::<usize>()
+            == n)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !group_members(2)? {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "two processes with default instance ids did not become two members in 60 s"
+        );
+        for s in &mut services[..2] {
+            anyhow::ensure!(s.exited()?.is_none(), "{} exited", s.latest_log().display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // The id the first one chose, from its state directory.
+    let id =
+        std::fs::read_to_string(integration::scenario::state_dir(dirs[0].path()).join("instance"))?
+            .trim()
+            .to_owned();
+    services[2]
+        .args
+        .extend(["--instance".to_owned(), id.clone()]);
+    services[2].start()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = services[0].exited()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "a second process took instance {id} and the first is still up after 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let log = std::fs::read_to_string(services[0].latest_log())?;
+    anyhow::ensure!(!status.success(), "the fenced process exited with success");
+    anyhow::ensure!(
+        log.contains("another process is running as this instance"),
+        "the fenced process did not say why it stopped: {}",
+        log.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+    );
+    for s in &mut services[1..] {
+        anyhow::ensure!(s.exited()?.is_none(), "{} exited", s.latest_log().display());
+        s.stop()?;
+    }
     Ok(())
 }
 
@@ -615,7 +761,7 @@ struct ChurnAtLeast {
     rebalances: usize,
 }
 
-impl integration::scenario::Runner for ChurnAtLeast {
+impl Runner for ChurnAtLeast {
     fn start(&mut self) -> anyhow::Result<()> {
         self.inner.start()
     }
@@ -930,10 +1076,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 14] = [
         (
             "a_stop_sent_while_a_service_starts_is_honoured",
             a_stop_sent_while_a_service_starts_is_honoured,
+        ),
+        (
+            "an_instance_held_twice_stops_the_older",
+            an_instance_held_twice_stops_the_older,
         ),
         (
             "reads_wait_out_a_killed_writers_transaction",
@@ -956,6 +1106,10 @@ fn main() -> ExitCode {
         ("http_read_your_writes", http_read_your_writes),
         ("purchasing_killed_mid_run", purchasing_killed_mid_run),
         ("returns_end_to_end", returns_end_to_end),
+        (
+            "a_frozen_broker_is_ridden_out",
+            a_frozen_broker_is_ridden_out,
+        ),
         // Last: they leave far more records on the shared topics than the scenarios above
         // count exactly. The saga churn first: its churned members restore inventory's
         // changelog from the start, and after the inventory churn's 140,000 commands that

@@ -195,12 +195,17 @@ pub fn wait_caught_up(opts: &Options, timeout: Duration) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     let probe = ProgressProbe::new(opts)?;
     loop {
-        let p = probe.progress()?;
-        if p.caught_up() {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("not caught up after {timeout:?}: {p:?}");
+        // A broker just back from a pause answers metadata requests with errors for a while
+        // (e.g. an unknown partition): retried until the deadline, which reports the last.
+        match probe.progress() {
+            Ok(p) if p.caught_up() => return Ok(()),
+            Ok(p) if std::time::Instant::now() > deadline => {
+                anyhow::bail!("not caught up after {timeout:?}: {p:?}")
+            }
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(e.context(format!("not caught up after {timeout:?}")));
+            }
+            Ok(_) | Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(50));
     }
