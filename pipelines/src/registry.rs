@@ -102,18 +102,18 @@ pub struct Pipeline {
     pub start: Option<Start>,
 }
 
-/// How the saga host runs a pipeline: its loop (blocking, until the stop), and whether a view
-/// runs whichever participants the process runs (the saga's own views) or only beside its
-/// service's.
+/// How the saga host runs a pipeline: its loop (blocking, until the stop). A view runs in a
+/// process that runs a participant of its service (the saga views with orders), so a
+/// deployment that splits the services over processes has one writer per view.
 #[derive(Debug, Clone, Copy)]
 pub struct Start {
     pub run: fn(&crate::saga::Options, &tokio::runtime::Handle, &crate::Stop) -> anyhow::Result<()>,
-    pub always: bool,
 }
 
+/// Starts compare equal: a function pointer's address is no identity.
 impl PartialEq for Start {
-    fn eq(&self, other: &Self) -> bool {
-        self.always == other.always
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
@@ -149,7 +149,6 @@ impl Pipeline {
             rebuild: None,
             start: Some(Start {
                 run: crate::saga::run_participant::<W>,
-                always: false,
             }),
         }
     }
@@ -189,18 +188,7 @@ impl Pipeline {
         run: fn(&crate::saga::Options, &tokio::runtime::Handle, &crate::Stop) -> anyhow::Result<()>,
     ) -> Self {
         Pipeline {
-            start: Some(Start { run, always: false }),
-            ..self
-        }
-    }
-
-    /// Run by the saga host with `run`, whichever participants it runs.
-    pub const fn always_run_by(
-        self,
-        run: fn(&crate::saga::Options, &tokio::runtime::Handle, &crate::Stop) -> anyhow::Result<()>,
-    ) -> Self {
-        Pipeline {
-            start: Some(Start { run, always: true }),
+            start: Some(Start { run }),
             ..self
         }
     }
@@ -341,9 +329,9 @@ pub const SERVICES: &[Service] = &[
         pipelines: &[
             Pipeline::event_sourced::<Orders>(),
             Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga)
-                .always_run_by(crate::saga::views::run),
+                .run_by(crate::saga::views::run),
             Pipeline::topic_view::<crate::saga::topic_views::WindowsView>(Host::Saga)
-                .always_run_by(crate::saga::topic_views::run_windows),
+                .run_by(crate::saga::topic_views::run_windows),
         ],
     },
     Service {

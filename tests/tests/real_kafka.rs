@@ -657,7 +657,7 @@ fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
     // 22,000 orders (until 2026-12-02) left 6,000-10,000 unended in the wait; 10,000 at the
     // same rate still keep every processor busy for minutes.
     // The order saga's participants churn; the services beside them (catalog, purchasing,
-    // returns) run in one stable process without views, as a deployment scales each service
+    // returns) run in one stable process with their views, as a deployment scales each service
     // on its own: the churn is about the saga.
     let participants = SAGA_PARTICIPANTS.join(",");
     let saga_args = [
@@ -678,7 +678,9 @@ fn sagas_scaled_out_under_churn(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
         views.path().to_path_buf(),
         logs_dir().join("churn-beside"),
     );
-    beside.args = ["saga", "--participants", &others, "--no-views"]
+    // With the views of its services (products, purchase_orders, returns): the checks read
+    // purchase_orders when stock ran low.
+    beside.args = ["saga", "--participants", &others]
         .map(str::to_owned)
         .to_vec();
     // Batches as large as the fleet's: at the default 10, `returns` (one transaction per ten

@@ -145,7 +145,8 @@ pub fn run_participant<W: Wiring>(
 }
 
 /// The view pipelines that run with the participants `names`: each saga-host view of a
-/// service one of them belongs to, and the saga's own views (`always`) whichever run.
+/// service one of them belongs to (the saga views with orders). Before, the saga views ran
+/// in every saga process with views: two processes sharing the services wrote them twice.
 pub fn view_pipelines<'a>(
     names: &'a [&'a str],
 ) -> impl Iterator<Item = (&'static str, crate::registry::Start)> + 'a {
@@ -155,7 +156,7 @@ pub fn view_pipelines<'a>(
             .start
             .filter(|_| p.host == Host::Saga && !p.is_processor())?;
         let beside = names.iter().any(|n| service_of(n) == service.name);
-        (start.always || beside).then_some((p.name, start))
+        beside.then_some((p.name, start))
     })
 }
 
@@ -306,13 +307,13 @@ impl ProgressProbe {
             }
             progress.lag.insert(group, lag);
         }
-        // The saga's own views always; the others where they run.
-        for (p, view) in crate::registry::pipelines()
+        // saga_steps always (a probe waits for it to be written); the others where they run.
+        for view in crate::registry::pipelines()
             .map(|(_, p)| p)
             .filter(|p| p.host == crate::registry::Host::Saga && !p.is_processor())
-            .flat_map(|p| p.views.iter().map(move |v| (p, *v)))
+            .flat_map(|p| p.views.iter().copied())
         {
-            let always = p.start.is_some_and(|s| s.always) && view == sinks::sagas::SAGA_STEPS;
+            let always = view == sinks::sagas::SAGA_STEPS;
             let positions = match crate::freshness::view_positions(&self.views_dir, view)? {
                 Some(p) => p,
                 None if always => Default::default(),
