@@ -3,6 +3,7 @@
 #   scripts/bench.sh                 # inventory (1,000,000 commands), then the saga (20,000 orders)
 #   BENCH_COMMANDS=200000 BENCH_ORDERS=5000 scripts/bench.sh
 #   scripts/bench.sh inventory       # one of them
+#   BENCH_KAFKA="fetch.queue.backoff.ms=1000" scripts/bench.sh inventory   # librdkafka properties on every client
 # Built without the DataFusion query feature: the pipelines do not need it and the release
 # build is much shorter. Each bench gets a fresh stack (the saga's inventory service must not
 # inherit the inventory bench's million commands).
