@@ -11,6 +11,8 @@
 //! Run with `scripts/bench.sh` (starts Kafka + Apicurio, runs this, stops them). Needs
 //! `SUPPLYSTREAM_BROKERS` and `SUPPLYSTREAM_REGISTRY`; `BENCH_COMMANDS` (default 1,000,000).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use pipelines::inventory::{self, Options, ProgressProbe};
@@ -142,17 +144,7 @@ fn main() -> anyhow::Result<()> {
         brokers,
         registry,
         guarantee: Guarantee::ExactlyOnce,
-        // `BENCH_KAFKA="fetch.queue.backoff.ms=1000 …"`: librdkafka properties on every client,
-        // after supplystream's own (to measure a setting against its alternative).
-        kafka: std::env::var("BENCH_KAFKA")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .ok_or_else(|| anyhow::anyhow!("BENCH_KAFKA: {kv:?} is not KEY=VALUE"))
-            })
-            .collect::<anyhow::Result<_>>()?,
+        kafka: common::kafka_properties()?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;

@@ -15,6 +15,8 @@
 //! reading its own records once. Run with `scripts/bench.sh` (which also runs the inventory
 //! bench).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use pipelines::saga::{self, simulate};
@@ -41,17 +43,7 @@ fn main() -> anyhow::Result<()> {
         brokers,
         registry,
         guarantee: Guarantee::ExactlyOnce,
-        // `BENCH_KAFKA="fetch.queue.backoff.ms=1000 …"`: librdkafka properties on every client,
-        // after supplystream's own (to measure a setting against its alternative).
-        kafka: std::env::var("BENCH_KAFKA")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .ok_or_else(|| anyhow::anyhow!("BENCH_KAFKA: {kv:?} is not KEY=VALUE"))
-            })
-            .collect::<anyhow::Result<_>>()?,
+        kafka: common::kafka_properties()?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
