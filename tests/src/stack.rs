@@ -21,8 +21,15 @@ pub fn repo_root() -> PathBuf {
 }
 
 impl Stack {
-    /// Starts Kafka and Apicurio on free loopback ports (downloads cached jars on first use).
+    /// Starts one Kafka broker and Apicurio on free loopback ports (downloads cached jars on
+    /// first use).
     pub fn up() -> anyhow::Result<Self> {
+        Self::with_brokers(1)
+    }
+
+    /// Starts `brokers` Kafka brokers (more than one: a dedicated controller beside them,
+    /// replication factor 3 and `min.insync.replicas=2`) and Apicurio.
+    pub fn with_brokers(brokers: usize) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("supplystream-stack-")
             .tempdir()?;
@@ -30,6 +37,7 @@ impl Stack {
             .arg(repo_root().join("scripts/stack.sh"))
             .arg("up")
             .arg(dir.path())
+            .args(["--brokers", &brokers.to_string()])
             .status()?;
         anyhow::ensure!(
             status.success(),
@@ -61,6 +69,75 @@ impl Stack {
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("running").path()
     }
+
+    /// The brokers' node names (`kafka`, or `kafka-1` … `kafka-N`), in order.
+    fn nodes(&self) -> anyhow::Result<Vec<String>> {
+        Ok(std::fs::read_to_string(self.dir().join("brokers"))?
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// How many brokers the cluster has.
+    pub fn brokers(&self) -> anyhow::Result<usize> {
+        Ok(self.nodes()?.len())
+    }
+
+    /// Every broker's log (group coordinators log their rebalances there; a group's
+    /// coordinator moves when its broker bounces).
+    pub fn kafka_logs(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(self
+            .nodes()?
+            .iter()
+            .map(|n| self.dir().join(format!("{n}.log")))
+            .collect())
+    }
+
+    /// The pid of broker `i` (1-based) as it runs now.
+    pub fn broker_pid(&self, i: usize) -> anyhow::Result<String> {
+        let nodes = self.nodes()?;
+        let node = nodes
+            .get(i.wrapping_sub(1))
+            .ok_or_else(|| anyhow::anyhow!("no broker {i} of {}", nodes.len()))?;
+        Ok(
+            std::fs::read_to_string(self.dir().join(format!("{node}.pid")))?
+                .trim()
+                .to_owned(),
+        )
+    }
+
+    /// The registry's pid (to freeze it: an outage that holds connections open, the way a
+    /// hung server or a partition does).
+    pub fn registry_pid(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.dir().join("apicurio.pid"))?
+            .trim()
+            .to_owned())
+    }
+
+    /// Stops broker `i` (SIGTERM, or SIGKILL when `hard`), starts it again and waits until
+    /// it has started (`scripts/stack.sh bounce`).
+    pub fn bounce(&self, i: usize, hard: bool) -> anyhow::Result<()> {
+        bounce(self.dir(), i, hard)
+    }
+}
+
+/// [`Stack::bounce`] of the stack in `dir` (for threads that outlive a borrow of it).
+pub fn bounce(dir: &Path, i: usize, hard: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/stack.sh"))
+        .arg("bounce")
+        .arg(dir)
+        .arg(i.to_string());
+    if hard {
+        cmd.arg("--hard");
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/stack.sh bounce {i} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 impl Stack {
