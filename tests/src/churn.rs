@@ -46,6 +46,8 @@ pub struct Fleet {
     pub churned: Arc<Mutex<Churned>>,
     /// Actions of the churn running now.
     live: Arc<std::sync::atomic::AtomicUsize>,
+    /// One leave in this many is a SIGKILL, the others clean stops (4 by default).
+    pub kill_one_in: usize,
 }
 
 impl Fleet {
@@ -68,6 +70,7 @@ impl Fleet {
             churn: None,
             churned: Arc::default(),
             live: Arc::default(),
+            kill_one_in: 4,
         }
     }
 
@@ -100,13 +103,14 @@ impl Runner for Fleet {
         self.stable = Some(stable);
         let stop = Arc::new(AtomicBool::new(false));
         let live = self.live.clone();
-        let (make, members, views, name, size, period) = (
+        let (make, members, views, name, size, period, kill_one_in) = (
             self.make.clone(),
             self.members.clone(),
             self.views.clone(),
             self.name.clone(),
             self.size,
             self.period,
+            self.kill_one_in.max(1),
         );
         let seed = self.churned.lock().expect("not poisoned").joined as u64 + 1;
         let flag = stop.clone();
@@ -114,7 +118,14 @@ impl Runner for Fleet {
             .name(format!("churn-{name}"))
             .spawn(move || {
                 churn(
-                    &flag, &live, &*make, &members, &views, &name, size, period, seed,
+                    &flag,
+                    &live,
+                    &*make,
+                    &members,
+                    &views,
+                    &name,
+                    (size, period, kill_one_in),
+                    seed,
                 )
             })?;
         self.churn = Some((stop, handle));
@@ -161,8 +172,7 @@ fn churn(
     members: &Mutex<Vec<Member>>,
     views: &Path,
     name: &str,
-    size: usize,
-    period: Duration,
+    (size, period, kill_one_in): (usize, Duration, usize),
     seed: u64,
 ) -> anyhow::Result<Churned> {
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -188,10 +198,10 @@ fn churn(
         }
         let i = (next(&mut rng) % members.len() as u64) as usize;
         let mut m = members.swap_remove(i);
-        // One leave in four is a SIGKILL: its transaction in flight is aborted, and the group
-        // waits out its session (10 s) at the next rebalance, so kills are kept rarer than
-        // clean stops, which rebalance at once.
-        if (done.stopped + done.killed) % 4 == 3 {
+        // One leave in four (by default) is a SIGKILL: its transaction in flight is aborted,
+        // and the group waits out its session at the next rebalance, so kills are kept rarer
+        // than clean stops, which rebalance at once.
+        if (done.stopped + done.killed) % kill_one_in == kill_one_in - 1 {
             m.interrupt()?;
             done.killed += 1;
         } else {
@@ -204,24 +214,31 @@ fn churn(
 
 /// Generations the broker's group coordinator completed for `group`, from its log
 /// (`Stabilized group <group> generation <n>`): how many rebalances the group went through.
-pub fn rebalances(kafka_log: &Path, group: &str) -> anyhow::Result<usize> {
-    let n = generations(kafka_log, group)?;
-    let log = std::fs::read_to_string(kafka_log)
-        .with_context(|| format!("reading {}", kafka_log.display()))?;
-    let preparing = format!("Preparing to rebalance group {group} ");
-    eprintln!(
-        "{group}: {n} generations, {} rebalances begun",
-        log.lines().filter(|l| l.contains(&preparing)).count()
-    );
+pub fn rebalances(kafka_logs: &[PathBuf], group: &str) -> anyhow::Result<usize> {
+    let n = generations(kafka_logs, group)?;
+    let preparing = count_lines(
+        kafka_logs,
+        &format!("Preparing to rebalance group {group} "),
+    )?;
+    eprintln!("{group}: {n} generations, {preparing} rebalances begun");
     Ok(n)
 }
 
 /// Like [`rebalances`], without a word.
-pub fn generations(kafka_log: &Path, group: &str) -> anyhow::Result<usize> {
-    let log = std::fs::read_to_string(kafka_log)
-        .with_context(|| format!("reading {}", kafka_log.display()))?;
-    let needle = format!("Stabilized group {group} generation ");
-    Ok(log.lines().filter(|l| l.contains(&needle)).count())
+pub fn generations(kafka_logs: &[PathBuf], group: &str) -> anyhow::Result<usize> {
+    count_lines(kafka_logs, &format!("Stabilized group {group} generation "))
+}
+
+/// Lines containing `needle` over every broker's log (each rebalance is logged once, by the
+/// group's coordinator of the moment).
+fn count_lines(kafka_logs: &[PathBuf], needle: &str) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for path in kafka_logs {
+        let log =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        n += log.lines().filter(|l| l.contains(needle)).count();
+    }
+    Ok(n)
 }
 
 /// Checks that every aggregate's events on a topic carry versions 1, 2, 3, … in order, and
@@ -358,6 +375,136 @@ pub async fn inventory_through_fault(
     eprintln!("{:>6.1?} caught up", started.elapsed());
     runner.stop()?;
     check_inventory(cluster, views, &expected).await
+}
+
+/// How long a killed instance's partitions wait before another instance processes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Takeover {
+    /// Until every partition had committed new input again after the kill: the slowest,
+    /// which is one the killed member owned (the others' resume at the rebalance).
+    pub slowest: Duration,
+    /// Until the first partition did.
+    pub fastest: Duration,
+}
+
+/// `members` of inventory (the first writes the views) process `spec`'s commands arriving
+/// at a steady `rate`; once each partition has committed input, the second member is
+/// SIGKILLed (and stays dead) and the committed offsets of the group are sampled every
+/// 100 ms until every partition has moved past where it was at the kill. Then the others
+/// drain the rest, and the run is checked as every inventory run is (events in order,
+/// versions consecutive, nothing twice, `stock_levels` as the model says).
+pub async fn takeover_after_kill(
+    cluster: &pipelines::Cluster,
+    members: &mut [Member],
+    views: &Path,
+    spec: &pipelines::load::LoadSpec,
+    rate: f64,
+) -> anyhow::Result<Takeover> {
+    use pipelines::inventory;
+    use pipelines::load;
+    use pipelines::topics::inventory::COMMANDS;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    ensure!(members.len() >= 2, "a takeover needs two members");
+    let commands = load::generate(spec);
+    let expected = crate::model::expect(&commands);
+    let opts = inventory::Options::new(cluster.clone(), views.to_path_buf());
+    for m in members.iter_mut() {
+        m.start()?;
+    }
+    let producing = {
+        let (cluster, commands) = (cluster.clone(), commands.clone());
+        tokio::spawn(async move { produce_at(&cluster, &commands, rate).await })
+    };
+    let group: BaseConsumer = pipelines::kafka::consumer_config(cluster, &opts.group).create()?;
+    let partitions = pipelines::kafka::partition_count(&group, COMMANDS)? as i32;
+    let committed = move || -> anyhow::Result<BTreeMap<i32, i64>> {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(COMMANDS, p);
+        }
+        Ok(group
+            .committed_offsets(tpl, Duration::from_secs(10))?
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    };
+    let (killed_at, before, committed) = tokio::task::spawn_blocking(move || {
+        // Every partition committing (the members have restored and share the work), twice
+        // over a few seconds apart: the group is settled.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut first: Option<(Instant, BTreeMap<i32, i64>)> = None;
+        loop {
+            ensure!(
+                Instant::now() < deadline,
+                "the members did not all commit within 120 s"
+            );
+            let now = committed()?;
+            if now.len() == partitions as usize {
+                match &first {
+                    None => first = Some((Instant::now(), now)),
+                    Some((at, then))
+                        if at.elapsed() > Duration::from_secs(5)
+                            && now.iter().all(|(p, o)| *o > then[p]) =>
+                    {
+                        return Ok::<_, anyhow::Error>((Instant::now(), now, committed));
+                    }
+                    Some((at, _)) if at.elapsed() > Duration::from_secs(20) => first = None,
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await??;
+    members[1].interrupt()?;
+    let killed = Instant::now();
+    eprintln!(
+        "killed a member after {:.1?} of load, committed {before:?}",
+        killed_at.elapsed()
+    );
+    let takeover = tokio::task::spawn_blocking(move || {
+        let mut moved: BTreeMap<i32, Duration> = BTreeMap::new();
+        while moved.len() < before.len() {
+            ensure!(
+                killed.elapsed() < Duration::from_secs(120),
+                "partitions {:?} processed nothing for 120 s after the kill",
+                before
+                    .keys()
+                    .filter(|p| !moved.contains_key(p))
+                    .collect::<Vec<_>>()
+            );
+            // A rebalance answers offset fetches with errors for a moment: sample again.
+            if let Ok(now) = committed() {
+                for (p, o) in now {
+                    if o > before[&p] {
+                        moved.entry(p).or_insert_with(|| killed.elapsed());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("after the kill, partitions committed again after {moved:?}");
+        Ok::<_, anyhow::Error>(Takeover {
+            slowest: moved.values().copied().max().unwrap_or_default(),
+            fastest: moved.values().copied().min().unwrap_or_default(),
+        })
+    })
+    .await??;
+    producing.await??;
+    tokio::task::spawn_blocking(move || inventory::wait_caught_up(&opts, Duration::from_secs(240)))
+        .await??;
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != 1 {
+            m.stop()?;
+        }
+    }
+    check_inventory(cluster, views, &expected).await?;
+    Ok(takeover)
 }
 
 /// Produces `commands` (keyed by sku) at `rate` per second with one producer.

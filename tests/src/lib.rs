@@ -10,6 +10,7 @@ pub mod audit;
 pub mod churn;
 pub mod duckdb;
 pub mod evolution;
+pub mod faults;
 pub mod http;
 pub mod model;
 pub mod replay;
