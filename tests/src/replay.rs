@@ -100,7 +100,7 @@ pub async fn replay_rebuilds_the_view(
         let rt = tokio::runtime::Handle::current();
         let (o, c) = (opts.clone(), cluster.clone());
         let rebuilt = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            // A killed instance stays a group member until its session expires (10 s).
+            // A killed instance stays a group member until its session expires (6 s).
             let deadline = Instant::now() + Duration::from_secs(60);
             while let Err(e) = pipelines::kafka::ensure_group_stopped(&c, topics::inventory::GROUP)
             {

@@ -29,7 +29,7 @@ use schemas::saga::topics::{PAYMENT_REPLIES, SHIPPING_TRACKING};
 use schemas::shipping::{ParcelDelivered, TrackingEvent};
 use sinks::{OutputFormat, QueryEngine};
 
-use crate::saga::{read_unique, run_simulation, wait_caught_up};
+use crate::saga::{Duplicates, Since, read_unique, run_simulation, wait_caught_up};
 use crate::scenario::Runner;
 use crate::topic;
 
@@ -119,10 +119,12 @@ pub async fn returns_end_to_end(
         ..SimSpec::default()
     };
     let sim = simulate::generate(&spec);
+    let since = Since::of(cluster, &[returns::EVENTS, PAYMENT_REPLIES])?;
+    let dups = Duplicates::for_run(cluster, runner.doubles_outputs(), since);
     runner.start()?;
     let ran = async {
         run_simulation(cluster, views, runner, &sim, 0).await?;
-        returns_phase(cluster, views, &sim, runner, interrupt).await
+        returns_phase(cluster, views, &sim, runner, interrupt, &dups).await
     }
     .await;
     runner.stop()?;
@@ -135,6 +137,7 @@ async fn returns_phase(
     sim: &simulate::Simulation,
     runner: &mut dyn Runner,
     interrupt: bool,
+    dups: &Duplicates,
 ) -> anyhow::Result<usize> {
     let interrupted = |runner: &mut dyn Runner| -> anyhow::Result<()> {
         if interrupt {
@@ -287,8 +290,13 @@ async fn returns_phase(
     let mut events: HashMap<(String, String), Expected> = HashMap::new();
     let mut received_ids: HashMap<String, (String, i64)> = HashMap::new();
     let ours: HashSet<&str> = orders.iter().map(|(p, _)| p.order_id.as_str()).collect();
-    for e in read_unique::<ReturnEvent>(cluster, returns::EVENTS, |e| e.metadata().event_id.clone())
-        .await?
+    for e in read_unique::<ReturnEvent>(
+        cluster,
+        returns::EVENTS,
+        |e| e.metadata().event_id.clone(),
+        dups,
+    )
+    .await?
     {
         let m = e.metadata();
         if !ours.contains(m.aggregate_id.as_str()) {
@@ -345,9 +353,13 @@ async fn returns_phase(
 
     // Payments refunded each received return once, by exactly its refund.
     let mut refunds: HashMap<String, i64> = HashMap::new();
-    for r in
-        read_unique::<PaymentReply>(cluster, PAYMENT_REPLIES, |e| e.metadata().event_id.clone())
-            .await?
+    for r in read_unique::<PaymentReply>(
+        cluster,
+        PAYMENT_REPLIES,
+        |e| e.metadata().event_id.clone(),
+        dups,
+    )
+    .await?
     {
         if let PaymentReply::PaymentRefunded(p) = r
             && let Some(cause) = p.metadata.causation_id.as_deref()

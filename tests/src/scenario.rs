@@ -29,6 +29,11 @@ pub trait Runner {
     fn interrupt(&mut self) -> anyhow::Result<()>;
     /// Stops it cleanly.
     fn stop(&mut self) -> anyhow::Result<()>;
+    /// Whether it publishes every output twice on purpose (`--chaos-duplicate-outputs`), so
+    /// that the checks expect each event twice on its topic instead of failing on it.
+    fn doubles_outputs(&self) -> bool {
+        false
+    }
 }
 
 /// Runs the service on threads of the test process; interruptions are clean stops
@@ -118,6 +123,9 @@ impl ChildProcess {
 }
 
 impl Runner for ChildProcess {
+    fn doubles_outputs(&self) -> bool {
+        self.args.iter().any(|a| a == "--chaos-duplicate-outputs")
+    }
     fn start(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
         let log = std::fs::File::create(self.latest_log())?;
