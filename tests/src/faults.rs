@@ -225,11 +225,17 @@ pub fn fully_replicated(cluster: &Cluster, timeout: Duration) -> anyhow::Result<
 /// [`Watcher::finish`] compares it with the topics read afterwards: a record seen live that
 /// the committed log lacks (an aborted transaction's records surfacing), or one missing
 /// from what was seen live, fails.
+/// The end of every watched partition, and until when the watcher may take to read to it.
+type Ends = Arc<Mutex<Option<(BTreeMap<(String, i32), i64>, Instant)>>>;
+
+/// What the watcher read: (topic, partition, offset) → the payload's digest.
+type Seen = BTreeMap<(String, i32, i64), u64>;
+
 pub struct Watcher {
     /// Set by [`Watcher::finish`]: the end of every partition, and until when to read to it.
-    ends: Arc<Mutex<Option<(BTreeMap<(String, i32), i64>, Instant)>>>,
+    ends: Ends,
     from: BTreeMap<(String, i32), i64>,
-    thread: JoinHandle<anyhow::Result<BTreeMap<(String, i32, i64), u64>>>,
+    thread: JoinHandle<anyhow::Result<Seen>>,
 }
 
 /// The high watermark of `topic`/`p`, retried for a while (a topic created a moment ago, or a
@@ -280,7 +286,7 @@ impl Watcher {
             }
         }
         consumer.assign(&tpl)?;
-        let ends: Arc<Mutex<Option<(BTreeMap<(String, i32), i64>, Instant)>>> = Arc::default();
+        let ends: Ends = Arc::default();
         let told = ends.clone();
         let thread = std::thread::Builder::new()
             .name("watcher".into())
@@ -332,7 +338,7 @@ impl Watcher {
         let mut ends = BTreeMap::new();
         let consumer: BaseConsumer =
             kafka::consumer_config(cluster, "integration-watcher-ends").create()?;
-        for ((topic, p), _) in &self.from {
+        for (topic, p) in self.from.keys() {
             let high = high_watermark(&consumer, topic, *p)?;
             ends.insert((topic.clone(), *p), high);
         }

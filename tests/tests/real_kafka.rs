@@ -684,7 +684,7 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
     );
     // Lose the stores (delete the changelogs) and rebuild them with the CLI from the event
     // logs alone: a restart restores exactly what it restored before.
-    let _rebuild = phase("stores rebuild", || {
+    phase("stores rebuild", || {
         integration::saga::stores_rebuild_from_event_logs(&stack.cluster, rt.handle(), |service| {
             // The killed instances leave the group when their sessions expire (6 s); the
             // rebuild refuses to run beside a live instance.
