@@ -274,7 +274,16 @@ pub fn committed_offsets(
     topic: &str,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer = consumer_config(cluster, group).create()?;
-    let n = partition_count(&consumer, topic)?;
+    committed_by(&consumer, topic)
+}
+
+/// [`committed_offsets`] of the group `consumer` was configured with, through a client kept
+/// between calls (for probes that sample often).
+pub fn committed_by<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let n = partition_count(consumer, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n as i32 {
         tpl.add_partition(topic, p);

@@ -403,7 +403,7 @@ pub async fn takeover_after_kill(
     use pipelines::inventory;
     use pipelines::load;
     use pipelines::topics::inventory::COMMANDS;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::BaseConsumer;
 
     ensure!(members.len() >= 2, "a takeover needs two members");
     let commands = load::generate(spec);
@@ -417,22 +417,8 @@ pub async fn takeover_after_kill(
         tokio::spawn(async move { produce_at(&cluster, &commands, rate).await })
     };
     let group: BaseConsumer = pipelines::kafka::consumer_config(cluster, &opts.group).create()?;
-    let partitions = pipelines::kafka::partition_count(&group, COMMANDS)? as i32;
-    let committed = move || -> anyhow::Result<BTreeMap<i32, i64>> {
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(COMMANDS, p);
-        }
-        Ok(group
-            .committed_offsets(tpl, Duration::from_secs(10))?
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect())
-    };
+    let partitions = pipelines::kafka::partition_count(&group, COMMANDS)?;
+    let committed = move || pipelines::kafka::committed_by(&group, COMMANDS);
     let (killed_at, before, committed) = tokio::task::spawn_blocking(move || {
         // Every partition committing (the members have restored and share the work), twice
         // over a few seconds apart: the group is settled.
@@ -444,7 +430,7 @@ pub async fn takeover_after_kill(
                 "the members did not all commit within 120 s"
             );
             let now = committed()?;
-            if now.len() == partitions as usize {
+            if now.len() == partitions {
                 match &first {
                     None => first = Some((Instant::now(), now)),
                     Some((at, then))

@@ -176,7 +176,8 @@ fn inject(
     Ok(done)
 }
 
-fn signal(sig: &str, pid: &str) -> anyhow::Result<()> {
+/// `kill <sig> <pid>`.
+pub fn signal(sig: &str, pid: &str) -> anyhow::Result<()> {
     let ok = std::process::Command::new("kill")
         .args([sig, pid])
         .status()?
@@ -238,22 +239,6 @@ pub struct Watcher {
     thread: JoinHandle<anyhow::Result<Seen>>,
 }
 
-/// The high watermark of `topic`/`p`, retried for a while (a topic created a moment ago, or a
-/// partition whose leader just moved, answers NotLeaderForPartition).
-fn high_watermark(consumer: &BaseConsumer, topic: &str, p: i32) -> anyhow::Result<i64> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-            Ok((_, high)) => return Ok(high),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("{topic}/{p}'s end: {e}; again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e).with_context(|| format!("{topic}/{p}'s end")),
-        }
-    }
-}
-
 fn digest(payload: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     payload.hash(&mut h);
@@ -276,11 +261,11 @@ impl Watcher {
     pub fn start(cluster: &Cluster, topics: &[&str]) -> anyhow::Result<Self> {
         let consumer: BaseConsumer =
             kafka::consumer_config(cluster, "integration-watcher").create()?;
+        let probe = kafka::Probe::new(cluster)?;
         let mut from = BTreeMap::new();
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
-            for p in 0..kafka::partition_count(&consumer, topic)? as i32 {
-                let high = high_watermark(&consumer, topic, p)?;
+            for (p, high) in kafka::high_watermarks(&probe, topic)? {
                 from.insert((topic.to_string(), p), high);
                 tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
             }
@@ -336,11 +321,9 @@ impl Watcher {
         // the end once open transactions are resolved).
         let mut expected: BTreeMap<(String, i32, i64), u64> = BTreeMap::new();
         let mut ends = BTreeMap::new();
-        let consumer: BaseConsumer =
-            kafka::consumer_config(cluster, "integration-watcher-ends").create()?;
+        let probe = kafka::Probe::new(cluster)?;
         for (topic, p) in self.from.keys() {
-            let high = high_watermark(&consumer, topic, *p)?;
-            ends.insert((topic.clone(), *p), high);
+            ends.insert((topic.clone(), *p), kafka::watermarks(&probe, topic, *p)?.1);
         }
         let topics: std::collections::BTreeSet<&String> =
             self.from.keys().map(|(t, _)| t).collect();

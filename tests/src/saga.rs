@@ -814,34 +814,17 @@ impl Since {
 
     /// `topics`' ends now.
     pub fn of(cluster: &Cluster, topics: &[&str]) -> anyhow::Result<Self> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer =
-            pipelines::kafka::consumer_config(cluster, "integration-since").create()?;
-        // Topics created a moment ago answer NotLeaderForPartition until their leaders are
-        // elected: retried for a while.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ends = (|| -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-                let md = consumer.fetch_metadata(None, Duration::from_secs(30))?;
-                let mut ends = BTreeMap::new();
-                for t in md.topics().iter().filter(|t| topics.contains(&t.name())) {
-                    for p in t.partitions() {
-                        let (_, high) =
-                            consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(30))?;
-                        ends.insert((t.name().to_owned(), p.id()), high);
-                    }
-                }
-                Ok(ends)
-            })();
-            match ends {
-                Ok(ends) => return Ok(Since(ends)),
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("the topics' ends: {e:#}; again");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e.context("the checked topics' ends")),
+        use rdkafka::consumer::Consumer;
+        let probe = pipelines::kafka::Probe::new(cluster)?;
+        // Topics not created yet have no records of any run.
+        let md = probe.fetch_metadata(None, Duration::from_secs(30))?;
+        let mut ends = BTreeMap::new();
+        for t in md.topics().iter().filter(|t| topics.contains(&t.name())) {
+            for (p, high) in pipelines::kafka::high_watermarks(&probe, t.name())? {
+                ends.insert((t.name().to_owned(), p), high);
             }
         }
+        Ok(Since(ends))
     }
 
     fn covers(&self, topic: &str, partition: i32, offset: i64) -> bool {

@@ -105,23 +105,10 @@ impl Stack {
                 .to_owned(),
         )
     }
-
-    /// The registry's pid (to freeze it: an outage that holds connections open, the way a
-    /// hung server or a partition does).
-    pub fn registry_pid(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.dir().join("apicurio.pid"))?
-            .trim()
-            .to_owned())
-    }
-
-    /// Stops broker `i` (SIGTERM, or SIGKILL when `hard`), starts it again and waits until
-    /// it has started (`scripts/stack.sh bounce`).
-    pub fn bounce(&self, i: usize, hard: bool) -> anyhow::Result<()> {
-        bounce(self.dir(), i, hard)
-    }
 }
 
-/// [`Stack::bounce`] of the stack in `dir` (for threads that outlive a borrow of it).
+/// Stops broker `i` (1-based) of the stack in `dir` (SIGTERM, or SIGKILL when `hard`),
+/// starts it again and waits until it has started (`scripts/stack.sh bounce`).
 pub fn bounce(dir: &Path, i: usize, hard: bool) -> anyhow::Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(repo_root().join("scripts/stack.sh"))

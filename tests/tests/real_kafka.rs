@@ -426,14 +426,7 @@ fn a_frozen_broker_is_ridden_out(
         first_sku: 20_000,
     };
     let broker = stack.broker_pid(1)?;
-    let signal = |sig: &str| -> anyhow::Result<()> {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &broker])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "kill {sig} {broker} failed");
-        Ok(())
-    };
+    let signal = |sig: &str| faults::signal(sig, &broker);
     let mut freeze = || -> anyhow::Result<()> {
         signal("-STOP")?;
         std::thread::sleep(std::time::Duration::from_secs(60));
