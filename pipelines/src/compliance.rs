@@ -223,8 +223,8 @@ pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
         views_dir: opts.views_dir.clone(),
         flush: opts.flush,
     };
-    let view = AuditView::new(&Registry::new(&opts.cluster.registry));
-    crate::view::run(view, &settings, rt, stop)
+    let registry = Registry::new(&opts.cluster.registry);
+    crate::view::run(|| AuditView::new(&registry), &settings, rt, stop)
 }
 
 /// Merges a run of small parts if `compacting`; returns whether to go on compacting. A part

@@ -740,6 +740,17 @@ impl Membership {
             .contains_key(&p)
     }
 
+    /// Rewinds partition `p` to its committed offset before the next batch uses it: its
+    /// records are dropped until then (see [`poll_member_batch`]). For a member that commits
+    /// where it wants to start from first (a view, from its table's checkpoint).
+    pub fn rewind(&self, p: i32) {
+        self.unsettled
+            .lock()
+            .expect("not poisoned")
+            .entry(p)
+            .or_insert_with(std::time::Instant::now);
+    }
+
     /// Partitions waiting to be rewound, at the moment of the call.
     fn unsettled(&self) -> BTreeSet<i32> {
         self.unsettled

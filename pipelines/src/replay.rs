@@ -6,7 +6,7 @@
 //! half-built one. With `--to`, the result is the view as of that moment (written to a
 //! separate directory, not over the live view): that is how `query --as-of` answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use schemas::Registry;
 use schemas::codec::Decoder;
 use schemas::inventory::InventoryEvent;
-use sinks::SnapshotTable;
 use sinks::stock_levels;
 use tokio::runtime::Handle;
 
@@ -182,10 +181,13 @@ pub fn replay_view(
         views_dir: out.map_or_else(|| scratch.clone(), Path::to_path_buf),
         flush: Duration::MAX,
     };
-    let stock_levels = crate::view::OneTopic::<crate::inventory::views::StockLevelsView>::new(
-        Default::default(),
-        Registry::new(&cluster.registry),
-    );
+    let registry = Registry::new(&cluster.registry);
+    let stock_levels = || {
+        crate::view::OneTopic::<crate::inventory::views::StockLevelsView>::new(
+            Default::default(),
+            registry.clone(),
+        )
+    };
     let events = crate::view::replay(stock_levels, &settings, rt, &bounds, &mut |at| {
         let reached: i64 = start
             .iter()
@@ -201,15 +203,26 @@ pub fn replay_view(
         bar.set_position(reached as u64);
     })?;
     bar.finish_and_clear();
+    // `stock_levels` is kept per partition: one file per partition of its topic.
     let table = match out {
-        Some(out) => SnapshotTable::open(out, view)?.path(),
+        Some(out) => out.join(view),
         None => {
-            let table = SnapshotTable::open(&scratch, view)?;
-            let live = SnapshotTable::open(views_dir, view)?;
-            std::fs::rename(table.path(), live.path())
-                .with_context(|| format!("swapping the rebuilt {view} in"))?;
+            let rebuilt = scratch.join(view);
+            let live = views_dir.join(view);
+            std::fs::create_dir_all(&live)
+                .with_context(|| format!("creating {}", live.display()))?;
+            let mut files = BTreeSet::new();
+            for p in end.keys() {
+                let name = sinks::table::partition_file(*p);
+                std::fs::rename(rebuilt.join(&name), live.join(&name))
+                    .with_context(|| format!("swapping the rebuilt {view} ({name}) in"))?;
+                files.insert(name);
+            }
+            // What the rebuilt files replace as a whole: a file kept whole, or one of a
+            // partition the topic no longer has.
+            sinks::table::remove_files(views_dir, view, |name| files.contains(name))?;
             let _cleared = std::fs::remove_dir_all(&scratch);
-            live.path()
+            live
         }
     };
     Ok(Replayed {

@@ -21,7 +21,7 @@
 //!
 //! [`TopicView`] is the short form for a view of one topic: a projection and a table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use schemas::record::RecordUnion;
 use sinks::SnapshotTable;
 use sinks::table::Table;
 use tokio::runtime::Handle;
-use tracing::{info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::{Cluster, Stop, kafka, wire};
 
@@ -50,7 +50,8 @@ pub struct Settings {
     pub cluster: Cluster,
     /// Identity of this process (the dead-letter producer's).
     pub instance: String,
-    /// Where tables are written (`<views_dir>/<table>/part-0.parquet`).
+    /// Where tables are written (`<views_dir>/<table>/part-0.parquet`, or
+    /// `partition-<p>.parquet` per partition of a view kept per partition).
     pub views_dir: PathBuf,
     /// How often a changed view is flushed.
     pub flush: Duration,
@@ -80,6 +81,16 @@ pub trait View {
     /// Whether a clean stop first reads on to the ends its topics had when the stop came
     /// (bounded: see [`Drain`]), so that what was written before a stop is in the view.
     const DRAIN_ON_STOP: bool = false;
+    /// Whether the view is kept **per input partition**, so that it scales with its
+    /// service: every process that runs it on one views directory joins one consumer group
+    /// and materializes the partitions the group gives it, each into its own file of every
+    /// table (`partition-<p>.parquet`), held under a lock per partition. The tables are the
+    /// union of those files. Only for a view whose rows of partition `p` come from partition
+    /// `p` of its topics alone (every topic keyed by the row's key, with one partition count),
+    /// replaced whole ([`Sink::Replace`]); it does not read on at a stop
+    /// ([`View::DRAIN_ON_STOP`]). `false` (the default): one process writes the whole view,
+    /// the others stand by on its lock.
+    const PER_PARTITION: bool = false;
 
     /// The partitions of each topic it reads, once assigned.
     fn assigned(&mut self, _partitions: &BTreeMap<&'static str, Vec<i32>>) {}
@@ -144,6 +155,8 @@ pub trait TopicView {
     /// Whether the projection is told which partitions are read to their end before each
     /// write (event-time windows: an idle partition does not hold the watermark back).
     const WANTS_ENDS: bool = false;
+    /// See [`View::PER_PARTITION`].
+    const PER_PARTITION: bool = false;
     /// `TOPIC` and the table as lists, for the service registry.
     const TOPICS: &'static [&'static str] = &[Self::TOPIC];
     const VIEWS: &'static [&'static str] = &[<Self::Table as Table>::NAME];
@@ -171,6 +184,7 @@ impl<V: TopicView> View for OneTopic<V> {
     const DLQ: Option<(&'static str, &'static str)> = V::DLQ;
     const RESUMES: bool = <V::Projection as Projection>::RESUMES;
     const WANTS_ENDS: bool = V::WANTS_ENDS;
+    const PER_PARTITION: bool = V::PER_PARTITION;
 
     fn assigned(&mut self, partitions: &BTreeMap<&'static str, Vec<i32>>) {
         self.projection
@@ -228,7 +242,9 @@ pub fn parse_checkpoint(text: &str, topics: &[&str]) -> anyhow::Result<Positions
 
 /// The checkpoint of the view that writes table `table` (`None`: not written yet, or not a
 /// table of a registered view). A view of several tables writes its last one last, so that
-/// table's checkpoint holds for all. Reads the Parquet footer only, so polling it is cheap.
+/// table's checkpoint holds for all; a view kept per partition has one per partition file,
+/// and the view's checkpoint is their union. Reads Parquet footers only, so polling it is
+/// cheap.
 pub fn checkpoint(views_dir: &Path, table: &str) -> anyhow::Result<Option<Positions>> {
     let Some(pipeline) = crate::registry::pipeline_of_view(table) else {
         return Ok(None);
@@ -237,18 +253,42 @@ pub fn checkpoint(views_dir: &Path, table: &str) -> anyhow::Result<Option<Positi
     stored_positions(views_dir, last, pipeline.reads)
 }
 
-/// The checkpoint stored with `table` (of a view of `topics`), if any.
+/// The checkpoint stored with `table` (of a view of `topics`): the union of its files'
+/// (the whole table's, or each partition's), if any.
 fn stored_positions(
     views_dir: &Path,
     table: &str,
     topics: &[&str],
 ) -> anyhow::Result<Option<Positions>> {
-    Ok(match sinks::table::stored_checkpoint(views_dir, table)? {
-        Some(text) if !text.is_empty() => {
-            Some(parse_checkpoint(&text, topics).with_context(|| format!("{table} checkpoint"))?)
+    let mut union: Option<Positions> = None;
+    for text in sinks::table::stored_checkpoints(views_dir, table)? {
+        if text.is_empty() {
+            continue;
         }
-        _ => None,
-    })
+        let positions =
+            parse_checkpoint(&text, topics).with_context(|| format!("{table} checkpoint"))?;
+        merge(union.get_or_insert_with(Positions::new), &positions);
+    }
+    Ok(union)
+}
+
+/// Adds `from` to `into`; a partition in both keeps the further position.
+fn merge(into: &mut Positions, from: &Positions) {
+    for (topic, positions) in from {
+        let have = into.entry(topic.clone()).or_default();
+        for (p, at) in positions {
+            let e = have.entry(*p).or_insert(*at);
+            *e = (*e).max(*at);
+        }
+    }
+}
+
+/// The positions of partition `p` in `positions`.
+fn only(positions: &Positions, p: i32) -> Positions {
+    positions
+        .iter()
+        .filter_map(|(t, ps)| ps.get(&p).map(|at| (t.clone(), BTreeMap::from([(p, *at)]))))
+        .collect()
 }
 
 /// Replaces every table of `view` with its rows and `checkpoint`, in order.
@@ -465,9 +505,28 @@ fn positions_hold(
     Ok(true)
 }
 
-/// Runs `view` until `stop`, flushing once more on the way out. Blocking.
-pub fn run<V: View>(view: V, settings: &Settings, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
-    drive(view, settings, rt, stop, Mode::Live).map(|_| ())
+/// Runs the view `make` makes until `stop`, flushing once more on the way out. Blocking.
+///
+/// A view kept whole is written by one process per views directory: another that runs it
+/// on the same directory stands by on the view's lock and takes over when the writer
+/// stops or dies. A view kept per partition ([`View::PER_PARTITION`]) shares its
+/// partitions among them instead ([`drive_partitions`]). `make` makes an empty view: once
+/// for a view kept whole, once per partition taken otherwise.
+pub fn run<V: View>(
+    mut make: impl FnMut() -> V,
+    settings: &Settings,
+    rt: &Handle,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    if V::PER_PARTITION {
+        return drive_partitions(&mut make, settings, rt, stop);
+    }
+    let path = lock_path(&settings.views_dir, V::TABLES, WHOLE_LOCK)?;
+    let Some(_lock) = stand_by(&path, V::PIPELINE, stop)? else {
+        return Ok(());
+    };
+    let tables = whole_tables::<V>(&settings.views_dir)?;
+    drive(make(), tables, None, settings, rt, stop, Mode::Live).map(|_| ())
 }
 
 /// A bounded run of a view: from `start` (partitions it does not name: their beginning) up
@@ -478,25 +537,52 @@ pub struct Bounds {
     pub end: Positions,
 }
 
-/// Rebuilds `view` from the records within `bounds` on the same loop a live view runs on,
-/// and writes its tables under `settings.views_dir` once, with `bounds.end` as their
-/// checkpoint (a live view resumes from there). Nothing is dead-lettered: the live view
-/// did that, and a record that does not decode fails the replay, naming it. `progress` is
-/// told the positions reached after every poll. Returns the records folded.
+/// Rebuilds the view `make` makes from the records within `bounds` on the same loop a live
+/// view runs on, and writes its tables under `settings.views_dir` once, with `bounds.end`
+/// as their checkpoint (a live view resumes from there); a view kept per partition, one
+/// partition after another, each file with its partition's part of `bounds.end`. Nothing
+/// is dead-lettered: the live view did that, and a record that does not decode fails the
+/// replay, naming it. `progress` is told the positions reached after every poll. Returns
+/// the records folded.
 pub fn replay<V: View>(
-    view: V,
+    mut make: impl FnMut() -> V,
     settings: &Settings,
     rt: &Handle,
     bounds: &Bounds,
     progress: &mut dyn FnMut(&Positions),
 ) -> anyhow::Result<u64> {
-    drive(
-        view,
-        settings,
-        rt,
-        &Stop::default(),
-        Mode::Bounded { bounds, progress },
-    )
+    let stop = Stop::default();
+    if !V::PER_PARTITION {
+        let tables = whole_tables::<V>(&settings.views_dir)?;
+        let mode = Mode::Bounded { bounds, progress };
+        return drive(make(), tables, None, settings, rt, &stop, mode);
+    }
+    let partitions: BTreeSet<i32> = bounds
+        .end
+        .values()
+        .flat_map(|e| e.keys().copied())
+        .collect();
+    let mut done = Positions::new();
+    let mut folded = 0;
+    for p in partitions {
+        let part = Bounds {
+            start: only(&bounds.start, p),
+            end: only(&bounds.end, p),
+        };
+        let tables = partition_tables::<V>(&settings.views_dir, p)?;
+        let mut progress_of_part = |at: &Positions| {
+            let mut all = done.clone();
+            merge(&mut all, at);
+            progress(&all);
+        };
+        let mode = Mode::Bounded {
+            bounds: &part,
+            progress: &mut progress_of_part,
+        };
+        folded += drive(make(), tables, Some(p), settings, rt, &stop, mode)?;
+        merge(&mut done, &part.end);
+    }
+    Ok(folded)
 }
 
 /// Longest a bounded run may take to reach its end (a bound past the topic's end never
@@ -517,9 +603,182 @@ enum Mode<'a> {
     },
 }
 
-/// The loop of [`run`] and [`replay`].
+/// The lock file of a view kept whole, in its first table's directory.
+const WHOLE_LOCK: &str = ".writer.lock";
+
+/// `<views_dir>/<first table>/<name>` (the directory made if missing).
+fn lock_path(views_dir: &Path, tables: &[&str], name: &str) -> anyhow::Result<PathBuf> {
+    let first = tables.first().context("a view writes a table")?;
+    let dir = views_dir.join(first);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join(name))
+}
+
+/// The lock at `path`, if no other writer holds it (held while the file stays open; the
+/// kernel releases it when the process dies, however it dies).
+fn try_lock(path: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// How often a view standing by tries its lock again.
+const STAND_BY_RETRY: Duration = Duration::from_millis(500);
+
+/// Takes the lock at `path`, standing by while another process holds it; `None` if
+/// stopped first.
+fn stand_by(path: &Path, view: &str, stop: &Stop) -> anyhow::Result<Option<std::fs::File>> {
+    let mut told = false;
+    loop {
+        if let Some(lock) = try_lock(path)? {
+            if told {
+                info!(view, "Taking over the view: its writer is gone.");
+            }
+            return Ok(Some(lock));
+        }
+        if !told {
+            info!(view, lock = %path.display(), "Standing by: another process writes this view into the same directory.");
+            told = true;
+        }
+        stop.sleep(STAND_BY_RETRY);
+        if stop.is_stopped() {
+            return Ok(None);
+        }
+    }
+}
+
+/// The tables of a view kept whole.
+fn whole_tables<V: View>(views_dir: &Path) -> anyhow::Result<Vec<SnapshotTable>> {
+    Ok(match V::SINK {
+        Sink::Replace => V::TABLES
+            .iter()
+            .map(|t| SnapshotTable::open(views_dir, t))
+            .collect::<Result<Vec<_>, _>>()?,
+        Sink::Append => Vec::new(),
+    })
+}
+
+/// Partition `p`'s files of the tables of a view kept per partition.
+fn partition_tables<V: View>(views_dir: &Path, p: i32) -> anyhow::Result<Vec<SnapshotTable>> {
+    Ok(V::TABLES
+        .iter()
+        .map(|t| SnapshotTable::open_partition(views_dir, t, p))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The checkpoint stored with the last of `tables` (empty if none).
+fn handled_below(tables: &[SnapshotTable], topics: &[&str]) -> anyhow::Result<Positions> {
+    match tables
+        .last()
+        .map(SnapshotTable::checkpoint)
+        .transpose()?
+        .flatten()
+    {
+        Some(text) if !text.is_empty() => parse_checkpoint(&text, topics),
+        _ => Ok(Positions::new()),
+    }
+}
+
+/// Where a view's undecodable records go (rare: no transaction).
+struct DeadLetters {
+    output: kafka::Output,
+    dlq: &'static str,
+    service: &'static str,
+}
+
+impl DeadLetters {
+    fn of<V: View>(settings: &Settings) -> anyhow::Result<Option<Self>> {
+        let Some((dlq, service)) = V::DLQ else {
+            return Ok(None);
+        };
+        let cluster = Cluster {
+            guarantee: crate::Guarantee::AtLeastOnce,
+            ..settings.cluster.clone()
+        };
+        Ok(Some(DeadLetters {
+            output: kafka::Output::new(&cluster, V::PIPELINE, &settings.instance)?,
+            dlq,
+            service,
+        }))
+    }
+}
+
+/// What folding one record came to.
+enum Folded {
+    /// Folded, dead-lettered or left out: the view moved on.
+    On,
+    /// Stopped during a registry outage: the record is not folded, so nothing folded since
+    /// the last write may be written.
+    Stopped,
+}
+
+/// Folds `m` into `view`. A record that does not decode goes to `dead_letters` unless an
+/// earlier run sent it (below `handled`), fails a bounded run (naming it), or is reported.
+fn fold_one<V: View>(
+    view: &mut V,
+    rt: &Handle,
+    stop: &Stop,
+    m: &BorrowedMessage<'_>,
+    dead_letters: Option<&DeadLetters>,
+    handled: &Positions,
+    bounded: bool,
+) -> anyhow::Result<Folded> {
+    match view.fold(rt, stop, m) {
+        Ok(()) => {}
+        // Decoding waits out an outage unless stopped.
+        Err(e) if e.is_transient() => {
+            warn!(error = %e, "Stopped while the registry is unavailable; the tables stay as last written.");
+            return Ok(Folded::Stopped);
+        }
+        Err(e) => match dead_letters {
+            Some(d) if !bounded => {
+                if m.offset() >= at(handled, m.topic(), m.partition()).unwrap_or(0) {
+                    d.output
+                        .dead_letter(d.dlq, d.service, m, e.kind(), &e.to_string())?;
+                }
+            }
+            _ if bounded => {
+                return Err(e)
+                    .with_context(|| format!("{}/{}@{}", m.topic(), m.partition(), m.offset()));
+            }
+            _ => {
+                warn!(view = V::PIPELINE, topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e,
+                    "Undecodable record left out of the view.")
+            }
+        },
+    }
+    Ok(Folded::On)
+}
+
+/// The ends of `topics` (for [`View::before_flush`]), of partition `only` if given.
+fn ends_of(probe: &kafka::Probe, topics: &[&str], only: Option<i32>) -> anyhow::Result<Positions> {
+    let mut ends = Positions::new();
+    for &topic in topics {
+        let mut e = kafka::high_watermarks(probe, topic)?;
+        if let Some(p) = only {
+            e.retain(|q, _| *q == p);
+        }
+        ends.insert(topic.to_owned(), e);
+    }
+    Ok(ends)
+}
+
+/// The loop of [`run`] and [`replay`] for a view kept whole, or for partition `scope` of
+/// one kept per partition (a bounded run), into `tables`.
 fn drive<V: View>(
     mut view: V,
+    tables: Vec<SnapshotTable>,
+    scope: Option<i32>,
     settings: &Settings,
     rt: &Handle,
     stop: &Stop,
@@ -533,19 +792,16 @@ fn drive<V: View>(
     let end = |topic: &str, p: i32| bounds.map(|b| at(&b.end, topic, p).unwrap_or(0));
     let span = info_span!("view", name = V::PIPELINE);
     let _guard = span.enter();
-    let tables = match V::SINK {
-        Sink::Replace => V::TABLES
-            .iter()
-            .map(|t| SnapshotTable::open(&settings.views_dir, t))
-            .collect::<Result<Vec<_>, _>>()?,
-        Sink::Append => Vec::new(),
-    };
     let consumer: BaseConsumer = kafka::consumer_config(&settings.cluster, V::PIPELINE).create()?;
     let probe = kafka::Probe::new(&settings.cluster)?;
     let mut partitions = BTreeMap::new();
     for &topic in V::TOPICS {
         let n = kafka::partition_count(&consumer, topic)? as i32;
-        partitions.insert(topic, (0..n).collect::<Vec<i32>>());
+        let ps = match scope {
+            Some(p) => vec![p],
+            None => (0..n).collect::<Vec<i32>>(),
+        };
+        partitions.insert(topic, ps);
     }
     let from = match (bounds, V::SINK) {
         (None, Sink::Replace) => resume_from(&mut view, &tables, &probe, &partitions)?,
@@ -565,24 +821,19 @@ fn drive<V: View>(
     }
     consumer.assign(&tpl)?;
     view.assigned(&partitions);
-    // Where undecodable records go, and what an earlier run has already dead-lettered
-    // (everything below its checkpoint). Dead letters are rare and need no transaction.
-    let dead_letters = match (V::DLQ, bounds) {
-        (Some((dlq, service)), None) => {
-            let output = kafka::Output::new(
-                &Cluster {
-                    guarantee: crate::Guarantee::AtLeastOnce,
-                    ..settings.cluster.clone()
-                },
-                V::PIPELINE,
-                &settings.instance,
-            )?;
-            let last = V::TABLES.last().expect("a view writes a table");
-            let handled =
-                stored_positions(&settings.views_dir, last, V::TOPICS)?.unwrap_or_default();
-            Some((output, dlq, service, handled))
+    // What an earlier run has already dead-lettered: everything below its checkpoint.
+    let (dead_letters, handled) = match bounds {
+        None => {
+            let handled = match V::SINK {
+                Sink::Replace => handled_below(&tables, V::TOPICS)?,
+                Sink::Append => {
+                    let last = V::TABLES.last().expect("a view writes a table");
+                    stored_positions(&settings.views_dir, last, V::TOPICS)?.unwrap_or_default()
+                }
+            };
+            (DeadLetters::of::<V>(settings)?, handled)
         }
-        _ => None,
+        Some(_) => (None, Positions::new()),
     };
     let mut checkpoint = Positions::new();
     match (bounds, from) {
@@ -614,30 +865,10 @@ fn drive<V: View>(
             if end(m.topic(), m.partition()).is_some_and(|e| m.offset() >= e) {
                 continue;
             }
-            match view.fold(rt, stop, &m) {
-                Ok(()) => folded += 1,
-                // Decoding waits out an outage unless stopped: the record is not folded,
-                // so nothing folded since the last flush may be written.
-                Err(e) if e.is_transient() => {
-                    warn!(error = %e, "Stopped while the registry is unavailable; the tables stay as last written.");
-                    return Ok(folded);
-                }
-                Err(e) => match &dead_letters {
-                    Some((out, dlq, service, handled)) => {
-                        if m.offset() >= at(handled, m.topic(), m.partition()).unwrap_or(0) {
-                            out.dead_letter(dlq, service, &m, e.kind(), &e.to_string())?;
-                        }
-                    }
-                    None if bounds.is_some() => {
-                        return Err(e).with_context(|| {
-                            format!("{}/{}@{}", m.topic(), m.partition(), m.offset())
-                        });
-                    }
-                    None => {
-                        warn!(view = V::PIPELINE, topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e,
-                            "Undecodable record left out of the view.")
-                    }
-                },
+            let dl = dead_letters.as_ref();
+            match fold_one(&mut view, rt, stop, &m, dl, &handled, bounds.is_some())? {
+                Folded::On => folded += 1,
+                Folded::Stopped => return Ok(folded),
             }
             dirty = true;
         }
@@ -671,14 +902,10 @@ fn drive<V: View>(
         }
         if dirty && (stopping || last_flush.elapsed() >= settings.flush) {
             if V::WANTS_ENDS {
-                let mut ends = Positions::new();
-                for &topic in V::TOPICS {
-                    ends.insert(topic.to_owned(), kafka::high_watermarks(&probe, topic)?);
-                }
-                view.before_flush(&checkpoint, &ends);
+                view.before_flush(&checkpoint, &ends_of(&probe, V::TOPICS, scope)?);
             }
-            if let Some((out, ..)) = &dead_letters {
-                out.flush().context("dead letters not delivered")?;
+            if let Some(d) = &dead_letters {
+                d.output.flush().context("dead letters not delivered")?;
             }
             write(&mut view, &tables, &checkpoint)?;
             dirty = false;
@@ -688,6 +915,287 @@ fn drive<V: View>(
             return Ok(folded);
         }
     }
+}
+
+/// One input partition's part of a view kept per partition, held by this process.
+struct Part<V> {
+    view: V,
+    tables: Vec<SnapshotTable>,
+    /// Positions of this partition of every topic the view has folded up to.
+    checkpoint: Positions,
+    /// Dead letters below these positions were sent by an earlier writer.
+    handled: Positions,
+    dirty: bool,
+    /// The partition's lock: no other process writes its files while this is open.
+    _lock: std::fs::File,
+}
+
+/// The lock file of partition `p` of a view kept per partition.
+fn partition_lock(p: i32) -> String {
+    format!(".partition-{p}.lock")
+}
+
+/// The id of the copy of the views under `views_dir`, made by its first writer and kept in
+/// `<views_dir>/.views-id`: processes writing one directory share a view's partitions
+/// (one group), while another directory (another copy of the views) is another group.
+fn views_id(views_dir: &Path) -> anyhow::Result<String> {
+    let path = views_dir.join(".views-id");
+    let read = |path: &Path| -> anyhow::Result<Option<String>> {
+        match std::fs::read_to_string(path) {
+            Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    };
+    if let Some(id) = read(&path)? {
+        return Ok(id);
+    }
+    std::fs::create_dir_all(views_dir)
+        .with_context(|| format!("creating {}", views_dir.display()))?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let tmp = views_dir.join(format!(".views-id.{id}"));
+    std::fs::write(&tmp, &id).with_context(|| format!("writing {}", tmp.display()))?;
+    // A link is made whole or not at all, and never over another writer's.
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _removed = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(id),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(&path)?.with_context(|| format!("{} is empty", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("linking {}", path.display())),
+    }
+}
+
+/// The consumer group of view `pipeline` kept per partition under `views_dir`.
+pub fn partition_group(pipeline: &str, views_dir: &Path) -> anyhow::Result<String> {
+    Ok(format!("{pipeline}.{}", views_id(views_dir)?))
+}
+
+/// Takes partition `p` of the view if no other process holds it: locks it, and resumes it
+/// from its files (or rebuilds it from the beginning of its partitions); `None` if another
+/// writer holds it still (it has not seen the rebalance yet, or is stopping).
+fn take_part<V: View>(
+    make: &mut dyn FnMut() -> V,
+    settings: &Settings,
+    probe: &kafka::Probe,
+    p: i32,
+) -> anyhow::Result<Option<Part<V>>> {
+    let path = lock_path(&settings.views_dir, V::TABLES, &partition_lock(p))?;
+    let Some(lock) = try_lock(&path)? else {
+        return Ok(None);
+    };
+    let tables = partition_tables::<V>(&settings.views_dir, p)?;
+    let mut view = make();
+    let partitions: BTreeMap<&'static str, Vec<i32>> =
+        V::TOPICS.iter().map(|t| (*t, vec![p])).collect();
+    let from = resume_from(&mut view, &tables, probe, &partitions)?;
+    view.assigned(&partitions);
+    let handled = handled_below(&tables, V::TOPICS)?;
+    info!(partition = p, resumed = ?from, "Partition taken.");
+    Ok(Some(Part {
+        view,
+        tables,
+        checkpoint: from.unwrap_or_default(),
+        handled,
+        dirty: true,
+        _lock: lock,
+    }))
+}
+
+/// Commits where partition `p` of the view stands (`checkpoint`; its beginning where that
+/// names none): where a rewind takes it, and what lag tooling shows.
+fn commit_part(
+    consumer: &kafka::GroupConsumer,
+    probe: &kafka::Probe,
+    topics: &[&str],
+    p: i32,
+    checkpoint: &Positions,
+    mode: rdkafka::consumer::CommitMode,
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let offset = match at(checkpoint, topic, p) {
+            Some(o) => o,
+            None => kafka::watermarks(probe, topic, p)?.0,
+        };
+        tpl.add_partition_offset(topic, p, Offset::Offset(offset))?;
+    }
+    consumer.commit(&tpl, mode)?;
+    Ok(())
+}
+
+/// Writes `part` if it changed (dead letters first: they are delivered before the
+/// checkpoint that covers them).
+fn write_part<V: View>(
+    part: &mut Part<V>,
+    p: i32,
+    probe: &kafka::Probe,
+    dead_letters: Option<&DeadLetters>,
+) -> anyhow::Result<()> {
+    if !part.dirty {
+        return Ok(());
+    }
+    if V::WANTS_ENDS {
+        part.view
+            .before_flush(&part.checkpoint, &ends_of(probe, V::TOPICS, Some(p))?);
+    }
+    if let Some(d) = dead_letters {
+        d.output.flush().context("dead letters not delivered")?;
+    }
+    write(&mut part.view, &part.tables, &part.checkpoint)?;
+    part.dirty = false;
+    Ok(())
+}
+
+/// How long a partition may wait for its previous writer's lock before it is reported.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The live loop of a view kept per partition ([`View::PER_PARTITION`]): a member of the
+/// views directory's group ([`partition_group`], range assignment: partition `p` of every
+/// topic on one member) that holds state and files per partition.
+///
+/// - **Assigned**: the partition is taken once its lock is free (the previous writer
+///   writes its files and lets go when it sees the rebalance; a killed one's lock goes
+///   with it), resumed from its files, its checkpoint committed and the consumer rewound
+///   there; its records are dropped until then.
+/// - **Revoked**: its files are written with what was folded, and the lock let go.
+/// - Every `flush`, each changed partition's files are replaced, and its positions
+///   committed (for lag tooling: the files' checkpoints are what counts).
+fn drive_partitions<V: View>(
+    make: &mut dyn FnMut() -> V,
+    settings: &Settings,
+    rt: &Handle,
+    stop: &Stop,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        V::SINK == Sink::Replace && !V::DRAIN_ON_STOP,
+        "{}: a view kept per partition replaces its tables and does not read on at a stop",
+        V::PIPELINE
+    );
+    let span = info_span!("view", name = V::PIPELINE);
+    let _guard = span.enter();
+    let group = partition_group(V::PIPELINE, &settings.views_dir)?;
+    let mut config = kafka::consumer_config(&settings.cluster, &group);
+    config.set("partition.assignment.strategy", "range");
+    let consumer: kafka::GroupConsumer = config.create_with_context(kafka::Membership::default())?;
+    let probe = kafka::Probe::new(&settings.cluster)?;
+    // A table kept whole before would count every row twice beside the partitions' files.
+    for table in V::TABLES {
+        let gone = sinks::table::remove_files(&settings.views_dir, table, |name| {
+            name.starts_with("partition-")
+        })?;
+        if gone > 0 {
+            info!(
+                table,
+                "Removed the whole table's file: the view is kept per partition now."
+            );
+        }
+    }
+    consumer.subscribe(V::TOPICS)?;
+    let dead_letters = DeadLetters::of::<V>(settings)?;
+    info!(topics = ?V::TOPICS, group = %group, "View started (per partition: those its group assigns here).");
+    let mut owned = BTreeSet::new();
+    let mut parts: BTreeMap<i32, Part<V>> = BTreeMap::new();
+    let mut waiting: BTreeMap<i32, Instant> = BTreeMap::new();
+    let mut last_flush = Instant::now();
+    let mut follow = || -> anyhow::Result<()> {
+        loop {
+            let stopping = stop.is_stopped();
+            let (batch, changes) = kafka::poll_member_batch(
+                &consumer,
+                &mut owned,
+                10_000,
+                Duration::from_millis(100),
+            )?;
+            for p in &changes.revoked {
+                waiting.remove(p);
+                if let Some(mut part) = parts.remove(p) {
+                    write_part(&mut part, *p, &probe, dead_letters.as_ref())?;
+                    info!(partition = p, "Partition handed over.");
+                }
+            }
+            let mut outage = false;
+            for m in batch {
+                let Some(part) = parts.get_mut(&m.partition()) else {
+                    continue; // not taken yet: read again after the rewind
+                };
+                let dl = dead_letters.as_ref();
+                match fold_one(&mut part.view, rt, stop, &m, dl, &part.handled, false)? {
+                    Folded::On => part.dirty = true,
+                    Folded::Stopped => {
+                        outage = true;
+                        break;
+                    }
+                }
+            }
+            if outage {
+                return Ok(());
+            }
+            for e in consumer.position()?.elements() {
+                let p = e.partition();
+                let (Some(part), Offset::Offset(o)) = (parts.get_mut(&p), e.offset()) else {
+                    continue;
+                };
+                if consumer.context().settled(p) {
+                    let have = part.checkpoint.entry(e.topic().to_owned()).or_default();
+                    part.dirty |= have.insert(p, o) != Some(o);
+                }
+            }
+            let now = Instant::now();
+            for &p in &changes.assigned {
+                waiting.entry(p).or_insert(now);
+            }
+            for (p, since) in waiting.clone() {
+                let Some(part) = take_part(make, settings, &probe, p)? else {
+                    if since.elapsed() >= LOCK_PATIENCE {
+                        warn!(
+                            partition = p,
+                            "Another process still holds this partition's lock; waiting for it."
+                        );
+                        waiting.insert(p, Instant::now());
+                    }
+                    continue;
+                };
+                let sync = rdkafka::consumer::CommitMode::Sync;
+                match commit_part(&consumer, &probe, V::TOPICS, p, &part.checkpoint, sync) {
+                    Ok(()) => {
+                        consumer.context().rewind(p);
+                        parts.insert(p, part);
+                        waiting.remove(&p);
+                    }
+                    // A rebalance under way: it says next what becomes of the partition.
+                    Err(e) => {
+                        warn!(partition = p, error = %format!("{e:#}"), "Could not commit the partition's start; trying again.")
+                    }
+                }
+            }
+            if stopping || last_flush.elapsed() >= settings.flush {
+                for (p, part) in &mut parts {
+                    if !part.dirty {
+                        continue;
+                    }
+                    write_part(part, *p, &probe, dead_letters.as_ref())?;
+                    let lazy = rdkafka::consumer::CommitMode::Async;
+                    if let Err(e) =
+                        commit_part(&consumer, &probe, V::TOPICS, *p, &part.checkpoint, lazy)
+                    {
+                        debug!(partition = p, error = %format!("{e:#}"), "Positions not committed.");
+                    }
+                }
+                last_flush = Instant::now();
+            }
+            if stopping {
+                return Ok(());
+            }
+        }
+    };
+    let result = follow();
+    // Served here, not in the consumer's drop (see `kafka::leave`); the locks go after.
+    kafka::leave(&consumer);
+    drop(parts);
+    result
 }
 
 #[cfg(test)]
@@ -953,5 +1461,75 @@ mod tests {
                 .is_some()
         );
         assert_eq!((view.0, view.1), (2, 3));
+    }
+
+    #[test]
+    fn one_writer_holds_a_view_or_a_partition_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = lock_path(dir.path(), Counts::TABLES, &partition_lock(1)).unwrap();
+        let two = lock_path(dir.path(), Counts::TABLES, &partition_lock(2)).unwrap();
+        let held = try_lock(&one).unwrap().expect("nobody holds partition 1");
+        assert!(
+            try_lock(&one).unwrap().is_none(),
+            "a second writer took partition 1"
+        );
+        assert!(try_lock(&two).unwrap().is_some(), "partition 2 is free");
+        drop(held);
+        assert!(
+            try_lock(&one).unwrap().is_some(),
+            "partition 1 is free again once its writer let go"
+        );
+
+        // A view kept whole: a second process stands by until stopped.
+        let whole = lock_path(dir.path(), Counts::TABLES, WHOLE_LOCK).unwrap();
+        let _writer = try_lock(&whole).unwrap().expect("free");
+        let stop = Stop::default();
+        let waiting = {
+            let (whole, stop) = (whole.clone(), stop.clone());
+            std::thread::spawn(move || stand_by(&whole, "counts", &stop).map(|l| l.is_some()))
+        };
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(!waiting.is_finished(), "took a lock another writer holds");
+        stop.stop();
+        assert!(!waiting.join().unwrap().unwrap(), "stopped, not locked");
+    }
+
+    #[test]
+    fn processes_share_a_view_s_partitions_per_views_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = partition_group("counts-view", dir.path()).unwrap();
+        assert_eq!(group, partition_group("counts-view", dir.path()).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(group, partition_group("counts-view", other.path()).unwrap());
+    }
+
+    #[test]
+    fn the_checkpoint_of_a_view_kept_per_partition_is_the_union_of_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = Counts::default().batch().unwrap();
+        for (p, text) in [(0, r#"{"t":{"0":5}}"#), (2, r#"{"t":{"2":9}}"#)] {
+            SnapshotTable::open_partition(dir.path(), "counts", p)
+                .unwrap()
+                .replace(&rows, text)
+                .unwrap();
+        }
+        // Not a file of the table (a COPY's output, say): not read.
+        SnapshotTable::open(dir.path(), "counts")
+            .unwrap()
+            .replace(&rows, "")
+            .unwrap();
+        std::fs::rename(
+            dir.path().join("counts/part-0.parquet"),
+            dir.path().join("counts/copied.parquet"),
+        )
+        .unwrap();
+        assert_eq!(
+            stored_positions(dir.path(), "counts", &["t"]).unwrap(),
+            Some(BTreeMap::from([(
+                "t".to_owned(),
+                BTreeMap::from([(0, 5), (2, 9)])
+            )]))
+        );
+        assert_eq!(stored_positions(dir.path(), "none", &["t"]).unwrap(), None);
     }
 }

@@ -1,7 +1,8 @@
 //! SQL over the views with DataFusion.
 //!
 //! Every subdirectory of the views directory that holds Parquet files is registered as a
-//! table named after the directory, so `stock_levels/part-0.parquet` is `stock_levels`; and
+//! table named after the directory (every `*.parquet` in it: `sagas/part-0.parquet`, or
+//! `stock_levels/partition-<p>.parquet` per partition), so they are `sagas` and `stock_levels`; and
 //! every [derived view](crate::derived) whose base tables are there, as a SQL view.
 //!
 //! ```no_run

@@ -1,8 +1,12 @@
-//! A current-state table: one Parquet file per view, replaced atomically.
+//! A current-state table: Parquet files replaced atomically, one per view or one per input
+//! partition.
 //!
 //! Current-state views (e.g. `stock_levels`) are small relative to the event log (one row per
 //! key), so each flush writes the whole table to `<dir>/<view>/part-0.parquet.tmp`, fsyncs it
-//! and renames it over `part-0.parquet`. A reader that opens the file once sees the old or
+//! and renames it over `part-0.parquet`. A view kept per partition (each instance of a
+//! scaled-out service writes the partitions it owns) writes `partition-<p>.parquet` the same
+//! way, one file per partition: the table is the union of the directory's `*.parquet` files,
+//! for DataFusion and for any other engine. A reader that opens the file once sees the old or
 //! the new file, never half of one; DataFusion reopens it per read, and reads it through
 //! [`PinnedFs`](crate::pinned::PinnedFs) for that reason. Flushes are batched by the runtime (every N ms, only when changed), never per record.
 
@@ -57,21 +61,36 @@ macro_rules! table {
 pub const CHECKPOINT_KEY: &str = "supplystream.checkpoint";
 const FILE: &str = "part-0.parquet";
 
+/// The file of partition `p` of a view kept per partition.
+pub fn partition_file(p: i32) -> String {
+    format!("partition-{p}.parquet")
+}
+
 /// Rows per Parquet row group. Views are written sorted by their lookup key, so with
 /// row groups of this size a point lookup (`WHERE sku = …`) reads one row group and prunes
 /// the rest by their min/max statistics; the default (1M rows) made every view one group.
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
-/// One view's directory and file.
+/// One view's directory and file (the whole table, or one partition's part of it).
 #[derive(Debug, Clone)]
 pub struct SnapshotTable {
     view: String,
     dir: PathBuf,
+    file: String,
 }
 
 impl SnapshotTable {
-    /// The table of `view` under `views_dir` (created if missing).
+    /// The table of `view` under `views_dir`, one file (directory created if missing).
     pub fn open(views_dir: &Path, view: &str) -> Result<Self> {
+        Self::open_file(views_dir, view, FILE.to_owned())
+    }
+
+    /// The part of `view` that holds input partition `p` ([`partition_file`]).
+    pub fn open_partition(views_dir: &Path, view: &str, p: i32) -> Result<Self> {
+        Self::open_file(views_dir, view, partition_file(p))
+    }
+
+    fn open_file(views_dir: &Path, view: &str, file: String) -> Result<Self> {
         let dir = views_dir.join(view);
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             view: view.into(),
@@ -81,12 +100,18 @@ impl SnapshotTable {
         Ok(SnapshotTable {
             view: view.into(),
             dir,
+            file,
         })
     }
 
     /// Path of the live file.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(FILE)
+        self.dir.join(&self.file)
+    }
+
+    /// The view's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -107,7 +132,7 @@ impl SnapshotTable {
 
     /// Replaces the table with `batch`, recording `checkpoint` (opaque text) with it.
     pub fn replace(&self, batch: &RecordBatch, checkpoint: &str) -> Result<()> {
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let tmp = self.dir.join(format!("{}.tmp", self.file));
         let file = File::create(&tmp).map_err(self.io(&tmp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -143,6 +168,19 @@ impl SnapshotTable {
         Ok(Some((batches, checkpoint)))
     }
 
+    /// The checkpoint stored with the live file, read from its footer only; `None` if it
+    /// was never written.
+    pub fn checkpoint(&self) -> Result<Option<String>> {
+        let path = self.path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(&path)(e)),
+        };
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(self.parquet())?;
+        Ok(Some(checkpoint_of(&builder)))
+    }
+
     /// Schema-only check helper for callers that build batches.
     pub fn view(&self) -> &str {
         &self.view
@@ -162,26 +200,113 @@ pub(crate) fn checkpoint_of<T>(
         .unwrap_or_default()
 }
 
-/// The checkpoint stored with `view` under `views_dir`, read from the file's footer only (no
-/// rows: freshness checks poll it), without creating anything; `None` if never written.
-pub fn stored_checkpoint(views_dir: &Path, view: &str) -> Result<Option<String>> {
-    let path = views_dir.join(view).join(FILE);
-    let io = |source| Error::Io {
-        view: view.into(),
-        path: path.clone(),
-        source,
-    };
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| Error::Parquet {
+/// The checkpoints stored with `view` under `views_dir`, one per live file (the whole
+/// table's `part-0.parquet`, or each partition's `partition-<p>.parquet`), read from the files' footers only (no rows:
+/// freshness checks poll them), without creating anything; empty if never written. A file
+/// replaced or removed while the directory is listed is read as it is then, or skipped.
+pub fn stored_checkpoints(views_dir: &Path, view: &str) -> Result<Vec<String>> {
+    let dir = views_dir.join(view);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
             view: view.into(),
+            path,
             source,
-        })?;
-    Ok(Some(checkpoint_of(&builder)))
+        }
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io(&dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == FILE || (name.starts_with("partition-") && name.ends_with(".parquet")) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut checkpoints = Vec::new();
+    for path in files {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| Error::Parquet {
+                view: view.into(),
+                source,
+            })?;
+        checkpoints.push(checkpoint_of(&builder));
+    }
+    Ok(checkpoints)
+}
+
+/// Every row of `view` under `views_dir`: the batches of its live files (the whole
+/// table's, or each partition's, in file-name order); `None` if none was written.
+pub fn load_all(views_dir: &Path, view: &str) -> Result<Option<Vec<RecordBatch>>> {
+    let mut names: Vec<String> = match std::fs::read_dir(views_dir.join(view)) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| n == FILE || (n.starts_with("partition-") && n.ends_with(".parquet")))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                view: view.into(),
+                path: views_dir.join(view),
+                source,
+            });
+        }
+    };
+    if names.is_empty() {
+        return Ok(None);
+    }
+    names.sort();
+    let mut batches = Vec::new();
+    for name in names {
+        let table = SnapshotTable::open_file(views_dir, view, name)?;
+        if let Some((b, _)) = table.load()? {
+            batches.extend(b);
+        }
+    }
+    Ok(Some(batches))
+}
+
+/// Removes `view`'s files under `views_dir` that `keep` refuses (by file name), e.g. the
+/// whole-table file once the view is kept per partition; returns how many went.
+pub fn remove_files(views_dir: &Path, view: &str, keep: impl Fn(&str) -> bool) -> Result<usize> {
+    let dir = views_dir.join(view);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io {
+            view: view.into(),
+            path,
+            source,
+        }
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(&dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(io(&dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".parquet") && !keep(name) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Shorthand used by view modules.

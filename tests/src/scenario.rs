@@ -86,6 +86,9 @@ pub struct ChildProcess {
     pub binary: PathBuf,
     pub cluster: Cluster,
     pub views: PathBuf,
+    /// Its local state directory; [`state_dir`] of `views` by default. Processes that share
+    /// a views directory each need their own (it is locked).
+    pub state: Option<PathBuf>,
     pub log: PathBuf,
     child: Option<Child>,
     starts: usize,
@@ -100,6 +103,7 @@ impl ChildProcess {
             binary,
             cluster,
             views,
+            state: None,
             log,
             child: None,
             starts: 0,
@@ -150,7 +154,7 @@ impl Runner for ChildProcess {
             // Local state beside the views (removed with them), snapshotted every second so
             // that kills land between snapshots and restarts restore from one plus a tail.
             .arg("--state-dir")
-            .arg(state_dir(&self.views))
+            .arg(self.state.clone().unwrap_or_else(|| state_dir(&self.views)))
             .args(["--snapshot-every-ms", "1000"])
             .args(["--batch-size", &self.batch_size.to_string()])
             .env("RUST_BACKTRACE", "0")

@@ -268,13 +268,15 @@ async fn inventory_scaled_out_under_churn_on_the_embedded_broker() -> anyhow::Re
         views.path(),
         3,
         std::time::Duration::from_millis(1_500),
+        // Every member writes `stock_levels` under the one views directory: kept per
+        // partition, its partitions move between them with the churn.
         move |id, dir| {
             let opts = Options {
                 instance: id.to_owned(),
                 state_dir: Some(integration::scenario::state_dir(dir)),
-                run_view: dir == stable,
+                run_view: true,
                 batch_size: 500,
-                ..Options::new(c.clone(), dir.to_path_buf())
+                ..Options::new(c.clone(), stable.clone())
             };
             Box::new(InProcess::new(opts, rt.clone()))
         },

@@ -144,9 +144,10 @@ fn saga_children(
     Ok(Together(runners))
 }
 
-/// A fleet of `run <args…> --instance <id>` child processes: the stable member writes the
-/// views under `views`; churned ones add `--no-views` and keep their state in their own
-/// directory.
+/// A fleet of `run <args…> --instance <id>` child processes, each keeping its state in its
+/// own directory. Inventory members all write `stock_levels` under `views` (kept per
+/// partition: each writes the partitions its group gives it, and they move with the churn);
+/// of the others, the stable member writes the views and churned ones add `--no-views`.
 fn fleet(
     stack: &Stack,
     views: &std::path::Path,
@@ -158,8 +159,22 @@ fn fleet(
     let cluster = stack.cluster.clone();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let stable_views = views.to_path_buf();
+    let shares_views = args == ["inventory"];
     Fleet::new(name, views, 3, period, move |id, dir| {
-        let mut p = ChildProcess::new(binary(), cluster.clone(), dir.to_path_buf(), logs.join(id));
+        let mut p = if shares_views {
+            let mut p = ChildProcess::new(
+                binary(),
+                cluster.clone(),
+                stable_views.clone(),
+                logs.join(id),
+            );
+            if dir != stable_views {
+                p.state = Some(dir.join(".state"));
+            }
+            p
+        } else {
+            ChildProcess::new(binary(), cluster.clone(), dir.to_path_buf(), logs.join(id))
+        };
         p.args = args.clone();
         p.args.extend(["--instance".to_owned(), id.to_owned()]);
         // Short sessions: a stopped or killed member (static membership sends no LeaveGroup)
@@ -167,7 +182,7 @@ fn fleet(
         for setting in ["session.timeout.ms=2000", "heartbeat.interval.ms=500"] {
             p.args.extend(["-X".to_owned(), setting.to_owned()]);
         }
-        if dir != stable_views {
+        if dir != stable_views && !shares_views {
             p.args.push("--no-views".to_owned());
         }
         p.batch_size = 2_000;
@@ -351,20 +366,18 @@ fn a_killed_instance_s_partitions_are_taken_over(
     rt.block_on(kafka::ensure_topics(&stack.cluster, &inventory::topics(3)))?;
     std::fs::create_dir_all(logs_dir())?;
     let views = tempfile::tempdir()?;
+    // One views directory for all three, each with its own state: `stock_levels` is kept
+    // per partition, each member writing the partitions its group gives it.
     let mut members: Vec<churn::Member> = (0..3)
         .map(|i| {
             let id = format!("takeover-{i}");
-            let dir = if i == 0 {
-                views.path().to_path_buf()
-            } else {
-                views.path().join(".members").join(&id)
-            };
+            let dir = views.path().to_path_buf();
             let mut p =
                 ChildProcess::new(binary(), stack.cluster.clone(), dir, logs_dir().join(&id));
-            p.args.extend(["--instance".to_owned(), id]);
             if i > 0 {
-                p.args.push("--no-views".to_owned());
+                p.state = Some(views.path().join(".members").join(&id));
             }
+            p.args.extend(["--instance".to_owned(), id]);
             p.batch_size = 500;
             Box::new(p) as churn::Member
         })
@@ -393,6 +406,25 @@ fn a_killed_instance_s_partitions_are_taken_over(
         takeover.slowest < std::time::Duration::from_secs(30),
         "a killed instance's partitions waited {:.1?} for another instance",
         takeover.slowest
+    );
+    // The view's partitions, the killed member's too, were written by the members alive:
+    // one file per partition of `inventory.events` and no whole-table file beside them
+    // (`takeover_after_kill` compared their union with the model).
+    let dir = views.path().join(sinks::stock_levels::VIEW);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(
+        files
+            == [
+                "partition-0.parquet",
+                "partition-1.parquet",
+                "partition-2.parquet"
+            ],
+        "stock_levels is not kept per partition by the members: {files:?}"
     );
     replay_check(stack, "inventory")
 }

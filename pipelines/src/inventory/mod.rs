@@ -24,7 +24,7 @@ pub struct Options {
     pub group: String,
     /// Identity of this process among the group's instances (part of the transactional id).
     pub instance: String,
-    /// Where views are written (`<views_dir>/<view>/part-0.parquet`).
+    /// Where views are written (`stock_levels`: `<views_dir>/stock_levels/partition-<p>.parquet`).
     pub views_dir: PathBuf,
     /// Partitions of the inventory topics (commands and changelog must match).
     pub partitions: i32,

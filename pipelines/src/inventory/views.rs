@@ -42,6 +42,9 @@ impl TopicView for StockLevelsView {
     /// The events topic is written by this service: a record that does not decode is a bug,
     /// kept on the dead-letter topic where it can be seen.
     const DLQ: Option<(&'static str, &'static str)> = Some((DLQ, PIPELINE));
+    /// Rows are per sku, and `inventory.events` is keyed by sku: each instance of a
+    /// scaled-out inventory writes the partitions it is given.
+    const PER_PARTITION: bool = true;
 }
 
 /// Runs the view until `stop`, flushing once more on the way out. Blocking.
@@ -54,7 +57,7 @@ pub fn run_stock_levels(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Res
     };
     let registry = Registry::new(&opts.cluster.registry);
     crate::view::run(
-        OneTopic::<StockLevelsView>::new(StockLevelsProjection::default(), registry),
+        || OneTopic::<StockLevelsView>::new(StockLevelsProjection::default(), registry.clone()),
         &settings,
         rt,
         stop,

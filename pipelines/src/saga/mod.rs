@@ -113,15 +113,17 @@ impl Options {
 }
 
 /// Runs a view of one topic on the view loop until `stop`. Blocking.
+/// `projection` makes an empty projection (once per partition taken of a view kept per
+/// partition).
 pub(crate) fn run_topic_view<V: crate::view::TopicView>(
-    projection: V::Projection,
+    mut projection: impl FnMut() -> V::Projection,
     opts: &Options,
     rt: &tokio::runtime::Handle,
     stop: &Stop,
 ) -> anyhow::Result<()> {
     let registry = schemas::Registry::new(&opts.cluster.registry);
     crate::view::run(
-        crate::view::OneTopic::<V>::new(projection, registry),
+        || crate::view::OneTopic::<V>::new(projection(), registry.clone()),
         &opts.view_settings(),
         rt,
         stop,

@@ -92,15 +92,17 @@ pub fn run<V: TopicView<Projection: Default>>(
     rt: &Handle,
     stop: &Stop,
 ) -> anyhow::Result<()> {
-    super::run_topic_view::<V>(Default::default(), opts, rt, stop)
+    super::run_topic_view::<V>(Default::default, opts, rt, stop)
 }
 
 /// Runs `orders_per_minute` with the configured lateness until `stop`. Blocking.
 pub fn run_windows(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     info!(lateness = ?opts.window_lateness, "Windowed view: lateness.");
-    let projection = OrdersPerMinute::new(
-        WIDTH.as_millis() as i64,
-        opts.window_lateness.as_millis() as i64,
-    );
+    let projection = || {
+        OrdersPerMinute::new(
+            WIDTH.as_millis() as i64,
+            opts.window_lateness.as_millis() as i64,
+        )
+    };
     super::run_topic_view::<WindowsView>(projection, opts, rt, stop)
 }

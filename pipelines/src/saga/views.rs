@@ -112,14 +112,14 @@ impl crate::view::View for SagaViews {
 /// Runs the saga views until `stop`, flushing once more on the way out. Blocking.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     let registry = Registry::new(&opts.cluster.registry);
-    let views = SagaViews {
+    let views = || SagaViews {
         projection: SagaProjection::default(),
         decoders: Decoders {
             orders: Decoder::new(registry.clone()),
             inventory: Decoder::new(registry.clone()),
             payments: Decoder::new(registry.clone()),
             shipping: Decoder::new(registry.clone()),
-            notifications: Decoder::new(registry),
+            notifications: Decoder::new(registry.clone()),
         },
     };
     crate::view::run(views, &opts.view_settings(), rt, stop)
