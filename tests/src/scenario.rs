@@ -179,6 +179,16 @@ impl Runner for ChildProcess {
     }
     fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
+            // A service never exits on its own: one that did fails the scenario here, with
+            // its reason, instead of as sagas or commands that never ended.
+            if let Some(status) = c.try_wait()? {
+                let log = std::fs::read_to_string(self.latest_log()).unwrap_or_default();
+                anyhow::bail!(
+                    "{} exited on its own ({status}) before it was stopped: {}",
+                    self.latest_log().display(),
+                    log.lines().rev().take(4).collect::<Vec<_>>().join(" / ")
+                );
+            }
             Command::new("kill")
                 .args(["-INT", &c.id().to_string()])
                 .status()?;

@@ -206,6 +206,10 @@ fn a_stop_sent_while_a_service_starts_is_honoured(
     use std::time::{Duration, Instant};
     for signal in ["INT", "TERM"] {
         let views = tempfile::tempdir()?;
+        let logs = logs_dir();
+        std::fs::create_dir_all(&logs)?;
+        let log_path = logs.join(format!("early-{signal}.log"));
+        let log = std::fs::File::create(&log_path)?;
         // `trap '' INT TERM`: both inherited ignored, then exec'd (the ignored dispositions
         // survive exec).
         let mut child = std::process::Command::new("sh")
@@ -217,8 +221,8 @@ fn a_stop_sent_while_a_service_starts_is_honoured(
             .args(["--registry", &stack.cluster.registry])
             .arg("--views")
             .arg(views.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()?;
         std::thread::sleep(Duration::from_millis(100));
         std::process::Command::new("kill")
@@ -232,7 +236,10 @@ fn a_stop_sent_while_a_service_starts_is_honoured(
             if Instant::now() > deadline {
                 child.kill()?;
                 child.wait()?;
-                anyhow::bail!("run inventory ran on for 60 s after SIG{signal} during its start");
+                anyhow::bail!(
+                    "run inventory ran on for 60 s after SIG{signal} during its start (log: {})",
+                    log_path.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         };

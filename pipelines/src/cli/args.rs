@@ -143,23 +143,42 @@ impl RunArgs {
 }
 
 /// The instance id kept in `dir/instance`, written there as `<host>-<random>` when absent.
+/// Processes started together on one state directory get the same id: each writes its
+/// candidate to a file of its own, then links it as `instance`, which fails for all but the
+/// first; the others read the first's.
 pub(crate) fn instance_kept_in(dir: &std::path::Path, host: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     let file = dir.join("instance");
-    match std::fs::read_to_string(&file) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    let read = || -> anyhow::Result<Option<String>> {
+        match std::fs::read_to_string(&file) {
+            Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    };
+    if let Some(id) = read()? {
+        return Ok(id);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    // Written aside and renamed: a process killed meanwhile leaves no half id behind.
-    let part = dir.join("instance.part");
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let id = format!("{host}-{}", &suffix[..8]);
+    // Written aside and linked: a process killed meanwhile leaves no half id behind, and a
+    // link never replaces an id another process kept first.
+    let part = dir.join(format!("instance.{suffix}.part"));
     std::fs::write(&part, format!("{id}\n"))
         .with_context(|| format!("writing {}", part.display()))?;
-    std::fs::rename(&part, &file).with_context(|| format!("writing {}", file.display()))?;
-    Ok(id)
+    let linked = std::fs::hard_link(&part, &file);
+    // The part is only scaffolding: one left behind (a full disk, a kill) is harmless.
+    std::fs::remove_file(&part).ok();
+    match linked {
+        Ok(()) => Ok(id),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match read()? {
+            Some(id) => Ok(id),
+            None => anyhow::bail!("{} exists but holds no instance id", file.display()),
+        },
+        Err(e) => Err(e).with_context(|| format!("writing {}", file.display())),
+    }
 }
 
 /// Options of `run saga`.
@@ -459,4 +478,35 @@ pub(crate) enum MapFormat {
     /// Definition files, one per service (each after a `# <service>.toml` line): the start
     /// of an operator's own `--definitions DIR`.
     Toml,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_kept_in;
+
+    /// Processes started together on one state directory (`run inventory` beside `run saga`)
+    /// all get its one id. Before, they raced on one `instance.part`: the loser's rename
+    /// failed ("writing …/instance: No such file or directory") and that service exited.
+    #[test]
+    fn processes_started_together_share_the_state_directory_s_instance_id() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join(".state");
+            let ids: Vec<anyhow::Result<String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| instance_kept_in(&state, "host")))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let ids: Vec<String> = ids.into_iter().map(|r| r.unwrap()).collect();
+            assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+            let kept = std::fs::read_to_string(state.join("instance")).unwrap();
+            assert_eq!(kept.trim(), ids[0]);
+            let left: Vec<_> = std::fs::read_dir(&state)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, ["instance"], "nothing but the id is left behind");
+        }
+    }
 }
