@@ -26,6 +26,7 @@
 pub mod billing;
 pub mod catalog;
 pub mod inventory;
+pub mod limits;
 pub mod notifications;
 pub mod orders;
 pub mod payments;

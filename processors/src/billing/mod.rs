@@ -12,9 +12,11 @@ pub mod ledger;
 
 use schemas::billing::accounts::*;
 use schemas::billing::*;
+use schemas::record::RecordUnion;
 use schemas::saga::BillingIn;
 
 use crate::InvalidCommand;
+use crate::limits::{Check, MAX_ORDER_TOTAL_CENTS};
 use crate::saga::{Participant, Reaction, caused_by, saga_of, seen};
 
 pub const SERVICE: &str = "billing";
@@ -53,6 +55,14 @@ impl Participant for Billing {
         if state.is_some_and(|s| seen(&s.steps, &cause.event_id)) {
             return Ok(Reaction::none());
         }
+        // Amounts come from other services' replies; one outside what an order can total
+        // is not booked (it would break the ledger's sums), it is dead-lettered.
+        let (field, amount) = match input {
+            BillingIn::PaymentCaptured(p) => ("amount_cents", p.amount_cents),
+            BillingIn::PaymentRefunded(r) => ("amount_cents", r.amount_cents.max(0)),
+            BillingIn::OrderConfirmed(c) => ("total_cents", c.total_cents),
+        };
+        Check::new(input.record_name()).in_range(field, amount, MAX_ORDER_TOTAL_CENTS)?;
         let version = state.map_or(0, |s| s.version) + 1;
         let meta = caused_by(cause, SERVICE, &order_id, &order_id, version, now, 0);
         let event: BillingEvent = match input {
@@ -106,12 +116,16 @@ pub fn evolve(state: Option<&BillingState>, event: &BillingEvent) -> BillingStat
         steps: Vec::new(),
     });
     match event {
-        BillingEvent::PaymentReceived(e) => s.received_cents += e.amount_cents,
+        BillingEvent::PaymentReceived(e) => {
+            s.received_cents = s.received_cents.saturating_add(e.amount_cents)
+        }
         BillingEvent::InvoiceIssued(e) => {
-            s.invoiced_cents += e.amount_cents;
+            s.invoiced_cents = s.invoiced_cents.saturating_add(e.amount_cents);
             s.invoice_id = Some(e.invoice_id.clone());
         }
-        BillingEvent::CreditNoteIssued(e) => s.credited_cents += e.amount_cents,
+        BillingEvent::CreditNoteIssued(e) => {
+            s.credited_cents = s.credited_cents.saturating_add(e.amount_cents)
+        }
     }
     s.version = s.version.max(meta.aggregate_version);
     if let Some(cause) = &meta.causation_id

@@ -4,6 +4,7 @@ use schemas::inventory::*;
 use schemas::record::RecordUnion;
 use uuid::Uuid;
 
+use crate::limits::{Check, MAX_ON_HAND, MAX_QUANTITY};
 use crate::{Aggregate, InvalidCommand};
 
 /// Stock of one sku at one warehouse.
@@ -16,14 +17,16 @@ pub struct Position {
 impl Position {
     /// Stock that can still be reserved, moved or written off.
     pub fn available(&self) -> i64 {
-        self.on_hand - self.reserved
+        self.on_hand.saturating_sub(self.reserved)
     }
 
-    /// Applies one effect of an event.
+    /// Applies one effect of an event. Saturating: the rules never decide an event that
+    /// passes the limits, but a view folds whatever its topic holds, and a record written
+    /// there by someone else must not panic (or wrap) the fold.
     pub fn apply(&mut self, effect: Effect) {
         match effect {
-            Effect::OnHand(delta) => self.on_hand += delta,
-            Effect::Reserved(delta) => self.reserved += delta,
+            Effect::OnHand(delta) => self.on_hand = self.on_hand.saturating_add(delta),
+            Effect::Reserved(delta) => self.reserved = self.reserved.saturating_add(delta),
             Effect::Counted(count) => self.on_hand = count,
         }
     }
@@ -294,84 +297,74 @@ impl Outcome<'_> {
     }
 }
 
-fn require(
-    ok: bool,
-    command: &'static str,
-    reason: impl FnOnce() -> String,
-) -> Result<(), InvalidCommand> {
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidCommand {
-            command,
-            reason: reason(),
-        })
-    }
-}
-
 fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand> {
-    let name = command.record_name();
+    let check = Check::new(command.record_name());
     let m = command.metadata();
-    require(!command.sku().is_empty(), name, || {
-        "field sku is empty".into()
-    })?;
-    require(command.sku() == sku, name, || {
+    check.id("sku", command.sku())?;
+    check.require(command.sku() == sku, || {
         format!(
             "field sku is {:?} but the command was routed to aggregate {sku:?}",
             command.sku()
         )
     })?;
-    require(m.aggregate_id == command.sku(), name, || {
+    check.require(m.aggregate_id == command.sku(), || {
         format!(
             "metadata.aggregate_id {:?} differs from sku {:?}",
             m.aggregate_id,
             command.sku()
         )
     })?;
-    require(!m.event_id.is_empty(), name, || {
-        "metadata.event_id is empty".into()
-    })?;
-    let positive = |field: &str, v: i64| {
-        require(v > 0, name, || {
-            format!("field {field} must be positive, got {v}")
-        })
-    };
-    let named =
-        |field: &str, v: &str| require(!v.is_empty(), name, || format!("field {field} is empty"));
+    check.metadata(m)?;
     match command {
         InventoryCommand::ReceiveStock(c) => {
-            named("warehouse", &c.warehouse)?;
-            positive("quantity", c.quantity)
+            check.id("warehouse", &c.warehouse)?;
+            check.quantity("quantity", c.quantity)
         }
         InventoryCommand::ReserveStock(c) => {
-            named("reservation_id", &c.reservation_id)?;
-            named("warehouse", &c.warehouse)?;
-            positive("quantity", c.quantity)
+            check.id("reservation_id", &c.reservation_id)?;
+            check.id("warehouse", &c.warehouse)?;
+            check.quantity("quantity", c.quantity)
         }
-        InventoryCommand::ReleaseReservation(c) => named("reservation_id", &c.reservation_id),
-        InventoryCommand::DispatchStock(c) => named("reservation_id", &c.reservation_id),
+        InventoryCommand::ReleaseReservation(c) => check.id("reservation_id", &c.reservation_id),
+        InventoryCommand::DispatchStock(c) => check.id("reservation_id", &c.reservation_id),
         InventoryCommand::AdjustStock(c) => {
-            named("warehouse", &c.warehouse)?;
-            require(c.delta != 0, name, || "field delta must not be zero".into())
+            check.id("warehouse", &c.warehouse)?;
+            check.text("reason", &c.reason)?;
+            check.require(c.delta != 0, || "field delta must not be zero".into())?;
+            check.require(c.delta.unsigned_abs() <= MAX_QUANTITY as u64, || {
+                format!(
+                    "field delta is {}, beyond the limit of {MAX_QUANTITY} either way",
+                    c.delta
+                )
+            })
         }
         InventoryCommand::TransferStock(c) => {
-            named("from_warehouse", &c.from_warehouse)?;
-            named("to_warehouse", &c.to_warehouse)?;
-            require(c.from_warehouse != c.to_warehouse, name, || {
+            check.id("from_warehouse", &c.from_warehouse)?;
+            check.id("to_warehouse", &c.to_warehouse)?;
+            check.require(c.from_warehouse != c.to_warehouse, || {
                 format!(
                     "fields from_warehouse and to_warehouse are both {:?}",
                     c.from_warehouse
                 )
             })?;
-            positive("quantity", c.quantity)
+            check.quantity("quantity", c.quantity)
         }
         InventoryCommand::AuditStock(c) => {
-            named("warehouse", &c.warehouse)?;
-            require(c.counted >= 0, name, || {
-                format!("field counted must not be negative, got {}", c.counted)
-            })
+            check.id("warehouse", &c.warehouse)?;
+            check.in_range("counted", c.counted, MAX_ON_HAND)
         }
     }
+}
+
+/// Why stock arriving at a position would pass [`MAX_ON_HAND`], if it would.
+fn over_capacity(p: Position, warehouse: &str, quantity: i64) -> Option<String> {
+    let after = p.on_hand.saturating_add(quantity);
+    (after > MAX_ON_HAND).then(|| {
+        format!(
+            "{quantity} more would bring on-hand at {warehouse} to {after}, past the limit of \
+             {MAX_ON_HAND}"
+        )
+    })
 }
 
 impl Aggregate for SkuInventory {
@@ -399,15 +392,20 @@ impl Aggregate for SkuInventory {
             return Ok(out.events);
         }
         match command {
-            InventoryCommand::ReceiveStock(c) => out.push(|metadata| {
-                InventoryReceived {
-                    metadata,
-                    sku: c.sku.clone(),
-                    warehouse: c.warehouse.clone(),
-                    quantity: c.quantity,
+            InventoryCommand::ReceiveStock(c) => {
+                match over_capacity(self.position(&c.warehouse), &c.warehouse, c.quantity) {
+                    Some(reason) => out.reject(name, reason),
+                    None => out.push(|metadata| {
+                        InventoryReceived {
+                            metadata,
+                            sku: c.sku.clone(),
+                            warehouse: c.warehouse.clone(),
+                            quantity: c.quantity,
+                        }
+                        .into()
+                    }),
                 }
-                .into()
-            }),
+            }
             InventoryCommand::ReserveStock(c) => {
                 if self.reservations.contains_key(&c.reservation_id)
                     || self.closed.contains(&c.reservation_id)
@@ -418,7 +416,8 @@ impl Aggregate for SkuInventory {
                     let available = self.position(&c.warehouse).available();
                     if available >= c.quantity {
                         out.push(|metadata| {
-                            let expires_at = Some(metadata.occurred_at + RESERVATION_HOLD_MS);
+                            let expires_at =
+                                Some(metadata.occurred_at.saturating_add(RESERVATION_HOLD_MS));
                             InventoryReserved {
                                 metadata,
                                 reservation_id: c.reservation_id.clone(),
@@ -482,17 +481,17 @@ impl Aggregate for SkuInventory {
             }
             InventoryCommand::AdjustStock(c) => {
                 let p = self.position(&c.warehouse);
-                if p.on_hand + c.delta < p.reserved {
+                let after = p.on_hand.saturating_add(c.delta);
+                if after < p.reserved {
                     out.reject(
                         name,
                         format!(
-                            "adjusting by {} would leave on-hand {} below reserved {} at {}",
-                            c.delta,
-                            p.on_hand + c.delta,
-                            p.reserved,
-                            c.warehouse
+                            "adjusting by {} would leave on-hand {after} below reserved {} at {}",
+                            c.delta, p.reserved, c.warehouse
                         ),
                     );
+                } else if let Some(reason) = over_capacity(p, &c.warehouse, c.delta) {
+                    out.reject(name, reason);
                 } else {
                     out.push(|metadata| {
                         InventoryAdjusted {
@@ -508,6 +507,7 @@ impl Aggregate for SkuInventory {
             }
             InventoryCommand::TransferStock(c) => {
                 let available = self.position(&c.from_warehouse).available();
+                let to = self.position(&c.to_warehouse);
                 if available < c.quantity {
                     out.reject(
                         name,
@@ -516,6 +516,8 @@ impl Aggregate for SkuInventory {
                             c.from_warehouse, c.quantity
                         ),
                     );
+                } else if let Some(reason) = over_capacity(to, &c.to_warehouse, c.quantity) {
+                    out.reject(name, reason);
                 } else {
                     out.push(|metadata| {
                         InventoryTransferred {

@@ -3,6 +3,7 @@
 use schemas::inventory::*;
 
 use super::*;
+use crate::limits::{MAX_ON_HAND, MAX_QUANTITY};
 use crate::{Aggregate, InvalidCommand};
 
 const SKU: &str = "SKU-1";
@@ -586,4 +587,211 @@ fn reservation_records_newer_than_the_snapshot_are_ignored_on_restore() {
         g2.when(|m| reserve(m, "R1", "AMS", 3))[..],
         [InventoryEvent::InventoryReserved(_)]
     ));
+}
+
+#[test]
+fn quantities_past_the_limit_are_invalid_not_a_panic() {
+    // The issue's reproduction: two receipts of i64::MAX units overflowed `on_hand`.
+    let mut g = given();
+    let e = g.invalid(|m| receive(m, "AMS", i64::MAX));
+    assert_eq!(e.command, "supplychain.inventory.ReceiveStock");
+    assert_eq!(
+        e.reason,
+        "field quantity is 9223372036854775807, more than the limit of 1000000000"
+    );
+    let most = receive(g.meta(), "AMS", MAX_QUANTITY);
+    assert!(g.state.handle(&most).is_ok());
+    let adjust = |metadata, delta| -> InventoryCommand {
+        AdjustStock {
+            metadata,
+            sku: SKU.into(),
+            warehouse: "AMS".into(),
+            delta,
+            reason: "r".into(),
+        }
+        .into()
+    };
+    assert!(g.invalid(|m| adjust(m, i64::MIN)).reason.contains("delta"));
+    assert!(
+        g.invalid(|m| adjust(m, -MAX_QUANTITY - 1))
+            .reason
+            .contains("delta")
+    );
+    let e = g.invalid(|m| {
+        let late = Metadata {
+            occurred_at: i64::MAX,
+            ..m
+        };
+        reserve(late, "R1", "AMS", 1)
+    });
+    assert!(e.reason.contains("metadata.occurred_at"), "{e}");
+    let long = "W".repeat(crate::limits::MAX_ID_BYTES + 1);
+    assert!(
+        g.invalid(|m| receive(m, &long, 1))
+            .reason
+            .contains("field warehouse is 257 bytes")
+    );
+}
+
+#[test]
+fn stock_past_the_position_limit_is_rejected() {
+    let mut g = given();
+    g.when(|metadata| {
+        AuditStock {
+            metadata,
+            sku: SKU.into(),
+            warehouse: "AMS".into(),
+            counted: MAX_ON_HAND,
+        }
+        .into()
+    });
+    let events = g.when(|m| receive(m, "AMS", 1));
+    assert!(
+        rejection(&events).contains("past the limit of"),
+        "{events:?}"
+    );
+    let events = g.when(|metadata| {
+        TransferStock {
+            metadata,
+            sku: SKU.into(),
+            from_warehouse: "AMS".into(),
+            to_warehouse: "BER".into(),
+            quantity: MAX_QUANTITY,
+        }
+        .into()
+    });
+    assert!(matches!(
+        events[..],
+        [InventoryEvent::InventoryTransferred(_)]
+    ));
+    assert_eq!(g.state.position("AMS").on_hand, MAX_ON_HAND - MAX_QUANTITY);
+}
+
+#[test]
+fn folding_hostile_events_saturates_instead_of_panicking() {
+    // A view folds whatever its topic holds: an event nobody's rules decided.
+    let mut p = Position::default();
+    p.apply(Effect::OnHand(i64::MAX));
+    p.apply(Effect::OnHand(i64::MAX));
+    p.apply(Effect::Reserved(i64::MIN));
+    assert_eq!(p.on_hand, i64::MAX);
+    assert_eq!(p.available(), i64::MAX);
+}
+
+mod properties {
+    //! Any command with any numbers, on a state any earlier commands made: the outcome is
+    //! events or an invalid-command error, never a panic, and the stock invariants hold.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Numbers a hostile producer would try, and ordinary ones.
+    fn number() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(0),
+            Just(-1),
+            Just(MAX_QUANTITY),
+            Just(MAX_QUANTITY + 1),
+            Just(MAX_ON_HAND),
+            Just(MAX_ON_HAND + 1),
+            1..1_000i64,
+            any::<i64>(),
+        ]
+    }
+
+    fn command() -> impl Strategy<Value = (u8, u8, u8, i64, i64)> {
+        (0..7u8, 0..3u8, 0..8u8, number(), number())
+    }
+
+    fn build(m: Metadata, (kind, w, r, n, at): (u8, u8, u8, i64, i64)) -> InventoryCommand {
+        let warehouses = ["AMS", "BER", "CDG"];
+        let (w, to) = (w as usize, (w as usize + 1) % 3);
+        let (w, to) = (warehouses[w].to_owned(), warehouses[to].to_owned());
+        let id = format!("R{r}");
+        // Times mostly in range, sometimes the hostile number itself.
+        let m = if at % 5 == 0 {
+            Metadata {
+                occurred_at: at,
+                ..m
+            }
+        } else {
+            m
+        };
+        let sku = SKU.to_owned();
+        match kind {
+            0 => ReceiveStock {
+                metadata: m,
+                sku,
+                warehouse: w,
+                quantity: n,
+            }
+            .into(),
+            1 => ReserveStock {
+                metadata: m,
+                reservation_id: id,
+                sku,
+                warehouse: w,
+                quantity: n,
+            }
+            .into(),
+            2 => ReleaseReservation {
+                metadata: m,
+                reservation_id: id,
+                sku,
+            }
+            .into(),
+            3 => DispatchStock {
+                metadata: m,
+                reservation_id: id,
+                sku,
+            }
+            .into(),
+            4 => AdjustStock {
+                metadata: m,
+                sku,
+                warehouse: w,
+                delta: n,
+                reason: "r".into(),
+            }
+            .into(),
+            5 => TransferStock {
+                metadata: m,
+                sku,
+                from_warehouse: w,
+                to_warehouse: to,
+                quantity: n,
+            }
+            .into(),
+            _ => AuditStock {
+                metadata: m,
+                sku,
+                warehouse: w,
+                counted: n,
+            }
+            .into(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn every_outcome_is_events_or_invalid_and_stock_stays_sound(
+            commands in prop::collection::vec(command(), 1..60)
+        ) {
+            let mut g = given();
+            for c in commands {
+                let command = build(g.meta(), c);
+                match g.state.handle(&command) {
+                    Ok(events) => events.iter().for_each(|e| g.state.apply(e)),
+                    Err(e) => prop_assert!(e.reason.contains("field"), "{e}"),
+                }
+                for (w, p) in g.state.positions() {
+                    prop_assert!(p.reserved >= 0 && p.available() >= 0, "{w} {p:?}");
+                    prop_assert!(p.on_hand <= MAX_ON_HAND, "{w} {p:?}");
+                }
+            }
+        }
+    }
 }

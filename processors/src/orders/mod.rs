@@ -10,6 +10,7 @@ use schemas::record::RecordUnion;
 use schemas::saga::OrdersIn;
 
 use crate::InvalidCommand;
+use crate::limits::{Check, MAX_ORDER_LINES, MAX_ORDER_TOTAL_CENTS, MAX_UNIT_PRICE_CENTS};
 use crate::saga::{Participant, Reaction, caused_by, seen};
 
 pub const SERVICE: &str = "orders";
@@ -54,38 +55,51 @@ pub fn waiting_for(status: &str) -> &'static str {
     }
 }
 
-fn invalid(command: &'static str, reason: String) -> InvalidCommand {
-    InvalidCommand { command, reason }
+fn validate(c: &PlaceOrder) -> Result<(), InvalidCommand> {
+    let check = Check::new("supplychain.orders.PlaceOrder");
+    check.metadata(&c.metadata)?;
+    check.id("order_id", &c.order_id)?;
+    check.optional_id("customer_id", &c.customer_id)?;
+    check.text("payment_method", &c.payment_method)?;
+    check.text("ship_to_country", &c.ship_to_country)?;
+    check.text("ship_to_postcode", &c.ship_to_postcode)?;
+    check.require(!c.lines.is_empty(), || {
+        "field lines must not be empty".into()
+    })?;
+    check.require(c.lines.len() <= MAX_ORDER_LINES, || {
+        format!(
+            "field lines has {} lines, more than the limit of {MAX_ORDER_LINES}",
+            c.lines.len()
+        )
+    })?;
+    for (i, l) in c.lines.iter().enumerate() {
+        check.require(!l.sku.is_empty() && !l.warehouse.is_empty(), || {
+            format!("fields lines[{i}].sku and warehouse must not be empty")
+        })?;
+        check.id(&format!("lines[{i}].sku"), &l.sku)?;
+        check.id(&format!("lines[{i}].warehouse"), &l.warehouse)?;
+        check.quantity(&format!("lines[{i}].quantity"), l.quantity)?;
+        check.in_range(
+            &format!("lines[{i}].unit_price_cents"),
+            l.unit_price_cents,
+            MAX_UNIT_PRICE_CENTS,
+        )?;
+    }
+    total_cents(&c.lines).map(|_| ()).ok_or_else(|| {
+        check.invalid(format!(
+            "the order's total is more than the limit of {MAX_ORDER_TOTAL_CENTS} cents"
+        ))
+    })
 }
 
-fn validate(c: &PlaceOrder) -> Result<(), InvalidCommand> {
-    let bad = |r: String| Err(invalid("supplychain.orders.PlaceOrder", r));
-    if c.order_id.is_empty() {
-        return bad("field order_id must not be empty".into());
-    }
-    if c.lines.is_empty() {
-        return bad("field lines must not be empty".into());
-    }
-    for (i, l) in c.lines.iter().enumerate() {
-        if l.quantity <= 0 {
-            return bad(format!(
-                "field lines[{i}].quantity must be positive, got {}",
-                l.quantity
-            ));
-        }
-        if l.unit_price_cents < 0 {
-            return bad(format!(
-                "field lines[{i}].unit_price_cents must not be negative, got {}",
-                l.unit_price_cents
-            ));
-        }
-        if l.sku.is_empty() || l.warehouse.is_empty() {
-            return bad(format!(
-                "fields lines[{i}].sku and warehouse must not be empty"
-            ));
-        }
-    }
-    Ok(())
+/// The total of `lines` in cents; `None` past [`MAX_ORDER_TOTAL_CENTS`] (or an overflow).
+pub fn total_cents(lines: &[OrderLine]) -> Option<i64> {
+    lines
+        .iter()
+        .try_fold(0i64, |sum, l| {
+            sum.checked_add(l.quantity.checked_mul(l.unit_price_cents)?)
+        })
+        .filter(|total| (0..=MAX_ORDER_TOTAL_CENTS).contains(total))
 }
 
 /// Events decided for one message, each folded into the working state as soon as it is
@@ -218,7 +232,7 @@ impl Orders {
                         metadata: d.meta(),
                         order_id: d.state.order_id.clone(),
                         status: implied.into(),
-                        deadline_at: d.now + self.step_timeout_ms,
+                        deadline_at: d.now.saturating_add(self.step_timeout_ms),
                     }
                     .into(),
                 };
@@ -247,7 +261,7 @@ impl Orders {
             order_id: d.state.order_id.clone(),
             reason,
             step: waiting_for(&status).to_owned(),
-            deadline_at: d.now + self.step_timeout_ms,
+            deadline_at: d.now.saturating_add(self.step_timeout_ms),
         };
         d.emit(event.into());
     }
@@ -314,7 +328,13 @@ pub fn evolve(state: Option<&OrderState>, event: &OrderEvent) -> Option<OrderSta
         }
     }
     s.version = s.version.max(meta.aggregate_version);
+    // A final order remembers no more causes: what it answers from then on (a refused
+    // cancellation, an ignored late reply) changes nothing but its version, so answering a
+    // duplicate again is harmless, while remembering every one would let a caller grow the
+    // state without bound (30,000 cancellations of one confirmed order).
+    let was_final = state.is_some_and(|s| is_final(&s.status));
     if let Some(cause) = &meta.causation_id
+        && !was_final
         && !seen(&s.steps, cause)
     {
         s.steps.push(cause.clone());
@@ -342,6 +362,12 @@ impl Participant for Orders {
         now: i64,
     ) -> Result<Reaction<OrderState, OrderEvent>, InvalidCommand> {
         let cause = input.metadata();
+        if let OrdersIn::CancelOrder(c) = input {
+            let check = Check::new("supplychain.orders.CancelOrder");
+            check.metadata(cause)?;
+            check.id("order_id", &c.order_id)?;
+            check.text("reason", &c.reason)?;
+        }
         if let OrdersIn::PlaceOrder(c) = input {
             validate(c)?;
             if state.is_some() {
@@ -350,11 +376,7 @@ impl Participant for Orders {
             let order = OrderContext {
                 order_id: c.order_id.clone(),
                 customer_id: c.customer_id.clone(),
-                total_cents: c
-                    .lines
-                    .iter()
-                    .map(|l| l.quantity * l.unit_price_cents)
-                    .sum(),
+                total_cents: total_cents(&c.lines).expect("validated"),
                 lines: c.lines.clone(),
                 payment_method: c.payment_method.clone(),
                 ship_to_country: c.ship_to_country.clone(),
@@ -363,7 +385,7 @@ impl Participant for Orders {
             let event: OrderEvent = OrderPlaced {
                 metadata: caused_by(cause, SERVICE, &c.order_id, &c.order_id, 1, now, 0),
                 order,
-                deadline_at: now + self.step_timeout_ms,
+                deadline_at: now.saturating_add(self.step_timeout_ms),
             }
             .into();
             let s = evolve(None, &event).expect("OrderPlaced starts an order");
@@ -414,7 +436,7 @@ impl Participant for Orders {
             OrdersIn::CancelOrder(c) => match status.as_str() {
                 PLACED | RESERVED | PAID => d.compensate(
                     format!("cancelled by customer: {}", c.reason),
-                    now + self.step_timeout_ms,
+                    now.saturating_add(self.step_timeout_ms),
                 ),
                 CONFIRMED => {
                     let event = OrderCancellationRejected {
@@ -498,7 +520,7 @@ impl Participant for Orders {
             ..Metadata::command(&state.order_id, &state.order_id, now)
         };
         let mut d = Decision::new(state.clone(), &cause, now);
-        let deadline = now + self.step_timeout_ms;
+        let deadline = now.saturating_add(self.step_timeout_ms);
         match state.status.as_str() {
             PLACED | RESERVED | PAID => d.compensate(
                 format!("timed out waiting for {}", waiting_for(&state.status)),

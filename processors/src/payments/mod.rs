@@ -5,6 +5,7 @@ use schemas::payments::*;
 use schemas::saga::PaymentsIn;
 
 use crate::InvalidCommand;
+use crate::limits::MAX_ORDER_TOTAL_CENTS;
 use crate::saga::{Participant, Reaction, caused_by, saga_of, seen};
 
 pub const SERVICE: &str = "payments";
@@ -19,12 +20,18 @@ pub mod status {
 use status::*;
 
 /// The deterministic decline rule (tests and simulations force declines with it): card
-/// tokens starting with `declined` are refused, as is a zero or negative total.
+/// tokens starting with `declined` are refused, as is a zero or negative total, and one past
+/// [`MAX_ORDER_TOTAL_CENTS`] (the orders rule never sends one; a record written to the saga
+/// topic by someone else might).
 pub fn decline_reason(payment_method: &str, total_cents: i64) -> Option<String> {
     if payment_method.starts_with("declined") {
         Some(format!("card {payment_method} declined by issuer"))
     } else if total_cents <= 0 {
         Some(format!("nothing to charge: total {total_cents}"))
+    } else if total_cents > MAX_ORDER_TOTAL_CENTS {
+        Some(format!(
+            "total {total_cents} cents is past the limit of {MAX_ORDER_TOTAL_CENTS}"
+        ))
     } else {
         None
     }
@@ -138,7 +145,7 @@ pub fn evolve(state: Option<&PaymentState>, reply: &PaymentReply) -> PaymentStat
         PaymentReply::PaymentRefunded(r) => {
             if r.amount_cents > 0 {
                 s.status = REFUNDED.into();
-                s.refunded_cents += r.amount_cents;
+                s.refunded_cents = s.refunded_cents.saturating_add(r.amount_cents);
             } else if s.status.is_empty() {
                 s.status = COMPENSATED.into();
             }

@@ -785,3 +785,165 @@ fn a_cancellation_for_an_older_version_is_rejected_not_applied() {
         [OrderEvent::OrderCancelling(_)]
     ));
 }
+
+#[test]
+fn a_confirmed_order_answers_every_cancellation_without_growing() {
+    // Each refused cancellation used to add its id to the order's steps: 30,000 calls on one
+    // confirmed order grew its state (and every changelog record of it) without bound.
+    let mut bus = Bus::new();
+    bus.place("O-1", [1, 0], "visa-1", "FR");
+    bus.drain();
+    let before = bus.orders["O-1"].clone();
+    let orders = Orders::default();
+    let mut state = before.clone();
+    for i in 0..30_000 {
+        let cancel: OrdersIn = CancelOrder {
+            metadata: Metadata::command(&format!("cancel-{i}"), "O-1", bus.now),
+            order_id: "O-1".into(),
+            reason: "changed my mind".into(),
+        }
+        .into();
+        let r = orders.handle(Some(&state), &cancel, bus.now).unwrap();
+        assert!(matches!(
+            &r.emit[..],
+            [OrderEvent::OrderCancellationRejected(_)]
+        ));
+        state = r.state.unwrap();
+    }
+    assert_eq!(state.status, status::CONFIRMED);
+    assert_eq!(state.steps, before.steps, "nothing remembered per refusal");
+    assert_eq!(state.version, before.version + 30_000);
+}
+
+fn order_of(lines: Vec<OrderLine>, occurred_at: i64) -> OrdersIn {
+    PlaceOrder {
+        metadata: Metadata::command("c", "O-1", occurred_at),
+        order_id: "O-1".into(),
+        customer_id: "C".into(),
+        lines,
+        payment_method: "visa".into(),
+        ship_to_country: "NL".into(),
+        ship_to_postcode: "1".into(),
+    }
+    .into()
+}
+
+fn line(quantity: i64, unit_price_cents: i64) -> OrderLine {
+    OrderLine {
+        sku: "S".into(),
+        warehouse: "W".into(),
+        quantity,
+        unit_price_cents,
+    }
+}
+
+#[test]
+fn an_order_past_the_limits_is_invalid_not_an_overflow() {
+    use crate::limits::*;
+    let orders = Orders::default();
+    let reason = |o: OrdersIn| orders.handle(None, &o, 0).unwrap_err().reason;
+    // quantity * unit_price overflowed i64 (a panic in debug, a wrapped total in release).
+    let r = reason(order_of(vec![line(i64::MAX, 2)], 0));
+    assert!(
+        r.contains("lines[0].quantity") && r.contains("limit"),
+        "{r}"
+    );
+    let r = reason(order_of(vec![line(1, i64::MAX)], 0));
+    assert!(r.contains("lines[0].unit_price_cents"), "{r}");
+    let r = reason(order_of(vec![line(MAX_QUANTITY, MAX_UNIT_PRICE_CENTS)], 0));
+    assert!(r.contains("the order's total"), "{r}");
+    let r = reason(order_of(vec![line(1, 1); MAX_ORDER_LINES + 1], 0));
+    assert!(r.contains("1001 lines"), "{r}");
+    let r = reason(order_of(vec![line(1, 1)], i64::MAX));
+    assert!(r.contains("metadata.occurred_at"), "{r}");
+    let placed = orders
+        .handle(None, &order_of(vec![line(MAX_QUANTITY, 1_000_000)], 0), 0)
+        .unwrap();
+    assert_eq!(
+        placed.state.unwrap().order.total_cents,
+        MAX_QUANTITY * 1_000_000
+    );
+}
+
+#[test]
+fn billing_refuses_amounts_no_order_can_total_and_payments_declines_them() {
+    use crate::billing::Billing;
+    use schemas::saga::BillingIn;
+    let captured = |amount_cents| -> BillingIn {
+        PaymentCaptured {
+            metadata: Metadata::command(&format!("cap-{amount_cents}"), "O-1", 0),
+            order: OrderContext {
+                order_id: "O-1".into(),
+                customer_id: "C".into(),
+                total_cents: amount_cents,
+                lines: vec![line(1, 1)],
+                payment_method: "visa".into(),
+                ship_to_country: "NL".into(),
+                ship_to_postcode: "1".into(),
+            },
+            payment_id: "P-1".into(),
+            amount_cents,
+        }
+        .into()
+    };
+    let e = Billing.handle(None, &captured(i64::MAX), 0).unwrap_err();
+    assert!(e.reason.contains("amount_cents"), "{e}");
+    assert!(Billing.handle(None, &captured(-5), 0).is_err());
+    assert!(Billing.handle(None, &captured(500), 0).is_ok());
+    let reason = crate::payments::decline_reason("visa", i64::MAX).unwrap();
+    assert!(reason.contains("past the limit"), "{reason}");
+}
+
+mod properties {
+    //! Orders with any numbers and any number of lines: placed with a total that is the
+    //! exact sum of its lines, or invalid; never a panic.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::limits::*;
+
+    fn number() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(0),
+            Just(-1),
+            Just(MAX_QUANTITY),
+            Just(MAX_UNIT_PRICE_CENTS),
+            1..10_000i64,
+            any::<i64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn an_order_is_placed_with_its_exact_total_or_is_invalid(
+            lines in prop::collection::vec((number(), number()), 0..8),
+            repeat in prop_oneof![Just(1usize), Just(200), Just(1_001)],
+            at in number(),
+            now in number(),
+        ) {
+            let lines: Vec<OrderLine> = lines
+                .iter()
+                .map(|&(q, p)| line(q, p))
+                .cycle()
+                .take(lines.len() * repeat)
+                .collect();
+            let exact: i128 = lines
+                .iter()
+                .map(|l| i128::from(l.quantity) * i128::from(l.unit_price_cents))
+                .fold(0, i128::saturating_add);
+            match Orders::default().handle(None, &order_of(lines.clone(), at), now) {
+                Ok(r) => {
+                    let s = r.state.unwrap();
+                    prop_assert_eq!(i128::from(s.order.total_cents), exact);
+                    prop_assert!(s.order.total_cents <= MAX_ORDER_TOTAL_CENTS);
+                    prop_assert!(lines.len() <= MAX_ORDER_LINES);
+                    prop_assert!(s.deadline_at >= now.min(i64::MAX - 30_000));
+                }
+                Err(e) => prop_assert!(!e.reason.is_empty()),
+            }
+        }
+    }
+}
