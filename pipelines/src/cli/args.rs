@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pipelines::{Cluster, Guarantee, saga};
+use processors::limits::{MAX_ON_HAND, MAX_QUANTITY};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,20 @@ pub(crate) struct ClusterArgs {
     /// (repeatable): `-X session.timeout.ms=30000`.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
     pub(crate) kafka: Vec<(String, String)>,
+}
+
+/// A week: the longest duration any `--*-ms` option takes (durations are added to event
+/// times, so an unbounded one overflowed them or tripped an assert).
+const WEEK_MS: u64 = 7 * 24 * 3_600_000;
+
+/// A duration in milliseconds within `range`.
+fn millis(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(range)
+}
+
+/// A count within `range`.
+fn count(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(range)
 }
 
 pub(crate) fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -94,10 +109,10 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) instance: Option<String>,
     /// Partitions of the service's topics when they are created.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub(crate) partitions: i32,
-    /// Input records per transaction at most.
-    #[arg(long, default_value_t = 2_000)]
+    /// Input records per transaction at most (1 to 1,000,000; 0 used to process nothing).
+    #[arg(long, default_value_t = 2_000, value_parser = count(1..=1_000_000))]
     pub(crate) batch_size: usize,
     /// Local state: `<state-dir>/<service>/<pipeline>/` holds snapshots of the changelog
     /// partitions a processor owns, so a restart reads only the changelog's tail. One
@@ -108,7 +123,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) no_state_dir: bool,
     /// How often changed state is snapshotted (also on a clean stop).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = millis(1..=WEEK_MS))]
     pub(crate) snapshot_every_ms: u64,
 }
 
@@ -189,7 +204,7 @@ pub(crate) struct SagaArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) participants: Vec<String>,
     /// Deadline of each saga step (and each compensation round), in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 30_000, value_parser = millis(1..=WEEK_MS))]
     pub(crate) step_timeout_ms: u64,
     /// Do not run the views in this process (`run saga`: sagas/saga_steps; `run inventory`:
     /// stock_levels): for instances scaled out to share the processing.
@@ -199,18 +214,18 @@ pub(crate) struct SagaArgs {
     #[arg(long, hide = true)]
     pub(crate) chaos_duplicate_outputs: bool,
     /// Allowed lateness of order events in the orders_per_minute windows, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = millis(0..=WEEK_MS))]
     pub(crate) window_lateness_ms: u64,
     /// Purchasing: lead time of the fastest supplier, in milliseconds (others take 1.5x
     /// and 2.5x).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 5_000, value_parser = millis(1..=WEEK_MS))]
     pub(crate) lead_time_ms: u64,
     /// Purchasing: units ordered on top of what brings a position back to its threshold.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=MAX_QUANTITY))]
     pub(crate) reorder_quantity: i64,
     /// Inventory: a position whose available stock falls below this raises a StockLow
     /// alert, which suppliers answers with a purchase order (0: no alerts).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(0..=MAX_ON_HAND))]
     pub(crate) low_stock_threshold: i64,
 }
 
@@ -482,7 +497,41 @@ pub(crate) enum MapFormat {
 
 #[cfg(test)]
 mod tests {
-    use super::instance_kept_in;
+    use clap::Parser;
+
+    use super::{Cli, instance_kept_in};
+
+    /// Numbers that used to be accepted and then misbehave are refused by name.
+    #[test]
+    fn out_of_range_numbers_are_refused_naming_the_option() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec![
+                "supplystream",
+                "run",
+                "saga",
+                "--brokers",
+                "b",
+                "--registry",
+                "r",
+            ];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).err().map(|e| e.to_string())
+        };
+        assert_eq!(parse(&[]), None);
+        // `--batch-size 0` processed nothing, silently.
+        let e = parse(&["--batch-size", "0"]).expect("refused");
+        assert!(
+            e.contains("--batch-size") && e.contains("1..=1000000"),
+            "{e}"
+        );
+        // A huge lateness wrapped to a negative i64 and tripped an assert in the windows.
+        let e = parse(&["--window-lateness-ms", "18446744073709551615"]).expect("refused");
+        assert!(e.contains("--window-lateness-ms"), "{e}");
+        assert!(parse(&["--step-timeout-ms", "0"]).is_some());
+        assert!(parse(&["--partitions", "0"]).is_some());
+        assert!(parse(&["--low-stock-threshold", "-1"]).is_some());
+        assert_eq!(parse(&["--window-lateness-ms", "0"]), None);
+    }
 
     /// Processes started together on one state directory (`run inventory` beside `run saga`)
     /// all get its one id. Before, they raced on one `instance.part`: the loser's rename
