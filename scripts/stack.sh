@@ -142,9 +142,13 @@ start_node() {
   echo $! > "$dir/$name.pid"
 }
 
-# started DIR NAME SKIP: the node logged "Kafka Server started" past line SKIP of its log.
+# started DIR NAME LINES: whether NAME's log says it started after its first LINES lines.
+# No pipe: under pipefail, `tail | grep -q` failed whenever grep matched early and tail
+# still had more than a pipe's worth to write (SIGPIPE, 141), so a broker that had started
+# was waited on for 120 s and the bounce reported it "timed out".
 started() {
-  tail -n +"$(($3 + 1))" "$1/$2.log" 2>/dev/null | grep -q "Kafka Server started"
+  [ -f "$1/$2.log" ] || return 1
+  awk -v from="$3" 'NR > from && /Kafka Server started/ { found = 1; exit } END { exit !found }' "$1/$2.log"
 }
 
 up() {

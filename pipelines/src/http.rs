@@ -220,13 +220,29 @@ fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), Ap
             "the body must be a JSON object of the command's fields",
         ));
     };
-    let expected = match object.remove("expected_version") {
-        None | Some(Value::Null) => -1,
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| ApiError::bad_field("expected_version".into(), "must be an integer"))?,
-    };
-    if let Some(m) = object.get("metadata") {
+    let expected =
+        match object.remove("expected_version") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| {
+                ApiError::bad_field("expected_version".into(), "must be an integer")
+            })?),
+        };
+    if let Some(m) = object.get_mut("metadata") {
+        // `expected_version` beside the caller's own metadata used to be dropped silently:
+        // it is the metadata's `aggregate_version`, unless that says otherwise.
+        if let (Some(expected), Some(m)) = (expected, m.as_object_mut()) {
+            match m.get("aggregate_version").and_then(Value::as_i64) {
+                Some(v) if v >= 0 && v != expected => {
+                    return Err(ApiError::bad_field(
+                        "expected_version".into(),
+                        format!("is {expected} but metadata.aggregate_version is {v}"),
+                    ));
+                }
+                _ => {
+                    m.insert("aggregate_version".into(), json!(expected));
+                }
+            }
+        }
         let id = m
             .get("event_id")
             .and_then(Value::as_str)
@@ -234,6 +250,7 @@ fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), Ap
             .to_owned();
         return Ok((body, id));
     }
+    let expected = expected.unwrap_or(-1);
     let id = uuid::Uuid::new_v4().to_string();
     insert_metadata(object, key_field, &id, crate::wire::now_ms(), expected)?;
     Ok((body, id))
@@ -712,6 +729,30 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
             assert_eq!(e.body["field"], field, "{bad}: {:?}", e.body);
         }
+    }
+
+    #[test]
+    fn an_expected_version_applies_to_the_callers_own_metadata() {
+        let meta = serde_json::to_value(Metadata::command("c", "S", 0)).unwrap();
+        let (body, id) = with_metadata(
+            json!({"sku": "S", "metadata": meta.clone(), "expected_version": 4}),
+            "sku",
+        )
+        .unwrap();
+        assert_eq!(id, "c");
+        assert_eq!(body["metadata"]["aggregate_version"], 4);
+        assert!(body.get("expected_version").is_none());
+        let mut pinned = meta;
+        pinned["aggregate_version"] = json!(2);
+        let e = with_metadata(
+            json!({"sku": "S", "metadata": pinned, "expected_version": 4}),
+            "sku",
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body["field"], "expected_version");
+        let (body, _) = with_metadata(json!({"sku": "S", "expected_version": 7}), "sku").unwrap();
+        assert_eq!(body["metadata"]["aggregate_version"], 7);
     }
 
     #[test]

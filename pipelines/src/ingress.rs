@@ -5,6 +5,7 @@
 //! per such topic and names no service itself.
 
 use futures::future::BoxFuture;
+use processors::Validate;
 use schemas::codec::Encoder;
 use schemas::record::RecordUnion;
 use schemas::{Registry, RegistryError};
@@ -29,7 +30,7 @@ pub trait JsonTopic: Send + Sync {
 
 struct Typed<U: RecordUnion>(Encoder<U>);
 
-impl<U: RecordUnion> JsonTopic for Typed<U> {
+impl<U: RecordUnion + Validate> JsonTopic for Typed<U> {
     fn records(&self) -> &'static [&'static str] {
         U::short_names()
     }
@@ -38,6 +39,12 @@ impl<U: RecordUnion> JsonTopic for Typed<U> {
         let Some(value) = parse::<U>(record, body)? else {
             return Ok(None);
         };
+        // The rules' own first checks: an impossible quantity is refused here, with the
+        // field, instead of being written and dead-lettered by the service.
+        value.validate().map_err(|e| FieldError {
+            field: None,
+            message: e.to_string(),
+        })?;
         self.0.encode(&value).map(Some).map_err(|e| FieldError {
             field: None,
             message: e.to_string(),
@@ -70,7 +77,7 @@ pub type Open = for<'a> fn(
 ) -> BoxFuture<'a, Result<Box<dyn JsonTopic>, RegistryError>>;
 
 /// Opens topic `topic` for records of union `U`: registers its schemas.
-pub fn open<'a, U: RecordUnion>(
+pub fn open<'a, U: RecordUnion + Validate>(
     registry: &'a Registry,
     topic: &'static str,
 ) -> BoxFuture<'a, Result<Box<dyn JsonTopic>, RegistryError>> {

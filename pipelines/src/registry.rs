@@ -240,7 +240,7 @@ pub(crate) const fn topic(name: &'static str, kind: Kind) -> Topic {
 
 /// A topic that takes records of union `U` over HTTP, keyed by field `key`.
 #[cfg_attr(not(feature = "query"), allow(clippy::extra_unused_type_parameters))]
-pub(crate) const fn ingress<U: schemas::record::RecordUnion>(
+pub(crate) const fn ingress<U: schemas::record::RecordUnion + processors::Validate>(
     name: &'static str,
     kind: Kind,
     key: &'static str,

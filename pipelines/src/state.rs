@@ -101,12 +101,22 @@ fn put(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes)
 }
 
-fn take(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+/// The next length-prefixed field of `r`. A length past what is left is refused before
+/// anything is allocated: the checksum only catches damage, and a crafted file (which can
+/// carry a right checksum) claimed up to 4 GiB per field.
+fn take(r: &mut &[u8]) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
-    let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut bytes)?;
-    Ok(bytes)
+    let len = u32::from_le_bytes(len) as usize;
+    if len > r.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a field claims {len} bytes, {} are left", r.len()),
+        ));
+    }
+    let (field, rest) = r.split_at(len);
+    *r = rest;
+    Ok(field.to_vec())
 }
 
 impl Snapshot {
@@ -181,7 +191,11 @@ impl Snapshot {
         let written_at = i64::from_le_bytes(i8);
         r.read_exact(&mut i8)?;
         let n = u64::from_le_bytes(i8);
-        let mut records = HashMap::with_capacity(n.min(1 << 20) as usize);
+        // Each record takes at least 8 bytes: a count past that is a crafted file.
+        if n > (r.len() / 8) as u64 {
+            bail!("{} claims {n} records in {} bytes", path.display(), r.len());
+        }
+        let mut records = HashMap::with_capacity(n as usize);
         for _ in 0..n {
             let k = take(&mut r)?;
             let v = take(&mut r)?;
@@ -649,6 +663,33 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = Snapshot::read(&path).unwrap_err().to_string();
         assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_crafted_snapshot_with_a_right_checksum_allocates_nothing_it_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crafted.snapshot");
+        let seal = |body: &[u8]| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, body);
+            std::fs::write(&path, [body, digest.as_ref()].concat()).unwrap();
+        };
+        // A cluster id that claims 4 GiB: refused by its length, before any allocation.
+        let mut body = MAGIC.to_vec();
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        seal(&body);
+        let err = format!("{:#}", Snapshot::read(&path).unwrap_err());
+        assert!(err.contains("claims 4294967295 bytes"), "{err}");
+        // A record count of u64::MAX over no records.
+        let mut body = MAGIC.to_vec();
+        for text in ["cluster", "topic"] {
+            put(&mut body, text.as_bytes()).unwrap();
+        }
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(&[0; 16]);
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        seal(&body);
+        let err = format!("{:#}", Snapshot::read(&path).unwrap_err());
+        assert!(err.contains("claims 18446744073709551615 records"), "{err}");
     }
 
     #[test]

@@ -91,6 +91,14 @@ pub trait Projection: Sized {
     }
 }
 
+/// The checks a service's rules make first, before any state: a record a caller sends is
+/// checked with them before it is written, so an invalid command is refused at the API (a
+/// 400 naming the field) instead of being written and dead-lettered later. The rules run
+/// the same checks again on every record they read, whoever wrote it.
+pub trait Validate {
+    fn validate(&self) -> Result<(), InvalidCommand>;
+}
+
 /// A command that cannot be processed at all; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {command}: {reason}")]

@@ -233,6 +233,39 @@ pub async fn read_your_writes(
                 .is_some_and(|m| m.contains("unit_price_cents")),
         "missing nested field: {status} {e}"
     );
+    // Well-formed but impossible: refused with the rule's reason, never written to be
+    // dead-lettered later (a quantity of 0 used to be answered 200 with a token).
+    for (quantity, says) in [
+        (json!(0), "must be positive"),
+        (json!(i64::MAX), "more than the limit of 1000000000"),
+    ] {
+        let (status, e) = post(
+            &client,
+            format!("{base}/commands/inventory/ReceiveStock"),
+            json!({"sku": "SKU-HTTP", "warehouse": "AMS", "quantity": quantity}),
+        )
+        .await?;
+        ensure!(
+            status == 400
+                && e["error"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("field quantity") && m.contains(says)),
+            "an impossible quantity {quantity}: {status} {e}"
+        );
+    }
+    let (status, e) = post(
+        &client,
+        format!("{base}/commands/orders/PlaceOrder"),
+        json!({"order_id": "O-HTTP", "customer_id": "C", "payment_method": "visa",
+               "ship_to_country": "NL", "ship_to_postcode": "1",
+               "lines": [{"sku": "S", "warehouse": "AMS", "quantity": 1_000_000_000,
+                          "unit_price_cents": 1_000_000_000_000i64}]}),
+    )
+    .await?;
+    ensure!(
+        status == 400 && e.to_string().contains("the order's total"),
+        "an order whose total overflows: {status} {e}"
+    );
     let (status, e) = post(
         &client,
         format!("{base}/commands/inventory/StealStock"),

@@ -11,6 +11,7 @@ use schemas::products::*;
 use schemas::record::RecordUnion;
 
 use crate::InvalidCommand;
+use crate::limits::{Check, MAX_UNIT_PRICE_CENTS};
 use crate::saga::{Participant, Reaction, caused_by, seen};
 
 pub const SERVICE: &str = "catalog";
@@ -19,28 +20,31 @@ pub const SERVICE: &str = "catalog";
 pub struct Catalog;
 
 fn validate(c: &CatalogCommand) -> Result<(), InvalidCommand> {
-    let bad = |reason: String| {
-        Err(InvalidCommand {
-            command: "supplychain.catalog command",
-            reason,
-        })
+    let check = Check::new(c.record_name());
+    check.metadata(c.metadata())?;
+    check.id("sku", c.sku())?;
+    let price = |v: i64| {
+        check.require(v > 0, || {
+            format!("field price_cents must be positive, got {v}")
+        })?;
+        check.at_most("price_cents", v, MAX_UNIT_PRICE_CENTS)
     };
-    if c.sku().is_empty() {
-        return bad("field sku must not be empty".into());
-    }
     match c {
-        CatalogCommand::CreateProduct(x) if x.price_cents <= 0 => bad(format!(
-            "field price_cents must be positive, got {}",
-            x.price_cents
-        )),
-        CatalogCommand::CreateProduct(x) if x.name.trim().is_empty() => {
-            bad("field name must not be empty".into())
+        CatalogCommand::CreateProduct(x) => {
+            price(x.price_cents)?;
+            check.require(!x.name.trim().is_empty(), || {
+                "field name must not be empty".into()
+            })?;
+            check.text("name", &x.name)
         }
-        CatalogCommand::ChangePrice(x) if x.price_cents <= 0 => bad(format!(
-            "field price_cents must be positive, got {}",
-            x.price_cents
-        )),
-        _ => Ok(()),
+        CatalogCommand::ChangePrice(x) => price(x.price_cents),
+        CatalogCommand::DiscontinueProduct(x) => check.text("reason", &x.reason),
+    }
+}
+
+impl crate::Validate for CatalogCommand {
+    fn validate(&self) -> Result<(), InvalidCommand> {
+        validate(self)
     }
 }
 

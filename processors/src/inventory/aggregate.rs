@@ -356,6 +356,12 @@ fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand>
     }
 }
 
+impl crate::Validate for InventoryCommand {
+    fn validate(&self) -> Result<(), InvalidCommand> {
+        validate(self, self.sku())
+    }
+}
+
 /// Why stock arriving at a position would pass [`MAX_ON_HAND`], if it would.
 fn over_capacity(p: Position, warehouse: &str, quantity: i64) -> Option<String> {
     let after = p.on_hand.saturating_add(quantity);

@@ -92,6 +92,22 @@ fn validate(c: &PlaceOrder) -> Result<(), InvalidCommand> {
     })
 }
 
+fn validate_cancel(c: &CancelOrder) -> Result<(), InvalidCommand> {
+    let check = Check::new("supplychain.orders.CancelOrder");
+    check.metadata(&c.metadata)?;
+    check.id("order_id", &c.order_id)?;
+    check.text("reason", &c.reason)
+}
+
+impl crate::Validate for OrderCommand {
+    fn validate(&self) -> Result<(), InvalidCommand> {
+        match self {
+            OrderCommand::PlaceOrder(c) => validate(c),
+            OrderCommand::CancelOrder(c) => validate_cancel(c),
+        }
+    }
+}
+
 /// The total of `lines` in cents; `None` past [`MAX_ORDER_TOTAL_CENTS`] (or an overflow).
 pub fn total_cents(lines: &[OrderLine]) -> Option<i64> {
     lines
@@ -363,10 +379,7 @@ impl Participant for Orders {
     ) -> Result<Reaction<OrderState, OrderEvent>, InvalidCommand> {
         let cause = input.metadata();
         if let OrdersIn::CancelOrder(c) = input {
-            let check = Check::new("supplychain.orders.CancelOrder");
-            check.metadata(cause)?;
-            check.id("order_id", &c.order_id)?;
-            check.text("reason", &c.reason)?;
+            validate_cancel(c)?;
         }
         if let OrdersIn::PlaceOrder(c) = input {
             validate(c)?;

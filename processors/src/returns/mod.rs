@@ -25,9 +25,11 @@ pub mod view;
 
 use std::collections::BTreeMap;
 
+use schemas::record::RecordUnion;
 use schemas::returns::*;
 
 use crate::InvalidCommand;
+use crate::limits::MAX_QUANTITY;
 use crate::saga::{Participant, Reaction, caused_by, seen};
 
 pub const SERVICE: &str = "returns";
@@ -101,6 +103,7 @@ impl Participant for Returns {
                 None
             }
             ReturnsIn::RequestReturn(r) => {
+                check_limits(&ReturnCommand::from(r.clone()))?;
                 check_request(&s, r)?;
                 s.steps.push(cause.event_id.clone());
                 let lines = merged(r.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
@@ -139,6 +142,7 @@ impl Participant for Returns {
                 })
             }
             ReturnsIn::ReceiveReturn(r) => {
+                check_limits(&ReturnCommand::from(r.clone()))?;
                 let refund = receipt(&s, r)?;
                 s.steps.push(cause.event_id.clone());
                 let version = s.version + 1;
@@ -182,6 +186,42 @@ fn merged<'a>(lines: impl Iterator<Item = (&'a str, i64)>) -> BTreeMap<&'a str, 
         *units = units.saturating_add(n);
     }
     out
+}
+
+/// The limits of a return command, whatever the order's state.
+fn check_limits(c: &ReturnCommand) -> Result<(), InvalidCommand> {
+    use crate::limits::{Check, MAX_ORDER_LINES};
+    let check = Check::new(c.record_name());
+    check.metadata(c.metadata())?;
+    let (order_id, return_id, lines) = match c {
+        ReturnCommand::RequestReturn(r) => (&r.order_id, &r.return_id, r.lines.len()),
+        ReturnCommand::ReceiveReturn(r) => (&r.order_id, &r.return_id, r.lines.len()),
+    };
+    check.id("order_id", order_id)?;
+    check.id("return_id", return_id)?;
+    check.require(lines <= MAX_ORDER_LINES, || {
+        format!("field lines has {lines} lines, more than the limit of {MAX_ORDER_LINES}")
+    })?;
+    match c {
+        ReturnCommand::RequestReturn(r) => r.lines.iter().enumerate().try_for_each(|(i, l)| {
+            check.id(&format!("lines[{i}].sku"), &l.sku)?;
+            check.at_most(&format!("lines[{i}].quantity"), l.quantity, MAX_QUANTITY)
+        }),
+        ReturnCommand::ReceiveReturn(r) => {
+            check.id("warehouse", &r.warehouse)?;
+            r.lines.iter().enumerate().try_for_each(|(i, l)| {
+                check.id(&format!("lines[{i}].sku"), &l.sku)?;
+                check.in_range(&format!("lines[{i}].sellable"), l.sellable, MAX_QUANTITY)?;
+                check.in_range(&format!("lines[{i}].damaged"), l.damaged, MAX_QUANTITY)
+            })
+        }
+    }
+}
+
+impl crate::Validate for ReturnCommand {
+    fn validate(&self) -> Result<(), InvalidCommand> {
+        check_limits(self)
+    }
 }
 
 /// A request that is malformed whatever the order's state.
