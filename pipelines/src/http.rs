@@ -199,12 +199,12 @@ fn encode_record(
     if !allowed.contains(&record) {
         return Err(unknown(allowed.join(", ")));
     }
-    let Some(payload) = open.json.encode(record, body)? else {
-        return Err(unknown(allowed.join(", ")));
-    };
     if key.is_empty() {
         return Err(ApiError::bad_field(key_field.into(), "must not be empty"));
     }
+    let Some(payload) = open.json.encode(record, body)? else {
+        return Err(unknown(allowed.join(", ")));
+    };
     Ok(Encoded {
         topic,
         key,

@@ -125,15 +125,37 @@ pub async fn read_your_writes(
         );
     }
     ensure!(last.starts_with("catalog.commands@"), "token {last}");
-    // Schema-valid but against a catalog rule of form (a price of 0): accepted over HTTP,
-    // then dead-lettered by the catalog with the reason, and the catalog keeps going.
+    // Schema-valid but against a catalog rule of form (a price of 0): refused over HTTP
+    // with the rule's reason; written by another producer, dead-lettered by the catalog
+    // with the same reason, and the catalog keeps going.
     let (status, answer) = post(
         &client,
         format!("{base}/commands/catalog/CreateProduct"),
         json!({"sku": "SKU-HTTP-FREE", "name": "Free lunch", "price_cents": 0}),
     )
     .await?;
-    ensure!(status == 200, "CreateProduct refused: {answer}");
+    ensure!(
+        status == 400
+            && answer
+                .to_string()
+                .contains("field price_cents must be positive, got 0"),
+        "a free CreateProduct over HTTP: {status} {answer}"
+    );
+    let free = schemas::products::CreateProduct {
+        metadata: schemas::Metadata::command("free-1", "SKU-HTTP-FREE", 1),
+        sku: "SKU-HTTP-FREE".into(),
+        name: "Free lunch".into(),
+        price_cents: 0,
+    };
+    crate::returns::produce(
+        cluster,
+        "catalog.commands",
+        vec![(
+            "SKU-HTTP-FREE".to_owned(),
+            schemas::products::CatalogCommand::from(free),
+        )],
+    )
+    .await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let dead = crate::topic::read_all(cluster, "catalog.dlq")?;

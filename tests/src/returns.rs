@@ -73,7 +73,8 @@ struct Expected {
     refund: i64,
 }
 
-async fn produce<T: RecordUnion>(
+/// Writes `records` to `topic` as another producer would (the registry's schemas, no API).
+pub(crate) async fn produce<T: RecordUnion>(
     cluster: &Cluster,
     topic: &'static str,
     records: Vec<(String, T)>,
