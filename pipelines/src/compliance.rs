@@ -133,6 +133,9 @@ impl AuditView {
 
 impl View for AuditView {
     const PIPELINE: &'static str = GROUP;
+    /// None: the trail records an undecodable record as a row of its own
+    /// (`<undecodable: kind>`, with the payload's hash), which is where an auditor looks.
+    const DLQ: Option<(&'static str, &'static str)> = None;
     const TOPICS: &'static [&'static str] = EVENT_TOPICS;
     const TABLES: &'static [&'static str] = &[sinks::audit::VIEW];
     const SINK: Sink = Sink::Append;

@@ -118,14 +118,63 @@ impl Api {
         })
     }
 
-    /// The routes.
+    /// The routes, within [`Limits::default`].
     pub fn router(self) -> Router {
-        Router::new()
-            .route("/commands/{service}/{command}", post(command))
-            .route("/events/{topic}", post(event))
-            .route("/query", get(query_get).post(query_post))
-            .route("/views", get(views))
-            .with_state(Arc::new(self))
+        Limits::default().apply(
+            Router::new()
+                .route("/commands/{service}/{command}", post(command))
+                .route("/events/{topic}", post(event))
+                .route("/query", get(query_get).post(query_post))
+                .route("/views", get(views))
+                .with_state(Arc::new(self)),
+        )
+    }
+}
+
+/// What one server takes at once: a request past `timeout` is answered 503 (and its work
+/// dropped), one past `in_flight` requests at once is refused 503 at once rather than queued
+/// without bound. Bodies are limited to axum's 2 MB by the JSON extractor.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub in_flight: usize,
+}
+
+impl Default for Limits {
+    /// 60 s: a query with a token waits up to 30 s for its write, then runs.
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(60),
+            in_flight: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// `router` within these limits.
+    pub fn apply(self, router: Router) -> Router {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.in_flight));
+        let limit = self.in_flight;
+        router
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                self.timeout,
+            ))
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let permits = permits.clone();
+                    async move {
+                        let Ok(_permit) = permits.try_acquire_owned() else {
+                            return ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("{limit} requests in flight, the server's limit; retry"),
+                            )
+                            .into_response();
+                        };
+                        next.run(request).await
+                    }
+                },
+            ))
     }
 }
 
@@ -729,6 +778,43 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
             assert_eq!(e.body["field"], field, "{bad}: {:?}", e.body);
         }
+    }
+
+    /// A slow request ends at the timeout; one past the in-flight limit is refused at once.
+    #[tokio::test]
+    async fn requests_past_the_limits_are_answered_503() {
+        use tower::ServiceExt;
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let waiting = gate.clone();
+        let router = Limits {
+            timeout: Duration::from_millis(300),
+            in_flight: 1,
+        }
+        .apply(
+            Router::new()
+                .route(
+                    "/slow",
+                    get(move || {
+                        let gate = waiting.clone();
+                        async move { gate.notified().await }
+                    }),
+                )
+                .route("/fast", get(|| async { "ok" })),
+        );
+        let get = |uri: &str| {
+            axum::extract::Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let slow = tokio::spawn(router.clone().oneshot(get("/slow")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = router.clone().oneshot(get("/fast")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let timed_out = slow.await.unwrap().unwrap();
+        assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let after = router.oneshot(get("/fast")).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK, "the permit came back");
     }
 
     #[test]

@@ -246,7 +246,8 @@ pub fn high_watermarks(probe: &Probe, topic: &str) -> anyhow::Result<BTreeMap<i3
 }
 
 /// Low and high watermarks of one partition, retrying while its leader moves or is being
-/// elected (a topic just created answers `NotLeaderForPartition` for a moment).
+/// elected (a topic just created answers `NotLeaderForPartition` for a moment) or a
+/// request times out (a broker bouncing), up to [`TX_TIMEOUT`].
 pub fn watermarks(probe: &Probe, topic: &str, p: i32) -> anyhow::Result<(i64, i64)> {
     let deadline = std::time::Instant::now() + TX_TIMEOUT;
     loop {
@@ -255,7 +256,11 @@ pub fn watermarks(probe: &Probe, topic: &str, p: i32) -> anyhow::Result<(i64, i6
             Err(KafkaError::MetadataFetch(
                 RDKafkaErrorCode::NotLeaderForPartition
                 | RDKafkaErrorCode::LeaderNotAvailable
-                | RDKafkaErrorCode::UnknownTopicOrPartition,
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown,
             )) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }

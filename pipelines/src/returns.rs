@@ -48,6 +48,7 @@ impl TopicView for ReturnsView {
     type Table = sinks::returns::ReturnsTable;
     const TOPIC: &'static str = EVENTS;
     const GROUP: &'static str = "returns-view";
+    const DLQ: Option<(&'static str, &'static str)> = Some((DLQ, "returns-view"));
 }
 
 impl Wiring for Returns {

@@ -66,9 +66,11 @@ pub trait View {
     const TOPICS: &'static [&'static str];
     /// The tables it writes, in the order they are written.
     const TABLES: &'static [&'static str];
-    /// Where undecodable records go, with the service that owns it; `None` leaves them out
-    /// with a warning.
-    const DLQ: Option<(&'static str, &'static str)> = None;
+    /// Where undecodable records go, with the name its dead letters carry (`dlq.service`);
+    /// a DLQ of the view's own service. Every view declares one (before, every view but two
+    /// left such records out with a warning); `None` only for a view that records them
+    /// itself (the audit trail's `<undecodable>` rows) and for tests.
+    const DLQ: Option<(&'static str, &'static str)>;
     /// Whether the tables are the view's whole fold state, so that it can start from them
     /// ([`View::resume`]); `false` (the default): it rebuilds from the beginning of its
     /// topics on every start, and its tables are not read.
@@ -151,7 +153,7 @@ pub trait TopicView {
     /// Its consumer group (see [`View::PIPELINE`]).
     const GROUP: &'static str;
     /// See [`View::DLQ`].
-    const DLQ: Option<(&'static str, &'static str)> = None;
+    const DLQ: Option<(&'static str, &'static str)>;
     /// Whether the projection is told which partitions are read to their end before each
     /// write (event-time windows: an idle partition does not hold the watermark back).
     const WANTS_ENDS: bool = false;
@@ -519,14 +521,52 @@ pub fn run<V: View>(
     stop: &Stop,
 ) -> anyhow::Result<()> {
     if V::PER_PARTITION {
-        return drive_partitions(&mut make, settings, rt, stop);
+        return supervised(V::PIPELINE, stop, || {
+            drive_partitions(&mut make, settings, rt, stop)
+        });
     }
     let path = lock_path(&settings.views_dir, V::TABLES, WHOLE_LOCK)?;
     let Some(_lock) = stand_by(&path, V::PIPELINE, stop)? else {
         return Ok(());
     };
-    let tables = whole_tables::<V>(&settings.views_dir)?;
-    drive(make(), tables, None, settings, rt, stop, Mode::Live).map(|_| ())
+    supervised(V::PIPELINE, stop, || {
+        let tables = whole_tables::<V>(&settings.views_dir)?;
+        drive(make(), tables, None, settings, rt, stop, Mode::Live).map(|_| ())
+    })
+}
+
+/// Runs one life of a live view again, after a backoff, when it ends with an external
+/// error (a metadata request timed out across a broker bounce, a consumer broken by a
+/// broker pause), as a restart of the process would: the view starts again from its tables.
+/// Before, such an error ended the view's thread and the whole process exited, so one
+/// timed-out request during a bounce took a service down (seen in the fault soak). Bad
+/// input and internal errors still end it.
+fn supervised(
+    view: &str,
+    stop: &Stop,
+    mut life: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut failures = 0u32;
+    loop {
+        let failed = match life() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if matches!(
+            crate::error::domain(&failed),
+            crate::error::Domain::Internal | crate::error::Domain::BadInput
+        ) {
+            return Err(failed);
+        }
+        failures += 1;
+        let backoff =
+            (Duration::from_millis(500) * 2u32.pow(failures.min(6))).min(Duration::from_secs(30));
+        warn!(view, error = %format!("{failed:#}"), ?backoff, failures, "The view failed: starting again from its tables.");
+        stop.sleep(backoff);
+        if stop.is_stopped() {
+            return Ok(());
+        }
+    }
 }
 
 /// A bounded run of a view: from `start` (partitions it does not name: their beginning) up
@@ -1200,6 +1240,25 @@ fn drive_partitions<V: View>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_view_that_fails_on_the_broker_starts_again_and_one_that_fails_inside_stops() {
+        let stop = Stop::default();
+        let mut lives = 0;
+        let ended = supervised("v", &stop, || {
+            lives += 1;
+            match lives {
+                1 => Err(anyhow::anyhow!("Meta data fetch error: OperationTimedOut")),
+                _ => Ok(()),
+            }
+        });
+        assert!(ended.is_ok());
+        assert_eq!(lives, 2, "started again after the external error");
+        let internal = supervised("v", &stop, || {
+            Err(crate::error::Internal("a bug".into()).into())
+        });
+        assert!(internal.is_err(), "an internal error is not retried");
+    }
+
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
@@ -1211,6 +1270,7 @@ mod tests {
 
     impl View for Counts {
         const PIPELINE: &'static str = "counts-view";
+        const DLQ: Option<(&'static str, &'static str)> = None;
         const TOPICS: &'static [&'static str] = &["t"];
         const TABLES: &'static [&'static str] = &["counts"];
         const RESUMES: bool = true;
@@ -1384,6 +1444,7 @@ mod tests {
 
     impl View for Pair {
         const PIPELINE: &'static str = "pair-view";
+        const DLQ: Option<(&'static str, &'static str)> = None;
         const TOPICS: &'static [&'static str] = &["t"];
         const TABLES: &'static [&'static str] = &["first", "second"];
         const RESUMES: bool = true;

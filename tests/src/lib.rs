@@ -11,6 +11,7 @@ pub mod churn;
 pub mod duckdb;
 pub mod evolution;
 pub mod faults;
+pub mod hostile;
 pub mod http;
 pub mod model;
 pub mod replay;

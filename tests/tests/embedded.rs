@@ -306,3 +306,11 @@ async fn inventory_scaled_out_under_churn_on_the_embedded_broker() -> anyhow::Re
     anyhow::ensure!(churned.joined >= 2, "too little churn: {churned:?}");
     Ok(())
 }
+
+/// Views dead-letter what they cannot decode (issue 14); not on the real tier, whose
+/// scenarios share the event logs this writes garbage to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_dead_letter_what_they_cannot_decode() -> anyhow::Result<()> {
+    let (_broker, cluster, views) = saga_stack().await?;
+    integration::hostile::views_dead_letter_what_they_cannot_decode(&cluster, views.path()).await
+}

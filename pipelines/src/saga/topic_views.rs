@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::Options;
 use crate::Stop;
-use crate::topics::saga::SHIPPING_DLQ;
+use crate::topics::saga::{BILLING_DLQ, CATALOG_DLQ, ORDERS_DLQ, SHIPPING_DLQ, SUPPLIERS_DLQ};
 use crate::view::TopicView;
 
 /// `ledger`.
@@ -34,6 +34,7 @@ impl TopicView for LedgerView {
     type Table = sinks::ledger::LedgerTable;
     const TOPIC: &'static str = BILLING_EVENTS;
     const GROUP: &'static str = "ledger-view";
+    const DLQ: Option<(&'static str, &'static str)> = Some((BILLING_DLQ, "ledger-view"));
 }
 
 /// `products`.
@@ -45,6 +46,7 @@ impl TopicView for ProductsView {
     type Table = sinks::products::ProductsTable;
     const TOPIC: &'static str = CATALOG_EVENTS;
     const GROUP: &'static str = "products-view";
+    const DLQ: Option<(&'static str, &'static str)> = Some((CATALOG_DLQ, "products-view"));
 }
 
 /// `purchase_orders`.
@@ -56,6 +58,7 @@ impl TopicView for PurchaseOrdersView {
     type Table = sinks::purchasing::PurchaseOrdersTable;
     const TOPIC: &'static str = SUPPLIER_EVENTS;
     const GROUP: &'static str = "purchase-orders-view";
+    const DLQ: Option<(&'static str, &'static str)> = Some((SUPPLIERS_DLQ, "purchase-orders-view"));
 }
 
 /// `shipments`.
@@ -79,6 +82,7 @@ impl TopicView for WindowsView {
     type Table = sinks::windows::OrdersPerMinuteTable;
     const TOPIC: &'static str = ORDER_EVENTS;
     const GROUP: &'static str = "orders-windows";
+    const DLQ: Option<(&'static str, &'static str)> = Some((ORDERS_DLQ, "orders-windows"));
     const WANTS_ENDS: bool = true;
 }
 

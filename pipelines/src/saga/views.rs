@@ -72,6 +72,8 @@ pub(crate) struct SagaViews {
 
 impl crate::view::View for SagaViews {
     const PIPELINE: &'static str = PIPELINE;
+    const DLQ: Option<(&'static str, &'static str)> =
+        Some((crate::topics::saga::ORDERS_DLQ, PIPELINE));
     const TOPICS: &'static [&'static str] = TOPICS;
     /// `saga_steps` is written last: its checkpoint says both tables are complete up to it.
     const TABLES: &'static [&'static str] = &[SAGAS, SAGA_STEPS];

@@ -126,6 +126,26 @@ impl Projection for Shipments {
     }
 }
 
+/// A carrier's scan, checked before the API writes it: ids and texts of bounded length and
+/// a time in range (scans come from outside, unauthenticated until issue 17).
+impl crate::Validate for TrackingEvent {
+    fn validate(&self) -> Result<(), crate::InvalidCommand> {
+        use schemas::record::RecordUnion;
+        let check = crate::limits::Check::new(self.record_name());
+        check.metadata(self.metadata())?;
+        check.id("shipment_id", self.shipment_id())?;
+        check.id("carrier", self.carrier())?;
+        check.text("location", self.location())?;
+        match self {
+            TrackingEvent::DeliveryAttemptFailed(e) => check.text("reason", &e.reason),
+            TrackingEvent::ParcelDelivered(e) => {
+                check.text("received_by", e.received_by.as_deref().unwrap_or_default())
+            }
+            TrackingEvent::ParcelPickedUp(_) => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use schemas::Metadata;
@@ -239,25 +259,5 @@ mod tests {
         let row = fold(&[picked("a", 40), failed("b", 20)]);
         assert_eq!(row.status, status::IN_TRANSIT);
         assert_eq!(row.failed_attempts, 1);
-    }
-}
-
-/// A carrier's scan, checked before the API writes it: ids and texts of bounded length and
-/// a time in range (scans come from outside, unauthenticated until issue 17).
-impl crate::Validate for TrackingEvent {
-    fn validate(&self) -> Result<(), crate::InvalidCommand> {
-        use schemas::record::RecordUnion;
-        let check = crate::limits::Check::new(self.record_name());
-        check.metadata(self.metadata())?;
-        check.id("shipment_id", self.shipment_id())?;
-        check.id("carrier", self.carrier())?;
-        check.text("location", self.location())?;
-        match self {
-            TrackingEvent::DeliveryAttemptFailed(e) => check.text("reason", &e.reason),
-            TrackingEvent::ParcelDelivered(e) => {
-                check.text("received_by", e.received_by.as_deref().unwrap_or_default())
-            }
-            TrackingEvent::ParcelPickedUp(_) => Ok(()),
-        }
     }
 }
