@@ -74,6 +74,11 @@ impl TumblingWindows {
         t.div_euclid(self.width_ms) * self.width_ms
     }
 
+    /// Width of each window.
+    pub fn width_ms(&self) -> i64 {
+        self.width_ms
+    }
+
     /// Event time below which windows are final (`None` before any event).
     pub fn watermark(&self) -> Option<i64> {
         let active: Vec<&Source> = self.sources.values().filter(|s| !s.idle).collect();
@@ -85,7 +90,7 @@ impl TumblingWindows {
         } else {
             active.iter().filter_map(|s| s.latest).min()
         };
-        at.map(|m| m - self.lateness_ms)
+        at.map(|m| m.saturating_sub(self.lateness_ms))
     }
 
     /// Declares a source (a partition assigned): until it delivers an event or is idle, it
@@ -101,7 +106,8 @@ impl TumblingWindows {
 
     /// Whether the window starting at `start` is final.
     pub fn is_final(&self, start: i64) -> bool {
-        self.watermark().is_some_and(|w| w >= start + self.width_ms)
+        self.watermark()
+            .is_some_and(|w| w >= start.saturating_add(self.width_ms))
     }
 
     /// Counts `fact` at event time `t` from `source`, unless its window is final.
@@ -116,7 +122,7 @@ impl TumblingWindows {
             OrderFact::Placed => w.placed += 1,
             OrderFact::Confirmed { total_cents } => {
                 w.confirmed += 1;
-                w.revenue_cents += total_cents;
+                w.revenue_cents = w.revenue_cents.saturating_add(total_cents);
             }
             OrderFact::Cancelled => w.cancelled += 1,
         }
@@ -130,7 +136,7 @@ impl TumblingWindows {
     pub fn rows(&self) -> impl Iterator<Item = (i64, i64, Window, bool)> + '_ {
         self.windows
             .iter()
-            .map(|(s, w)| (*s, s + self.width_ms, *w, self.is_final(*s)))
+            .map(|(s, w)| (*s, s.saturating_add(self.width_ms), *w, self.is_final(*s)))
     }
 }
 
@@ -151,10 +157,15 @@ pub struct WindowRow {
 /// over `orders.events`, with late events accepted up to the lateness. An event published
 /// twice counts once. Rebuilt from its topic on every start (the event ids seen are not in
 /// its rows).
+///
+/// The event ids are remembered per open window only: once a window is final nothing can
+/// change its figures, so its ids are dropped (before, every id ever seen was kept, growing
+/// with the topic). A copy of an event whose window is final counts as a late event.
 #[derive(Debug)]
 pub struct OrdersPerMinute {
     windows: TumblingWindows,
-    seen: std::collections::HashSet<String>,
+    /// Event ids counted, by the start of their window; open windows only.
+    seen: BTreeMap<i64, std::collections::HashSet<String>>,
 }
 
 impl OrdersPerMinute {
@@ -186,9 +197,28 @@ impl crate::Projection for OrdersPerMinute {
             OrderEvent::OrderCancelled(_) => OrderFact::Cancelled,
             _ => return,
         };
-        if self.seen.insert(e.metadata().event_id.clone()) {
-            self.windows
-                .add(at.partition, e.metadata().occurred_at, fact);
+        let t = e.metadata().occurred_at;
+        let start = self.windows.start_of(t);
+        let open = !self.windows.is_final(start);
+        if !open
+            || self
+                .seen
+                .entry(start)
+                .or_default()
+                .insert(e.metadata().event_id.clone())
+        {
+            self.windows.add(at.partition, t, fact);
+        }
+        if let Some(w) = self.windows.watermark() {
+            // Windows starting at or before this are final.
+            let last_final = w.saturating_sub(self.windows.width_ms());
+            if self
+                .seen
+                .first_key_value()
+                .is_some_and(|(s, _)| *s <= last_final)
+            {
+                self.seen = self.seen.split_off(&last_final.saturating_add(1));
+            }
         }
     }
 
@@ -335,5 +365,50 @@ mod tests {
         let rows = view.rows();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].window_start, rows[0].orders_cancelled), (0, 2));
+    }
+
+    #[test]
+    fn the_ids_of_final_windows_are_forgotten() {
+        use crate::Projection;
+        use schemas::Metadata;
+        use schemas::orders::{OrderCancelled, OrderEvent};
+        let mut view = OrdersPerMinute::new(MIN, 5_000);
+        let at = crate::Source {
+            topic: "orders.events",
+            partition: 0,
+            offset: 0,
+        };
+        // 100 minutes of events, 100 per minute.
+        for i in 0..10_000i64 {
+            let e: OrderEvent = OrderCancelled {
+                metadata: Metadata::command(&format!("e-{i}"), "O-1", i * 600),
+                order_id: "O-1".into(),
+                customer_id: "C-1".into(),
+                reason: "r".into(),
+                compensations: Vec::new(),
+            }
+            .into();
+            view.apply(at, &e);
+            view.apply(at, &e); // every event twice
+        }
+        let remembered: usize = view.seen.values().map(|ids| ids.len()).sum();
+        assert!(
+            remembered <= 200,
+            "{remembered} ids kept for 2 open windows at most"
+        );
+        let counted: i64 = view.rows().iter().map(|r| r.orders_cancelled).sum();
+        assert_eq!(counted, 10_000, "each counted once");
+        // A hostile total cannot overflow a window's revenue.
+        let mut w = TumblingWindows::new(MIN, 0);
+        for _ in 0..3 {
+            w.add(
+                0,
+                i64::MAX,
+                OrderFact::Confirmed {
+                    total_cents: i64::MAX,
+                },
+            );
+        }
+        assert_eq!(w.rows().next().unwrap().2.revenue_cents, i64::MAX);
     }
 }
