@@ -193,13 +193,24 @@ enum Known {
         upcast: Option<(&'static crate::upcast::Upcaster, &'static Schema)>,
     },
     Unexpected(String),
-    Unknown,
+    /// The registry answered 404, at this time.
+    Unknown(std::time::Instant),
 }
+
+/// How long a schema id the registry did not have is taken as unknown before it is asked
+/// again (it may be registered since: before, a 404 was remembered for the life of the
+/// process).
+pub const UNKNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Unknown ids remembered at most: a producer writing random schema ids grew the cache
+/// without bound; past this, the unknown ones are forgotten (and asked again if they come).
+pub const MAX_UNKNOWN: usize = 1_024;
 
 /// Decodes Confluent-framed payloads of any registered version into `T`.
 pub struct Decoder<T> {
     registry: Registry,
     known: HashMap<u32, Known>,
+    /// How many of `known` are [`Known::Unknown`].
+    unknown: usize,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -209,6 +220,7 @@ impl<T: RecordUnion> Decoder<T> {
         Decoder {
             registry,
             known: HashMap::new(),
+            unknown: 0,
             _records: PhantomData,
         }
     }
@@ -218,7 +230,10 @@ impl<T: RecordUnion> Decoder<T> {
         let (id, mut datum) = split_frame(payload)?;
         match self.known.get(&id) {
             None => Err(DecodeError::NotCached(id)),
-            Some(Known::Unknown) => Err(DecodeError::UnknownSchema(id)),
+            Some(Known::Unknown(at)) if at.elapsed() >= UNKNOWN_TTL => {
+                Err(DecodeError::NotCached(id))
+            }
+            Some(Known::Unknown(_)) => Err(DecodeError::UnknownSchema(id)),
             Some(Known::Unexpected(name)) => Err(DecodeError::UnexpectedRecord {
                 id,
                 name: name.clone(),
@@ -266,9 +281,18 @@ impl<T: RecordUnion> Decoder<T> {
         }
     }
 
-    /// Whether schema `id` has been learned (as a record, an unexpected one or unknown).
+    /// Whether schema `id` has been learned (as a record, an unexpected one or unknown, for
+    /// less than [`UNKNOWN_TTL`]).
     pub fn is_learned(&self, id: u32) -> bool {
-        self.known.contains_key(&id)
+        match self.known.get(&id) {
+            Some(Known::Unknown(at)) => at.elapsed() < UNKNOWN_TTL,
+            other => other.is_some(),
+        }
+    }
+
+    /// Schema ids remembered (learned or unknown).
+    pub fn remembered(&self) -> usize {
+        self.known.len()
     }
 
     /// Schema ids learned so far whose writer schema differs from ours (read by resolution,
@@ -298,9 +322,18 @@ impl<T: RecordUnion> Decoder<T> {
     pub async fn learn(&mut self, id: u32) -> Result<(), DecodeError> {
         let known = match self.registry.schema(id).await {
             Ok(writer) => self.prepare(id, writer)?,
-            Err(RegistryError::NotFound { .. }) => Known::Unknown,
+            Err(RegistryError::NotFound { .. }) => {
+                if self.unknown >= MAX_UNKNOWN {
+                    self.known.retain(|_, k| !matches!(k, Known::Unknown(_)));
+                    self.unknown = 0;
+                }
+                Known::Unknown(std::time::Instant::now())
+            }
             Err(e) => return Err(DecodeError::Registry(e)),
         };
+        let was_unknown = matches!(self.known.get(&id), Some(Known::Unknown(_)));
+        let is_unknown = matches!(known, Known::Unknown(_));
+        self.unknown = self.unknown + usize::from(is_unknown) - usize::from(was_unknown);
         self.known.insert(id, known);
         Ok(())
     }

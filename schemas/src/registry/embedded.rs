@@ -488,6 +488,28 @@ mod tests {
         );
     }
 
+    /// Records naming random schema ids the registry does not have: each is refused as
+    /// unknown, and the decoder remembers at most `MAX_UNKNOWN` of them.
+    #[tokio::test]
+    async fn unknown_schema_ids_are_remembered_within_a_bound() {
+        use crate::codec::MAX_UNKNOWN;
+        let server = EmbeddedRegistry::start().await.unwrap();
+        let registry = Registry::new(server.url());
+        let mut decoder = Decoder::<InventoryCommand>::new(registry);
+        for id in 1_000..(1_000 + 3 * MAX_UNKNOWN as u32) {
+            let [a, b, c, d] = id.to_be_bytes();
+            assert!(matches!(
+                decoder.decode_learning(&[0, a, b, c, d, 1]).await,
+                Err(DecodeError::UnknownSchema(i)) if i == id
+            ));
+            assert!(
+                decoder.remembered() <= MAX_UNKNOWN,
+                "{}",
+                decoder.remembered()
+            );
+        }
+    }
+
     fn v1_metadata(v1: &Schema) -> Schema {
         let Schema::Record(r) = v1 else {
             unreachable!()
