@@ -260,7 +260,10 @@ pub fn watermarks(probe: &Probe, topic: &str, p: i32) -> anyhow::Result<(i64, i6
                 | RDKafkaErrorCode::OperationTimedOut
                 | RDKafkaErrorCode::RequestTimedOut
                 | RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown,
+                | RDKafkaErrorCode::AllBrokersDown
+                // A request in flight to a broker handle librdkafka replaced (seen after a
+                // hard bounce on three brokers).
+                | RDKafkaErrorCode::DestroyBroker,
             )) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
