@@ -344,13 +344,15 @@ pub fn evolve(state: Option<&OrderState>, event: &OrderEvent) -> Option<OrderSta
         }
     }
     s.version = s.version.max(meta.aggregate_version);
-    // A final order remembers no more causes: what it answers from then on (a refused
-    // cancellation, an ignored late reply) changes nothing but its version, so answering a
-    // duplicate again is harmless, while remembering every one would let a caller grow the
-    // state without bound (30,000 cancellations of one confirmed order).
-    let was_final = state.is_some_and(|s| is_final(&s.status));
+    // A final order does not remember the cancellations it refuses: a refusal changes
+    // nothing but the version, so refusing a duplicate again is harmless, while remembering
+    // every one let a caller grow the state without bound (30,000 cancellations of one
+    // confirmed order). Late replies are still remembered: each counts in `late_replies`,
+    // and only participants send them.
+    let refused_when_final = state.is_some_and(|s| is_final(&s.status))
+        && matches!(event, OrderEvent::OrderCancellationRejected(_));
     if let Some(cause) = &meta.causation_id
-        && !was_final
+        && !refused_when_final
         && !seen(&s.steps, cause)
     {
         s.steps.push(cause.clone());
