@@ -54,6 +54,22 @@ impl Shutdown {
         Ok(Shutdown { requested })
     }
 
+    /// Runs start-up work `work` unless a stop comes first: `Ok(false)` then, and the work
+    /// is dropped. Before, a stop sent while topics were being created (an admin request
+    /// can wait out its timeout on a cluster still electing leaders) was acted on only after.
+    pub(crate) async fn unless_stopped(
+        &mut self,
+        work: impl Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<bool> {
+        tokio::select! {
+            done = work => done.map(|()| true),
+            _ = self.requested.wait_for(|asked| *asked) => {
+                eprintln!("Stopped while starting.");
+                Ok(false)
+            }
+        }
+    }
+
     /// Returns when a stop is requested or `finished()` holds (checked twice a second).
     pub(crate) async fn wait(&mut self, finished: impl Fn() -> bool) {
         loop {
@@ -66,7 +82,11 @@ impl Shutdown {
 }
 
 pub(crate) async fn run(opts: Options, mut signals: Shutdown) -> anyhow::Result<()> {
-    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
+    let specs = inventory::topics(opts.partitions);
+    let topics = kafka::ensure_topics(&opts.cluster, &specs);
+    if !signals.unless_stopped(topics).await? {
+        return Ok(());
+    }
     let running = inventory::spawn(&opts, &tokio::runtime::Handle::current());
     signals.wait(|| running.is_finished()).await;
     let stats = tokio::task::spawn_blocking(move || running.stop()).await??;
@@ -80,8 +100,13 @@ pub(crate) async fn run_saga(
     views: bool,
     mut signals: Shutdown,
 ) -> anyhow::Result<()> {
-    kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
-    kafka::ensure_topics(&opts.cluster, &saga::topics(opts.partitions)).await?;
+    let topics = async {
+        kafka::ensure_topics(&opts.cluster, &inventory::topics(opts.partitions)).await?;
+        kafka::ensure_topics(&opts.cluster, &saga::topics(opts.partitions)).await
+    };
+    if !signals.unless_stopped(topics).await? {
+        return Ok(());
+    }
     let names: Vec<&str> = participants.iter().map(String::as_str).collect();
     let running = saga::spawn(&opts, &tokio::runtime::Handle::current(), &names, views)?;
     signals.wait(|| running.is_finished()).await;
@@ -95,8 +120,13 @@ pub(crate) async fn run_compliance(
     views: PathBuf,
     mut signals: Shutdown,
 ) -> anyhow::Result<()> {
-    kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
-    kafka::ensure_topics(&cluster, &saga::topics(3)).await?;
+    let topics = async {
+        kafka::ensure_topics(&cluster, &inventory::topics(3)).await?;
+        kafka::ensure_topics(&cluster, &saga::topics(3)).await
+    };
+    if !signals.unless_stopped(topics).await? {
+        return Ok(());
+    }
     let opts = pipelines::compliance::Options {
         cluster,
         views_dir: views,
