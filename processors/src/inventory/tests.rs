@@ -685,24 +685,10 @@ mod properties {
 
     use super::*;
 
-    /// Numbers a hostile producer would try, and ordinary ones.
-    fn number() -> impl Strategy<Value = i64> {
-        prop_oneof![
-            Just(i64::MIN),
-            Just(i64::MAX),
-            Just(0),
-            Just(-1),
-            Just(MAX_QUANTITY),
-            Just(MAX_QUANTITY + 1),
-            Just(MAX_ON_HAND),
-            Just(MAX_ON_HAND + 1),
-            1..1_000i64,
-            any::<i64>(),
-        ]
-    }
+    use crate::limits::hostile_numbers;
 
     fn command() -> impl Strategy<Value = (u8, u8, u8, i64, i64)> {
-        (0..7u8, 0..3u8, 0..8u8, number(), number())
+        (0..7u8, 0..3u8, 0..8u8, hostile_numbers(), hostile_numbers())
     }
 
     fn build(m: Metadata, (kind, w, r, n, at): (u8, u8, u8, i64, i64)) -> InventoryCommand {

@@ -73,14 +73,11 @@ fn validate(c: &PlaceOrder) -> Result<(), InvalidCommand> {
         )
     })?;
     for (i, l) in c.lines.iter().enumerate() {
-        check.require(!l.sku.is_empty() && !l.warehouse.is_empty(), || {
-            format!("fields lines[{i}].sku and warehouse must not be empty")
-        })?;
-        check.id(&format!("lines[{i}].sku"), &l.sku)?;
-        check.id(&format!("lines[{i}].warehouse"), &l.warehouse)?;
-        check.quantity(&format!("lines[{i}].quantity"), l.quantity)?;
+        check.id(format_args!("lines[{i}].sku"), &l.sku)?;
+        check.id(format_args!("lines[{i}].warehouse"), &l.warehouse)?;
+        check.quantity(format_args!("lines[{i}].quantity"), l.quantity)?;
         check.in_range(
-            &format!("lines[{i}].unit_price_cents"),
+            format_args!("lines[{i}].unit_price_cents"),
             l.unit_price_cents,
             MAX_UNIT_PRICE_CENTS,
         )?;

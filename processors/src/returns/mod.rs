@@ -25,11 +25,11 @@ pub mod view;
 
 use std::collections::BTreeMap;
 
-use schemas::record::RecordUnion;
+use schemas::Metadata;
 use schemas::returns::*;
 
 use crate::InvalidCommand;
-use crate::limits::MAX_QUANTITY;
+use crate::limits::{Check, MAX_ORDER_LINES, MAX_QUANTITY};
 use crate::saga::{Participant, Reaction, caused_by, seen};
 
 pub const SERVICE: &str = "returns";
@@ -103,7 +103,7 @@ impl Participant for Returns {
                 None
             }
             ReturnsIn::RequestReturn(r) => {
-                check_limits(&ReturnCommand::from(r.clone()))?;
+                request_limits(r)?;
                 check_request(&s, r)?;
                 s.steps.push(cause.event_id.clone());
                 let lines = merged(r.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
@@ -142,7 +142,7 @@ impl Participant for Returns {
                 })
             }
             ReturnsIn::ReceiveReturn(r) => {
-                check_limits(&ReturnCommand::from(r.clone()))?;
+                receipt_limits(r)?;
                 let refund = receipt(&s, r)?;
                 s.steps.push(cause.event_id.clone());
                 let version = s.version + 1;
@@ -188,39 +188,70 @@ fn merged<'a>(lines: impl Iterator<Item = (&'a str, i64)>) -> BTreeMap<&'a str, 
     out
 }
 
-/// The limits of a return command, whatever the order's state.
-fn check_limits(c: &ReturnCommand) -> Result<(), InvalidCommand> {
-    use crate::limits::{Check, MAX_ORDER_LINES};
-    let check = Check::new(c.record_name());
-    check.metadata(c.metadata())?;
-    let (order_id, return_id, lines) = match c {
-        ReturnCommand::RequestReturn(r) => (&r.order_id, &r.return_id, r.lines.len()),
-        ReturnCommand::ReceiveReturn(r) => (&r.order_id, &r.return_id, r.lines.len()),
-    };
+/// What every return command is checked for first: its metadata, ids and line count.
+fn check_common(
+    command: &'static str,
+    m: &Metadata,
+    order_id: &str,
+    return_id: &str,
+    lines: usize,
+) -> Result<Check, InvalidCommand> {
+    let check = Check::new(command);
+    check.metadata(m)?;
     check.id("order_id", order_id)?;
     check.id("return_id", return_id)?;
     check.require(lines <= MAX_ORDER_LINES, || {
         format!("field lines has {lines} lines, more than the limit of {MAX_ORDER_LINES}")
     })?;
-    match c {
-        ReturnCommand::RequestReturn(r) => r.lines.iter().enumerate().try_for_each(|(i, l)| {
-            check.id(&format!("lines[{i}].sku"), &l.sku)?;
-            check.at_most(&format!("lines[{i}].quantity"), l.quantity, MAX_QUANTITY)
-        }),
-        ReturnCommand::ReceiveReturn(r) => {
-            check.id("warehouse", &r.warehouse)?;
-            r.lines.iter().enumerate().try_for_each(|(i, l)| {
-                check.id(&format!("lines[{i}].sku"), &l.sku)?;
-                check.in_range(&format!("lines[{i}].sellable"), l.sellable, MAX_QUANTITY)?;
-                check.in_range(&format!("lines[{i}].damaged"), l.damaged, MAX_QUANTITY)
-            })
-        }
-    }
+    Ok(check)
+}
+
+/// The limits of a return request, whatever the order's state.
+fn request_limits(r: &RequestReturn) -> Result<(), InvalidCommand> {
+    let check = check_common(
+        REQUEST,
+        &r.metadata,
+        &r.order_id,
+        &r.return_id,
+        r.lines.len(),
+    )?;
+    r.lines.iter().enumerate().try_for_each(|(i, l)| {
+        check.id(format_args!("lines[{i}].sku"), &l.sku)?;
+        check.at_most(
+            format_args!("lines[{i}].quantity"),
+            l.quantity,
+            MAX_QUANTITY,
+        )
+    })
+}
+
+/// The limits of a receipt, whatever the order's state.
+fn receipt_limits(r: &ReceiveReturn) -> Result<(), InvalidCommand> {
+    let check = check_common(
+        RECEIVE,
+        &r.metadata,
+        &r.order_id,
+        &r.return_id,
+        r.lines.len(),
+    )?;
+    check.id("warehouse", &r.warehouse)?;
+    r.lines.iter().enumerate().try_for_each(|(i, l)| {
+        check.id(format_args!("lines[{i}].sku"), &l.sku)?;
+        check.in_range(
+            format_args!("lines[{i}].sellable"),
+            l.sellable,
+            MAX_QUANTITY,
+        )?;
+        check.in_range(format_args!("lines[{i}].damaged"), l.damaged, MAX_QUANTITY)
+    })
 }
 
 impl crate::Validate for ReturnCommand {
     fn validate(&self) -> Result<(), InvalidCommand> {
-        check_limits(self)
+        match self {
+            ReturnCommand::RequestReturn(r) => request_limits(r),
+            ReturnCommand::ReceiveReturn(r) => receipt_limits(r),
+        }
     }
 }
 
