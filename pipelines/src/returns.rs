@@ -48,7 +48,7 @@ impl TopicView for ReturnsView {
     type Table = sinks::returns::ReturnsTable;
     const TOPIC: &'static str = EVENTS;
     const GROUP: &'static str = "returns-view";
-    const DLQ: Option<(&'static str, &'static str)> = Some((DLQ, "returns-view"));
+    const DLQ: Option<(&'static str, &'static str)> = Some((DLQ, Self::GROUP));
 }
 
 impl Wiring for Returns {

@@ -209,8 +209,6 @@ pub const MAX_UNKNOWN: usize = 1_024;
 pub struct Decoder<T> {
     registry: Registry,
     known: HashMap<u32, Known>,
-    /// How many of `known` are [`Known::Unknown`].
-    unknown: usize,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -220,7 +218,6 @@ impl<T: RecordUnion> Decoder<T> {
         Decoder {
             registry,
             known: HashMap::new(),
-            unknown: 0,
             _records: PhantomData,
         }
     }
@@ -323,17 +320,15 @@ impl<T: RecordUnion> Decoder<T> {
         let known = match self.registry.schema(id).await {
             Ok(writer) => self.prepare(id, writer)?,
             Err(RegistryError::NotFound { .. }) => {
-                if self.unknown >= MAX_UNKNOWN {
-                    self.known.retain(|_, k| !matches!(k, Known::Unknown(_)));
-                    self.unknown = 0;
+                // Counted when one more comes (after a registry round trip anyway).
+                let is_unknown = |k: &Known| matches!(k, Known::Unknown(_));
+                if self.known.values().filter(|k| is_unknown(k)).count() >= MAX_UNKNOWN {
+                    self.known.retain(|_, k| !is_unknown(k));
                 }
                 Known::Unknown(std::time::Instant::now())
             }
             Err(e) => return Err(DecodeError::Registry(e)),
         };
-        let was_unknown = matches!(self.known.get(&id), Some(Known::Unknown(_)));
-        let is_unknown = matches!(known, Known::Unknown(_));
-        self.unknown = self.unknown + usize::from(is_unknown) - usize::from(was_unknown);
         self.known.insert(id, known);
         Ok(())
     }

@@ -34,7 +34,7 @@ impl TopicView for LedgerView {
     type Table = sinks::ledger::LedgerTable;
     const TOPIC: &'static str = BILLING_EVENTS;
     const GROUP: &'static str = "ledger-view";
-    const DLQ: Option<(&'static str, &'static str)> = Some((BILLING_DLQ, "ledger-view"));
+    const DLQ: Option<(&'static str, &'static str)> = Some((BILLING_DLQ, Self::GROUP));
 }
 
 /// `products`.
@@ -46,7 +46,7 @@ impl TopicView for ProductsView {
     type Table = sinks::products::ProductsTable;
     const TOPIC: &'static str = CATALOG_EVENTS;
     const GROUP: &'static str = "products-view";
-    const DLQ: Option<(&'static str, &'static str)> = Some((CATALOG_DLQ, "products-view"));
+    const DLQ: Option<(&'static str, &'static str)> = Some((CATALOG_DLQ, Self::GROUP));
 }
 
 /// `purchase_orders`.
@@ -58,7 +58,7 @@ impl TopicView for PurchaseOrdersView {
     type Table = sinks::purchasing::PurchaseOrdersTable;
     const TOPIC: &'static str = SUPPLIER_EVENTS;
     const GROUP: &'static str = "purchase-orders-view";
-    const DLQ: Option<(&'static str, &'static str)> = Some((SUPPLIERS_DLQ, "purchase-orders-view"));
+    const DLQ: Option<(&'static str, &'static str)> = Some((SUPPLIERS_DLQ, Self::GROUP));
 }
 
 /// `shipments`.
@@ -82,7 +82,7 @@ impl TopicView for WindowsView {
     type Table = sinks::windows::OrdersPerMinuteTable;
     const TOPIC: &'static str = ORDER_EVENTS;
     const GROUP: &'static str = "orders-windows";
-    const DLQ: Option<(&'static str, &'static str)> = Some((ORDERS_DLQ, "orders-windows"));
+    const DLQ: Option<(&'static str, &'static str)> = Some((ORDERS_DLQ, Self::GROUP));
     const WANTS_ENDS: bool = true;
 }
 

@@ -81,14 +81,13 @@ impl TumblingWindows {
 
     /// Event time below which windows are final (`None` before any event).
     pub fn watermark(&self) -> Option<i64> {
-        let active: Vec<&Source> = self.sources.values().filter(|s| !s.idle).collect();
-        let at = if active.is_empty() {
+        let mut active = self.sources.values().filter(|s| !s.idle).peekable();
+        let at = if active.peek().is_none() {
             // Every source is read to its end: nothing pending anywhere.
             self.sources.values().filter_map(|s| s.latest).max()
-        } else if active.iter().any(|s| s.latest.is_none()) {
-            None // a source has not delivered yet: it may hold anything
         } else {
-            active.iter().filter_map(|s| s.latest).min()
+            // A source that has not delivered yet may hold anything: `None`.
+            active.map(|s| s.latest).min().flatten()
         };
         at.map(|m| m.saturating_sub(self.lateness_ms))
     }
@@ -106,8 +105,12 @@ impl TumblingWindows {
 
     /// Whether the window starting at `start` is final.
     pub fn is_final(&self, start: i64) -> bool {
-        self.watermark()
-            .is_some_and(|w| w >= start.saturating_add(self.width_ms))
+        self.final_under(self.watermark(), start)
+    }
+
+    /// Whether the window starting at `start` is final under watermark `w`.
+    fn final_under(&self, w: Option<i64>, start: i64) -> bool {
+        w.is_some_and(|w| w >= start.saturating_add(self.width_ms))
     }
 
     /// Counts `fact` at event time `t` from `source`, unless its window is final.
@@ -199,7 +202,8 @@ impl crate::Projection for OrdersPerMinute {
         };
         let t = e.metadata().occurred_at;
         let start = self.windows.start_of(t);
-        let open = !self.windows.is_final(start);
+        let watermark = self.windows.watermark();
+        let open = !self.windows.final_under(watermark, start);
         if !open
             || self
                 .seen
@@ -209,7 +213,8 @@ impl crate::Projection for OrdersPerMinute {
         {
             self.windows.add(at.partition, t, fact);
         }
-        if let Some(w) = self.windows.watermark() {
+        // The watermark before this event: windows it closes are pruned with the next one.
+        if let Some(w) = watermark {
             // Windows starting at or before this are final.
             let last_final = w.saturating_sub(self.windows.width_ms());
             if self
