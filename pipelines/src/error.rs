@@ -90,6 +90,13 @@ pub fn carries<T: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static>(
     e.downcast_ref::<T>().is_some()
 }
 
+/// How long to wait before trying again after `failures` failures in a row: 0.5 s,
+/// doubling, at most 30 s (the batch loop and the view supervisor share it).
+pub fn backoff(failures: u32) -> std::time::Duration {
+    (std::time::Duration::from_millis(500) * 2u32.pow(failures.min(6)))
+        .min(std::time::Duration::from_secs(30))
+}
+
 /// The domain of an error a unit of work ended with.
 pub fn domain(e: &anyhow::Error) -> Domain {
     if carries::<Broken>(e) {

@@ -459,9 +459,9 @@ fn with_clients<P: Processor>(
                 drop(batch);
                 kafka::rewind(&consumer)?;
                 committed.forget();
-                let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                let backoff = error::backoff(failures);
                 failures += 1;
-                stop.sleep(backoff.min(Duration::from_secs(30)));
+                stop.sleep(backoff);
             }
             Err(e) => {
                 // Nothing of the batch is committed: abort, forget in-memory state, and resume
@@ -475,9 +475,9 @@ fn with_clients<P: Processor>(
                 suspended.clear();
                 cache.clear();
                 owned.clear();
-                let backoff = Duration::from_millis(500) * 2u32.pow(failures.min(6));
+                let backoff = error::backoff(failures);
                 failures += 1;
-                std::thread::sleep(backoff.min(Duration::from_secs(30)));
+                std::thread::sleep(backoff);
             }
         }
     }

@@ -559,8 +559,7 @@ fn supervised(
             return Err(failed);
         }
         failures += 1;
-        let backoff =
-            (Duration::from_millis(500) * 2u32.pow(failures.min(6))).min(Duration::from_secs(30));
+        let backoff = crate::error::backoff(failures);
         warn!(view, error = %format!("{failed:#}"), ?backoff, failures, "The view failed: starting again from its tables.");
         stop.sleep(backoff);
         if stop.is_stopped() {
