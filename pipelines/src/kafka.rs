@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
@@ -355,6 +355,30 @@ pub struct Output {
     producer: BaseProducer<DeliveryCounter>,
     guarantee: Guarantee,
     unpolled: std::cell::Cell<u32>,
+    /// With exactly-once, the instance written in [`WRITER_HEADER`].
+    writer: Option<String>,
+    /// Changelog partitions written in the transaction under way.
+    marked: std::cell::RefCell<BTreeSet<i32>>,
+}
+
+/// Header on the first record a transaction writes to each changelog partition: the
+/// instance that wrote it. A transaction left open by a killed instance holds every
+/// read_committed reader of the partition at that record (the partition's last stable
+/// offset) until the coordinator aborts it: `transaction.timeout.ms` after it began, plus
+/// up to the broker's `transaction.abort.timed.out.transaction.cleanup.interval.ms`, 10-20 s.
+/// The partition's next owner reads the writer there and, once that instance has left the
+/// group, aborts the transaction itself ([`abort_departed`]).
+pub const WRITER_HEADER: &str = "supplystream.writer";
+
+/// The transactional id of `pipeline`'s instance `instance`.
+pub fn transactional_id(pipeline: &str, instance: &str) -> String {
+    format!("supplystream-{pipeline}-{instance}")
+}
+
+/// The static membership id (`group.instance.id`) of instance `instance` in `group`; the
+/// broker names the member `<group.instance.id>-<uuid>`.
+pub fn group_instance_id(group: &str, instance: &str) -> String {
+    format!("{group}-{instance}")
 }
 
 impl Output {
@@ -362,31 +386,35 @@ impl Output {
     /// `supplystream-<service>-<instance>` and initialized (which fences older instances and
     /// aborts their open transaction).
     pub fn new(cluster: &Cluster, service: &str, instance: &str) -> anyhow::Result<Self> {
-        let mut config = producer_config(cluster);
-        if cluster.guarantee == Guarantee::ExactlyOnce {
-            config
-                .set(
-                    "transactional.id",
-                    format!("supplystream-{service}-{instance}"),
-                )
-                // A transaction left open by a killed instance holds every read_committed
-                // reader of its partitions (restores included) until the coordinator aborts
-                // it: 10 s, like Kafka Streams under exactly-once, not librdkafka's 60 s.
-                .set("transaction.timeout.ms", "10000");
-        }
-        let producer: BaseProducer<DeliveryCounter> = config
-            .create_with_context(DeliveryCounter::default())
-            .context("creating producer")?;
-        if cluster.guarantee == Guarantee::ExactlyOnce {
-            producer
-                .init_transactions(TX_TIMEOUT)
-                .context("initializing transactions")?;
-        }
+        let producer = transactional_producer(cluster, service, instance)?;
         Ok(Output {
             producer,
             guarantee: cluster.guarantee,
             unpolled: std::cell::Cell::new(0),
+            writer: (cluster.guarantee == Guarantee::ExactlyOnce).then(|| instance.to_owned()),
+            marked: Default::default(),
         })
+    }
+
+    /// Enqueues one changelog record for partition `p`: the transaction's first on `p`
+    /// carries [`WRITER_HEADER`].
+    pub fn send_changelog(
+        &self,
+        topic: &str,
+        p: i32,
+        key: &[u8],
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let headers = match &self.writer {
+            Some(writer) if self.marked.borrow_mut().insert(p) => {
+                Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: WRITER_HEADER,
+                    value: Some(writer.as_bytes()),
+                }))
+            }
+            _ => None,
+        };
+        self.send(topic, Some(p), key, payload, headers)
     }
 
     /// Starts a unit of work.
@@ -397,6 +425,7 @@ impl Output {
             .lock()
             .expect("not poisoned")
             .clear();
+        self.marked.borrow_mut().clear();
         if self.guarantee == Guarantee::ExactlyOnce {
             self.producer
                 .begin_transaction()
@@ -987,6 +1016,121 @@ pub fn is_fenced(e: &anyhow::Error) -> bool {
     })
 }
 
+/// A producer for `service`'s instance `instance`; with exactly-once transactional (with
+/// [`transactional_id`]) and initialized, which fences older incarnations and aborts their
+/// open transaction.
+fn transactional_producer(
+    cluster: &Cluster,
+    service: &str,
+    instance: &str,
+) -> anyhow::Result<BaseProducer<DeliveryCounter>> {
+    let mut config = producer_config(cluster);
+    if cluster.guarantee == Guarantee::ExactlyOnce {
+        config
+            .set("transactional.id", transactional_id(service, instance))
+            // A transaction left open by a killed instance holds every read_committed
+            // reader of its partitions until the coordinator aborts it: 10 s, like Kafka
+            // Streams under exactly-once, not librdkafka's 60 s (and see `abort_departed`).
+            .set("transaction.timeout.ms", "10000");
+    }
+    let producer: BaseProducer<DeliveryCounter> = config
+        .create_with_context(DeliveryCounter::default())
+        .context("creating producer")?;
+    if cluster.guarantee == Guarantee::ExactlyOnce {
+        producer
+            .init_transactions(TX_TIMEOUT)
+            .context("initializing transactions")?;
+    }
+    Ok(producer)
+}
+
+/// Who may hold a changelog partition's restore with an open transaction: the instances of
+/// `pipeline` in consumer group `group`, of which this process is `instance`.
+#[derive(Debug, Clone)]
+pub struct Writers {
+    pub pipeline: String,
+    pub group: String,
+    pub instance: String,
+}
+
+/// Aborts the open transaction that holds `topic`/`p`'s readers at its last stable offset,
+/// if the instance that wrote it (its [`WRITER_HEADER`]) is no longer a member of the
+/// group: killed, or cut off long enough to lose its partitions. Initializing its
+/// transactional id fences it (a zombie that comes back finds its producer fenced and
+/// starts with new clients) and makes the coordinator abort the transaction at once, where
+/// waiting for the transaction's timeout held a killed instance's partitions for 10-20 s.
+/// A live member's transaction is left to end (a revoking member commits before it lets a
+/// partition go). Returns the instance whose transaction was aborted.
+pub fn abort_departed(
+    cluster: &Cluster,
+    writers: &Writers,
+    topic: &str,
+    p: i32,
+) -> anyhow::Result<Option<String>> {
+    // A read_committed client is answered the last stable offset for the partition's end.
+    let committed: BaseConsumer = client_config(cluster).create()?;
+    let (_, stable) = committed.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+    let (_, high) = watermarks(&Probe::new(cluster)?, topic, p)?;
+    if stable >= high {
+        return Ok(None);
+    }
+    // The record at the last stable offset is the open transaction's first on `p`. (An
+    // assigned reader joins no group, but librdkafka wants a group id to fetch.)
+    let mut config = consumer_config(cluster, &format!("{}.probe", writers.group));
+    config.set("isolation.level", "read_uncommitted");
+    let reader: BaseConsumer = config.create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(stable))?;
+    reader.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let writer = loop {
+        if std::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        let Some(m) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        if m.offset() != stable {
+            return Ok(None);
+        }
+        break m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == WRITER_HEADER)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+    };
+    let Some(writer) = writer else {
+        return Ok(None);
+    };
+    // This process's own earlier incarnation was fenced when its producer was initialized.
+    if writer == writers.instance {
+        return Ok(None);
+    }
+    let member = group_instance_id(&writers.group, &writer);
+    let groups = committed
+        .fetch_group_list(Some(&writers.group), TX_TIMEOUT)
+        .with_context(|| format!("describing consumer group {}", writers.group))?;
+    let alive = groups.groups().iter().any(|g| {
+        g.members().iter().any(|m| {
+            m.client_id() == member
+                || m.id()
+                    .strip_prefix(member.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+    });
+    if alive {
+        return Ok(None);
+    }
+    drop(
+        transactional_producer(cluster, &writers.pipeline, &writer).with_context(|| {
+            format!("aborting the open transaction of departed instance {writer}")
+        })?,
+    );
+    Ok(Some(writer))
+}
+
 /// Reads partition `p` of `topic` from its beginning to its high watermark (read_committed),
 /// handing each record to `f`; used to restore state stores from changelogs.
 ///
@@ -1000,17 +1144,20 @@ pub fn read_partition_to_end(
     p: i32,
     f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    read_partition_from(cluster, group, topic, p, None, f).map(|_| ())
+    read_partition_from(cluster, group, topic, p, None, None, f).map(|_| ())
 }
 
 /// [`read_partition_to_end`] from offset `from` (`None`: the beginning); returns the high
-/// watermark it read up to.
+/// watermark it read up to. When the read stops moving for 200 ms (a healthy read moves at
+/// every 100 ms poll), and every 5 s after, `unstick` is called (a restore's
+/// [`abort_departed`]).
 pub fn read_partition_from(
     cluster: &Cluster,
     group: &str,
     topic: &str,
     p: i32,
     from: Option<i64>,
+    mut unstick: Option<&mut dyn FnMut() -> anyhow::Result<()>>,
     mut f: impl FnMut(&BorrowedMessage<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<i64> {
     let reader: BaseConsumer = consumer_config(cluster, group).create()?;
@@ -1028,6 +1175,7 @@ pub fn read_partition_from(
     // A stall, not a long read, is the error: a big changelog may take minutes.
     let mut last_progress = std::time::Instant::now();
     let mut last_position = low;
+    let mut last_unstick: Option<std::time::Instant> = None;
     let position = |c: &BaseConsumer| -> anyhow::Result<i64> {
         Ok(
             match c.position()?.find_partition(topic, p).map(|e| e.offset()) {
@@ -1048,6 +1196,12 @@ pub fn read_partition_from(
             last_progress = std::time::Instant::now();
         } else if last_progress.elapsed() > Duration::from_secs(120) {
             bail!("reading {topic}/{p} stalled at offset {at} for 120 s (end: {high})");
+        } else if let Some(unstick) = unstick.as_mut()
+            && last_progress.elapsed() > Duration::from_millis(200)
+            && last_unstick.is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
+            last_unstick = Some(std::time::Instant::now());
+            unstick()?;
         }
         for m in poll_batch(&reader, 10_000, Duration::from_millis(100))? {
             f(&m)?;

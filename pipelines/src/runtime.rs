@@ -77,6 +77,9 @@ pub struct Settings {
     pub state_dir: Option<std::path::PathBuf>,
     /// How often changed state is snapshotted there.
     pub snapshot_every: Duration,
+    /// Fault injection for tests: how long each transaction stays open before it commits
+    /// (a kill then lands inside one).
+    pub hold_transactions: Duration,
 }
 
 /// What handling one record did.
@@ -244,7 +247,7 @@ impl Batch<'_> {
     pub fn changelog(&mut self, key: &[u8]) -> anyhow::Result<()> {
         let p = self.partition;
         self.output
-            .send(self.spec.changelog, Some(p), key, self.buf, None)?;
+            .send_changelog(self.spec.changelog, p, key, self.buf)?;
         self.cache.record(p, key, self.buf);
         Ok(())
     }
@@ -295,6 +298,13 @@ pub fn run<P: Processor>(
         &settings.cluster,
         settings.snapshot_every,
     )?;
+    if settings.cluster.guarantee == Guarantee::ExactlyOnce {
+        cache.abort_departed(kafka::Writers {
+            pipeline: spec.name.to_owned(),
+            group: spec.group.clone(),
+            instance: settings.instance.clone(),
+        });
+    }
     let mut stats = Stats::default();
     let mut rebuilds = 0u32;
     let mut fences: Vec<Instant> = Vec::new();
@@ -370,10 +380,12 @@ fn with_clients<P: Processor>(
     // waiting for the old member's session to time out. The mock broker does not replace
     // static members (a restart would wait out the whole session), so only on real brokers.
     if settings.cluster.guarantee == Guarantee::ExactlyOnce {
-        config.set(
-            "group.instance.id",
-            format!("{}-{}", spec.group, settings.instance),
-        );
+        let member = kafka::group_instance_id(&spec.group, &settings.instance);
+        // The client id too: the group's listing shows it, to operators and to the next
+        // owner of a partition whose restore this instance's open transaction holds.
+        config
+            .set("group.instance.id", &member)
+            .set("client.id", &member);
     }
     let consumer: kafka::GroupConsumer = config.create_with_context(kafka::Membership::default())?;
     consumer.subscribe(spec.inputs)?;
@@ -439,6 +451,7 @@ fn with_clients<P: Processor>(
             input: &mut input,
             buf: &mut buf,
             stop,
+            hold: settings.hold_transactions,
         };
         match unit.process(p, &batch, &due, &mut store, cache, now) {
             Ok((s, offsets)) => {
@@ -499,6 +512,7 @@ struct Unit<'a, I: RecordUnion> {
     input: &'a mut Decoder<I>,
     buf: &'a mut Vec<u8>,
     stop: &'a Stop,
+    hold: Duration,
 }
 
 impl<I: RecordUnion> Unit<'_, I> {
@@ -629,6 +643,9 @@ impl<I: RecordUnion> Unit<'_, I> {
         } else {
             offsets.clone()
         };
+        if !self.hold.is_zero() {
+            std::thread::sleep(self.hold);
+        }
         let committing = Instant::now();
         stats.process_time = committing - started;
         self.output.commit(self.consumer, &fenced_by_group)?;

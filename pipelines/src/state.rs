@@ -330,6 +330,8 @@ pub struct ChangelogCache {
     probe: Option<kafka::Probe>,
     every: Duration,
     last: Instant,
+    /// Whose open transactions a stalled restore may abort ([`kafka::abort_departed`]).
+    writers: Option<kafka::Writers>,
 }
 
 impl ChangelogCache {
@@ -370,7 +372,14 @@ impl ChangelogCache {
             probe: None,
             every,
             last: Instant::now(),
+            writers: None,
         })
+    }
+
+    /// Lets a stalled restore abort the open transaction of a departed writer (exactly-once
+    /// only: without transactions nothing holds a restore).
+    pub fn abort_departed(&mut self, writers: kafka::Writers) {
+        self.writers = Some(writers);
     }
 
     /// Keeps what is known of partition `p` aside: a rebalance revoked it, and eager
@@ -472,8 +481,35 @@ impl ChangelogCache {
         }
         self.suspended.remove(&p);
         let keep = self.dir.is_some();
-        let end =
-            kafka::read_partition_from(&self.cluster, &self.group, self.topic, p, from, |m| {
+        let (cluster, topic) = (&self.cluster, self.topic);
+        let mut unstick = self.writers.as_ref().map(|writers| {
+            move || -> anyhow::Result<()> {
+                let started = Instant::now();
+                match kafka::abort_departed(cluster, writers, topic, p) {
+                    Ok(Some(instance)) => warn!(
+                        topic,
+                        partition = p,
+                        instance,
+                        took = ?started.elapsed(),
+                        "Aborted the open transaction of a departed instance: it held this restore."
+                    ),
+                    Ok(None) => {}
+                    // The coordinator's timeout aborts it anyway: only slower.
+                    Err(e) => warn!(topic, partition = p, error = %format!("{e:#}"), "Could not abort a departed instance's open transaction; waiting for its timeout."),
+                }
+                Ok(())
+            }
+        });
+        let end = kafka::read_partition_from(
+            &self.cluster,
+            &self.group,
+            self.topic,
+            p,
+            from,
+            unstick
+                .as_mut()
+                .map(|u| u as &mut dyn FnMut() -> anyhow::Result<()>),
+            |m| {
                 restored.from_topic += 1;
                 let key = m.key().unwrap_or_default();
                 match m.payload() {
@@ -490,7 +526,8 @@ impl ChangelogCache {
                     }
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         self.ends.insert(p, end.max(from.unwrap_or(0)));
         if keep {
             self.parts.insert(
@@ -712,6 +749,7 @@ mod tests {
             probe: None,
             every: Duration::ZERO,
             last: Instant::now(),
+            writers: None,
         };
         // Restored to the end, 100.
         cache.parts.insert(

@@ -429,7 +429,11 @@ pub async fn takeover_after_kill(
                 Instant::now() < deadline,
                 "the members did not all commit within 120 s"
             );
-            let now = committed()?;
+            // A new group's coordinator answers `NotCoordinator` for a moment: sample again.
+            let Ok(now) = committed() else {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
             if now.len() == partitions {
                 match &first {
                     None => first = Some((Instant::now(), now)),

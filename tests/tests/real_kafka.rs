@@ -362,8 +362,8 @@ fn inventory_scaled_out_under_churn(
 }
 
 /// Three instances of inventory with supplystream's default group settings under a steady
-/// load; one SIGKILLed: how long until its partitions are processed again by the others
-/// (issue 13's figure; goal 10 s). A killed static member sends no LeaveGroup, so the
+/// load; one SIGKILLed inside an open transaction: how long until its partitions are
+/// processed again by the others (issue 13's goal: 10 s). A killed static member sends no LeaveGroup, so the
 /// coordinator notices it only when its session (`session.timeout.ms`) expires; then the
 /// group rebalances and the new owners restore the partitions' state before they work.
 fn a_killed_instance_s_partitions_are_taken_over(
@@ -385,6 +385,13 @@ fn a_killed_instance_s_partitions_are_taken_over(
                 p.state = Some(views.path().join(".members").join(&id));
             }
             p.args.extend(["--instance".to_owned(), id]);
+            // The member killed holds each transaction open for 1.5 s, so the kill lands
+            // inside one that wrote its partition's changelog: the open transaction then
+            // holds the partition's restore until it is aborted.
+            if i == 1 {
+                p.args
+                    .extend(["--chaos-hold-transactions-ms".to_owned(), "1500".to_owned()]);
+            }
             p.batch_size = 500;
             Box::new(p) as churn::Member
         })
@@ -408,10 +415,12 @@ fn a_killed_instance_s_partitions_are_taken_over(
          after {:.1?})",
         takeover.slowest, takeover.fastest
     );
-    // A bound that catches a wedge, not the goal: the goal is reported, in the issue's note.
+    // Issue 13's goal. The session timeout (6 s) is most of it; waiting for the killed
+    // instance's open transaction to time out instead (10 s after it began, plus up to the
+    // broker's 10 s cleanup interval) took 14-16 s on three brokers.
     anyhow::ensure!(
-        takeover.slowest < std::time::Duration::from_secs(30),
-        "a killed instance's partitions waited {:.1?} for another instance",
+        takeover.slowest <= std::time::Duration::from_secs(10),
+        "a killed instance's partitions waited {:.1?} for another instance (goal: 10 s)",
         takeover.slowest
     );
     // The view's partitions, the killed member's too, were written by the members alive:

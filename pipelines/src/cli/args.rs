@@ -125,6 +125,10 @@ pub(crate) struct RunArgs {
     /// How often changed state is snapshotted (also on a clean stop).
     #[arg(long, default_value_t = 10_000, value_parser = millis(1..=WEEK_MS))]
     pub(crate) snapshot_every_ms: u64,
+    /// Fault injection for tests: keep every transaction open this long before it commits,
+    /// so that a kill lands inside one.
+    #[arg(long, hide = true, default_value_t = 0, value_parser = millis(0..=60_000))]
+    pub(crate) chaos_hold_transactions_ms: u64,
 }
 
 impl RunArgs {

@@ -152,6 +152,7 @@ pub(crate) fn inventory_options(
     let mut opts = Options::new(cluster.cluster(), run.views.clone());
     opts.state_dir = run.state_dir();
     opts.snapshot_every = Duration::from_millis(run.snapshot_every_ms);
+    opts.hold_transactions = Duration::from_millis(run.chaos_hold_transactions_ms);
     opts.instance = run.instance()?;
     opts.partitions = run.partitions;
     opts.batch_size = run.batch_size;
@@ -169,6 +170,7 @@ pub(crate) fn saga_options(
     let mut opts = saga::Options::new(cluster.cluster(), run.views.clone());
     opts.state_dir = run.state_dir();
     opts.snapshot_every = Duration::from_millis(run.snapshot_every_ms);
+    opts.hold_transactions = Duration::from_millis(run.chaos_hold_transactions_ms);
     opts.instance = run.instance()?;
     opts.partitions = run.partitions;
     opts.batch_size = run.batch_size;

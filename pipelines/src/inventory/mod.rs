@@ -40,6 +40,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// How often changed state is snapshotted there.
     pub snapshot_every: Duration,
+    /// Fault injection for tests: how long each transaction stays open before it commits.
+    pub hold_transactions: Duration,
     /// Whether [`spawn`] runs the `stock_levels` view beside the service (off for extra
     /// instances scaled out for processing only).
     pub run_view: bool,
@@ -59,6 +61,7 @@ impl Options {
             low_stock_threshold: 10,
             state_dir: None,
             snapshot_every: Duration::from_secs(10),
+            hold_transactions: Duration::ZERO,
             run_view: true,
         }
     }

@@ -88,6 +88,7 @@ fn settings(opts: &Options) -> runtime::Settings {
         batch_size: opts.batch_size,
         state_dir: opts.state_dir.clone(),
         snapshot_every: opts.snapshot_every,
+        hold_transactions: opts.hold_transactions,
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// How often changed state is snapshotted there.
     pub snapshot_every: Duration,
+    /// Fault injection for tests: how long each transaction stays open before it commits.
+    pub hold_transactions: Duration,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ impl Options {
             reorder_quantity: 100,
             state_dir: None,
             snapshot_every: Duration::from_secs(10),
+            hold_transactions: Duration::ZERO,
         }
     }
 }

@@ -110,6 +110,7 @@ pub fn run<W: Wiring>(w: W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow:
         batch_size: opts.batch_size,
         state_dir: opts.state_dir.clone(),
         snapshot_every: opts.snapshot_every,
+        hold_transactions: opts.hold_transactions,
     };
     runtime::run(&mut participant, &settings, registry, rt, stop)
 }
