@@ -385,6 +385,9 @@ pub struct Takeover {
     pub slowest: Duration,
     /// Until the first partition did.
     pub fastest: Duration,
+    /// The longest the partitions that stayed with live members went without committing
+    /// over the 15 s after the kill: the pause the rebalance cost them.
+    pub pause: Duration,
 }
 
 /// `members` of inventory (the first writes the views) process `spec`'s commands arriving
@@ -459,7 +462,12 @@ pub async fn takeover_after_kill(
     );
     let takeover = tokio::task::spawn_blocking(move || {
         let mut moved: BTreeMap<i32, Duration> = BTreeMap::new();
-        while moved.len() < before.len() {
+        // Per partition: its last committed offset and when it moved there, and the longest
+        // it stood still (sampled every 100 ms).
+        let mut last: BTreeMap<i32, (i64, Instant)> =
+            before.iter().map(|(p, o)| (*p, (*o, killed))).collect();
+        let mut still: BTreeMap<i32, Duration> = BTreeMap::new();
+        while moved.len() < before.len() || killed.elapsed() < Duration::from_secs(15) {
             ensure!(
                 killed.elapsed() < Duration::from_secs(120),
                 "partitions {:?} processed nothing for 120 s after the kill",
@@ -474,14 +482,38 @@ pub async fn takeover_after_kill(
                     if o > before[&p] {
                         moved.entry(p).or_insert_with(|| killed.elapsed());
                     }
+                    if let Some((at, since)) = last.get_mut(&p)
+                        && o > *at
+                    {
+                        let stood = since.elapsed();
+                        let longest = still.entry(p).or_default();
+                        *longest = (*longest).max(stood);
+                        *at = o;
+                        *since = Instant::now();
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("after the kill, partitions committed again after {moved:?}");
+        eprintln!(
+            "after the kill, partitions committed again after {moved:?}; the longest each \
+             stood still: {still:?}"
+        );
+        let slowest = moved.values().copied().max().unwrap_or_default();
+        let taken_over: Vec<i32> = moved
+            .iter()
+            .filter(|(_, t)| **t == slowest)
+            .map(|(p, _)| *p)
+            .collect();
         Ok::<_, anyhow::Error>(Takeover {
-            slowest: moved.values().copied().max().unwrap_or_default(),
+            slowest,
             fastest: moved.values().copied().min().unwrap_or_default(),
+            pause: still
+                .iter()
+                .filter(|(p, _)| !taken_over.contains(p))
+                .map(|(_, d)| *d)
+                .max()
+                .unwrap_or_default(),
         })
     })
     .await??;

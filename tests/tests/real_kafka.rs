@@ -412,8 +412,8 @@ fn a_killed_instance_s_partitions_are_taken_over(
     ))?;
     eprintln!(
         "a killed instance's partitions processed again after {:.1?} (the first partition \
-         after {:.1?})",
-        takeover.slowest, takeover.fastest
+         after {:.1?}); the rebalance paused the others for {:.1?}",
+        takeover.slowest, takeover.fastest, takeover.pause
     );
     // Issue 13's goal. The session timeout (6 s) is most of it; waiting for the killed
     // instance's open transaction to time out instead (10 s after it began, plus up to the
