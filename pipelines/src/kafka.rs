@@ -2,6 +2,7 @@
 //! the output side (transactional or at-least-once) and the dead-letter queue.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -20,6 +21,11 @@ use crate::{Cluster, Guarantee};
 
 /// Timeout of transaction and flush calls.
 pub const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Output`]'s transactional calls may block in all before the producer is given
+/// up: their retries take up to twice [`TX_TIMEOUT`]; a call librdkafka never returns from
+/// is caught 10 s after that.
+const CALL_LIMIT: Duration = Duration::from_secs(2 * TX_TIMEOUT.as_secs() + 10);
 
 /// Timeout of the committed-offsets fetch an idle processor makes to step over transaction
 /// markers ([`Committed::step_over_markers`]); it blocks the processing loop while it waits.
@@ -352,8 +358,11 @@ impl ProducerContext for DeliveryCounter {
 /// poller, `flush` (and so every transaction commit) waited for its 100 ms poll tick to see
 /// the last delivery reports.
 pub struct Output {
-    producer: BaseProducer<DeliveryCounter>,
+    /// Shared with the thread a transactional call runs on ([`Output::transactional`]).
+    producer: Arc<BaseProducer<DeliveryCounter>>,
     guarantee: Guarantee,
+    /// How long a transactional call may block before the producer is given up.
+    call_limit: Duration,
     unpolled: std::cell::Cell<u32>,
     /// With exactly-once, the instance written in [`WRITER_HEADER`].
     writer: Option<String>,
@@ -381,6 +390,37 @@ pub fn group_instance_id(group: &str, instance: &str) -> String {
     format!("{group}-{instance}")
 }
 
+/// [`Output::transactional`]'s retries, on the calling thread: each call is given what is
+/// left of twice [`TX_TIMEOUT`] (at most [`TX_TIMEOUT`]).
+fn retried(
+    producer: &BaseProducer<DeliveryCounter>,
+    what: &'static str,
+    call: impl Fn(&BaseProducer<DeliveryCounter>, Duration) -> rdkafka::error::KafkaResult<()>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + 2 * TX_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match call(producer, left.min(TX_TIMEOUT)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(error = %e, "{what}: retriable; trying again.");
+            }
+            Err(e) => {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    return Err(e)
+                        .context(Broken(format!(
+                            "producer failed for good: {code:?}: {reason}"
+                        )))
+                        .context(what);
+                }
+                return Err(e).context(what);
+            }
+        }
+    }
+}
+
 impl Output {
     /// A producer for `service`; with exactly-once, transactional with id
     /// `supplystream-<service>-<instance>` and initialized (which fences older instances and
@@ -388,8 +428,9 @@ impl Output {
     pub fn new(cluster: &Cluster, service: &str, instance: &str) -> anyhow::Result<Self> {
         let producer = transactional_producer(cluster, service, instance)?;
         Ok(Output {
-            producer,
+            producer: Arc::new(producer),
             guarantee: cluster.guarantee,
+            call_limit: CALL_LIMIT,
             unpolled: std::cell::Cell::new(0),
             writer: (cluster.guarantee == Guarantee::ExactlyOnce).then(|| instance.to_owned()),
             marked: Default::default(),
@@ -485,13 +526,13 @@ impl Output {
                 // delivery reports this thread is responsible for.
                 self.flush().context("outputs not delivered")?;
                 if offsets.count() > 0 {
-                    self.transactional("sending offsets to transaction", || {
-                        self.producer
-                            .send_offsets_to_transaction(offsets, &group, TX_TIMEOUT)
+                    let offsets = offsets.clone();
+                    self.transactional("sending offsets to transaction", move |p, timeout| {
+                        p.send_offsets_to_transaction(&offsets, &group, timeout)
                     })?;
                 }
-                self.transactional("committing transaction", || {
-                    self.producer.commit_transaction(TX_TIMEOUT)
+                self.transactional("committing transaction", |p, timeout| {
+                    p.commit_transaction(timeout)
                 })?;
             }
             Guarantee::AtLeastOnce => {
@@ -561,8 +602,8 @@ impl Output {
     pub fn end(&self) -> anyhow::Result<()> {
         self.flush().context("outputs not delivered")?;
         if self.guarantee == Guarantee::ExactlyOnce {
-            self.transactional("committing transaction", || {
-                self.producer.commit_transaction(TX_TIMEOUT)
+            self.transactional("committing transaction", |p, timeout| {
+                p.commit_transaction(timeout)
             })?;
         }
         Ok(())
@@ -573,31 +614,46 @@ impl Output {
     /// an abort is returned for the caller to abort; a fatal one (the producer can never
     /// go on) is [`Broken`]. Before this, a commit that timed out was followed by an abort
     /// that librdkafka refuses while committing, and every later `begin_transaction` failed.
+    ///
+    /// The calls run on a thread of their own, watched: librdkafka's
+    /// `send_offsets_to_transaction` can block forever, past its timeout, when the group
+    /// coordinator goes away (librdkafka #5456, worse since brokers that leave the metadata
+    /// are decommissioned: #5511). The three-broker soak met it after a hard bounce: the
+    /// processor thread never came back and the process could not even stop. A call still
+    /// blocked after [`Output::call_limit`] is left to its thread, holding its producer
+    /// (never destroyed under a call in flight), and the producer is [`Broken`]: the caller
+    /// makes new clients, whose `init_transactions` fences the stuck one and aborts its
+    /// transaction, so nothing is lost or doubled.
     fn transactional(
         &self,
         what: &'static str,
-        call: impl Fn() -> rdkafka::error::KafkaResult<()>,
+        call: impl Fn(&BaseProducer<DeliveryCounter>, Duration) -> rdkafka::error::KafkaResult<()>
+        + Send
+        + 'static,
     ) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + 2 * TX_TIMEOUT;
-        loop {
-            match call() {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e))
-                    if e.is_retriable() && std::time::Instant::now() < deadline =>
-                {
-                    tracing::warn!(error = %e, "{what}: retriable; trying again.");
-                }
-                Err(e) => {
-                    if let Some((code, reason)) = self.producer.client().fatal_error() {
-                        return Err(e)
-                            .context(Broken(format!(
-                                "producer failed for good: {code:?}: {reason}"
-                            )))
-                            .context(what);
-                    }
-                    return Err(e).context(what);
-                }
+        let producer = Arc::clone(&self.producer);
+        let span = tracing::Span::current();
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("transactional".into())
+            .spawn(move || {
+                let _span = span.enter();
+                // Nobody waits any more once the call was given up.
+                done.send(retried(&producer, what, call)).ok();
+            })
+            .context("starting a thread for a transactional call")?;
+        match result.recv_timeout(self.call_limit) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(anyhow::Error::new(Broken(format!(
+                    "{what} did not return within {:?} (librdkafka #5456): the producer is \
+                     given up",
+                    self.call_limit
+                ))))
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(anyhow::Error::new(
+                Broken(format!("{what}: the thread calling librdkafka panicked")),
+            )),
         }
     }
 
@@ -610,8 +666,8 @@ impl Output {
     pub fn abort(&self) -> anyhow::Result<()> {
         match self.guarantee {
             Guarantee::ExactlyOnce => {
-                let aborted = self.transactional("aborting transaction", || {
-                    self.producer.abort_transaction(TX_TIMEOUT)
+                let aborted = self.transactional("aborting transaction", |p, timeout| {
+                    p.abort_transaction(timeout)
                 });
                 if let Err(e) = aborted {
                     self.producer.context().failed.store(0, Ordering::Relaxed);
@@ -1329,4 +1385,63 @@ fn rewind_partitions<C: ConsumerContext>(
         consumer.seek(e.topic(), e.partition(), offset, TX_TIMEOUT)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+
+    /// librdkafka #5456: `send_offsets_to_transaction` with the group coordinator down
+    /// blocks past its timeout, for as long as the coordinator stays down. The commit gives
+    /// the producer up as [`Broken`] instead of blocking its caller with it.
+    #[test]
+    fn a_transactional_call_that_never_returns_gives_the_producer_up() {
+        let mock = MockCluster::new(2).expect("mock cluster");
+        mock.create_topic("in", 1, 1).expect("topic");
+        mock.create_topic("out", 1, 1).expect("topic");
+        // Everything on broker 1 but the group's coordinator, which goes away.
+        mock.partition_leader("in", 0, Some(1)).expect("leader");
+        mock.partition_leader("out", 0, Some(1)).expect("leader");
+        mock.coordinator(MockCoordinator::Group("g".into()), 2)
+            .expect("group coordinator");
+        mock.coordinator(
+            MockCoordinator::Transaction(transactional_id("svc", "0")),
+            1,
+        )
+        .expect("transaction coordinator");
+        let cluster = Cluster {
+            brokers: mock.bootstrap_servers(),
+            registry: String::new(),
+            guarantee: Guarantee::ExactlyOnce,
+            kafka: Vec::new(),
+        };
+        let mut output = Output::new(&cluster, "svc", "0").expect("producer");
+        output.call_limit = Duration::from_secs(5);
+        let consumer: BaseConsumer = consumer_config(&cluster, "g").create().expect("consumer");
+        output.begin().expect("begin");
+        output.send("out", Some(0), b"k", b"v", None).expect("send");
+        output.flush().expect("delivered");
+        mock.broker_down(2).expect("coordinator down");
+
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("in", 0, Offset::Offset(1))
+            .expect("offset");
+        // On a thread of its own, so that without the watch this test fails instead of
+        // hanging with the call.
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let committed = output.commit(&consumer, &offsets);
+            done.send((committed.map_err(|e| format!("{e:#}")), started.elapsed()))
+                .ok();
+        });
+        let (committed, took) = result
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the commit never returned");
+        let error = committed.expect_err("committed with the group coordinator down");
+        assert!(error.contains("librdkafka #5456"), "{error}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
 }
