@@ -816,6 +816,9 @@ pub struct Membership {
     /// Partitions (re)assigned whose position is not yet known to be their committed offset
     /// (see [`poll_member_batch`]); touched only by the polling thread.
     unsettled: std::sync::Mutex<BTreeMap<i32, std::time::Instant>>,
+    /// Partitions held out of processing (their state could not be restored): their records
+    /// are dropped and their positions never committed until [`Membership::release`].
+    held: std::sync::Mutex<BTreeSet<i32>>,
 }
 
 impl Membership {
@@ -824,13 +827,27 @@ impl Membership {
         std::mem::take(&mut *self.revoked.lock().expect("not poisoned"))
     }
 
-    /// Whether partition `p`'s position may be committed (it is not waiting to be rewound).
+    /// Whether partition `p`'s position may be committed (it is not waiting to be rewound,
+    /// nor held).
     pub fn settled(&self, p: i32) -> bool {
         !self
             .unsettled
             .lock()
             .expect("not poisoned")
             .contains_key(&p)
+            && !self.held.lock().expect("not poisoned").contains(&p)
+    }
+
+    /// Holds partition `p` out of processing: [`poll_member_batch`] drops its records and
+    /// its position is not committed, until [`Membership::release`].
+    pub fn hold(&self, p: i32) {
+        self.held.lock().expect("not poisoned").insert(p);
+    }
+
+    /// Ends [`Membership::hold`]: `p` starts again from its committed offset.
+    pub fn release(&self, p: i32) {
+        self.held.lock().expect("not poisoned").remove(&p);
+        self.rewind(p);
     }
 
     /// Rewinds partition `p` to its committed offset before the next batch uses it: its
@@ -844,14 +861,17 @@ impl Membership {
             .or_insert_with(std::time::Instant::now);
     }
 
-    /// Partitions waiting to be rewound, at the moment of the call.
+    /// Partitions waiting to be rewound, or held, at the moment of the call.
     fn unsettled(&self) -> BTreeSet<i32> {
-        self.unsettled
+        let mut out: BTreeSet<i32> = self
+            .unsettled
             .lock()
             .expect("not poisoned")
             .keys()
             .copied()
-            .collect()
+            .collect();
+        out.extend(self.held.lock().expect("not poisoned").iter().copied());
+        out
     }
 }
 
@@ -1011,6 +1031,24 @@ pub fn poll_member_batch<'c>(
     owned.extend(changes.assigned.iter().copied());
     settle(consumer)?;
     Ok((batch, changes))
+}
+
+/// Pauses (or resumes) partition `p` of every input topic assigned to `consumer`.
+pub fn pause_partition(consumer: &GroupConsumer, p: i32, pause: bool) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for e in consumer.assignment()?.elements() {
+        if e.partition() == p {
+            tpl.add_partition(e.topic(), p);
+        }
+    }
+    if tpl.count() > 0 {
+        if pause {
+            consumer.pause(&tpl)?;
+        } else {
+            consumer.resume(&tpl)?;
+        }
+    }
+    Ok(())
 }
 
 /// Rewinds the unsettled partitions still assigned to their committed offsets. librdkafka

@@ -394,6 +394,7 @@ fn with_clients<P: Processor>(
     // State of revoked partitions, resumed if the next assignment gives them back untouched.
     let mut suspended = Suspended::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let mut quarantine = Quarantine::default();
     let mut last_scan = Instant::now();
     let mut committed = kafka::Committed::default();
     let mut buf = Vec::with_capacity(512);
@@ -415,12 +416,31 @@ fn with_clients<P: Processor>(
             sync_assignment(
                 p,
                 rt,
+                &consumer,
                 &changes,
                 &mut store,
                 &mut suspended,
                 cache,
                 &mut changelog,
+                &mut quarantine,
             )?;
+        }
+        for partition in quarantine.due() {
+            if let Some(state) = restore_partition(
+                p,
+                rt,
+                partition,
+                cache,
+                &mut changelog,
+                &mut quarantine,
+                &consumer,
+            )? {
+                info!(
+                    partition,
+                    "Restored after its quarantine: processing it again."
+                );
+                store.insert(partition, state);
+            }
         }
         let now = wire::now_ms();
         let mut due = Vec::new();
@@ -664,18 +684,22 @@ impl<I: RecordUnion> Unit<'_, I> {
 /// Suspends revoked partitions and restores newly assigned ones from the changelog, or
 /// resumes them when no one wrote their changelog since this instance had them (see
 /// [`ChangelogCache::resume`]): eager rebalancing revokes every partition of every member,
-/// and most come straight back.
+/// and most come straight back. A partition whose changelog cannot be read is held out of
+/// processing ([`Quarantine`]).
+#[allow(clippy::too_many_arguments)]
 fn sync_assignment<P: Processor>(
     p: &P,
     rt: &Handle,
+    consumer: &kafka::GroupConsumer,
     changes: &kafka::Changes,
     store: &mut Store<P::Partition>,
     suspended: &mut Suspended<P::Partition>,
     cache: &mut ChangelogCache,
     decoder: &mut Decoder<P::Changelog>,
+    quarantine: &mut Quarantine,
 ) -> anyhow::Result<()> {
-    let changelog = p.spec().changelog;
     for &partition in &changes.revoked {
+        quarantine.forget(consumer, partition);
         suspended.revoke(partition, store.remove(&partition), cache);
     }
     for &partition in &changes.assigned {
@@ -684,43 +708,192 @@ fn sync_assignment<P: Processor>(
             store.insert(partition, state);
             continue;
         }
-        let mut read = Restored::default();
-        let rebuilt = p.rebuild(partition, &mut |f| {
-            read = cache.restore(partition, |payload, offset| {
-                let record =
-                    decode_changelog(rt, decoder, payload).with_context(|| match offset {
-                        Some(o) => {
-                            format!("changelog {changelog}/{partition} offset {o} is unreadable")
-                        }
-                        None => {
-                            format!("the local snapshot of {changelog}/{partition} is unreadable")
-                        }
-                    })?;
-                f(record)
-            })?;
-            Ok(())
-        })?;
-        if rebuilt.orphans > 0 {
-            cache.hold(partition);
-            warn!(
-                partition,
-                orphans = rebuilt.orphans,
-                "Changelog records of an unfinished batch: no local snapshot of this partition until its next restore."
-            );
+        if let Some(state) =
+            restore_partition(p, rt, partition, cache, decoder, quarantine, consumer)?
+        {
+            store.insert(partition, state);
         }
-        info!(
-            partition,
-            keys = rebuilt.keys,
-            from_snapshot = read.from_snapshot,
-            from_changelog = read.from_topic,
-            "Restored."
-        );
-        store.insert(partition, rebuilt.state);
     }
     if !changes.assigned.is_empty() {
         suspended.assigned(cache);
     }
     Ok(())
+}
+
+/// Changelog records no decoder can read (not a registry outage: bad bytes, a schema the
+/// registry does not have, a record of another type). A changelog is compacted: only a
+/// key's last record counts, and any earlier one may be gone already. So, the rule:
+///
+/// - an unreadable record that a later record of the same key supersedes (or a tombstone
+///   deletes) is skipped, as compaction would have dropped it, and logged with its
+///   coordinates;
+/// - an unreadable record that is its key's last leaves that aggregate's state unknown:
+///   the partition is held out of processing (its input records wait, uncommitted, for as
+///   long as it takes; the other partitions go on) and its restore is tried again every
+///   [`QUARANTINE_RETRY`]. A good record of the key written after it (the operator's
+///   repair, e.g. `replay` rebuilding the store from its event log) ends the quarantine.
+///
+/// Before, such a record ended the restore with an error, and the process exited at every
+/// start: a crash loop.
+#[derive(Debug, Default)]
+pub struct Quarantine {
+    /// Held partitions and when to try their restore again.
+    held: BTreeMap<i32, Instant>,
+}
+
+/// How often a held partition's restore is tried again.
+pub const QUARANTINE_RETRY: Duration = Duration::from_secs(10);
+
+impl Quarantine {
+    fn hold(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
+        if self
+            .held
+            .insert(partition, Instant::now() + QUARANTINE_RETRY)
+            .is_none()
+        {
+            consumer.context().hold(partition);
+            // Fetching it only to drop what comes would be wasted: paused until released.
+            if let Err(e) = kafka::pause_partition(consumer, partition, true) {
+                warn!(partition, error = %format!("{e:#}"), "Could not pause a held partition; its records are dropped until it is released.");
+            }
+        }
+    }
+
+    fn release(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
+        if self.held.remove(&partition).is_some() {
+            if let Err(e) = kafka::pause_partition(consumer, partition, false) {
+                warn!(partition, error = %format!("{e:#}"), "Could not resume a released partition.");
+            }
+            consumer.context().release(partition);
+        }
+    }
+
+    /// A held partition revoked: whoever gets it next restores it.
+    fn forget(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
+        if self.held.remove(&partition).is_some() {
+            consumer.context().release(partition);
+        }
+    }
+
+    /// Held partitions whose retry is due.
+    fn due(&self) -> Vec<i32> {
+        let now = Instant::now();
+        self.held
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Partitions held now.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// One record that could not be decoded, for the log.
+struct Unreadable {
+    offset: Option<i64>,
+    reason: String,
+}
+
+/// Restores `partition` from its changelog by [`Quarantine`]'s rule: its state, or `None`
+/// when an unreadable record is its key's last (the partition is then held).
+fn restore_partition<P: Processor>(
+    p: &P,
+    rt: &Handle,
+    partition: i32,
+    cache: &mut ChangelogCache,
+    decoder: &mut Decoder<P::Changelog>,
+    quarantine: &mut Quarantine,
+    consumer: &kafka::GroupConsumer,
+) -> anyhow::Result<Option<P::Partition>> {
+    let changelog = p.spec().changelog;
+    let mut read = Restored::default();
+    let mut unreadable: HashMap<Vec<u8>, Unreadable> = HashMap::new();
+    let mut superseded = 0usize;
+    let rebuilt = p.rebuild(partition, &mut |f| {
+        read = cache.restore(partition, |key, payload, offset| {
+            let Some(payload) = payload else {
+                superseded += usize::from(unreadable.remove(key).is_some());
+                return Ok(());
+            };
+            match decode_changelog(rt, decoder, payload) {
+                Ok(record) => {
+                    if let Some(bad) = unreadable.remove(key) {
+                        superseded += 1;
+                        warn!(
+                            changelog,
+                            partition,
+                            offset = ?bad.offset,
+                            key = %String::from_utf8_lossy(key),
+                            reason = bad.reason,
+                            "Skipped an unreadable changelog record: a later record of its key supersedes it."
+                        );
+                    }
+                    f(record)
+                }
+                // The registry away: the restore is tried again with new clients.
+                Err(e) if e.is_transient() => Err(anyhow::Error::new(e).context(format!(
+                    "restoring {changelog}/{partition}: the registry is unavailable"
+                ))),
+                Err(e) => {
+                    unreadable.insert(
+                        key.to_vec(),
+                        Unreadable {
+                            offset,
+                            reason: e.to_string(),
+                        },
+                    );
+                    Ok(())
+                }
+            }
+        })?;
+        Ok(())
+    })?;
+    if !unreadable.is_empty() {
+        for (key, bad) in unreadable.iter().take(10) {
+            tracing::error!(
+                changelog,
+                partition,
+                offset = ?bad.offset,
+                key = %String::from_utf8_lossy(key),
+                reason = bad.reason,
+                "Unreadable changelog record, its key's last: the key's state is unknown. The partition is held out of processing (its inputs wait) until a good record of the key is written after it (e.g. by `supplystream replay`)."
+            );
+        }
+        warn!(
+            changelog,
+            partition,
+            unreadable = unreadable.len(),
+            retry = ?QUARANTINE_RETRY,
+            "Partition held: restore tried again later."
+        );
+        quarantine.hold(consumer, partition);
+        return Ok(None);
+    }
+    if rebuilt.orphans > 0 {
+        cache.hold(partition);
+        warn!(
+            partition,
+            orphans = rebuilt.orphans,
+            "Changelog records of an unfinished batch: no local snapshot of this partition until its next restore."
+        );
+    }
+    info!(
+        partition,
+        keys = rebuilt.keys,
+        from_snapshot = read.from_snapshot,
+        from_changelog = read.from_topic,
+        superseded,
+        "Restored."
+    );
+    quarantine.release(consumer, partition);
+    Ok(Some(rebuilt.state))
 }
 
 /// Decodes a changelog record, learning a writer schema it has not seen from the registry.

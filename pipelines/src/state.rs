@@ -442,12 +442,13 @@ impl ChangelogCache {
     }
 
     /// Restores partition `p`: the records of a trusted local snapshot, then the changelog
-    /// from the snapshot's offset (or from its beginning) to its end; `f` gets each payload
-    /// and the offset it was read at (`None`: from the snapshot). Tombstones are skipped.
+    /// from the snapshot's offset (or from its beginning) to its end; `f` gets each record's
+    /// key, its payload (`None`: a tombstone) and the offset it was read at (`None`: from the
+    /// snapshot), in order.
     pub fn restore(
         &mut self,
         p: i32,
-        mut f: impl FnMut(&[u8], Option<i64>) -> anyhow::Result<()>,
+        mut f: impl FnMut(&[u8], Option<&[u8]>, Option<i64>) -> anyhow::Result<()>,
     ) -> anyhow::Result<Restored> {
         let mut restored = Restored::default();
         let mut records = HashMap::new();
@@ -468,8 +469,8 @@ impl ChangelogCache {
                             warn!(file = %path.display(), why, "Snapshot not used; restoring from the changelog.")
                         }
                         None => {
-                            for v in s.records.values() {
-                                f(v, None)?;
+                            for (k, v) in &s.records {
+                                f(k, Some(v), None)?;
                             }
                             restored.from_snapshot = s.records.len();
                             from = Some(s.position);
@@ -514,12 +515,13 @@ impl ChangelogCache {
                 let key = m.key().unwrap_or_default();
                 match m.payload() {
                     None => {
+                        f(key, None, Some(m.offset()))?;
                         if keep {
                             records.remove(key);
                         }
                     }
                     Some(v) => {
-                        f(v, Some(m.offset()))?;
+                        f(key, Some(v), Some(m.offset()))?;
                         if keep {
                             records.insert(key.to_vec(), v.to_vec());
                         }

@@ -314,3 +314,10 @@ async fn views_dead_letter_what_they_cannot_decode() -> anyhow::Result<()> {
     let (_broker, cluster, views) = saga_stack().await?;
     integration::hostile::views_dead_letter_what_they_cannot_decode(&cluster, views.path()).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_changelog_records_are_skipped_or_held() -> anyhow::Result<()> {
+    let (_broker, cluster, views) = saga_stack().await?;
+    integration::hostile::unreadable_changelog_records_are_skipped_or_held(&cluster, views.path())
+        .await
+}

@@ -274,7 +274,10 @@ pub fn restore_store(
     let mut total = Restored::default();
     for p in 0..kafka::partition_count(&probe, CHANGELOG)? as i32 {
         let restored = rebuild_partition(&mut |f| {
-            let read = cache.restore(p, |payload, offset| {
+            let read = cache.restore(p, |_, payload, offset| {
+                let Some(payload) = payload else {
+                    return Ok(());
+                };
                 let record = runtime::decode_changelog(rt, &mut decoder, payload)
                     .with_context(|| format!("{CHANGELOG}/{p} at {offset:?} is unreadable"))?;
                 f(record)

@@ -152,7 +152,10 @@ pub fn restore<W: EventSourced>(
     let mut stores: Stores<W::State> = BTreeMap::new();
     for p in 0..kafka::partition_count(&probe, W::CHANGELOG)? as i32 {
         let states = stores.entry(p).or_default();
-        let restored = cache.restore(p, |payload, offset| {
+        let restored = cache.restore(p, |_, payload, offset| {
+            let Some(payload) = payload else {
+                return Ok(());
+            };
             let record = wire::decode(rt, &mut decoder, payload, &stop).with_context(|| {
                 format!(
                     "{}/{p}@{}",
