@@ -148,6 +148,27 @@ impl<T: RecordUnion> Encoder<T> {
         })
     }
 
+    /// An encoder that writes every record type of `T` with schema ids `first`, `first + 1`,
+    /// … in variant order, without a registry (fuzzing, and tests of the wire format).
+    pub fn with_ids_from(first: u32) -> Self {
+        let ids = (0..T::schemas().len() as u32)
+            .map(|i| Some(first + i))
+            .collect();
+        let writers = T::schemas()
+            .iter()
+            .map(|schema| {
+                GenericDatumWriter::builder(schema)
+                    .build()
+                    .expect("bundled schemas make writers")
+            })
+            .collect();
+        Encoder {
+            ids,
+            writers,
+            _records: PhantomData,
+        }
+    }
+
     /// Writes `value` in Confluent wire format into `buf` (cleared first).
     pub fn encode_into(&self, value: &T, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
         let i = value.variant();
@@ -205,6 +226,20 @@ pub const UNKNOWN_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// without bound; past this, the unknown ones are forgotten (and asked again if they come).
 pub const MAX_UNKNOWN: usize = 1_024;
 
+/// The most apache-avro may allocate for one string, bytes or collection it decodes (its
+/// default is 512 MiB). A datum states its lengths before its contents, and apache-avro
+/// allocates what a length says before it reads: fuzzing found a 20-byte record whose
+/// first string claimed 128 MiB, and each such record cost that much memory and zeroing.
+/// No field of a record we accept comes near this (`processors::limits`; the broker's
+/// default record limit is 1 MB), so a length past it is refused as malformed.
+pub const MAX_ALLOCATION_BYTES: usize = 8 << 20;
+
+/// Sets [`MAX_ALLOCATION_BYTES`] for the process, before anything is decoded (apache-avro
+/// keeps the first value it is given).
+fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+}
+
 /// Decodes Confluent-framed payloads of any registered version into `T`.
 pub struct Decoder<T> {
     registry: Registry,
@@ -215,6 +250,7 @@ pub struct Decoder<T> {
 impl<T: RecordUnion> Decoder<T> {
     /// A decoder that learns writer schemas from `registry`.
     pub fn new(registry: Registry) -> Self {
+        limit_allocations();
         Decoder {
             registry,
             known: HashMap::new(),
@@ -333,6 +369,14 @@ impl<T: RecordUnion> Decoder<T> {
         Ok(())
     }
 
+    /// Learns writer schema `writer` as id `id` without asking the registry (fuzzing, and
+    /// tests of old writer versions).
+    pub fn learn_schema(&mut self, id: u32, writer: Schema) -> Result<(), DecodeError> {
+        let known = self.prepare(id, writer)?;
+        self.known.insert(id, known);
+        Ok(())
+    }
+
     fn prepare(&self, id: u32, writer: Schema) -> Result<Known, DecodeError> {
         let name = full_name(&writer).unwrap_or_else(|| "<unnamed>".into());
         let Some(index) = T::names().iter().position(|n| *n == name) else {
@@ -417,6 +461,31 @@ mod tests {
             decoder.decode(&[0, 0, 0, 0, 1, 2]),
             Err(DecodeError::NotCached(1))
         ));
+    }
+
+    /// Found by `fuzz/` (decode_commands): a record whose first string claims 300 MiB was
+    /// read by allocating (and zeroing) 300 MiB first.
+    #[test]
+    fn a_length_past_the_limit_is_malformed_not_allocated() {
+        use crate::inventory::InventoryCommand;
+        let mut decoder = Decoder::<InventoryCommand>::new(Registry::new("http://127.0.0.1:9"));
+        decoder
+            .learn_schema(1, InventoryCommand::schemas()[0].clone())
+            .unwrap();
+        // Zig-zag varint of 300 MiB: the length of metadata.event_id, and nothing after it.
+        let mut payload = vec![0, 0, 0, 0, 1];
+        let mut n = (300u64 << 20) << 1;
+        while n >= 0x80 {
+            payload.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        payload.push(n as u8);
+        let e = decoder.decode(&payload).unwrap_err();
+        assert!(
+            e.to_string().contains("Unable to allocate 314572800 bytes"),
+            "{e}"
+        );
+        assert!(!e.is_transient());
     }
 
     #[test]
