@@ -796,9 +796,93 @@ impl Quarantine {
 }
 
 /// One record that could not be decoded, for the log.
-struct Unreadable {
-    offset: Option<i64>,
-    reason: String,
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    /// Its offset in the changelog (`None`: it came from the local snapshot).
+    pub offset: Option<i64>,
+    pub reason: String,
+}
+
+/// What [`read_changelog`] read of one partition.
+#[derive(Debug, Default)]
+pub struct ChangelogRead {
+    pub restored: Restored,
+    /// Unreadable records a later record of their key superseded (skipped).
+    pub superseded: usize,
+    /// Unreadable records that are their key's last, by key.
+    pub unreadable: HashMap<Vec<u8>, Unreadable>,
+}
+
+/// Reads changelog partition `partition` through `cache` by [`Quarantine`]'s rule, handing
+/// each readable record to `f` in log order: an unreadable record a later one of its key
+/// supersedes is skipped; one that stays its key's last is returned in
+/// [`ChangelogRead::unreadable`] for the caller to judge. A registry outage is an error (the
+/// caller tries again). The processor loop's restores and the `replay --check` tools read
+/// changelogs with it, so they agree on what a changelog holds.
+pub fn read_changelog<C: RecordUnion>(
+    cache: &mut ChangelogCache,
+    partition: i32,
+    changelog: &str,
+    mut decode: impl FnMut(&[u8]) -> Result<C, DecodeError>,
+    f: &mut dyn FnMut(C) -> anyhow::Result<()>,
+) -> anyhow::Result<ChangelogRead> {
+    let mut read = ChangelogRead::default();
+    let (unreadable, superseded) = (&mut read.unreadable, &mut read.superseded);
+    read.restored = cache.restore(partition, |key, payload, offset| {
+        let Some(payload) = payload else {
+            *superseded += usize::from(unreadable.remove(key).is_some());
+            return Ok(());
+        };
+        match decode(payload) {
+            Ok(record) => {
+                if let Some(bad) = unreadable.remove(key) {
+                    *superseded += 1;
+                    warn!(
+                        changelog,
+                        partition,
+                        offset = ?bad.offset,
+                        key = %String::from_utf8_lossy(key),
+                        reason = bad.reason,
+                        "Skipped an unreadable changelog record: a later record of its key supersedes it."
+                    );
+                }
+                f(record)
+            }
+            Err(e) if e.is_transient() => Err(anyhow::Error::new(e).context(format!(
+                "reading {changelog}/{partition}: the registry is unavailable"
+            ))),
+            Err(e) => {
+                unreadable.insert(
+                    key.to_vec(),
+                    Unreadable {
+                        offset,
+                        reason: e.to_string(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    })?;
+    Ok(read)
+}
+
+impl ChangelogRead {
+    /// For tools that must see every key's state (`replay --check`): an error naming the
+    /// first unreadable record that is its key's last.
+    pub fn complete(&self, changelog: &str, partition: i32) -> anyhow::Result<()> {
+        match self.unreadable.iter().next() {
+            None => Ok(()),
+            Some((key, bad)) => bail!(
+                "{changelog}/{partition}: the record of key {:?} at {} is unreadable ({}), and \
+                 it is the key's last: its state is unknown ({} such keys in the partition)",
+                String::from_utf8_lossy(key),
+                bad.offset
+                    .map_or("the local snapshot".to_owned(), |o| format!("offset {o}")),
+                bad.reason,
+                self.unreadable.len()
+            ),
+        }
+    }
 }
 
 /// Restores `partition` from its changelog by [`Quarantine`]'s rule: its state, or `None`
@@ -813,48 +897,22 @@ fn restore_partition<P: Processor>(
     consumer: &kafka::GroupConsumer,
 ) -> anyhow::Result<Option<P::Partition>> {
     let changelog = p.spec().changelog;
-    let mut read = Restored::default();
-    let mut unreadable: HashMap<Vec<u8>, Unreadable> = HashMap::new();
-    let mut superseded = 0usize;
+    let mut read = ChangelogRead::default();
     let rebuilt = p.rebuild(partition, &mut |f| {
-        read = cache.restore(partition, |key, payload, offset| {
-            let Some(payload) = payload else {
-                superseded += usize::from(unreadable.remove(key).is_some());
-                return Ok(());
-            };
-            match decode_changelog(rt, decoder, payload) {
-                Ok(record) => {
-                    if let Some(bad) = unreadable.remove(key) {
-                        superseded += 1;
-                        warn!(
-                            changelog,
-                            partition,
-                            offset = ?bad.offset,
-                            key = %String::from_utf8_lossy(key),
-                            reason = bad.reason,
-                            "Skipped an unreadable changelog record: a later record of its key supersedes it."
-                        );
-                    }
-                    f(record)
-                }
-                // The registry away: the restore is tried again with new clients.
-                Err(e) if e.is_transient() => Err(anyhow::Error::new(e).context(format!(
-                    "restoring {changelog}/{partition}: the registry is unavailable"
-                ))),
-                Err(e) => {
-                    unreadable.insert(
-                        key.to_vec(),
-                        Unreadable {
-                            offset,
-                            reason: e.to_string(),
-                        },
-                    );
-                    Ok(())
-                }
-            }
-        })?;
+        read = read_changelog(
+            cache,
+            partition,
+            changelog,
+            |payload| decode_changelog(rt, decoder, payload),
+            f,
+        )?;
         Ok(())
     })?;
+    let ChangelogRead {
+        restored: read,
+        superseded,
+        unreadable,
+    } = read;
     if !unreadable.is_empty() {
         for (key, bad) in unreadable.iter().take(10) {
             tracing::error!(

@@ -970,6 +970,21 @@ impl Runner for ChurnAtLeast {
 }
 
 /// `supplystream replay <store> --check` passes: the store equals the fold of its event log.
+/// Issue 14: an unreadable changelog record skipped when superseded, holding only its
+/// partition when it is its key's last; then `replay catalog --check` reads the same
+/// changelog by the same rule.
+fn unreadable_changelog_records(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    rt.block_on(
+        integration::hostile::unreadable_changelog_records_are_skipped_or_held(
+            &stack.cluster,
+            views.path(),
+        ),
+    )?;
+    replay_check(stack, "catalog")
+}
+
 fn replay_check(stack: &Stack, store: &str) -> anyhow::Result<()> {
     let check = cli(stack, &["replay", store, "--check"])?;
     anyhow::ensure!(
@@ -1273,7 +1288,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 15] = [
+    let scenarios: [(&str, Scenario); 16] = [
         (
             "a_stop_sent_while_a_service_starts_is_honoured",
             a_stop_sent_while_a_service_starts_is_honoured,
@@ -1303,6 +1318,10 @@ fn main() -> ExitCode {
         ("http_read_your_writes", http_read_your_writes),
         ("purchasing_killed_mid_run", purchasing_killed_mid_run),
         ("returns_end_to_end", returns_end_to_end),
+        (
+            "unreadable_changelog_records_are_skipped_or_held",
+            unreadable_changelog_records,
+        ),
         // Last: they leave far more records on the shared topics than the scenarios above
         // count exactly. The saga churn first: its churned members restore inventory's
         // changelog from the start, and after the inventory churn's 140,000 commands that

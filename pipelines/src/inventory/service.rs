@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use processors::Aggregate;
 use processors::inventory::{LowStock, SkuInventory, for_each_effect, reservation_changes};
 use rdkafka::consumer::BaseConsumer;
@@ -274,14 +273,15 @@ pub fn restore_store(
     let mut total = Restored::default();
     for p in 0..kafka::partition_count(&probe, CHANGELOG)? as i32 {
         let restored = rebuild_partition(&mut |f| {
-            let read = cache.restore(p, |_, payload, offset| {
-                let Some(payload) = payload else {
-                    return Ok(());
-                };
-                let record = runtime::decode_changelog(rt, &mut decoder, payload)
-                    .with_context(|| format!("{CHANGELOG}/{p} at {offset:?} is unreadable"))?;
-                f(record)
-            })?;
+            let read = runtime::read_changelog(
+                &mut cache,
+                p,
+                CHANGELOG,
+                |payload| runtime::decode_changelog(rt, &mut decoder, payload),
+                f,
+            )?;
+            read.complete(CHANGELOG, p)?;
+            let read = read.restored;
             total.from_snapshot += read.from_snapshot;
             total.from_topic += read.from_topic;
             Ok(())

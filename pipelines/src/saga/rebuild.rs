@@ -152,21 +152,19 @@ pub fn restore<W: EventSourced>(
     let mut stores: Stores<W::State> = BTreeMap::new();
     for p in 0..kafka::partition_count(&probe, W::CHANGELOG)? as i32 {
         let states = stores.entry(p).or_default();
-        let restored = cache.restore(p, |_, payload, offset| {
-            let Some(payload) = payload else {
-                return Ok(());
-            };
-            let record = wire::decode(rt, &mut decoder, payload, &stop).with_context(|| {
-                format!(
-                    "{}/{p}@{}",
-                    W::CHANGELOG,
-                    offset.map_or("snapshot".to_owned(), |o| o.to_string())
-                )
-            })?;
-            let state = W::from_changelog(record);
-            states.insert(W::state_key(&state).to_owned(), state);
-            Ok(())
-        })?;
+        let read = crate::runtime::read_changelog(
+            &mut cache,
+            p,
+            W::CHANGELOG,
+            |payload| wire::decode(rt, &mut decoder, payload, &stop),
+            &mut |record| {
+                let state = W::from_changelog(record);
+                states.insert(W::state_key(&state).to_owned(), state);
+                Ok(())
+            },
+        )?;
+        read.complete(W::CHANGELOG, p)?;
+        let restored = read.restored;
         total.from_snapshot += restored.from_snapshot;
         total.from_topic += restored.from_topic;
     }
