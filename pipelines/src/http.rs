@@ -133,7 +133,10 @@ impl Api {
 
 /// What one server takes at once: a request past `timeout` is answered 503 (and its work
 /// dropped), one past `in_flight` requests at once is refused 503 at once rather than queued
-/// without bound. Bodies are limited to axum's 2 MB by the JSON extractor.
+/// without bound. Bodies are limited to axum's 2 MB by the JSON extractor, and must come
+/// uncompressed: a `Content-Encoding` other than `identity` is refused 415 with its name
+/// (nothing here inflates a body, so a gzip bomb is only its own bytes, but the JSON error it
+/// got before did not say why).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub timeout: Duration,
@@ -164,6 +167,20 @@ impl Limits {
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
                     let permits = permits.clone();
                     async move {
+                        if let Some(encoding) = request
+                            .headers()
+                            .get(header::CONTENT_ENCODING)
+                            .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+                        {
+                            return ApiError::new(
+                                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                                format!(
+                                    "Content-Encoding {:?} is not accepted: send the body uncompressed (at most 2 MB)",
+                                    String::from_utf8_lossy(encoding.as_bytes())
+                                ),
+                            )
+                            .into_response();
+                        }
                         let Ok(_permit) = permits.try_acquire_owned() else {
                             return ApiError::new(
                                 StatusCode::SERVICE_UNAVAILABLE,
@@ -813,8 +830,35 @@ mod tests {
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         let timed_out = slow.await.unwrap().unwrap();
         assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let after = router.oneshot(get("/fast")).await.unwrap();
+        let after = router.clone().oneshot(get("/fast")).await.unwrap();
         assert_eq!(after.status(), StatusCode::OK, "the permit came back");
+        // A compressed body is refused, naming its encoding, before anything reads it.
+        let gzipped = axum::extract::Request::builder()
+            .uri("/fast")
+            .header("content-encoding", "gzip")
+            .body(axum::body::Body::from(vec![0x1f, 0x8b, 8, 0]))
+            .unwrap();
+        let refused = router.clone().oneshot(gzipped).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let body = axum::body::to_bytes(refused.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("\"gzip\" is not accepted")),
+            "{body}"
+        );
+        let identity = axum::extract::Request::builder()
+            .uri("/fast")
+            .header("content-encoding", "identity")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(
+            router.oneshot(identity).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 
     #[test]
