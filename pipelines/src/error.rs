@@ -83,6 +83,30 @@ pub struct Broken(pub String);
 #[error("batch given up before it began")]
 pub struct NotBegun;
 
+/// An input record whose outputs (an event, a reply, or the changelog record of the state it
+/// leads to) would be larger than a record may be: the batch is given up and tried again
+/// with the record dead-lettered instead of applied. Before, the producer refused the output
+/// and the batch failed for every partition, again and again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{topic}/{partition}@{offset}: {reason}")]
+pub struct Poison {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+/// An output over the record size limit, caught before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a record of {bytes} bytes for {topic} is over the limit of {limit} (librdkafka's message.max.bytes)"
+)]
+pub struct TooLarge {
+    pub topic: String,
+    pub bytes: usize,
+    pub limit: usize,
+}
+
 /// Whether `e` carries a `T`, as its cause or as the context of any layer.
 pub fn carries<T: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static>(
     e: &anyhow::Error,

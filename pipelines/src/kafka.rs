@@ -31,6 +31,22 @@ const CALL_LIMIT: Duration = Duration::from_secs(2 * TX_TIMEOUT.as_secs() + 10);
 /// markers ([`Committed::step_over_markers`]); it blocks the processing loop while it waits.
 const IDLE_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The largest record a producer of `cluster` may send: librdkafka's `message.max.bytes`
+/// (1,000,000 unless the operator's `-X` properties say otherwise). Outputs over it are
+/// refused before they are sent ([`crate::error::TooLarge`]).
+pub fn max_record_bytes(cluster: &Cluster) -> usize {
+    cluster
+        .kafka
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "message.max.bytes")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// Room left in a record for what is not key or payload (headers, framing).
+const RECORD_OVERHEAD: usize = 1_024;
+
 /// Base client configuration for `cluster`.
 pub fn client_config(cluster: &Cluster) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -368,6 +384,8 @@ pub struct Output {
     writer: Option<String>,
     /// Changelog partitions written in the transaction under way.
     marked: std::cell::RefCell<BTreeSet<i32>>,
+    /// Key plus payload a record may have at most ([`max_record_bytes`] less headers' room).
+    max_record: usize,
 }
 
 /// Header on the first record a transaction writes to each changelog partition: the
@@ -434,7 +452,22 @@ impl Output {
             unpolled: std::cell::Cell::new(0),
             writer: (cluster.guarantee == Guarantee::ExactlyOnce).then(|| instance.to_owned()),
             marked: Default::default(),
+            max_record: max_record_bytes(cluster).saturating_sub(RECORD_OVERHEAD),
         })
+    }
+
+    /// Refuses a record of `key` and `payload` for `topic` over the size limit.
+    pub fn check_size(&self, topic: &str, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
+        let bytes = key.len() + payload.len();
+        if bytes > self.max_record {
+            return Err(crate::error::TooLarge {
+                topic: topic.to_owned(),
+                bytes,
+                limit: self.max_record,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Enqueues one changelog record for partition `p`: the transaction's first on `p`
@@ -740,13 +773,23 @@ impl Output {
             reason,
             "Dead-lettered."
         );
-        self.send(
-            dlq,
-            None,
-            message.key().unwrap_or_default(),
-            message.payload().unwrap_or_default(),
-            Some(headers),
-        )
+        let key = message.key().unwrap_or_default();
+        let mut payload = message.payload().unwrap_or_default();
+        // A record the broker took can be over what this producer may send (a topic with a
+        // larger max.message.bytes): its dead letter keeps what fits, and says so; the whole
+        // record stays at its source offset.
+        let room = self.max_record.saturating_sub(key.len() + 2 * reason.len());
+        let headers = if payload.len() > room {
+            let original = payload.len().to_string();
+            payload = &payload[..room];
+            headers.insert(Header {
+                key: dlq_headers::TRUNCATED,
+                value: Some(&original),
+            })
+        } else {
+            headers
+        };
+        self.send(dlq, None, key, payload, Some(headers))
     }
 }
 

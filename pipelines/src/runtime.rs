@@ -39,7 +39,7 @@ use schemas::record::RecordUnion;
 use tokio::runtime::Handle;
 use tracing::{debug, info, info_span, warn};
 
-use crate::error::{self, BadInput, Domain, NotBegun, Retry};
+use crate::error::{self, BadInput, Domain, NotBegun, Poison, Retry, TooLarge};
 use crate::kafka::{self, Output};
 use crate::state::{ChangelogCache, Restored, Suspended};
 use crate::{Cluster, Guarantee, Stop, wire};
@@ -218,8 +218,11 @@ pub struct Batch<'a> {
     buf: &'a mut Vec<u8>,
     /// Partition of the record (or deadline) being handled.
     partition: i32,
-    /// Keys changed, per partition (a key is copied once per batch, not once per record).
-    changed: BTreeMap<i32, BTreeSet<String>>,
+    /// Keys changed, per partition (a key is copied once per batch, not once per record),
+    /// with the index in the batch of the last input record that changed it.
+    changed: BTreeMap<i32, BTreeMap<String, Option<usize>>>,
+    /// Index in the batch of the input record being handled (`None`: a deadline).
+    current: Option<usize>,
 }
 
 impl Batch<'_> {
@@ -240,12 +243,14 @@ impl Batch<'_> {
         key: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> anyhow::Result<()> {
+        self.output.check_size(topic, key, self.buf)?;
         self.output.send(topic, None, key, self.buf, headers)
     }
 
     /// Sends the encoded record to the changelog, on the partition being handled.
     pub fn changelog(&mut self, key: &[u8]) -> anyhow::Result<()> {
         let p = self.partition;
+        self.output.check_size(self.spec.changelog, key, self.buf)?;
         self.output
             .send_changelog(self.spec.changelog, p, key, self.buf)?;
         self.cache.record(p, key, self.buf);
@@ -256,8 +261,11 @@ impl Batch<'_> {
     /// record is written at the end of the batch.
     pub fn changed(&mut self, key: &str) {
         let keys = self.changed.entry(self.partition).or_default();
-        if !keys.contains(key) {
-            keys.insert(key.to_owned());
+        match keys.get_mut(key) {
+            Some(last) => *last = self.current,
+            None => {
+                keys.insert(key.to_owned(), self.current);
+            }
         }
     }
 
@@ -395,6 +403,9 @@ fn with_clients<P: Processor>(
     let mut suspended = Suspended::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut quarantine = Quarantine::default();
+    // Records whose outputs are over the size limit (see `error::Poison`); few, and only
+    // until the batch that dead-letters them commits.
+    let mut poison: Vec<Poison> = Vec::new();
     let mut last_scan = Instant::now();
     let mut committed = kafka::Committed::default();
     let mut buf = Vec::with_capacity(512);
@@ -472,10 +483,19 @@ fn with_clients<P: Processor>(
             buf: &mut buf,
             stop,
             hold: settings.hold_transactions,
+            poison: &poison,
         };
         match unit.process(p, &batch, &due, &mut store, cache, now) {
             Ok((s, offsets)) => {
                 failures = 0;
+                // A poison record committed past (dead-lettered) is not met again.
+                poison.retain(|q| {
+                    !offsets.elements().iter().any(|e| {
+                        e.topic() == q.topic
+                            && e.partition() == q.partition
+                            && matches!(e.offset(), Offset::Offset(o) if o > q.offset)
+                    })
+                });
                 committed.record(&offsets);
                 cache.committed(&output.delivered(spec.changelog), false)?;
                 stats.add(&s);
@@ -500,6 +520,7 @@ fn with_clients<P: Processor>(
                 // Nothing of the batch is committed: abort, forget in-memory state, and resume
                 // from the committed offsets and the changelog.
                 warn!(error = %format!("{e:#}"), "Batch failed; rewinding to committed state.");
+                let poisoned = e.downcast_ref::<Poison>().cloned();
                 output.abort().with_context(|| format!("after {e:#}"))?;
                 drop(batch);
                 kafka::rewind(&consumer)?;
@@ -508,6 +529,13 @@ fn with_clients<P: Processor>(
                 suspended.clear();
                 cache.clear();
                 owned.clear();
+                if let Some(poison_pill) = poisoned {
+                    // Not a fault to back off from: the batch goes again at once, with the
+                    // record dead-lettered.
+                    warn!(record = %poison_pill, "Dead-lettering a record whose outputs are over the size limit.");
+                    poison.push(poison_pill);
+                    continue;
+                }
                 let backoff = error::backoff(failures);
                 failures += 1;
                 std::thread::sleep(backoff);
@@ -533,6 +561,22 @@ struct Unit<'a, I: RecordUnion> {
     buf: &'a mut Vec<u8>,
     stop: &'a Stop,
     hold: Duration,
+    /// Input records dead-lettered instead of applied: their outputs are over the size limit.
+    poison: &'a [Poison],
+}
+
+/// `e`, marked as [`Poison`] for `message` when it is an output over the size limit.
+fn poisoned(e: anyhow::Error, message: &BorrowedMessage<'_>, what: &str) -> anyhow::Error {
+    let Some(too_large) = e.downcast_ref::<TooLarge>() else {
+        return e;
+    };
+    let reason = format!("{what} of this record cannot be written: {too_large}");
+    e.context(Poison {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        reason,
+    })
 }
 
 impl<I: RecordUnion> Unit<'_, I> {
@@ -565,8 +609,9 @@ impl<I: RecordUnion> Unit<'_, I> {
             buf: self.buf,
             partition: 0,
             changed: BTreeMap::new(),
+            current: None,
         };
-        for message in batch {
+        for (i, message) in batch.iter().enumerate() {
             let (partition, offset) = (message.partition(), message.offset());
             next.insert((message.topic(), partition), offset + 1);
             stats.records += 1;
@@ -574,6 +619,13 @@ impl<I: RecordUnion> Unit<'_, I> {
                 self.output
                     .dead_letter(spec.dlq, spec.service, message, kind, reason)
             };
+            if let Some(poison) = self.poison.iter().find(|q| {
+                q.offset == offset && q.partition == partition && q.topic == message.topic()
+            }) {
+                dead("output-too-large", &poison.reason)?;
+                stats.dead_letters += 1;
+                continue;
+            }
             let payload = message.payload().unwrap_or_default();
             let input = match wire::decode(self.rt, self.input, payload, self.stop) {
                 Ok(i) => i,
@@ -618,8 +670,12 @@ impl<I: RecordUnion> Unit<'_, I> {
                 continue;
             }
             out.partition = partition;
+            out.current = Some(i);
             let state = store.entry(partition).or_default();
-            match p.handle(&mut out, state, key, &input, message, now)? {
+            let handled = p
+                .handle(&mut out, state, key, &input, message, now)
+                .map_err(|e| poisoned(e, message, "an output"))?;
+            match handled {
                 Handled::Applied { emitted } => stats.emitted += emitted as u64,
                 Handled::Redelivery => stats.skipped += 1,
                 Handled::Invalid(reason) => {
@@ -628,6 +684,7 @@ impl<I: RecordUnion> Unit<'_, I> {
                 }
             }
         }
+        out.current = None;
         for (partition, key) in due {
             out.partition = *partition;
             let state = store.entry(*partition).or_default();
@@ -638,8 +695,14 @@ impl<I: RecordUnion> Unit<'_, I> {
         }
         for (partition, keys) in std::mem::take(&mut out.changed) {
             out.partition = partition;
-            for key in keys {
-                p.write_changelog(&mut out, &store[&partition], &key)?;
+            for (key, last) in keys {
+                p.write_changelog(&mut out, &store[&partition], &key)
+                    .map_err(|e| match last {
+                        // The last record that changed the key takes the blame: tried again
+                        // without it, the state may fit (if not, the one before it is next).
+                        Some(i) => poisoned(e, &batch[i], "the state it leads to"),
+                        None => e,
+                    })?;
             }
         }
         let mut offsets = TopicPartitionList::new();

@@ -53,6 +53,9 @@ pub mod dlq_headers {
     pub const SOURCE_PARTITION: &str = "dlq.source.partition";
     pub const SOURCE_OFFSET: &str = "dlq.source.offset";
     pub const SERVICE: &str = "dlq.service";
+    /// On a dead letter whose payload was cut to fit the record size limit: the original
+    /// payload's length (the whole record stays at its source offset).
+    pub const TRUNCATED: &str = "dlq.truncated";
 }
 
 /// Headers on saga messages (transport details; the same ids are in the record's metadata).

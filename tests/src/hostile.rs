@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use pipelines::kafka::Output;
 use pipelines::topics::dlq_headers;
 use pipelines::{Cluster, Guarantee};
@@ -261,4 +261,95 @@ pub async fn unreadable_changelog_records_are_skipped_or_held(
         "every product created once and repriced once: {events:?}"
     );
     Ok(())
+}
+
+/// An input whose output is over the record size limit (issue 14) is dead-lettered with the
+/// reason, and the service goes on with the next: before, the producer refused the output
+/// and the whole batch failed, for every partition, again and again. The orders service runs
+/// with `message.max.bytes` lowered to 100,000 (as an operator's `-X` would) and gets an
+/// order of 600 long lines (its `OrderPlaced` ~130 KB, and the order itself too, so its dead
+/// letter is cut to fit and says so), then a small one.
+pub async fn outputs_over_the_size_limit_are_dead_lettered(
+    cluster: &Cluster,
+    views: &Path,
+) -> anyhow::Result<()> {
+    use schemas::Metadata;
+    use schemas::orders::{OrderCommand, OrderLine, PlaceOrder};
+    let rt = tokio::runtime::Handle::current();
+    let mut limited = cluster.clone();
+    limited
+        .kafka
+        .push(("message.max.bytes".into(), "100000".into()));
+    let opts = pipelines::saga::Options::new(limited, views.to_path_buf());
+    let running = pipelines::saga::spawn(&opts, &rt, &["orders"], false)?;
+    let order = |id: &str, lines: usize| {
+        let place = PlaceOrder {
+            metadata: Metadata::command(&format!("place-{id}"), id, 1),
+            order_id: id.into(),
+            customer_id: "C-1".into(),
+            lines: (0..lines)
+                .map(|i| OrderLine {
+                    sku: format!("SKU-{i:04}-{}", "x".repeat(200)),
+                    warehouse: "AMS".into(),
+                    quantity: 1,
+                    unit_price_cents: 100,
+                })
+                .collect(),
+            payment_method: "card".into(),
+            ship_to_country: "NL".into(),
+            ship_to_postcode: "1011AB".into(),
+        };
+        (id.to_owned(), OrderCommand::from(place))
+    };
+    crate::returns::produce(
+        cluster,
+        "orders.commands",
+        vec![order("O-HUGE", 600), order("O-SMALL", 2)],
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (dead, placed) = loop {
+        ensure!(!running.is_finished(), "the orders service stopped");
+        let dead = crate::topic::read_all(cluster, "orders.dlq")?
+            .into_iter()
+            .find(|r| r.key == b"O-HUGE");
+        let placed = crate::topic::read_all(cluster, "orders.events")?
+            .into_iter()
+            .filter(|r| r.key == b"O-SMALL" || r.key == b"O-HUGE")
+            .map(|r| String::from_utf8_lossy(&r.key).into_owned())
+            .collect::<Vec<_>>();
+        if let Some(dead) = dead
+            && placed.iter().any(|k| k == "O-SMALL")
+        {
+            break (dead, placed);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "timed out: dead letter of O-HUGE and O-SMALL's events (events so far: {placed:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let stopped = tokio::task::spawn_blocking(move || running.stop()).await?;
+    ensure!(
+        !placed.iter().any(|k| k == "O-HUGE"),
+        "the huge order was applied: {placed:?}"
+    );
+    ensure!(
+        dead.header(dlq_headers::KIND) == Some("output-too-large")
+            && dead
+                .header(dlq_headers::REASON)
+                .is_some_and(|r| r.contains("over the limit")),
+        "dead letter headers: {:?}",
+        dead.headers
+    );
+    let original: usize = dead
+        .header(dlq_headers::TRUNCATED)
+        .context("the dead letter of an order over the limit says it was cut")?
+        .parse()?;
+    ensure!(
+        original > 100_000 && dead.payload.len() < 100_000,
+        "cut from {original} to {} bytes",
+        dead.payload.len()
+    );
+    stopped
 }

@@ -321,3 +321,10 @@ async fn unreadable_changelog_records_are_skipped_or_held() -> anyhow::Result<()
     integration::hostile::unreadable_changelog_records_are_skipped_or_held(&cluster, views.path())
         .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_over_the_size_limit_are_dead_lettered() -> anyhow::Result<()> {
+    let (_broker, cluster, views) = saga_stack().await?;
+    integration::hostile::outputs_over_the_size_limit_are_dead_lettered(&cluster, views.path())
+        .await
+}
