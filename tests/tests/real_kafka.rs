@@ -985,6 +985,19 @@ fn unreadable_changelog_records(stack: &Stack, rt: &tokio::runtime::Runtime) -> 
     replay_check(stack, "catalog")
 }
 
+/// Issue 14: an output over `message.max.bytes` dead-letters its input (exactly-once: the
+/// batch aborts and goes again without it).
+fn outputs_over_the_size_limit(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    rt.block_on(
+        integration::hostile::outputs_over_the_size_limit_are_dead_lettered(
+            &stack.cluster,
+            views.path(),
+        ),
+    )
+}
+
 fn replay_check(stack: &Stack, store: &str) -> anyhow::Result<()> {
     let check = cli(stack, &["replay", store, "--check"])?;
     anyhow::ensure!(
@@ -1288,7 +1301,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 16] = [
+    let scenarios: [(&str, Scenario); 17] = [
         (
             "a_stop_sent_while_a_service_starts_is_honoured",
             a_stop_sent_while_a_service_starts_is_honoured,
@@ -1344,6 +1357,12 @@ fn main() -> ExitCode {
         (
             "a_killed_instance_s_partitions_are_taken_over",
             a_killed_instance_s_partitions_are_taken_over,
+        ),
+        // After every saga scenario: it leaves a dead letter on orders.dlq, where they
+        // demand none.
+        (
+            "outputs_over_the_size_limit_are_dead_lettered",
+            outputs_over_the_size_limit,
         ),
     ];
     // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.
