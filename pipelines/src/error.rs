@@ -96,6 +96,13 @@ pub struct Poison {
     pub reason: String,
 }
 
+/// A transactional call given up after it never returned (librdkafka #5456): the producer
+/// is [`Broken`], but this is no sign of another process running as this instance, so the
+/// supervisor does not count it as a fence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transactional call given up")]
+pub struct GaveUp;
+
 /// An output over the record size limit, caught before it is sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -170,6 +177,10 @@ mod tests {
             .context("aborting")
             .unwrap_err();
         assert_eq!(domain(&refused), Domain::Broken);
+        // A transactional call given up: new clients, but not counted as a fence.
+        let stuck = anyhow::Error::new(Broken("did not return".into())).context(GaveUp);
+        assert_eq!(domain(&stuck), Domain::Broken);
+        assert!(carries::<GaveUp>(&stuck) && !carries::<GaveUp>(&refused));
         let given_up = anyhow::Error::new(std::io::Error::other("registry")).context(NotBegun);
         assert!(carries::<NotBegun>(&given_up));
         assert_eq!(domain(&given_up), Domain::External);

@@ -675,14 +675,31 @@ impl Output {
                 done.send(retried(&producer, what, call)).ok();
             })
             .context("starting a thread for a transactional call")?;
-        match result.recv_timeout(self.call_limit) {
+        // While the call runs, this thread serves the delivery reports it owns, as librdkafka
+        // asks ("the event queue must be polled for delivery report events in a separate
+        // thread"): an abort with records still queued purges them and waits for their
+        // reports, and timed out unserved, failing the abort for good (real Kafka, a batch
+        // given up in the middle).
+        let deadline = std::time::Instant::now() + self.call_limit;
+        let outcome = loop {
+            match result.recv_timeout(Duration::from_millis(5)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    self.producer.poll(Duration::ZERO);
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(r) => r,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 Err(anyhow::Error::new(Broken(format!(
                     "{what} did not return within {:?} (librdkafka #5456): the producer is \
                      given up",
                     self.call_limit
-                ))))
+                )))
+                .context(crate::error::GaveUp))
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(anyhow::Error::new(
                 Broken(format!("{what}: the thread calling librdkafka panicked")),
@@ -731,13 +748,25 @@ impl Output {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let mut headers = OwnedHeaders::new();
+        let key = message.key().unwrap_or_default();
+        // Room for the original headers after the key and ours; original headers that do
+        // not fit are left out (they stay on the source record).
+        let ours = 2 * reason.len() + kind.len() + service.len() + 256;
+        let mut room = self.max_record.saturating_sub(key.len() + ours);
         if let Some(original) = message.headers() {
             use rdkafka::message::Headers;
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
+            let size: usize = original
+                .iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum();
+            if size <= room {
+                room -= size;
+                for h in original.iter() {
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
             }
         }
         let headers = headers
@@ -773,12 +802,10 @@ impl Output {
             reason,
             "Dead-lettered."
         );
-        let key = message.key().unwrap_or_default();
         let mut payload = message.payload().unwrap_or_default();
         // A record the broker took can be over what this producer may send (a topic with a
         // larger max.message.bytes): its dead letter keeps what fits, and says so; the whole
         // record stays at its source offset.
-        let room = self.max_record.saturating_sub(key.len() + 2 * reason.len());
         let headers = if payload.len() > room {
             let original = payload.len().to_string();
             payload = &payload[..room];
@@ -1076,20 +1103,23 @@ pub fn poll_member_batch<'c>(
     Ok((batch, changes))
 }
 
-/// Pauses (or resumes) partition `p` of every input topic assigned to `consumer`.
-pub fn pause_partition(consumer: &GroupConsumer, p: i32, pause: bool) -> anyhow::Result<()> {
+/// Pauses (or resumes) partition `p` of each of `topics`. Named, not taken from the
+/// assignment: librdkafka keeps an application's pause on a partition across its revocation
+/// and reassignment, so a revoked partition must be resumed too.
+pub fn pause_partition(
+    consumer: &GroupConsumer,
+    topics: &[&str],
+    p: i32,
+    pause: bool,
+) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
-    for e in consumer.assignment()?.elements() {
-        if e.partition() == p {
-            tpl.add_partition(e.topic(), p);
-        }
+    for topic in topics {
+        tpl.add_partition(topic, p);
     }
-    if tpl.count() > 0 {
-        if pause {
-            consumer.pause(&tpl)?;
-        } else {
-            consumer.resume(&tpl)?;
-        }
+    if pause {
+        consumer.pause(&tpl)?;
+    } else {
+        consumer.resume(&tpl)?;
     }
     Ok(())
 }
@@ -1429,6 +1459,10 @@ impl Committed {
             tracing::debug!(from = ?self.offsets, to = ?ahead, "Committing positions past transaction markers.");
             output.begin()?;
             if let Err(e) = output.commit(consumer, &ahead) {
+                // A broken producer (or one given up under a call) is not touched again.
+                if crate::error::carries::<Broken>(&e) {
+                    return Err(e);
+                }
                 if let Err(a) = output.abort() {
                     return Err(a.context(format!("after {e:#}")));
                 }

@@ -262,7 +262,8 @@ impl Batch<'_> {
     pub fn changed(&mut self, key: &str) {
         let keys = self.changed.entry(self.partition).or_default();
         match keys.get_mut(key) {
-            Some(last) => *last = self.current,
+            // A deadline after a record keeps the record's blame (see `poisoned`).
+            Some(last) => *last = self.current.or(*last),
             None => {
                 keys.insert(key.to_owned(), self.current);
             }
@@ -315,9 +316,22 @@ pub fn run<P: Processor>(
     }
     let mut stats = Stats::default();
     let mut rebuilds = 0u32;
+    // Records whose outputs are over the size limit (see `error::Poison`): few, and kept
+    // (across new clients too) until a batch commits past them.
+    let mut poison: Vec<Poison> = Vec::new();
     let mut fences: Vec<Instant> = Vec::new();
     loop {
-        let failed = match with_clients(p, settings, &registry, rt, stop, &mut cache, &mut stats) {
+        let clients = with_clients(
+            p,
+            settings,
+            &registry,
+            rt,
+            stop,
+            &mut cache,
+            &mut stats,
+            &mut poison,
+        );
+        let failed = match clients {
             Ok(()) => return Ok(stats),
             Err(e) if matches!(error::domain(&e), Domain::Internal | Domain::BadInput) => {
                 return Err(e);
@@ -335,7 +349,9 @@ pub fn run<P: Processor>(
         // this one. An external fault outside a batch (a restore, or a producer's
         // initialization, timed out while the broker was away) also starts again.
         let now = Instant::now();
-        if matches!(error::domain(&failed), Domain::Fenced | Domain::Broken) {
+        if matches!(error::domain(&failed), Domain::Fenced | Domain::Broken)
+            && !error::carries::<error::GaveUp>(&failed)
+        {
             fences.retain(|t| now.duration_since(*t) < FENCES_WINDOW);
             fences.push(now);
             if fences.len() >= FENCES_TO_STOP {
@@ -364,6 +380,7 @@ pub fn run<P: Processor>(
 
 /// One life of the loop, with its own consumer and producer: ends on a stop, or with the
 /// error that ended it (the caller decides whether new clients go on).
+#[allow(clippy::too_many_arguments)]
 fn with_clients<P: Processor>(
     p: &mut P,
     settings: &Settings,
@@ -372,6 +389,7 @@ fn with_clients<P: Processor>(
     stop: &Stop,
     cache: &mut ChangelogCache,
     stats: &mut Stats,
+    poison: &mut Vec<Poison>,
 ) -> anyhow::Result<()> {
     let spec = p.spec().clone();
     let mut input = Decoder::<P::Input>::new(registry.clone());
@@ -402,10 +420,7 @@ fn with_clients<P: Processor>(
     // State of revoked partitions, resumed if the next assignment gives them back untouched.
     let mut suspended = Suspended::default();
     let mut owned: BTreeSet<i32> = BTreeSet::new();
-    let mut quarantine = Quarantine::default();
-    // Records whose outputs are over the size limit (see `error::Poison`); few, and only
-    // until the batch that dead-letters them commits.
-    let mut poison: Vec<Poison> = Vec::new();
+    let mut quarantine = Quarantine::new(spec.inputs);
     let mut last_scan = Instant::now();
     let mut committed = kafka::Committed::default();
     let mut buf = Vec::with_capacity(512);
@@ -483,7 +498,7 @@ fn with_clients<P: Processor>(
             buf: &mut buf,
             stop,
             hold: settings.hold_transactions,
-            poison: &poison,
+            poison: &poison[..],
         };
         match unit.process(p, &batch, &due, &mut store, cache, now) {
             Ok((s, offsets)) => {
@@ -798,16 +813,25 @@ fn sync_assignment<P: Processor>(
 ///
 /// Before, such a record ended the restore with an error, and the process exited at every
 /// start: a crash loop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Quarantine {
     /// Held partitions and when to try their restore again.
     held: BTreeMap<i32, Instant>,
+    /// The processor's input topics (what is paused).
+    inputs: &'static [&'static str],
 }
 
 /// How often a held partition's restore is tried again.
 pub const QUARANTINE_RETRY: Duration = Duration::from_secs(10);
 
 impl Quarantine {
+    fn new(inputs: &'static [&'static str]) -> Self {
+        Quarantine {
+            held: BTreeMap::new(),
+            inputs,
+        }
+    }
+
     fn hold(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
         if self
             .held
@@ -816,7 +840,7 @@ impl Quarantine {
         {
             consumer.context().hold(partition);
             // Fetching it only to drop what comes would be wasted: paused until released.
-            if let Err(e) = kafka::pause_partition(consumer, partition, true) {
+            if let Err(e) = kafka::pause_partition(consumer, self.inputs, partition, true) {
                 warn!(partition, error = %format!("{e:#}"), "Could not pause a held partition; its records are dropped until it is released.");
             }
         }
@@ -824,17 +848,23 @@ impl Quarantine {
 
     fn release(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
         if self.held.remove(&partition).is_some() {
-            if let Err(e) = kafka::pause_partition(consumer, partition, false) {
-                warn!(partition, error = %format!("{e:#}"), "Could not resume a released partition.");
-            }
+            self.resume(consumer, partition);
             consumer.context().release(partition);
         }
     }
 
-    /// A held partition revoked: whoever gets it next restores it.
+    /// A held partition revoked: whoever gets it next restores it. Resumed all the same:
+    /// librdkafka keeps the pause across reassignment, and this instance may get it back.
     fn forget(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
         if self.held.remove(&partition).is_some() {
+            self.resume(consumer, partition);
             consumer.context().release(partition);
+        }
+    }
+
+    fn resume(&self, consumer: &kafka::GroupConsumer, partition: i32) {
+        if let Err(e) = kafka::pause_partition(consumer, self.inputs, partition, false) {
+            warn!(partition, error = %format!("{e:#}"), "Could not resume a held partition.");
         }
     }
 

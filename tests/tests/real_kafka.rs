@@ -1290,6 +1290,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    // Services run in this process by some scenarios log here (warnings by default, like
+    // the embedded tier); the child processes log to their own files.
+    let filter = std::env::var("SUPPLYSTREAM_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let _already = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let stack = match Stack::with_brokers(if soak() { 3 } else { 1 }) {
         Ok(s) => s,
