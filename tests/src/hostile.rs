@@ -8,6 +8,18 @@ use pipelines::kafka::Output;
 use pipelines::topics::dlq_headers;
 use pipelines::{Cluster, Guarantee};
 
+/// A plain producer that writes what no rule of ours would.
+fn raw_producer(cluster: &Cluster) -> anyhow::Result<Output> {
+    Output::new(
+        &Cluster {
+            guarantee: Guarantee::AtLeastOnce,
+            ..cluster.clone()
+        },
+        "test",
+        "hostile",
+    )
+}
+
 /// Every view dead-letters a record of its topics it cannot decode, with the reason and the
 /// view's name, and folds on: before, every view but `stock_levels` and `shipments` left such
 /// a record out with only a warning in its log. Runs the views of orders, billing, catalog and
@@ -41,14 +53,7 @@ pub async fn views_dead_letter_what_they_cannot_decode(
             &["saga-views", "orders-windows"],
         ),
     ];
-    let raw = Output::new(
-        &Cluster {
-            guarantee: Guarantee::AtLeastOnce,
-            ..cluster.clone()
-        },
-        "test",
-        "hostile",
-    )?;
+    let raw = raw_producer(cluster)?;
     for (topic, _, _) in expected {
         let key = format!("HOSTILE-{topic}");
         raw.send(topic, None, key.as_bytes(), b"not Avro at all", None)?;
@@ -176,14 +181,7 @@ pub async fn unreadable_changelog_records_are_skipped_or_held(
         in_partition(partitions[0]).clone(),
         in_partition(partitions[1]).clone(),
     );
-    let raw = Output::new(
-        &Cluster {
-            guarantee: Guarantee::AtLeastOnce,
-            ..cluster.clone()
-        },
-        "test",
-        "hostile",
-    )?;
+    let raw = raw_producer(cluster)?;
     let garbage: &[u8] = b"not Avro at all";
     raw.send(
         CHANGELOG,
