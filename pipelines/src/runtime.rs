@@ -777,7 +777,8 @@ fn sync_assignment<P: Processor>(
     quarantine: &mut Quarantine,
 ) -> anyhow::Result<()> {
     for &partition in &changes.revoked {
-        quarantine.forget(consumer, partition);
+        // Whoever gets it next restores it.
+        quarantine.release(consumer, partition);
         suspended.revoke(partition, store.remove(&partition), cache);
     }
     for &partition in &changes.assigned {
@@ -846,26 +847,19 @@ impl Quarantine {
         }
     }
 
+    /// Ends a hold: the partition restored, or revoked (resumed all the same: librdkafka
+    /// keeps an application's pause across reassignment, and it may come back here).
     fn release(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
         if self.held.remove(&partition).is_some() {
-            self.resume(consumer, partition);
+            if let Err(e) = kafka::pause_partition(consumer, self.inputs, partition, false) {
+                warn!(partition, error = %format!("{e:#}"), "Could not resume a held partition.");
+            }
             consumer.context().release(partition);
         }
     }
 
-    /// A held partition revoked: whoever gets it next restores it. Resumed all the same:
-    /// librdkafka keeps the pause across reassignment, and this instance may get it back.
-    fn forget(&mut self, consumer: &kafka::GroupConsumer, partition: i32) {
-        if self.held.remove(&partition).is_some() {
-            self.resume(consumer, partition);
-            consumer.context().release(partition);
-        }
-    }
-
-    fn resume(&self, consumer: &kafka::GroupConsumer, partition: i32) {
-        if let Err(e) = kafka::pause_partition(consumer, self.inputs, partition, false) {
-            warn!(partition, error = %format!("{e:#}"), "Could not resume a held partition.");
-        }
+    fn is_held(&self, partition: i32) -> bool {
+        self.held.contains_key(&partition)
     }
 
     /// Held partitions whose retry is due.
@@ -876,15 +870,6 @@ impl Quarantine {
             .filter(|(_, at)| **at <= now)
             .map(|(p, _)| *p)
             .collect()
-    }
-
-    /// Partitions held now.
-    pub fn len(&self) -> usize {
-        self.held.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
     }
 }
 
@@ -1007,15 +992,18 @@ fn restore_partition<P: Processor>(
         unreadable,
     } = read;
     if !unreadable.is_empty() {
-        for (key, bad) in unreadable.iter().take(10) {
-            tracing::error!(
-                changelog,
-                partition,
-                offset = ?bad.offset,
-                key = %String::from_utf8_lossy(key),
-                reason = bad.reason,
-                "Unreadable changelog record, its key's last: the key's state is unknown. The partition is held out of processing (its inputs wait) until a good record of the key is written after it (e.g. by `supplystream replay`)."
-            );
+        // In detail when the hold begins; each retry after that only says it is still held.
+        if !quarantine.is_held(partition) {
+            for (key, bad) in unreadable.iter().take(10) {
+                tracing::error!(
+                    changelog,
+                    partition,
+                    offset = ?bad.offset,
+                    key = %String::from_utf8_lossy(key),
+                    reason = bad.reason,
+                    "Unreadable changelog record, its key's last: the key's state is unknown. The partition is held out of processing (its inputs wait) until a good record of the key is written after it (e.g. by `supplystream replay`)."
+                );
+            }
         }
         warn!(
             changelog,
