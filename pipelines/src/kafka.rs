@@ -749,9 +749,10 @@ impl Output {
         let offset = message.offset().to_string();
         let mut headers = OwnedHeaders::new();
         let key = message.key().unwrap_or_default();
-        // Room for the original headers after the key and ours; original headers that do
-        // not fit are left out (they stay on the source record).
-        let ours = 2 * reason.len() + kind.len() + service.len() + 256;
+        // Room for the original headers after the key and ours (their values; the names and
+        // the numbers fit in `RECORD_OVERHEAD`); original headers that do not fit are left
+        // out (they stay on the source record).
+        let ours = reason.len() + kind.len() + service.len() + message.topic().len();
         let mut room = self.max_record.saturating_sub(key.len() + ours);
         if let Some(original) = message.headers() {
             use rdkafka::message::Headers;
