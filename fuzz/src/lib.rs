@@ -49,20 +49,25 @@ struct Harness<T: RecordUnion> {
     validate: Option<fn(&T)>,
 }
 
+/// A decoder that knows `T`'s current schemas as ids 1.. in variant order (what
+/// [`Encoder::with_ids_from`]`(1)` writes). Its registry is never asked: every id the
+/// targets frame is learned first.
+fn current_decoder<T: RecordUnion>() -> Decoder<T> {
+    let mut decoder = Decoder::<T>::new(Registry::new("http://127.0.0.1:9"));
+    for (i, schema) in T::schemas().iter().enumerate() {
+        decoder
+            .learn_schema(i as u32 + 1, schema.clone())
+            .expect("a current schema is learned");
+    }
+    decoder
+}
+
 fn harness<T: RecordUnion>(validate: Option<fn(&T)>) -> Box<dyn Union>
 where
     T: PartialEq + Debug,
 {
-    // Never asked: every id the targets frame is learned first.
-    let mut decoder = Decoder::<T>::new(Registry::new("http://127.0.0.1:9"));
-    let mut ids = Vec::new();
-    for (i, schema) in T::schemas().iter().enumerate() {
-        let id = i as u32 + 1;
-        decoder
-            .learn_schema(id, schema.clone())
-            .expect("a current schema is learned");
-        ids.push(id);
-    }
+    let mut decoder = current_decoder::<T>();
+    let mut ids: Vec<u32> = (1..=T::schemas().len() as u32).collect();
     for (j, old) in OLD_WRITERS.iter().enumerate() {
         let id = 1_000 + j as u32;
         // Only where the union has the record (elsewhere it is merely "unexpected").
@@ -234,14 +239,8 @@ impl<T: RecordUnion + Validate + PartialEq + Debug> Json for JsonHarness<T> {
 }
 
 fn json_harness<T: RecordUnion + Validate + PartialEq + Debug>() -> Box<dyn Json> {
-    let mut decoder = Decoder::<T>::new(Registry::new("http://127.0.0.1:9"));
-    for (i, schema) in T::schemas().iter().enumerate() {
-        decoder
-            .learn_schema(i as u32 + 1, schema.clone())
-            .expect("a current schema is learned");
-    }
     Box::new(JsonHarness {
-        decoder,
+        decoder: current_decoder::<T>(),
         encoder: Encoder::<T>::with_ids_from(1),
     })
 }

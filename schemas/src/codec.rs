@@ -127,25 +127,29 @@ impl<T: RecordUnion> Encoder<T> {
         keep: impl Fn(&str) -> bool,
     ) -> Result<Self, RegistryError> {
         let mut ids = Vec::new();
-        let mut writers = Vec::new();
         for (schema, name) in T::schemas().iter().zip(T::names()) {
             ids.push(if keep(name) {
                 Some(registry.register(&subject(topic, name), schema).await?)
             } else {
                 None
             });
-            writers.push(GenericDatumWriter::builder(schema).build().map_err(|e| {
-                RegistryError::InvalidSchema {
-                    id: 0,
-                    reason: e.to_string(),
-                }
-            })?);
         }
         Ok(Encoder {
             ids,
-            writers,
+            writers: Self::writers().map_err(|e| RegistryError::InvalidSchema {
+                id: 0,
+                reason: e.to_string(),
+            })?,
             _records: PhantomData,
         })
+    }
+
+    /// A writer per variant of `T`, in variant order.
+    fn writers() -> Result<Vec<GenericDatumWriter<'static>>, apache_avro::Error> {
+        T::schemas()
+            .iter()
+            .map(|schema| GenericDatumWriter::builder(schema).build())
+            .collect()
     }
 
     /// An encoder that writes every record type of `T` with schema ids `first`, `first + 1`,
@@ -154,17 +158,9 @@ impl<T: RecordUnion> Encoder<T> {
         let ids = (0..T::schemas().len() as u32)
             .map(|i| Some(first + i))
             .collect();
-        let writers = T::schemas()
-            .iter()
-            .map(|schema| {
-                GenericDatumWriter::builder(schema)
-                    .build()
-                    .expect("bundled schemas make writers")
-            })
-            .collect();
         Encoder {
             ids,
-            writers,
+            writers: Self::writers().expect("bundled schemas make writers"),
             _records: PhantomData,
         }
     }
