@@ -5,7 +5,12 @@
 //!   id, now, no expected version) and `expected_version` optional (optimistic concurrency).
 //!   A field of the wrong type or missing is a 400 naming the field. The command is encoded
 //!   with its registered schema and written to `<service>.commands`, keyed by aggregate id;
-//!   the answer carries the command id and the offset token of the write.
+//!   the answer carries the command id and the offset token of the write. A request may
+//!   carry `Idempotency-Key: <key>` (1 to 256 bytes, no control characters): the key is the
+//!   command's id and goes with it (Kafka header `idempotency-key`), so a client that
+//!   retries after a timeout or a 503 whose write had landed does not apply it twice
+//!   (inventory remembers each sku's last 64 keys; orders and catalog commands are
+//!   idempotent by their own ids).
 //! - `POST /events/<topic>`: for producers outside the system publishing their own events
 //!   (a carrier's scans) on a topic its owner declares `external_events` (no pipeline writes
 //!   it). The body is `{"record": "<Name>", …fields}`, validated against the topic's records
@@ -35,6 +40,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::collections::BTreeMap;
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::Metadata;
 use schemas::Registry;
@@ -235,6 +241,8 @@ struct Encoded {
     topic: &'static str,
     key: String,
     payload: Vec<u8>,
+    /// The request's idempotency key, sent as a header.
+    idempotency_key: Option<String>,
 }
 
 impl From<FieldError> for ApiError {
@@ -275,11 +283,34 @@ fn encode_record(
         topic,
         key,
         payload,
+        idempotency_key: None,
     })
 }
 
-/// Fills in `metadata` when the caller did not send it.
-fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), ApiError> {
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key(headers: &header::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, why);
+        e.body["header"] = json!("Idempotency-Key");
+        e
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| bad("header Idempotency-Key is not visible ASCII".into()))?;
+    crate::topics::check_idempotency_key(key).map_err(bad)?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Fills in `metadata` when the caller did not send it; the command id is `key` when the
+/// request has one.
+fn with_metadata(
+    mut body: Value,
+    key_field: &str,
+    key: Option<&str>,
+) -> Result<(Value, String), ApiError> {
     let Some(object) = body.as_object_mut() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -314,10 +345,18 @@ fn with_metadata(mut body: Value, key_field: &str) -> Result<(Value, String), Ap
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        if let Some(key) = key
+            && id != key
+        {
+            return Err(ApiError::bad_field(
+                "metadata.event_id".into(),
+                format!("is {id:?} but the request's Idempotency-Key is {key:?}: the key is the command's id"),
+            ));
+        }
         return Ok((body, id));
     }
     let expected = expected.unwrap_or(-1);
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = key.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     insert_metadata(object, key_field, &id, crate::wire::now_ms(), expected)?;
     Ok((body, id))
 }
@@ -349,6 +388,7 @@ fn insert_metadata(
 async fn command(
     State(api): State<Arc<Api>>,
     Path((service, command)): Path<(String, String)>,
+    headers: header::HeaderMap,
     body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(Json(body)) = body else {
@@ -371,13 +411,15 @@ async fn command(
             ),
         ));
     };
-    let (body, command_id) = with_metadata(body, open.ingress.key)?;
-    let encoded = encode_record(open, topic, &command, body, |names| {
+    let key = idempotency_key(&headers)?;
+    let (body, command_id) = with_metadata(body, open.ingress.key, key.as_deref())?;
+    let mut encoded = encode_record(open, topic, &command, body, |names| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{service} has no command {command:?} (commands: {names})"),
         )
     })?;
+    encoded.idempotency_key = key;
     let mut answer = write(&api, &encoded).await?;
     answer["command_id"] = json!(command_id);
     Ok(Json(answer))
@@ -385,14 +427,18 @@ async fn command(
 
 /// Writes one encoded record; the answer names where it landed, with its offset token.
 async fn write(api: &Api, encoded: &Encoded) -> Result<Value, ApiError> {
+    let mut record = FutureRecord::to(encoded.topic)
+        .key(&encoded.key)
+        .payload(&encoded.payload);
+    if let Some(key) = &encoded.idempotency_key {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: crate::topics::IDEMPOTENCY_KEY,
+            value: Some(key.as_str()),
+        }));
+    }
     let delivery = api
         .producer
-        .send(
-            FutureRecord::to(encoded.topic)
-                .key(&encoded.key)
-                .payload(&encoded.payload),
-            kafka::TX_TIMEOUT,
-        )
+        .send(record, kafka::TX_TIMEOUT)
         .await
         .map_err(|(e, _)| {
             ApiError::new(
@@ -867,6 +913,7 @@ mod tests {
         let (body, id) = with_metadata(
             json!({"sku": "S", "metadata": meta.clone(), "expected_version": 4}),
             "sku",
+            None,
         )
         .unwrap();
         assert_eq!(id, "c");
@@ -877,12 +924,35 @@ mod tests {
         let e = with_metadata(
             json!({"sku": "S", "metadata": pinned, "expected_version": 4}),
             "sku",
+            None,
         )
         .unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.body["field"], "expected_version");
-        let (body, _) = with_metadata(json!({"sku": "S", "expected_version": 7}), "sku").unwrap();
+        let (body, _) =
+            with_metadata(json!({"sku": "S", "expected_version": 7}), "sku", None).unwrap();
         assert_eq!(body["metadata"]["aggregate_version"], 7);
+    }
+
+    #[test]
+    fn an_idempotency_key_is_the_commands_id() {
+        let (body, id) = with_metadata(json!({"sku": "S"}), "sku", Some("retry-1")).unwrap();
+        assert_eq!(id, "retry-1");
+        assert_eq!(body["metadata"]["event_id"], "retry-1");
+        let meta = serde_json::to_value(Metadata::command("other", "S", 0)).unwrap();
+        let e = with_metadata(json!({"sku": "S", "metadata": meta}), "sku", Some("retry-1"))
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body["field"], "metadata.event_id");
+        let mut headers = header::HeaderMap::new();
+        assert_eq!(idempotency_key(&headers).unwrap(), None);
+        headers.insert("idempotency-key", "k-1".parse().unwrap());
+        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("k-1"));
+        headers.insert("idempotency-key", "x".repeat(257).parse().unwrap());
+        let e = idempotency_key(&headers).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.body["header"], "Idempotency-Key");
+        assert!(e.body["error"].as_str().unwrap().contains("257 bytes"), "{:?}", e.body);
     }
 
     #[test]

@@ -67,6 +67,50 @@ pub mod saga_headers {
     pub const REPLY_TO: &str = "reply-to";
 }
 
+/// Header of a command a producer may send again (a client retrying after a timeout): its
+/// value is the command's idempotency key, and a service that remembers keys (inventory)
+/// applies the command once however often it arrives. The HTTP API sets it from the
+/// request's `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The idempotency key `message` carries, if any; an error naming what is wrong with it
+/// (not UTF-8, empty, too long, a control character).
+pub fn idempotency_key(message: &impl rdkafka::message::Message) -> Result<Option<&str>, String> {
+    use rdkafka::message::Headers;
+    let Some(h) = message
+        .headers()
+        .and_then(|hs| hs.iter().find(|h| h.key == IDEMPOTENCY_KEY))
+    else {
+        return Ok(None);
+    };
+    let key = std::str::from_utf8(h.value.unwrap_or_default())
+        .map_err(|_| format!("header {IDEMPOTENCY_KEY} is not UTF-8"))?;
+    check_idempotency_key(key)?;
+    Ok(Some(key))
+}
+
+/// An idempotency key's rule: an id's (1 to [`MAX_ID_BYTES`] bytes, no control
+/// characters).
+///
+/// [`MAX_ID_BYTES`]: processors::limits::MAX_ID_BYTES
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    use processors::limits::MAX_ID_BYTES;
+    if key.is_empty() {
+        Err(format!("header {IDEMPOTENCY_KEY} is empty"))
+    } else if key.len() > MAX_ID_BYTES {
+        Err(format!(
+            "header {IDEMPOTENCY_KEY} is {} bytes, more than the limit of {MAX_ID_BYTES}",
+            key.len()
+        ))
+    } else if key.chars().any(char::is_control) {
+        Err(format!(
+            "header {IDEMPOTENCY_KEY} contains a control character: {key:?}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// The value of header `name` on `message`, if present and UTF-8.
 pub fn header<'m>(message: &'m impl rdkafka::message::Message, name: &str) -> Option<&'m str> {
     use rdkafka::message::Headers;

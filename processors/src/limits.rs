@@ -15,7 +15,7 @@
 //! | unit price ([`MAX_UNIT_PRICE_CENTS`]) | 10^12 cents |
 //! | order total ([`MAX_ORDER_TOTAL_CENTS`]) | 10^15 cents |
 //! | lines in one order ([`MAX_ORDER_LINES`]) | 1,000 |
-//! | an id (sku, warehouse, order, reservation, event, tenant…) ([`MAX_ID_BYTES`]) | 256 bytes |
+//! | an id (sku, warehouse, order, reservation, event, tenant…) ([`MAX_ID_BYTES`]) | 256 bytes, no control characters |
 //! | a free text (reason, address…) ([`MAX_TEXT_BYTES`]) | 4,096 bytes |
 //! | a time ([`MAX_TIME_MS`]) | 0 to 9999-12-31T23:59:59.999Z, in ms |
 
@@ -110,13 +110,17 @@ impl Check {
         self.optional_id(field, v)
     }
 
-    /// An id that may be empty, of at most [`MAX_ID_BYTES`].
+    /// An id that may be empty, of at most [`MAX_ID_BYTES`], without control characters
+    /// (changelog keys join ids with one).
     pub fn optional_id(self, field: impl Display + Copy, v: &str) -> Result<(), InvalidCommand> {
         self.require(v.len() <= MAX_ID_BYTES, || {
             format!(
                 "field {field} is {} bytes, more than the limit of {MAX_ID_BYTES}",
                 v.len()
             )
+        })?;
+        self.require(!v.chars().any(char::is_control), || {
+            format!("field {field} contains a control character: {v:?}")
         })
     }
 

@@ -99,6 +99,31 @@ pub struct ReservationState {
     pub refused: bool,
 }
 
+/// Changelog record: the idempotency key of a command one sku applied (its last
+/// [`REMEMBERED_KEYS`] are kept), so a client's retry is applied once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedKey {
+    pub sku: String,
+    pub key: String,
+    /// Keyed commands the sku had applied before this one.
+    pub seq: i64,
+    /// Aggregate version after the command.
+    pub version: i64,
+}
+
+/// Idempotency keys one sku remembers: a retry is recognised as long as fewer than this
+/// many other keyed commands for the same sku were applied after the first attempt.
+pub const REMEMBERED_KEYS: i64 = 64;
+
+impl RememberedKey {
+    /// Its key on the changelog: one slot per `seq % REMEMBERED_KEYS`, so a sku's records
+    /// are bounded by construction (a slot is overwritten as keys wrap). The separator is a
+    /// control character, which no id may contain, so it never meets a reservation's key.
+    pub fn changelog_key(&self) -> String {
+        format!("{}\u{1f}{}", self.sku, self.seq.rem_euclid(REMEMBERED_KEYS))
+    }
+}
+
 impl ReservationState {
     /// Its key on the changelog: the latest state per reservation survives compaction.
     pub fn changelog_key(&self) -> String {
@@ -167,6 +192,7 @@ record_union! {
     InventoryChangelog {
         InventorySnapshot => "../avro/inventory/InventorySnapshot.avsc",
         ReservationState => "../avro/inventory/ReservationState.avsc",
+        RememberedKey => "../avro/inventory/RememberedKey.avsc",
     }
 }
 
@@ -406,6 +432,14 @@ mod tests {
             version: 8,
             refused: false,
         }));
+        let remembered = RememberedKey {
+            sku: s(),
+            key: "retry-1".into(),
+            seq: 65,
+            version: 3,
+        };
+        assert_eq!(remembered.changelog_key(), format!("{}\u{1f}1", s()));
+        round_trip(InventoryChangelog::from(remembered));
     }
 
     #[test]

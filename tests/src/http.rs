@@ -67,6 +67,68 @@ pub async fn read_your_writes(
         );
     }
 
+    // A client retrying (its first answer lost, say a 503 after the write had landed) sends
+    // the same Idempotency-Key: applied once, also by the instance that restores the sku
+    // after a restart, while a new key is a new command.
+    let keyed = |key: &'static str, quantity: i64| {
+        let (client, url) = (client.clone(), format!("{base}/commands/inventory/ReceiveStock"));
+        async move {
+            let r = client
+                .post(url)
+                .header("Idempotency-Key", key)
+                .json(&json!({"sku": "SKU-HTTP", "warehouse": "AMS", "quantity": quantity}))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            let answer: Value = r.json().await?;
+            ensure!(status == 200, "keyed command refused: {status} {answer}");
+            ensure!(answer["command_id"] == key, "command id of {key}: {answer}");
+            anyhow::Ok(answer["token"].as_str().context("a token")?.to_owned())
+        }
+    };
+    let on_hand = |token: String| {
+        let (client, url) = (client.clone(), format!("{base}/query"));
+        async move {
+            let rows: Value = client
+                .get(url)
+                .query(&[
+                    (
+                        "sql",
+                        "SELECT on_hand FROM stock_levels WHERE sku = 'SKU-HTTP' AND warehouse = 'AMS'",
+                    ),
+                    ("token", token.as_str()),
+                ])
+                .send()
+                .await?
+                .json()
+                .await?;
+            anyhow::Ok(rows)
+        }
+    };
+    keyed("retry-1", 3).await?;
+    let again = keyed("retry-1", 3).await?;
+    expected += 3;
+    let rows = on_hand(again).await?;
+    ensure!(
+        rows == json!([{ "on_hand": expected }]),
+        "a retried ReceiveStock (same Idempotency-Key): stock_levels says {rows}, expected on_hand {expected}"
+    );
+    runner.interrupt()?;
+    runner.start()?;
+    let after_restart = keyed("retry-1", 3).await?;
+    let rows = on_hand(after_restart).await?;
+    ensure!(
+        rows == json!([{ "on_hand": expected }]),
+        "the retry after a restart: stock_levels says {rows}, expected on_hand {expected}"
+    );
+    let new_key = keyed("retry-2", 2).await?;
+    expected += 2;
+    let rows = on_hand(new_key).await?;
+    ensure!(
+        rows == json!([{ "on_hand": expected }]),
+        "a new Idempotency-Key: stock_levels says {rows}, expected on_hand {expected}"
+    );
+
     // The catalog and shipping, in this process: a product created, repriced, discontinued;
     // each write read back from the products view with its token; a rule broken is an event,
     // not a 4xx.

@@ -4,9 +4,12 @@
 //! `inventory.events`, the low-stock alerts and the per-line answers to saga commands, and
 //! keeps the aggregates in `inventory.changelog` (one snapshot per changed sku per batch and
 //! one record per reservation that changed). Redeliveries are recognised by the offset of
-//! the last command each sku applied, kept in its snapshot.
+//! the last command each sku applied, kept in its snapshot; a client's retry (the same
+//! command produced again, at a new offset) by its idempotency key, when it came with one
+//! (header [`IDEMPOTENCY_KEY`](crate::topics::IDEMPOTENCY_KEY)): each sku remembers its last
+//! [`REMEMBERED_KEYS`] keys in the changelog, one record per slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use processors::Aggregate;
 use processors::inventory::{LowStock, SkuInventory, for_each_effect, reservation_changes};
@@ -16,7 +19,7 @@ use schemas::Registry;
 use schemas::codec::{Decoder, Encoder};
 use schemas::inventory::{
     InventoryAlert, InventoryChangelog, InventoryCommand, InventoryEvent, InventorySnapshot,
-    ReservationState,
+    REMEMBERED_KEYS, RememberedKey, ReservationState,
 };
 use tokio::runtime::Handle;
 
@@ -45,6 +48,38 @@ pub struct Entry {
     aggregate: SkuInventory,
     /// Offset of the last command applied to this sku (-1: none).
     last_offset: i64,
+    /// Idempotency keys of the last keyed commands applied, oldest first, with their seq.
+    keys: VecDeque<(i64, String)>,
+}
+
+impl Entry {
+    fn new(sku: &str) -> Self {
+        Entry {
+            aggregate: SkuInventory::new(sku),
+            last_offset: -1,
+            keys: VecDeque::new(),
+        }
+    }
+
+    /// Whether a command with idempotency key `key` was applied already.
+    fn remembers(&self, key: &str) -> bool {
+        self.keys.iter().any(|(_, k)| k == key)
+    }
+
+    /// Remembers `key`, forgetting the oldest past [`REMEMBERED_KEYS`]: its record.
+    fn remember(&mut self, key: &str) -> RememberedKey {
+        let seq = self.keys.back().map_or(0, |(seq, _)| seq + 1);
+        self.keys.push_back((seq, key.to_owned()));
+        if self.keys.len() > REMEMBERED_KEYS as usize {
+            self.keys.pop_front();
+        }
+        RememberedKey {
+            sku: self.aggregate.sku().to_owned(),
+            key: key.to_owned(),
+            seq,
+            version: self.aggregate.version(),
+        }
+    }
 }
 
 /// Runs the command processor until `stop`. Blocking: call from a dedicated thread.
@@ -113,12 +148,19 @@ impl runtime::Processor for Inventory {
         message: &BorrowedMessage<'_>,
         _now: i64,
     ) -> anyhow::Result<Handled> {
-        let entry = skus.entry(sku.to_owned()).or_insert_with(|| Entry {
-            aggregate: SkuInventory::new(sku),
-            last_offset: -1,
-        });
+        let entry = skus
+            .entry(sku.to_owned())
+            .or_insert_with(|| Entry::new(sku));
         let offset = message.offset();
         if offset <= entry.last_offset {
+            return Ok(Handled::Redelivery);
+        }
+        let key = match crate::topics::idempotency_key(message) {
+            Ok(key) => key,
+            Err(why) => return Ok(Handled::Invalid(why)),
+        };
+        if key.is_some_and(|key| entry.remembers(key)) {
+            // A retry of a command applied already: its client did not hear back.
             return Ok(Handled::Redelivery);
         }
         let produced = match entry.aggregate.handle(command) {
@@ -169,6 +211,12 @@ impl runtime::Processor for Inventory {
             out.encode(&self.changelog, &change.into())?;
             out.changelog(key.as_bytes())?;
         }
+        if let Some(key) = key {
+            let remembered = entry.remember(key);
+            let changelog_key = remembered.changelog_key();
+            out.encode(&self.changelog, &remembered.into())?;
+            out.changelog(changelog_key.as_bytes())?;
+        }
         entry.last_offset = offset;
         out.changed(sku);
         Ok(Handled::Applied {
@@ -207,6 +255,8 @@ fn rebuild_partition(
     // Records of a sku may come in any order (compaction keeps the latest per key).
     let mut latest: HashMap<String, InventorySnapshot> = HashMap::new();
     let mut reservations: HashMap<String, Vec<ReservationState>> = HashMap::new();
+    // The latest record per slot (log order), as compaction keeps it.
+    let mut keys: HashMap<String, HashMap<i64, RememberedKey>> = HashMap::new();
     read(&mut |record| {
         match record {
             InventoryChangelog::InventorySnapshot(s) => {
@@ -214,6 +264,10 @@ fn rebuild_partition(
             }
             InventoryChangelog::ReservationState(r) => {
                 reservations.entry(r.sku.clone()).or_default().push(r)
+            }
+            InventoryChangelog::RememberedKey(k) => {
+                let slot = k.seq.rem_euclid(REMEMBERED_KEYS);
+                keys.entry(k.sku.clone()).or_default().insert(slot, k);
             }
         }
         Ok(())
@@ -230,11 +284,22 @@ fn rebuild_partition(
     for (sku, snapshot) in latest {
         let aggregate =
             SkuInventory::restore(&snapshot, reservations.get(&sku).into_iter().flatten());
+        // Keys of commands past the snapshot were not applied (at-least-once only): their
+        // commands are redelivered and remembered again.
+        let mut remembered: Vec<(i64, String)> = keys
+            .remove(&sku)
+            .into_iter()
+            .flat_map(HashMap::into_values)
+            .filter(|k| k.version <= snapshot.version)
+            .map(|k| (k.seq, k.key))
+            .collect();
+        remembered.sort_unstable();
         state.insert(
             sku,
             Entry {
                 aggregate,
                 last_offset: snapshot.source_offset,
+                keys: remembered.into(),
             },
         );
     }
@@ -291,4 +356,61 @@ pub fn restore_store(
         }
     }
     Ok((store, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sku_remembers_its_last_keys_and_so_does_its_restore() {
+        let mut entry = Entry::new("S");
+        let mut log: Vec<InventoryChangelog> = Vec::new();
+        let total = REMEMBERED_KEYS + 6;
+        for i in 0..total {
+            log.push(entry.remember(&format!("k{i}")).into());
+        }
+        assert!(!entry.remembers("k5"), "the oldest keys are forgotten");
+        assert!(entry.remembers("k6") && entry.remembers(&format!("k{}", total - 1)));
+        assert_eq!(entry.keys.len(), REMEMBERED_KEYS as usize);
+        // Slots wrap: the log (before compaction) holds every record, compaction one per slot.
+        let keys: std::collections::BTreeSet<String> = log
+            .iter()
+            .map(|r| match r {
+                InventoryChangelog::RememberedKey(k) => k.changelog_key(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(keys.len(), REMEMBERED_KEYS as usize);
+        log.push(entry.aggregate.snapshot(0, 41).into());
+        // A key past the snapshot (its batch's snapshot never landed: at-least-once only) is
+        // not remembered, and the key whose slot it took is lost with it.
+        let mut orphan = entry.clone_key("late");
+        orphan.version = entry.aggregate.version() + 1;
+        log.push(orphan.into());
+        let rebuilt = rebuild_partition(&mut |f| {
+            for r in log.clone() {
+                f(r)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let restored = &rebuilt.state["S"];
+        let mut kept = entry.keys.clone();
+        kept.pop_front();
+        assert_eq!(restored.keys, kept);
+        assert!(!restored.remembers("late"));
+        assert_eq!(restored.last_offset, 41);
+    }
+
+    impl Entry {
+        fn clone_key(&self, key: &str) -> RememberedKey {
+            RememberedKey {
+                sku: self.aggregate.sku().to_owned(),
+                key: key.to_owned(),
+                seq: self.keys.back().map_or(0, |(s, _)| s + 1),
+                version: self.aggregate.version(),
+            }
+        }
+    }
 }
