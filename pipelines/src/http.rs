@@ -350,7 +350,9 @@ fn with_metadata(
         {
             return Err(ApiError::bad_field(
                 "metadata.event_id".into(),
-                format!("is {id:?} but the request's Idempotency-Key is {key:?}: the key is the command's id"),
+                format!(
+                    "is {id:?} but the request's Idempotency-Key is {key:?}: the key is the command's id"
+                ),
             ));
         }
         return Ok((body, id));
@@ -940,8 +942,12 @@ mod tests {
         assert_eq!(id, "retry-1");
         assert_eq!(body["metadata"]["event_id"], "retry-1");
         let meta = serde_json::to_value(Metadata::command("other", "S", 0)).unwrap();
-        let e = with_metadata(json!({"sku": "S", "metadata": meta}), "sku", Some("retry-1"))
-            .unwrap_err();
+        let e = with_metadata(
+            json!({"sku": "S", "metadata": meta}),
+            "sku",
+            Some("retry-1"),
+        )
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.body["field"], "metadata.event_id");
         let mut headers = header::HeaderMap::new();
@@ -952,7 +958,11 @@ mod tests {
         let e = idempotency_key(&headers).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert_eq!(e.body["header"], "Idempotency-Key");
-        assert!(e.body["error"].as_str().unwrap().contains("257 bytes"), "{:?}", e.body);
+        assert!(
+            e.body["error"].as_str().unwrap().contains("257 bytes"),
+            "{:?}",
+            e.body
+        );
     }
 
     #[test]

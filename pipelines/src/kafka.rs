@@ -470,14 +470,15 @@ impl Output {
         Ok(())
     }
 
-    /// Enqueues one changelog record for partition `p`: the transaction's first on `p`
-    /// carries [`WRITER_HEADER`].
+    /// Enqueues one changelog record for partition `p` (`payload` `None`: a tombstone,
+    /// which deletes `key` once compacted): the transaction's first on `p` carries
+    /// [`WRITER_HEADER`].
     pub fn send_changelog(
         &self,
         topic: &str,
         p: i32,
         key: &[u8],
-        payload: &[u8],
+        payload: Option<&[u8]>,
     ) -> anyhow::Result<()> {
         let headers = match &self.writer {
             Some(writer) if self.marked.borrow_mut().insert(p) => {
@@ -488,7 +489,7 @@ impl Output {
             }
             _ => None,
         };
-        self.send(topic, Some(p), key, payload, headers)
+        self.enqueue(topic, Some(p), key, payload, headers)
     }
 
     /// Starts a unit of work.
@@ -517,7 +518,21 @@ impl Output {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> anyhow::Result<()> {
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        self.enqueue(topic, partition, key, Some(payload), headers)
+    }
+
+    fn enqueue(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> anyhow::Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Some(p) = partition {
             record = record.partition(p);
         }

@@ -252,8 +252,18 @@ impl Batch<'_> {
         let p = self.partition;
         self.output.check_size(self.spec.changelog, key, self.buf)?;
         self.output
-            .send_changelog(self.spec.changelog, p, key, self.buf)?;
-        self.cache.record(p, key, self.buf);
+            .send_changelog(self.spec.changelog, p, key, Some(self.buf))?;
+        self.cache.record(p, key, Some(self.buf));
+        Ok(())
+    }
+
+    /// Deletes `key` from the changelog (a tombstone), on the partition being handled: for
+    /// state a processor forgets by its own rule (an id past its horizon).
+    pub fn forget(&mut self, key: &[u8]) -> anyhow::Result<()> {
+        let p = self.partition;
+        self.output
+            .send_changelog(self.spec.changelog, p, key, None)?;
+        self.cache.record(p, key, None);
         Ok(())
     }
 

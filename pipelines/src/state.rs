@@ -546,9 +546,15 @@ impl ChangelogCache {
         Ok(restored)
     }
 
-    /// Notes a record written to the changelog (in the transaction under way).
-    pub fn record(&mut self, p: i32, key: &[u8], payload: &[u8]) {
+    /// Notes a record written to the changelog (in the transaction under way); `None`: a
+    /// tombstone.
+    pub fn record(&mut self, p: i32, key: &[u8], payload: Option<&[u8]>) {
         let Some(part) = self.parts.get_mut(&p) else {
+            return;
+        };
+        let Some(payload) = payload else {
+            part.records.remove(key);
+            part.dirty = true;
             return;
         };
         // A key written again (the common case: a sku's snapshot per batch) reuses its buffer.
@@ -769,20 +775,20 @@ mod tests {
             .join("orders/orders/orders.changelog-0.snapshot");
         let written = || Snapshot::read(&path).unwrap().unwrap().position;
         // Its first transaction starts at the end it restored to.
-        cache.record(0, b"O-1", b"v1");
+        cache.record(0, b"O-1", Some(b"v1"));
         cache
             .committed(&HashMap::from([(0, (100, 104))]), false)
             .unwrap();
         assert_eq!(written(), 105);
         // The next one after its commit marker (105).
-        cache.record(0, b"O-1", b"v2");
+        cache.record(0, b"O-1", Some(b"v2"));
         cache
             .committed(&HashMap::from([(0, (106, 110))]), false)
             .unwrap();
         assert_eq!(written(), 111);
         // Someone else wrote 111..119: the snapshot keeps naming 111 (the restore replays
         // from there, theirs included).
-        cache.record(0, b"O-2", b"v1");
+        cache.record(0, b"O-2", Some(b"v1"));
         cache
             .committed(&HashMap::from([(0, (120, 125))]), false)
             .unwrap();
@@ -790,7 +796,7 @@ mod tests {
         assert_eq!(Snapshot::read(&path).unwrap().unwrap().records.len(), 2);
         // A held partition is not written.
         cache.hold(0);
-        cache.record(0, b"O-3", b"v1");
+        cache.record(0, b"O-3", Some(b"v1"));
         cache.committed(&HashMap::new(), true).unwrap();
         assert_eq!(Snapshot::read(&path).unwrap().unwrap().records.len(), 2);
     }

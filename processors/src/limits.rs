@@ -18,6 +18,11 @@
 //! | an id (sku, warehouse, order, reservation, event, tenant…) ([`MAX_ID_BYTES`]) | 256 bytes, no control characters |
 //! | a free text (reason, address…) ([`MAX_TEXT_BYTES`]) | 4,096 bytes |
 //! | a time ([`MAX_TIME_MS`]) | 0 to 9999-12-31T23:59:59.999Z, in ms |
+//!
+//! Horizons of what a rule remembers, so state does not grow with history: a sku's spent
+//! reservation ids ([`crate::inventory::MAX_SPENT_IDS`] = 10,000, within
+//! [`crate::inventory::SPENT_ID_RETENTION_MS`] = 24 h of the newest), a sku's idempotency
+//! keys (64, `schemas::inventory::REMEMBERED_KEYS`).
 
 use std::fmt::Display;
 

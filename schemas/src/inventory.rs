@@ -82,6 +82,13 @@ pub struct InventorySnapshot {
     /// Offset of the last applied command; a redelivery at or below it is skipped.
     pub source_offset: i64,
     pub positions: Vec<StockPosition>,
+    /// The latest `spent_at` of a reservation id the sku forgot (v2; -1: none).
+    #[serde(default = "none_forgotten")]
+    pub forgotten_until: i64,
+}
+
+fn none_forgotten() -> i64 {
+    -1
 }
 
 /// Changelog record: one reservation of a sku, open or closed (closed ids act once).
@@ -97,6 +104,9 @@ pub struct ReservationState {
     /// Refused, never held (v2; false in v1 records).
     #[serde(default)]
     pub refused: bool,
+    /// When the id was spent: closed or refused (v3; 0 for an open one and in older records).
+    #[serde(default)]
+    pub spent_at: i64,
 }
 
 /// Changelog record: the idempotency key of a command one sku applied (its last
@@ -127,7 +137,12 @@ impl RememberedKey {
 impl ReservationState {
     /// Its key on the changelog: the latest state per reservation survives compaction.
     pub fn changelog_key(&self) -> String {
-        format!("{}/{}", self.sku, self.reservation_id)
+        Self::key_of(&self.sku, &self.reservation_id)
+    }
+
+    /// The changelog key of reservation `id` of `sku`.
+    pub fn key_of(sku: &str, id: &str) -> String {
+        format!("{sku}/{id}")
     }
 }
 
@@ -422,6 +437,7 @@ mod tests {
                 on_hand: 5,
                 reserved: 2,
             }],
+            forgotten_until: 7,
         }));
         round_trip(InventoryChangelog::from(ReservationState {
             sku: s(),
@@ -431,6 +447,7 @@ mod tests {
             open: true,
             version: 8,
             refused: false,
+            spent_at: 0,
         }));
         let remembered = RememberedKey {
             sku: s(),

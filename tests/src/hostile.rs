@@ -351,3 +351,146 @@ pub async fn outputs_over_the_size_limit_are_dead_lettered(
     );
     stopped
 }
+
+/// A sku's horizon of spent reservation ids (issue 14: bounded state), end to end: a
+/// reservation spent two days (event time) before the sku's newest one is forgotten, its
+/// changelog record deleted by a tombstone; a duplicate of its request is refused as a
+/// possible duplicate, never held again; a command dated hours ahead of the service's clock
+/// is dead-lettered; and the store restored from the changelog still equals the fold of the
+/// event log. `sku` must be new to the cluster.
+pub async fn a_skus_forgotten_reservation_ids_leave_its_changelog(
+    cluster: &Cluster,
+    views: &Path,
+    sku: &str,
+) -> anyhow::Result<()> {
+    use pipelines::inventory;
+    use pipelines::topics::inventory::{CHANGELOG, COMMANDS, DLQ, EVENTS};
+    use schemas::Metadata;
+    use schemas::inventory::*;
+
+    let rt = tokio::runtime::Handle::current();
+    let opts = inventory::Options {
+        run_view: false,
+        ..inventory::Options::new(cluster.clone(), views.to_path_buf())
+    };
+    let running = inventory::spawn(&opts, &rt);
+    let now = pipelines::wire::now_ms();
+    let two_days_ago = now - 2 * processors::inventory::SPENT_ID_RETENTION_MS;
+    let meta = |id: &str, at: i64| Metadata::command(&format!("{sku}-{id}"), sku, at);
+    let reserve = |id: &str, at: i64| -> InventoryCommand {
+        ReserveStock {
+            metadata: meta(&format!("reserve-{id}-{at}"), at),
+            reservation_id: id.into(),
+            sku: sku.into(),
+            warehouse: "AMS".into(),
+            quantity: 1,
+        }
+        .into()
+    };
+    let release = |id: &str, at: i64| -> InventoryCommand {
+        ReleaseReservation {
+            metadata: meta(&format!("release-{id}"), at),
+            reservation_id: id.into(),
+            sku: sku.into(),
+        }
+        .into()
+    };
+    let receive = |id: &str, at: i64| -> InventoryCommand {
+        ReceiveStock {
+            metadata: meta(id, at),
+            sku: sku.into(),
+            warehouse: "AMS".into(),
+            quantity: 10,
+        }
+        .into()
+    };
+    let commands = vec![
+        receive("receive", now),
+        reserve("R-OLD", two_days_ago),
+        release("R-OLD", two_days_ago),
+        reserve("R-NEW", now),
+        release("R-NEW", now),
+        // Its request again, as a late duplicate comes (the same record): refused, never held.
+        reserve("R-OLD", two_days_ago),
+        receive("from-the-future", now + 2 * 60 * 60 * 1000),
+    ];
+    crate::returns::produce(
+        cluster,
+        COMMANDS,
+        commands.into_iter().map(|c| (sku.to_owned(), c)).collect(),
+    )
+    .await?;
+    let (c, s) = (cluster.clone(), sku.to_owned());
+    let wait = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let refused = crate::topic::read_all(&c, EVENTS)?
+                .into_iter()
+                .filter(|r| r.key == s.as_bytes())
+                .filter_map(|r| {
+                    String::from_utf8_lossy(&r.payload)
+                        .contains("may be a duplicate")
+                        .then(|| String::from_utf8_lossy(&r.payload).into_owned())
+                })
+                .next();
+            let dead = crate::topic::read_all(&c, DLQ)?
+                .into_iter()
+                .find(|r| r.key == s.as_bytes())
+                .map(|r| r.header(dlq_headers::REASON).unwrap_or_default().to_owned());
+            if let (Some(refused), Some(dead)) = (refused, dead) {
+                return Ok((refused, dead));
+            }
+            if Instant::now() > deadline {
+                let events = crate::topic::read_all(&c, EVENTS)?;
+                let dlq = crate::topic::read_all(&c, DLQ)?;
+                anyhow::bail!(
+                    "no refusal of the forgotten id's duplicate and a dead letter of the future command within 60 s: {} events of {s} ({:?}), dead letters {:?}",
+                    events.iter().filter(|r| r.key == s.as_bytes()).count(),
+                    events
+                        .iter()
+                        .filter(|r| r.key == s.as_bytes())
+                        .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+                        .collect::<Vec<_>>(),
+                    dlq.iter()
+                        .map(|r| r.header(dlq_headers::REASON).unwrap_or_default().to_owned())
+                        .collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let (_, dead) = wait.await??;
+    ensure!(
+        dead.contains("ahead of this service's clock"),
+        "the dead letter of a command from the future says {dead:?}"
+    );
+    let tombstone = format!("{sku}/R-OLD");
+    let changelog = crate::topic::read_all(cluster, CHANGELOG)?;
+    ensure!(
+        changelog
+            .iter()
+            .any(|r| r.key == tombstone.as_bytes() && r.payload.is_empty()),
+        "no tombstone of {tombstone} in {CHANGELOG}"
+    );
+    let stopped = tokio::task::spawn_blocking(move || running.stop()).await?;
+    stopped?;
+    let (o, c) = (opts.clone(), cluster.clone());
+    let (restored, (folded, _)) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok((
+            inventory::service::restore_store(&o, &rt)?.0,
+            pipelines::replay::inventory_from_events(&c, &rt)?,
+        ))
+    })
+    .await??;
+    let (restored, folded) = (restored.get(sku), folded.get(sku));
+    ensure!(
+        restored.is_some() && restored == folded,
+        "{sku}: the changelog says {restored:?}, the events say {folded:?}"
+    );
+    let aggregate = restored.context("restored")?;
+    ensure!(
+        aggregate.forgotten_until() == two_days_ago && !aggregate.is_reserved("R-OLD"),
+        "{sku} after its horizon: {aggregate:?}"
+    );
+    Ok(())
+}

@@ -71,7 +71,10 @@ pub async fn read_your_writes(
     // the same Idempotency-Key: applied once, also by the instance that restores the sku
     // after a restart, while a new key is a new command.
     let keyed = |key: &'static str, quantity: i64| {
-        let (client, url) = (client.clone(), format!("{base}/commands/inventory/ReceiveStock"));
+        let (client, url) = (
+            client.clone(),
+            format!("{base}/commands/inventory/ReceiveStock"),
+        );
         async move {
             let r = client
                 .post(url)

@@ -328,3 +328,14 @@ async fn outputs_over_the_size_limit_are_dead_lettered() -> anyhow::Result<()> {
     integration::hostile::outputs_over_the_size_limit_are_dead_lettered(&cluster, views.path())
         .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skus_forgotten_reservation_ids_leave_its_changelog() -> anyhow::Result<()> {
+    let (_broker, cluster, views) = saga_stack().await?;
+    integration::hostile::a_skus_forgotten_reservation_ids_leave_its_changelog(
+        &cluster,
+        views.path(),
+        "SKU-HORIZON",
+    )
+    .await
+}

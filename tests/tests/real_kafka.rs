@@ -998,6 +998,20 @@ fn outputs_over_the_size_limit(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
     )
 }
 
+fn forgotten_reservation_ids(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    rt.block_on(
+        integration::hostile::a_skus_forgotten_reservation_ids_leave_its_changelog(
+            &stack.cluster,
+            views.path(),
+            &format!("SKU-HORIZON-{}", std::process::id()),
+        ),
+    )?;
+    // The CLI's own check agrees: the store is the fold of the event log.
+    replay_check(stack, "inventory")
+}
+
 fn replay_check(stack: &Stack, store: &str) -> anyhow::Result<()> {
     let check = cli(stack, &["replay", store, "--check"])?;
     anyhow::ensure!(
@@ -1309,7 +1323,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 17] = [
+    let scenarios: [(&str, Scenario); 18] = [
         (
             "a_stop_sent_while_a_service_starts_is_honoured",
             a_stop_sent_while_a_service_starts_is_honoured,
@@ -1371,6 +1385,11 @@ fn main() -> ExitCode {
         (
             "outputs_over_the_size_limit_are_dead_lettered",
             outputs_over_the_size_limit,
+        ),
+        // After every inventory scenario: it leaves a dead letter on inventory.dlq.
+        (
+            "a_skus_forgotten_reservation_ids_leave_its_changelog",
+            forgotten_reservation_ids,
         ),
     ];
     // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.

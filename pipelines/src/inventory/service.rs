@@ -21,6 +21,7 @@ use schemas::inventory::{
     InventoryAlert, InventoryChangelog, InventoryCommand, InventoryEvent, InventorySnapshot,
     REMEMBERED_KEYS, RememberedKey, ReservationState,
 };
+use schemas::record::RecordUnion;
 use tokio::runtime::Handle;
 
 use super::Options;
@@ -81,6 +82,9 @@ impl Entry {
         }
     }
 }
+
+/// How far ahead of the service's clock a command's time may be (clock skew between hosts).
+pub const MAX_CLOCK_AHEAD_MS: i64 = 60 * 60 * 1000;
 
 /// Runs the command processor until `stop`. Blocking: call from a dedicated thread.
 pub fn run(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<Stats> {
@@ -146,7 +150,7 @@ impl runtime::Processor for Inventory {
         sku: &str,
         command: &InventoryCommand,
         message: &BorrowedMessage<'_>,
-        _now: i64,
+        now: i64,
     ) -> anyhow::Result<Handled> {
         let entry = skus
             .entry(sku.to_owned())
@@ -163,10 +167,21 @@ impl runtime::Processor for Inventory {
             // A retry of a command applied already: its client did not hear back.
             return Ok(Handled::Redelivery);
         }
+        // A time far ahead of this service's clock would move a sku's horizon (and so refuse
+        // reservations) until the clock caught up: not a time a producer can mean.
+        let at = command.metadata().occurred_at;
+        if at > now.saturating_add(MAX_CLOCK_AHEAD_MS) {
+            return Ok(Handled::Invalid(format!(
+                "{}: metadata.occurred_at {at} is more than {} s ahead of this service's clock ({now})",
+                command.record_name(),
+                MAX_CLOCK_AHEAD_MS / 1000
+            )));
+        }
         let produced = match entry.aggregate.handle(command) {
             Err(invalid) => return Ok(Handled::Invalid(invalid.to_string())),
             Ok(produced) => produced,
         };
+        let mut forgotten = Vec::new();
         for event in &produced {
             // Available stock before and after, per position the event touches (at most
             // two: a transfer's); no allocation on this path.
@@ -181,7 +196,7 @@ impl runtime::Processor for Inventory {
                     touched[slot] = Some((w, before));
                 });
             }
-            entry.aggregate.apply(event);
+            forgotten.extend(entry.aggregate.apply_forgetting(event));
             out.encode(&self.events, event)?;
             out.send(EVENTS, sku.as_bytes(), None)?;
             for (warehouse, before) in touched.into_iter().flatten() {
@@ -210,6 +225,11 @@ impl runtime::Processor for Inventory {
             let key = change.changelog_key();
             out.encode(&self.changelog, &change.into())?;
             out.changelog(key.as_bytes())?;
+        }
+        // Ids past the sku's horizon leave the changelog too (after this batch's records of
+        // them, which a tombstone must follow to delete).
+        for id in forgotten {
+            out.forget(ReservationState::key_of(sku, &id).as_bytes())?;
         }
         if let Some(key) = key {
             let remembered = entry.remember(key);

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use schemas::inventory::*;
 use schemas::record::RecordUnion;
@@ -62,18 +62,56 @@ pub fn for_each_effect<'e>(event: &'e InventoryEvent, mut f: impl FnMut(&'e str,
 }
 
 /// The inventory aggregate of one sku.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkuInventory {
     sku: String,
     version: i64,
     positions: BTreeMap<String, Position>,
     /// Open reservations: id → (warehouse, quantity).
     reservations: BTreeMap<String, (String, i64)>,
-    closed: BTreeSet<String>,
-    /// Refused reservation ids: spent for `ReserveStock` (a duplicate of a refused request
-    /// must not succeed once stock comes in), unknown to `ReleaseReservation`.
-    refused: BTreeSet<String>,
+    /// Spent reservation ids (closed, or refused: a duplicate of a refused request must not
+    /// succeed once stock comes in), within the horizon: the last [`MAX_SPENT_IDS`], spent
+    /// within [`SPENT_ID_RETENTION_MS`] of the newest.
+    spent: BTreeMap<String, Spent>,
+    /// The same ids, in the order they were spent (by version): the oldest is forgotten first.
+    spent_order: VecDeque<String>,
+    /// The latest `at` of a forgotten id (-1: none): a `ReserveStock` of an unknown id at or
+    /// before it may be a duplicate of one, and is refused.
+    forgotten_until: i64,
+    /// The latest `at` of any spent id, forgotten or not.
+    newest_spent: i64,
 }
+
+impl Default for SkuInventory {
+    fn default() -> Self {
+        SkuInventory {
+            sku: String::new(),
+            version: 0,
+            positions: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            spent: BTreeMap::new(),
+            spent_order: VecDeque::new(),
+            forgotten_until: -1,
+            newest_spent: -1,
+        }
+    }
+}
+
+/// A spent reservation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spent {
+    /// Refused (never held) rather than closed: unknown to `ReleaseReservation`.
+    refused: bool,
+    /// Aggregate version after the event that spent it.
+    version: i64,
+    /// `occurred_at` of that event.
+    at: i64,
+}
+
+/// Spent reservation ids one sku remembers at most (the oldest is forgotten first).
+pub const MAX_SPENT_IDS: usize = 10_000;
+/// How long (event time) a sku remembers a spent reservation id after its newest one.
+pub const SPENT_ID_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Namespace of the deterministic event ids (UUID v5 of command id and event index), so a
 /// replay of the same command yields byte-identical events.
@@ -120,7 +158,9 @@ impl SkuInventory {
     /// Restores the aggregate from its changelog records: the sku's snapshot and its
     /// reservation records, in any order. Reservation records newer than the snapshot come
     /// from a batch whose snapshot never landed (possible only at-least-once); the command
-    /// that made them is redelivered and makes them again, so they are ignored.
+    /// that made them is redelivered and makes them again, so they are ignored. Records of
+    /// ids past the horizon (an uncompacted changelog still holds them before their
+    /// tombstones) are forgotten again by the same rule.
     pub fn restore<'a>(
         snapshot: &InventorySnapshot,
         reservations: impl IntoIterator<Item = &'a ReservationState>,
@@ -141,6 +181,8 @@ impl SkuInventory {
                     )
                 })
                 .collect(),
+            forgotten_until: snapshot.forgotten_until,
+            newest_spent: snapshot.forgotten_until,
             ..Default::default()
         };
         for r in reservations
@@ -149,18 +191,101 @@ impl SkuInventory {
         {
             // A closed reservation stays closed whichever record comes first (before
             // compaction the changelog holds both the opening and the closing record).
-            if r.refused {
-                state.refused.insert(r.reservation_id.clone());
-            } else if !r.open {
+            if r.refused || !r.open {
                 state.reservations.remove(&r.reservation_id);
-                state.closed.insert(r.reservation_id.clone());
-            } else if !state.closed.contains(&r.reservation_id) {
+                let spent = Spent {
+                    refused: r.refused,
+                    version: r.version,
+                    at: r.spent_at,
+                };
+                state.spent.insert(r.reservation_id.clone(), spent);
+            } else if !state.spent.contains_key(&r.reservation_id) {
                 state
                     .reservations
                     .insert(r.reservation_id.clone(), (r.warehouse.clone(), r.quantity));
             }
         }
+        let mut order: Vec<(i64, &String)> =
+            state.spent.iter().map(|(id, s)| (s.version, id)).collect();
+        order.sort_unstable();
+        state.spent_order = order.into_iter().map(|(_, id)| id.clone()).collect();
+        state.newest_spent = state
+            .spent
+            .values()
+            .map(|s| s.at)
+            .fold(state.newest_spent, i64::max);
+        state.forget_past_horizon();
         state
+    }
+
+    /// Records `id` spent by the event at `version`, `at`; the ids this puts past the
+    /// horizon are forgotten and returned (their changelog records are to be deleted).
+    fn spend(&mut self, id: &str, refused: bool, version: i64, at: i64) -> Vec<String> {
+        let spent = Spent {
+            refused,
+            version,
+            at,
+        };
+        if self.spent.insert(id.to_owned(), spent).is_some() {
+            // Spent twice (a log written by someone else): it moves to the back.
+            self.spent_order.retain(|s| s != id);
+        }
+        self.spent_order.push_back(id.to_owned());
+        self.newest_spent = self.newest_spent.max(at);
+        self.forget_past_horizon()
+    }
+
+    /// Forgets the oldest spent ids while there are more than [`MAX_SPENT_IDS`] or the
+    /// oldest was spent more than [`SPENT_ID_RETENTION_MS`] before the newest.
+    fn forget_past_horizon(&mut self) -> Vec<String> {
+        let mut forgotten = Vec::new();
+        while let Some(oldest) = self.spent_order.front() {
+            let at = self.spent.get(oldest).map_or(i64::MIN, |s| s.at);
+            let expired = at < self.newest_spent.saturating_sub(SPENT_ID_RETENTION_MS);
+            if self.spent_order.len() <= MAX_SPENT_IDS && !expired {
+                break;
+            }
+            let id = self.spent_order.pop_front().expect("a front");
+            self.spent.remove(&id);
+            self.forgotten_until = self.forgotten_until.max(at);
+            forgotten.push(id);
+        }
+        forgotten
+    }
+
+    /// Applies `event` (as [`Aggregate::apply`]) and returns the reservation ids it put past
+    /// the horizon, forgotten: their changelog records are to be deleted.
+    pub fn apply_forgetting(&mut self, event: &InventoryEvent) -> Vec<String> {
+        for_each_effect(event, |warehouse, effect| {
+            self.position_mut(warehouse).apply(effect)
+        });
+        let m = event.metadata();
+        let forgotten = match event {
+            InventoryEvent::InventoryReserved(e) => {
+                self.reservations
+                    .insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
+                Vec::new()
+            }
+            InventoryEvent::InventoryReleased(InventoryReleased { reservation_id, .. })
+            | InventoryEvent::InventoryDispatched(InventoryDispatched { reservation_id, .. }) => {
+                self.reservations.remove(reservation_id);
+                self.spend(reservation_id, false, m.aggregate_version, m.occurred_at)
+            }
+            InventoryEvent::ReservationRejected(e) => {
+                self.spend(&e.reservation_id, true, m.aggregate_version, m.occurred_at)
+            }
+            _ => Vec::new(),
+        };
+        if self.sku.is_empty() {
+            self.sku = event.sku().to_owned();
+        }
+        self.version = m.aggregate_version;
+        forgotten
+    }
+
+    /// The latest time of a reservation id this sku forgot (-1: none).
+    pub fn forgotten_until(&self) -> i64 {
+        self.forgotten_until
     }
 
     /// The changelog snapshot (version, positions), stamped with the last applied source
@@ -180,28 +305,33 @@ impl SkuInventory {
                     reserved: p.reserved,
                 })
                 .collect(),
+            forgotten_until: self.forgotten_until,
         }
     }
 
     /// Every reservation record of the aggregate (open, closed and refused ids): with
     /// [`SkuInventory::snapshot`], what a changelog rebuilt from the event log holds.
     pub fn reservation_records(&self) -> Vec<ReservationState> {
-        let record = |id: &String, warehouse: &str, quantity, open, refused| ReservationState {
-            sku: self.sku.clone(),
-            reservation_id: id.clone(),
-            warehouse: warehouse.to_owned(),
-            quantity,
-            open,
-            version: self.version,
-            refused,
-        };
+        let record =
+            |id: &String, warehouse: &str, quantity, spent: Option<&Spent>| ReservationState {
+                sku: self.sku.clone(),
+                reservation_id: id.clone(),
+                warehouse: warehouse.to_owned(),
+                quantity,
+                open: spent.is_none(),
+                version: spent.map_or(self.version, |s| s.version),
+                refused: spent.is_some_and(|s| s.refused),
+                spent_at: spent.map_or(0, |s| s.at),
+            };
         let open = self
             .reservations
             .iter()
-            .map(|(id, (w, q))| record(id, w, *q, true, false));
-        let closed = self.closed.iter().map(|id| record(id, "", 0, false, false));
-        let refused = self.refused.iter().map(|id| record(id, "", 0, false, true));
-        open.chain(closed).chain(refused).collect()
+            .map(|(id, (w, q))| record(id, w, *q, None));
+        let spent = self
+            .spent_order
+            .iter()
+            .map(|id| record(id, "", 0, self.spent.get(id)));
+        open.chain(spent).collect()
     }
 
     fn position_mut(&mut self, warehouse: &str) -> &mut Position {
@@ -232,14 +362,16 @@ pub fn reservation_changes(
             _ => return None,
         };
         let refused = matches!(e, InventoryEvent::ReservationRejected(_));
+        let m = e.metadata();
         Some(ReservationState {
             sku: r.0.clone(),
             reservation_id: r.1.clone(),
             warehouse: r.2.clone(),
             quantity: r.3,
             open,
-            version: e.metadata().aggregate_version,
+            version: m.aggregate_version,
             refused,
+            spent_at: if open { 0 } else { m.occurred_at },
         })
     })
 }
@@ -414,10 +546,28 @@ impl Aggregate for SkuInventory {
             }
             InventoryCommand::ReserveStock(c) => {
                 if self.reservations.contains_key(&c.reservation_id)
-                    || self.closed.contains(&c.reservation_id)
-                    || self.refused.contains(&c.reservation_id)
+                    || self.spent.contains_key(&c.reservation_id)
                 {
                     // Acts once: a repeated reservation id is a duplicate delivery, not a new request.
+                } else if m.occurred_at <= self.forgotten_until {
+                    // Past the horizon: it may be a duplicate of an id forgotten since.
+                    let reason = format!(
+                        "requested at {}, not after {}, the latest time of a reservation id \
+                         this sku has forgotten: it may be a duplicate of one",
+                        m.occurred_at, self.forgotten_until
+                    );
+                    out.push(|metadata| {
+                        ReservationRejected {
+                            metadata,
+                            reservation_id: c.reservation_id.clone(),
+                            sku: c.sku.clone(),
+                            warehouse: c.warehouse.clone(),
+                            quantity: c.quantity,
+                            available: self.position(&c.warehouse).available(),
+                            reason,
+                        }
+                        .into()
+                    });
                 } else {
                     let available = self.position(&c.warehouse).available();
                     if available >= c.quantity {
@@ -481,7 +631,7 @@ impl Aggregate for SkuInventory {
                             .into()
                         }
                     }),
-                    None if self.closed.contains(reservation_id) => {}
+                    None if self.spent.get(reservation_id).is_some_and(|s| !s.refused) => {}
                     None => out.reject(name, format!("unknown reservation {reservation_id:?}")),
                 }
             }
@@ -565,30 +715,6 @@ impl Aggregate for SkuInventory {
     }
 
     fn apply(&mut self, event: &InventoryEvent) {
-        for_each_effect(event, |warehouse, effect| {
-            self.position_mut(warehouse).apply(effect)
-        });
-        match event {
-            InventoryEvent::InventoryReserved(e) => {
-                self.reservations
-                    .insert(e.reservation_id.clone(), (e.warehouse.clone(), e.quantity));
-            }
-            InventoryEvent::InventoryReleased(e) => {
-                self.reservations.remove(&e.reservation_id);
-                self.closed.insert(e.reservation_id.clone());
-            }
-            InventoryEvent::InventoryDispatched(e) => {
-                self.reservations.remove(&e.reservation_id);
-                self.closed.insert(e.reservation_id.clone());
-            }
-            InventoryEvent::ReservationRejected(e) => {
-                self.refused.insert(e.reservation_id.clone());
-            }
-            _ => {}
-        }
-        if self.sku.is_empty() {
-            self.sku = event.sku().to_owned();
-        }
-        self.version = event.metadata().aggregate_version;
+        self.apply_forgetting(event);
     }
 }

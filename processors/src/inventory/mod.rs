@@ -14,6 +14,9 @@ pub mod saga;
 #[cfg(test)]
 mod tests;
 
-pub use aggregate::{Effect, Position, SkuInventory, for_each_effect, reservation_changes};
+pub use aggregate::{
+    Effect, MAX_SPENT_IDS, Position, SPENT_ID_RETENTION_MS, SkuInventory, for_each_effect,
+    reservation_changes,
+};
 pub use alerts::LowStock;
 pub use projection::{ProjectedPosition, StockLevel, StockLevelsProjection};

@@ -781,3 +781,93 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_sku_forgets_its_oldest_spent_ids_and_refuses_what_may_be_their_duplicates() {
+    let mut state = given().received("AMS", 1_000).state;
+    let run = |state: &mut SkuInventory, command: InventoryCommand| {
+        let events = state.handle(&command).expect("valid");
+        let mut forgotten = Vec::new();
+        for e in &events {
+            forgotten.extend(state.apply_forgetting(e));
+        }
+        (events, forgotten)
+    };
+    let at = |i: usize| 10_000 + i as i64;
+    // The changelog as the service writes it: reservation records, then tombstones.
+    let mut log: Vec<Option<ReservationState>> = Vec::new();
+    let mut tombstones = Vec::new();
+    for i in 0..=MAX_SPENT_IDS {
+        let id = format!("R{i}");
+        for command in [
+            reserve(
+                Metadata::command(&format!("r{i}"), SKU, at(i)),
+                &id,
+                "AMS",
+                1,
+            ),
+            release(Metadata::command(&format!("x{i}"), SKU, at(i)), &id),
+        ] {
+            let (events, forgotten) = run(&mut state, command);
+            log.extend(reservation_changes(&events).map(Some));
+            for id in forgotten {
+                tombstones.push(id);
+                log.push(None);
+            }
+        }
+    }
+    // The first id spent is forgotten; its changelog record is deleted.
+    assert_eq!(tombstones, ["R0"]);
+    assert_eq!(state.forgotten_until(), at(0));
+    // Restored from the uncompacted changelog (which still holds R0's records before its
+    // tombstone) or from the compacted one: the same aggregate.
+    let snapshot = state.snapshot(0, 1);
+    let uncompacted: Vec<_> = log.iter().flatten().cloned().collect();
+    let mut latest = std::collections::BTreeMap::new();
+    for r in &uncompacted {
+        latest.insert(r.changelog_key(), r.clone());
+    }
+    for id in &tombstones {
+        latest.remove(&ReservationState::key_of(SKU, id));
+    }
+    for records in [uncompacted, latest.into_values().collect::<Vec<_>>()] {
+        assert_eq!(SkuInventory::restore(&snapshot, &records), state);
+    }
+    // A duplicate of the forgotten request (its time is its own) is refused, never held
+    // again (the refusal spends R0 again, and R1 is forgotten for it); R2's is still
+    // recognised; a new request goes through.
+    let (events, _) = run(
+        &mut state,
+        reserve(Metadata::command("r0", SKU, at(0)), "R0", "AMS", 1),
+    );
+    match &events[..] {
+        [InventoryEvent::ReservationRejected(r)] => {
+            assert!(r.reason.contains("may be a duplicate"), "{}", r.reason)
+        }
+        other => panic!("a possible duplicate of a forgotten id: {other:?}"),
+    }
+    let (events, _) = run(
+        &mut state,
+        reserve(Metadata::command("r2", SKU, at(2)), "R2", "AMS", 1),
+    );
+    assert!(events.is_empty(), "R2 is remembered: {events:?}");
+    assert_eq!(state.forgotten_until(), at(1));
+    let (events, _) = run(
+        &mut state,
+        reserve(
+            Metadata::command("new", SKU, at(MAX_SPENT_IDS + 5)),
+            "NEW",
+            "AMS",
+            1,
+        ),
+    );
+    assert!(matches!(events[..], [InventoryEvent::InventoryReserved(_)]));
+    // A day of event time later, everything spent before it is forgotten.
+    let late = at(MAX_SPENT_IDS) + SPENT_ID_RETENTION_MS + 1;
+    let (_, forgotten) = run(
+        &mut state,
+        release(Metadata::command("late", SKU, late), "NEW"),
+    );
+    assert_eq!(forgotten.len(), MAX_SPENT_IDS, "all but NEW");
+    assert_eq!(state.forgotten_until(), at(MAX_SPENT_IDS));
+}
