@@ -126,7 +126,12 @@ impl Api {
 
     /// The routes, within [`Limits::default`].
     pub fn router(self) -> Router {
-        Limits::default().apply(
+        self.router_within(Limits::default())
+    }
+
+    /// The routes, within `limits`.
+    pub fn router_within(self, limits: Limits) -> Router {
+        limits.apply(
             Router::new()
                 .route("/commands/{service}/{command}", post(command))
                 .route("/events/{topic}", post(event))
@@ -765,7 +770,16 @@ async fn views(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
 
 /// Serves the API on `listener` until the future is dropped.
 pub async fn serve(api: Api, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-    axum::serve(listener, api.router()).await?;
+    serve_within(api, listener, Limits::default()).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    api: Api,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    axum::serve(listener, api.router_within(limits)).await?;
     Ok(())
 }
 

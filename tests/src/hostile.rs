@@ -494,3 +494,449 @@ pub async fn a_skus_forgotten_reservation_ids_leave_its_changelog(
     );
     Ok(())
 }
+
+/// Hostile input while the services run (issue 14's scenario), beside a simulation of good
+/// orders (`spec`) that `runner` (inventory, every participant and the views) processes:
+/// - schema-valid commands with impossible numbers (i64 extremes, zero, 1,001 lines, a
+///   300-byte id, a time past 9999): each dead-lettered with a reason naming the field;
+/// - 30,000 `CancelOrder` on one confirmed order: each answered with a rejection, and the
+///   order's state stays small;
+/// - over HTTP: a gzip bomb (415), a 3 MB body (413), and commands retried with their
+///   `Idempotency-Key` after a 503 from a server whose time limit is 1 ms (the write landed
+///   for at least one): each applied once.
+///
+/// Afterwards the good orders pass every check of [`crate::saga::check`] (each ended once,
+/// as its forced failure says; stores equal their event logs), so the good records' effects
+/// are exactly once and nothing stalled past the simulation's deadline. `label` keeps this
+/// run's hostile keys apart from other runs'.
+pub async fn hostile_input_while_the_services_run(
+    cluster: &Cluster,
+    views: &Path,
+    runner: &mut dyn crate::scenario::Runner,
+    spec: &pipelines::saga::simulate::SimSpec,
+    label: &str,
+) -> anyhow::Result<()> {
+    use crate::saga::{Duplicates, Since};
+    use pipelines::saga::simulate;
+
+    let sim = simulate::generate(spec);
+    let since = Since::now(cluster)?;
+    runner.start()?;
+    let started = Instant::now();
+    let good = crate::saga::run_simulation(cluster, views, runner, &sim, 0);
+    let bad = feed_hostile_input(cluster, views, label);
+    let (good, bad) = tokio::join!(good, bad);
+    let good_took = started.elapsed();
+    let stopped = runner.stop();
+    good?;
+    let report = bad?;
+    stopped.context("a service did not survive the hostile input")?;
+    eprintln!(
+        "{} good order commands: every saga ended in {good_took:.1?} ({:.0}/s) beside the hostile input: {report}",
+        sim.orders.len(),
+        sim.orders.len() as f64 / good_took.as_secs_f64()
+    );
+    let dups = Duplicates::for_run(cluster, runner.doubles_outputs(), since);
+    crate::saga::check(cluster, views, &sim, &dups, |i, e| {
+        *e == crate::saga::expected_ending(i)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Feeds the hostile input of [`hostile_input_while_the_services_run`] and checks each
+/// answer; returns a line saying what it fed.
+async fn feed_hostile_input(
+    cluster: &Cluster,
+    views: &Path,
+    label: &str,
+) -> anyhow::Result<String> {
+    use pipelines::topics::inventory as inv;
+    use schemas::Metadata;
+    use schemas::inventory::*;
+    use schemas::orders::{CancelOrder, OrderCommand, OrderLine, PlaceOrder};
+
+    let key = |what: &str| format!("HOSTILE-{label}-{what}");
+    let sku = key("SKU");
+    let order = key("ORDER");
+    let meta = |id: &str, aggregate: &str| {
+        Metadata::command(&key(id), aggregate, pipelines::wire::now_ms())
+    };
+    let line = |quantity: i64, unit_price_cents: i64| OrderLine {
+        sku: sku.clone(),
+        warehouse: "AMS".into(),
+        quantity,
+        unit_price_cents,
+    };
+    let place = |id: &str, lines: Vec<OrderLine>| -> OrderCommand {
+        PlaceOrder {
+            metadata: meta(&format!("place-{id}"), id),
+            order_id: id.to_owned(),
+            customer_id: "C-HOSTILE".into(),
+            lines,
+            payment_method: "card-1".into(),
+            ship_to_country: "NL".into(),
+            ship_to_postcode: "1011".into(),
+        }
+        .into()
+    };
+
+    // One good order of a sku of its own, confirmed, then cancelled 30,000 times.
+    crate::returns::produce(
+        cluster,
+        inv::COMMANDS,
+        vec![(
+            sku.clone(),
+            InventoryCommand::from(ReceiveStock {
+                metadata: meta("stock", &sku),
+                sku: sku.clone(),
+                warehouse: "AMS".into(),
+                quantity: 10,
+            }),
+        )],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::returns::produce(
+        cluster,
+        "orders.commands",
+        vec![(order.clone(), place(&order, vec![line(1, 100)]))],
+    )
+    .await?;
+    crate::saga::wait_ended(
+        views,
+        std::slice::from_ref(&order),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let latest = crate::topic::read_all(cluster, pipelines::topics::saga::ORDERS_CHANGELOG)?
+        .into_iter()
+        .rfind(|r| r.key == order.as_bytes())
+        .context("the hostile order's state")?;
+    ensure!(
+        latest.payload.windows(9).any(|w| w == b"Confirmed"),
+        "the hostile order {order} ended, but not confirmed: {}",
+        String::from_utf8_lossy(&latest.payload)
+    );
+    /// What a confirmed order answers a cancellation with (`OrderCancellationRejected`).
+    const REFUSAL: &[u8] = b"the order is confirmed and handed to the carrier";
+    const CANCELLATIONS: usize = 30_000;
+    let cancellations = (0..CANCELLATIONS)
+        .map(|i| {
+            let c = CancelOrder {
+                metadata: meta(&format!("cancel-{i}"), &order),
+                order_id: order.clone(),
+                reason: "again".into(),
+            };
+            (order.clone(), OrderCommand::from(c))
+        })
+        .collect();
+    crate::returns::produce(cluster, "orders.commands", cancellations).await?;
+
+    // Impossible numbers, each under a key of its own.
+    let inventory: Vec<(String, InventoryCommand, &str)> = {
+        let receive = |k: &str, quantity: i64, at: i64| -> InventoryCommand {
+            ReceiveStock {
+                metadata: Metadata::command(&key(k), &key(k), at),
+                sku: key(k),
+                warehouse: "AMS".into(),
+                quantity,
+            }
+            .into()
+        };
+        let now = pipelines::wire::now_ms();
+        vec![
+            (
+                key("I-MAX"),
+                receive("I-MAX", i64::MAX, now),
+                "field quantity",
+            ),
+            (
+                key("I-MIN"),
+                receive("I-MIN", i64::MIN, now),
+                "field quantity",
+            ),
+            (key("I-ZERO"), receive("I-ZERO", 0, now), "field quantity"),
+            (key("I-LATE"), receive("I-LATE", 1, i64::MAX), "occurred_at"),
+            (key("I-EARLY"), receive("I-EARLY", 1, -1), "occurred_at"),
+            (
+                key("I-ADJ"),
+                AdjustStock {
+                    metadata: Metadata::command(&key("I-ADJ"), &key("I-ADJ"), now),
+                    sku: key("I-ADJ"),
+                    warehouse: "AMS".into(),
+                    delta: i64::MIN,
+                    reason: "hostile".into(),
+                }
+                .into(),
+                "field delta",
+            ),
+            (
+                key("I-AUDIT"),
+                AuditStock {
+                    metadata: Metadata::command(&key("I-AUDIT"), &key("I-AUDIT"), now),
+                    sku: key("I-AUDIT"),
+                    warehouse: "AMS".into(),
+                    counted: i64::MAX,
+                }
+                .into(),
+                "field counted",
+            ),
+            (
+                key("I-MOVE"),
+                TransferStock {
+                    metadata: Metadata::command(&key("I-MOVE"), &key("I-MOVE"), now),
+                    sku: key("I-MOVE"),
+                    from_warehouse: "AMS".into(),
+                    to_warehouse: "BER".into(),
+                    quantity: i64::MAX,
+                }
+                .into(),
+                "field quantity",
+            ),
+        ]
+    };
+    let orders: Vec<(String, OrderCommand, &str)> = vec![
+        (
+            key("O-PRICE"),
+            place(&key("O-PRICE"), vec![line(1, i64::MAX)]),
+            "unit_price_cents",
+        ),
+        (
+            key("O-QTY"),
+            place(&key("O-QTY"), vec![line(i64::MAX, 1)]),
+            "quantity",
+        ),
+        (
+            key("O-LINES"),
+            place(&key("O-LINES"), (0..1_001).map(|_| line(1, 1)).collect()),
+            "lines",
+        ),
+        (
+            key("O-TOTAL"),
+            place(
+                &key("O-TOTAL"),
+                (0..1_000)
+                    .map(|_| line(1_000_000_000, 1_000_000_000_000))
+                    .collect(),
+            ),
+            "total",
+        ),
+    ];
+    let long_id = format!("{}-{}", key("O-ID"), "x".repeat(300));
+    let mut expect: Vec<(&str, String, &str)> = Vec::new();
+    for (k, _, says) in &inventory {
+        expect.push((inv::DLQ, k.clone(), says));
+    }
+    for (k, _, says) in &orders {
+        expect.push((pipelines::topics::saga::ORDERS_DLQ, k.clone(), says));
+    }
+    expect.push((pipelines::topics::saga::ORDERS_DLQ, long_id.clone(), "256"));
+    crate::returns::produce(
+        cluster,
+        inv::COMMANDS,
+        inventory.into_iter().map(|(k, c, _)| (k, c)).collect(),
+    )
+    .await?;
+    let mut order_commands: Vec<(String, OrderCommand)> =
+        orders.into_iter().map(|(k, c, _)| (k, c)).collect();
+    order_commands.push((long_id.clone(), place(&long_id, vec![line(1, 1)])));
+    crate::returns::produce(cluster, "orders.commands", order_commands).await?;
+
+    let http = hostile_http(cluster, views, &key("HTTP")).await?;
+
+    // Every bad record is dead-lettered with a reason that names what was wrong.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut missing = Vec::new();
+        for dlq in [inv::DLQ, pipelines::topics::saga::ORDERS_DLQ] {
+            let dead = crate::topic::read_all(cluster, dlq)?;
+            for (topic, k, says) in expect.iter().filter(|(t, _, _)| *t == dlq) {
+                match dead.iter().find(|r| r.key == k.as_bytes()) {
+                    None => missing.push(format!("{k} on {topic}")),
+                    Some(r) => {
+                        let reason = r.header(dlq_headers::REASON).unwrap_or_default();
+                        ensure!(
+                            reason.contains(says),
+                            "the dead letter of {k} says {reason:?}, not naming {says:?}"
+                        );
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not dead-lettered within 120 s: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The cancellations: answered one by one, and the order's state did not grow with them.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let (rejected, state_bytes) = loop {
+        let rejected = crate::topic::read_all(cluster, "orders.events")?
+            .iter()
+            .filter(|r| r.key == order.as_bytes())
+            .filter(|r| r.payload.windows(REFUSAL.len()).any(|w| w == REFUSAL))
+            .count();
+        let state = crate::topic::read_all(cluster, pipelines::topics::saga::ORDERS_CHANGELOG)?
+            .into_iter()
+            .filter(|r| r.key == order.as_bytes())
+            .map(|r| r.payload.len())
+            .max()
+            .unwrap_or(0);
+        if rejected >= CANCELLATIONS || Instant::now() > deadline {
+            break (rejected, state);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    ensure!(
+        rejected == CANCELLATIONS,
+        "{rejected} of {CANCELLATIONS} cancellations of the confirmed order {order} answered"
+    );
+    ensure!(
+        state_bytes < 4_096,
+        "the confirmed order's state grew to {state_bytes} bytes with its cancellations"
+    );
+    Ok(format!(
+        "{} impossible commands dead-lettered with their reasons; {CANCELLATIONS} cancellations of a confirmed order answered (its state at most {state_bytes} bytes); {http}",
+        expect.len()
+    ))
+}
+
+/// The HTTP part of the hostile input: a gzip bomb, a body past the limit, and keyed retries
+/// after forced 503s (servers with time limits of 0.2 to 4 ms), for `sku`.
+async fn hostile_http(cluster: &Cluster, views: &Path, sku: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+
+    let open = || async {
+        pipelines::http::Api::new(
+            cluster.clone(),
+            views.to_path_buf(),
+            pipelines::ownership::OwnershipMap::load(None)?,
+        )
+        .await
+    };
+    let serve = |api: pipelines::http::Api, limits: pipelines::http::Limits| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(pipelines::http::serve_within(api, listener, limits));
+        anyhow::Ok((base, server))
+    };
+    let (base, server) = serve(open().await?, Default::default()).await?;
+    let client = reqwest::Client::new();
+    let url = |base: &str| format!("{base}/commands/inventory/ReceiveStock");
+    let body = serde_json::json!({"sku": sku, "warehouse": "AMS", "quantity": 5});
+
+    // A gzip bomb: 64 MB of zeros in a few KB. Refused for its encoding, never inflated.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        gz.write_all(&zeros)?;
+    }
+    let bomb = gz.finish()?;
+    let r = client
+        .post(url(&base))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(bomb.clone())
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 415, "a gzip bomb: {}", r.status());
+    // A body past the 2 MB limit.
+    let big = format!(
+        r#"{{"sku": "{sku}", "warehouse": "AMS", "quantity": 1, "pad": "{}"}}"#,
+        "x".repeat(3 << 20)
+    );
+    let r = client
+        .post(url(&base))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await?;
+    ensure!(r.status().as_u16() == 413, "a 3 MB body: {}", r.status());
+
+    // Keyed retries after 503s: until one of the first attempts is known to have landed.
+    // Keyed commands sent, 503s among their first answers, and of these the writes landed.
+    let (mut keys, mut forced, mut landed) = (0, 0, 0);
+    let mut last_token = String::new();
+    for i in 0..40 {
+        // A server whose time limit falls, for some of these, between the write being sent
+        // and its acknowledgement: answered 503, though the write lands.
+        let hurried = pipelines::http::Limits {
+            timeout: Duration::from_micros(200 * (1 + i % 20)),
+            ..Default::default()
+        };
+        let (hurried_base, hurried_server) = serve(open().await?, hurried).await?;
+        let k = format!("{sku}-forced-{i}");
+        let first = client
+            .post(url(&hurried_base))
+            .header("idempotency-key", &k)
+            .json(&body)
+            .send()
+            .await?;
+        hurried_server.abort();
+        keys += 1;
+        if first.status().as_u16() != 503 {
+            ensure!(first.status().as_u16() == 200, "{k}: {}", first.status());
+            let answer: serde_json::Value = first.json().await?;
+            last_token = answer["token"].as_str().context("a token")?.to_owned();
+            continue;
+        }
+        forced += 1;
+        // Did the write land anyway?
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let wrote = crate::topic::read_all(cluster, pipelines::topics::inventory::COMMANDS)?
+            .iter()
+            .any(|r| r.header(pipelines::topics::IDEMPOTENCY_KEY) == Some(k.as_str()));
+        landed += usize::from(wrote);
+        let retry = client
+            .post(url(&base))
+            .header("idempotency-key", &k)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(
+            retry.status().as_u16() == 200,
+            "retry of {k}: {}",
+            retry.status()
+        );
+        let answer: serde_json::Value = retry.json().await?;
+        last_token = answer["token"].as_str().context("a token")?.to_owned();
+        if landed >= 2 {
+            break;
+        }
+    }
+    ensure!(
+        landed >= 1,
+        "no 503 whose write had landed in {keys} tries ({forced} 503s): nothing proved about retries"
+    );
+    let rows: serde_json::Value = client
+        .get(format!("{base}/query"))
+        .query(&[
+            (
+                "sql",
+                format!(
+                    "SELECT on_hand FROM stock_levels WHERE sku = '{sku}' AND warehouse = 'AMS'"
+                ),
+            ),
+            ("token", last_token),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let want = 5 * keys as i64;
+    ensure!(
+        rows == serde_json::json!([{ "on_hand": want }]),
+        "{keys} keyed commands, {forced} retried after a 503 ({landed} of whose first writes landed): stock_levels says {rows}, expected on_hand {want}"
+    );
+    server.abort();
+    Ok(format!(
+        "HTTP: a gzip bomb of {} bytes refused 415, a 3 MB body 413, {keys} keyed commands applied once each, {forced} of them retried after a 503 ({landed} of those first writes had landed)",
+        bomb.len()
+    ))
+}

@@ -339,3 +339,24 @@ async fn a_skus_forgotten_reservation_ids_leave_its_changelog() -> anyhow::Resul
     )
     .await
 }
+
+/// Issue 14's hostile input beside 300 good orders (on real Kafka too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_while_the_services_run() -> anyhow::Result<()> {
+    let (_broker, cluster, views) = saga_stack().await?;
+    let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
+    runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
+    let spec = SimSpec {
+        orders: 300,
+        seed: 14,
+        ..SimSpec::default()
+    };
+    integration::hostile::hostile_input_while_the_services_run(
+        &cluster,
+        views.path(),
+        &mut runner,
+        &spec,
+        "embedded",
+    )
+    .await
+}

@@ -998,6 +998,35 @@ fn outputs_over_the_size_limit(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
     )
 }
 
+/// Issue 14's hostile input beside 600 good orders, against the real binary's processes:
+/// every one of them must still be running at the end.
+fn hostile_input_while_the_services_run(
+    stack: &Stack,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    ensure_saga_topics(stack, rt)?;
+    let views = tempfile::tempdir()?;
+    let mut services = saga_children(
+        stack,
+        views.path(),
+        "hostile",
+        &["--step-timeout-ms", "120000"],
+    )?;
+    let spec = SimSpec {
+        orders: 600,
+        seed: 14,
+        run: 14,
+        ..SAGA_SPEC
+    };
+    rt.block_on(integration::hostile::hostile_input_while_the_services_run(
+        &stack.cluster,
+        views.path(),
+        &mut services,
+        &spec,
+        &format!("real-{}", std::process::id()),
+    ))
+}
+
 fn forgotten_reservation_ids(stack: &Stack, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     ensure_saga_topics(stack, rt)?;
     let views = tempfile::tempdir()?;
@@ -1323,7 +1352,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: [(&str, Scenario); 18] = [
+    let scenarios: [(&str, Scenario); 19] = [
         (
             "a_stop_sent_while_a_service_starts_is_honoured",
             a_stop_sent_while_a_service_starts_is_honoured,
@@ -1391,12 +1420,20 @@ fn main() -> ExitCode {
             "a_skus_forgotten_reservation_ids_leave_its_changelog",
             forgotten_reservation_ids,
         ),
+        // Last: dead letters on inventory.dlq and orders.dlq, 30,000 cancellations.
+        (
+            "hostile_input_while_the_services_run",
+            hostile_input_while_the_services_run,
+        ),
     ];
-    // `cargo test ... --test real_kafka -- <substring>` runs the matching scenarios only.
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    // `cargo test ... --test real_kafka -- <substring>...` runs the scenarios matching any.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario) in scenarios {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
         let started = std::time::Instant::now();
