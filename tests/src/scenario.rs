@@ -132,7 +132,13 @@ impl Runner for ChildProcess {
     }
     fn start(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
-        let log = std::fs::File::create(self.latest_log())?;
+        let path = self.latest_log();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the log directory {}", dir.display()))?;
+        }
+        let log = std::fs::File::create(&path)
+            .with_context(|| format!("creating the log {}", path.display()))?;
         let mut command = Command::new(&self.binary);
         command
             .arg("run")
