@@ -422,6 +422,9 @@ pub struct StoreReplay {
     pub written: usize,
     /// `--check` with a state directory: records the restore took from local snapshots.
     pub from_snapshot: usize,
+    /// `--check`: ended sagas of the fold the store no longer holds, forgotten after their
+    /// retention (not a difference).
+    pub forgotten: usize,
 }
 
 /// Folds `service`'s event log from the beginning into its state store. With `check`,
@@ -472,7 +475,7 @@ pub fn saga_store<W: crate::saga::rebuild::EventSourced>(
     s: &Store<'_>,
 ) -> anyhow::Result<StoreReplay> {
     use crate::saga::rebuild;
-    let (folded, stats) = rebuild::fold::<W>(s.cluster, s.rt, s.bar)?;
+    let (mut folded, stats) = rebuild::fold::<W>(s.cluster, s.rt, s.bar)?;
     s.bar.finish_and_clear();
     let mut out = StoreReplay {
         service: s.service.to_owned(),
@@ -482,10 +485,12 @@ pub fn saga_store<W: crate::saga::rebuild::EventSourced>(
         differing: None,
         written: 0,
         from_snapshot: 0,
+        forgotten: 0,
     };
     if s.check {
         let (restored, read) = rebuild::restore::<W>(s.cluster, s.rt, s.state_dir)?;
         out.from_snapshot = read.from_snapshot;
+        out.forgotten = rebuild::drop_forgotten::<W>(&mut folded, &restored);
         out.differing = Some(
             rebuild::differences(&folded, &restored)
                 .into_iter()
@@ -511,6 +516,7 @@ pub fn inventory_store(s: &Store<'_>) -> anyhow::Result<StoreReplay> {
         differing: None,
         written: 0,
         from_snapshot: 0,
+        forgotten: 0,
     };
     if !s.check {
         out.written = write_inventory_store(cluster, rt, &stores)?;

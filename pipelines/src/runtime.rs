@@ -106,7 +106,26 @@ pub struct Rebuilt<S> {
 
 /// Hands each changelog record of one partition, decoded and in log order, to the callback.
 pub type ReadChangelog<'a, C> =
-    &'a mut dyn FnMut(&mut dyn FnMut(C) -> anyhow::Result<()>) -> anyhow::Result<()>;
+    &'a mut dyn FnMut(&mut dyn FnMut(Read<'_, C>) -> anyhow::Result<()>) -> anyhow::Result<()>;
+
+/// Keys of a changelog's meta records start with this byte (NUL, which no aggregate or saga
+/// id may contain): records the processor keeps about a partition rather than one of its
+/// aggregates (e.g. the horizon of the sagas it forgot). Their payload is the processor's
+/// own bytes, not Avro; they are handed over undecoded.
+pub const META_PREFIX: u8 = 0;
+
+/// One changelog record as a restore hands it to a processor.
+#[derive(Debug)]
+pub enum Read<'a, C> {
+    /// An aggregate's record, decoded, and its timestamp (ms since the epoch: when it was
+    /// written).
+    Record { record: C, at: i64 },
+    /// A tombstone: the key's state was deleted (e.g. a saga forgotten after its
+    /// retention).
+    Deleted { key: &'a [u8] },
+    /// A meta record: its key (past [`META_PREFIX`]) and payload.
+    Meta { key: &'a [u8], payload: &'a [u8] },
+}
 
 /// A stateful processor: the decisions are its own (in `processors`); the loop is [`run`].
 pub trait Processor {
@@ -223,6 +242,9 @@ pub struct Batch<'a> {
     changed: BTreeMap<i32, BTreeMap<String, Option<usize>>>,
     /// Index in the batch of the input record being handled (`None`: a deadline).
     current: Option<usize>,
+    /// The unit of work's clock (ms since the epoch): what its changelog records are
+    /// stamped with in the cache.
+    now: i64,
 }
 
 impl Batch<'_> {
@@ -253,7 +275,20 @@ impl Batch<'_> {
         self.output.check_size(self.spec.changelog, key, self.buf)?;
         self.output
             .send_changelog(self.spec.changelog, p, key, Some(self.buf))?;
-        self.cache.record(p, key, Some(self.buf));
+        self.cache.record(p, key, Some(self.buf), self.now);
+        Ok(())
+    }
+
+    /// Writes meta record `key` (without its [`META_PREFIX`], which this adds) of the
+    /// partition being handled: `payload` is handed back as it is by [`Read::Meta`].
+    pub fn meta(&mut self, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let p = self.partition;
+        let mut full = Vec::with_capacity(1 + key.len());
+        full.push(META_PREFIX);
+        full.extend_from_slice(key.as_bytes());
+        self.output
+            .send_changelog(self.spec.changelog, p, &full, Some(payload))?;
+        self.cache.record(p, &full, Some(payload), self.now);
         Ok(())
     }
 
@@ -263,7 +298,7 @@ impl Batch<'_> {
         let p = self.partition;
         self.output
             .send_changelog(self.spec.changelog, p, key, None)?;
-        self.cache.record(p, key, None);
+        self.cache.record(p, key, None, self.now);
         Ok(())
     }
 
@@ -635,6 +670,7 @@ impl<I: RecordUnion> Unit<'_, I> {
             partition: 0,
             changed: BTreeMap::new(),
             current: None,
+            now,
         };
         for (i, message) in batch.iter().enumerate() {
             let (partition, offset) = (message.partition(), message.offset());
@@ -912,15 +948,21 @@ pub fn read_changelog<C: RecordUnion>(
     partition: i32,
     changelog: &str,
     mut decode: impl FnMut(&[u8]) -> Result<C, DecodeError>,
-    f: &mut dyn FnMut(C) -> anyhow::Result<()>,
+    f: &mut dyn FnMut(Read<'_, C>) -> anyhow::Result<()>,
 ) -> anyhow::Result<ChangelogRead> {
     let mut read = ChangelogRead::default();
     let (unreadable, superseded) = (&mut read.unreadable, &mut read.superseded);
-    read.restored = cache.restore(partition, |key, payload, offset| {
+    read.restored = cache.restore(partition, |key, payload, offset, at| {
         let Some(payload) = payload else {
             *superseded += usize::from(unreadable.remove(key).is_some());
-            return Ok(());
+            if key.first() == Some(&META_PREFIX) {
+                return Ok(());
+            }
+            return f(Read::Deleted { key });
         };
+        if let Some((&META_PREFIX, key)) = key.split_first() {
+            return f(Read::Meta { key, payload });
+        }
         match decode(payload) {
             Ok(record) => {
                 if let Some(bad) = unreadable.remove(key) {
@@ -934,7 +976,7 @@ pub fn read_changelog<C: RecordUnion>(
                         "Skipped an unreadable changelog record: a later record of its key supersedes it."
                     );
                 }
-                f(record)
+                f(Read::Record { record, at })
             }
             Err(e) if e.is_transient() => Err(anyhow::Error::new(e).context(format!(
                 "reading {changelog}/{partition}: the registry is unavailable"

@@ -47,8 +47,20 @@ use crate::{Cluster, kafka};
 /// is how long a tombstone is kept after compaction).
 pub const MAX_AGE: Duration = Duration::from_secs(20 * 3600);
 
-/// What a snapshot file starts with.
-const MAGIC: &[u8; 8] = b"SSSNAP01";
+/// What a snapshot file starts with: format 02 keeps each record's timestamp.
+const MAGIC: &[u8; 8] = b"SSSNAP02";
+/// An older format's: refused (a full restore from the changelog), with a clear reason.
+const MAGIC_01: &[u8; 8] = b"SSSNAP01";
+
+/// A changelog record as the cache keeps it: its payload and its timestamp (ms since the
+/// epoch; the record's Kafka timestamp, or when this instance wrote it). Like Kafka
+/// Streams' timestamped stores, it lets a processor tell how long ago a key last changed,
+/// across restores (e.g. to evict ended sagas after a retention).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub payload: Vec<u8>,
+    pub at: i64,
+}
 
 /// A pipeline's directory under `<root>/<service>/`, locked while open.
 #[derive(Debug)]
@@ -93,7 +105,7 @@ pub struct Snapshot {
     pub position: i64,
     /// When it was written (ms since the epoch).
     pub written_at: i64,
-    pub records: HashMap<Vec<u8>, Vec<u8>>,
+    pub records: HashMap<Vec<u8>, Kept>,
 }
 
 fn put(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
@@ -128,7 +140,7 @@ impl Snapshot {
             64 + self
                 .records
                 .iter()
-                .map(|(k, v)| 8 + k.len() + v.len())
+                .map(|(k, v)| 16 + k.len() + v.payload.len())
                 .sum::<usize>(),
         );
         body.extend_from_slice(MAGIC);
@@ -140,7 +152,8 @@ impl Snapshot {
         body.extend_from_slice(&(self.records.len() as u64).to_le_bytes());
         for (k, v) in &self.records {
             put(&mut body, k)?;
-            put(&mut body, v)?;
+            put(&mut body, &v.payload)?;
+            body.extend_from_slice(&v.at.to_le_bytes());
         }
         let digest = ring::digest::digest(&ring::digest::SHA256, &body);
         let tmp = path.with_extension("tmp");
@@ -175,6 +188,12 @@ impl Snapshot {
         let mut r = body;
         let mut magic = [0u8; 8];
         r.read_exact(&mut magic)?;
+        if &magic == MAGIC_01 {
+            bail!(
+                "{} is of an older format (01, without record timestamps)",
+                path.display()
+            );
+        }
         if &magic != MAGIC {
             bail!("{} is not a supplystream snapshot", path.display());
         }
@@ -191,15 +210,22 @@ impl Snapshot {
         let written_at = i64::from_le_bytes(i8);
         r.read_exact(&mut i8)?;
         let n = u64::from_le_bytes(i8);
-        // Each record takes at least 8 bytes: a count past that is a crafted file.
-        if n > (r.len() / 8) as u64 {
+        // Each record takes at least 16 bytes: a count past that is a crafted file.
+        if n > (r.len() / 16) as u64 {
             bail!("{} claims {n} records in {} bytes", path.display(), r.len());
         }
         let mut records = HashMap::with_capacity(n as usize);
         for _ in 0..n {
             let k = take(&mut r)?;
-            let v = take(&mut r)?;
-            records.insert(k, v);
+            let payload = take(&mut r)?;
+            r.read_exact(&mut i8)?;
+            records.insert(
+                k,
+                Kept {
+                    payload,
+                    at: i64::from_le_bytes(i8),
+                },
+            );
         }
         let mut rest = [0u8; 1];
         if r.read(&mut rest)? != 0 {
@@ -300,7 +326,7 @@ pub struct Restored {
 }
 
 struct Part {
-    records: HashMap<Vec<u8>, Vec<u8>>,
+    records: HashMap<Vec<u8>, Kept>,
     /// Offset the records are known up to (exclusive).
     position: i64,
     /// Changed since the last snapshot.
@@ -443,12 +469,12 @@ impl ChangelogCache {
 
     /// Restores partition `p`: the records of a trusted local snapshot, then the changelog
     /// from the snapshot's offset (or from its beginning) to its end; `f` gets each record's
-    /// key, its payload (`None`: a tombstone) and the offset it was read at (`None`: from the
-    /// snapshot), in order.
+    /// key, its payload (`None`: a tombstone), the offset it was read at (`None`: from the
+    /// snapshot) and its timestamp, in order.
     pub fn restore(
         &mut self,
         p: i32,
-        mut f: impl FnMut(&[u8], Option<&[u8]>, Option<i64>) -> anyhow::Result<()>,
+        mut f: impl FnMut(&[u8], Option<&[u8]>, Option<i64>, i64) -> anyhow::Result<()>,
     ) -> anyhow::Result<Restored> {
         let mut restored = Restored::default();
         let mut records = HashMap::new();
@@ -470,7 +496,7 @@ impl ChangelogCache {
                         }
                         None => {
                             for (k, v) in &s.records {
-                                f(k, Some(v), None)?;
+                                f(k, Some(&v.payload), None, v.at)?;
                             }
                             restored.from_snapshot = s.records.len();
                             from = Some(s.position);
@@ -513,17 +539,28 @@ impl ChangelogCache {
             |m| {
                 restored.from_topic += 1;
                 let key = m.key().unwrap_or_default();
+                // A record without a timestamp (none of ours) counts as written now.
+                let at = m
+                    .timestamp()
+                    .to_millis()
+                    .unwrap_or_else(crate::wire::now_ms);
                 match m.payload() {
                     None => {
-                        f(key, None, Some(m.offset()))?;
+                        f(key, None, Some(m.offset()), at)?;
                         if keep {
                             records.remove(key);
                         }
                     }
                     Some(v) => {
-                        f(key, Some(v), Some(m.offset()))?;
+                        f(key, Some(v), Some(m.offset()), at)?;
                         if keep {
-                            records.insert(key.to_vec(), v.to_vec());
+                            records.insert(
+                                key.to_vec(),
+                                Kept {
+                                    payload: v.to_vec(),
+                                    at,
+                                },
+                            );
                         }
                     }
                 }
@@ -546,9 +583,9 @@ impl ChangelogCache {
         Ok(restored)
     }
 
-    /// Notes a record written to the changelog (in the transaction under way); `None`: a
-    /// tombstone.
-    pub fn record(&mut self, p: i32, key: &[u8], payload: Option<&[u8]>) {
+    /// Notes a record written to the changelog at `at` (in the transaction under way);
+    /// `None`: a tombstone.
+    pub fn record(&mut self, p: i32, key: &[u8], payload: Option<&[u8]>, at: i64) {
         let Some(part) = self.parts.get_mut(&p) else {
             return;
         };
@@ -560,11 +597,18 @@ impl ChangelogCache {
         // A key written again (the common case: a sku's snapshot per batch) reuses its buffer.
         match part.records.get_mut(key) {
             Some(v) => {
-                v.clear();
-                v.extend_from_slice(payload);
+                v.payload.clear();
+                v.payload.extend_from_slice(payload);
+                v.at = at;
             }
             None => {
-                part.records.insert(key.to_vec(), payload.to_vec());
+                part.records.insert(
+                    key.to_vec(),
+                    Kept {
+                        payload: payload.to_vec(),
+                        at,
+                    },
+                );
             }
         }
         part.dirty = true;
@@ -681,8 +725,14 @@ mod tests {
             position: 40,
             written_at: 1_000,
             records: HashMap::from([
-                (b"O-1".to_vec(), vec![0, 0, 0, 0, 7, 1, 2]),
-                (b"O-2".to_vec(), Vec::new()),
+                (
+                    b"O-1".to_vec(),
+                    Kept {
+                        payload: vec![0, 0, 0, 0, 7, 1, 2],
+                        at: 900,
+                    },
+                ),
+                (b"O-2".to_vec(), Kept::default()),
             ]),
         }
     }
@@ -735,6 +785,12 @@ mod tests {
         seal(&body);
         let err = format!("{:#}", Snapshot::read(&path).unwrap_err());
         assert!(err.contains("claims 18446744073709551615 records"), "{err}");
+        // A snapshot of the format before record timestamps: refused by name.
+        let mut body = MAGIC_01.to_vec();
+        put(&mut body, b"cluster").unwrap();
+        seal(&body);
+        let err = format!("{:#}", Snapshot::read(&path).unwrap_err());
+        assert!(err.contains("older format (01"), "{err}");
     }
 
     #[test]
@@ -775,20 +831,20 @@ mod tests {
             .join("orders/orders/orders.changelog-0.snapshot");
         let written = || Snapshot::read(&path).unwrap().unwrap().position;
         // Its first transaction starts at the end it restored to.
-        cache.record(0, b"O-1", Some(b"v1"));
+        cache.record(0, b"O-1", Some(b"v1"), 1);
         cache
             .committed(&HashMap::from([(0, (100, 104))]), false)
             .unwrap();
         assert_eq!(written(), 105);
         // The next one after its commit marker (105).
-        cache.record(0, b"O-1", Some(b"v2"));
+        cache.record(0, b"O-1", Some(b"v2"), 2);
         cache
             .committed(&HashMap::from([(0, (106, 110))]), false)
             .unwrap();
         assert_eq!(written(), 111);
         // Someone else wrote 111..119: the snapshot keeps naming 111 (the restore replays
         // from there, theirs included).
-        cache.record(0, b"O-2", Some(b"v1"));
+        cache.record(0, b"O-2", Some(b"v1"), 3);
         cache
             .committed(&HashMap::from([(0, (120, 125))]), false)
             .unwrap();
@@ -796,7 +852,7 @@ mod tests {
         assert_eq!(Snapshot::read(&path).unwrap().unwrap().records.len(), 2);
         // A held partition is not written.
         cache.hold(0);
-        cache.record(0, b"O-3", Some(b"v1"));
+        cache.record(0, b"O-3", Some(b"v1"), 4);
         cache.committed(&HashMap::new(), true).unwrap();
         assert_eq!(Snapshot::read(&path).unwrap().unwrap().records.len(), 2);
     }

@@ -963,3 +963,187 @@ async fn hostile_http(cluster: &Cluster, views: &Path, sku: &str) -> anyhow::Res
         bomb.len()
     ))
 }
+
+/// Ended sagas are forgotten after their retention, and a duplicate of a forgotten saga's
+/// input does not start it again (issue 14: saga stores held every saga ever, all scanned
+/// every 200 ms). `runner` runs the whole saga with `retention` (e.g. `--saga-retention-ms`)
+/// and a state directory; this starts and stops it.
+///
+/// Orders end; within the retention and a little, the orders store holds none of them (the
+/// changelog has their tombstones). Their `PlaceOrder` sent again — as a client's late
+/// retry sends the same record — is dead-lettered, naming the horizon, and emits nothing; a
+/// new order still goes through. After a restart (from the local snapshots and the
+/// changelog's tail) the horizon still holds. `replay orders --check` agrees with the store,
+/// counting the forgotten sagas apart.
+pub async fn ended_sagas_are_forgotten_after_their_retention(
+    cluster: &Cluster,
+    views: &Path,
+    runner: &mut dyn crate::scenario::Runner,
+    retention: Duration,
+    run: u32,
+) -> anyhow::Result<()> {
+    use pipelines::saga::rebuild::restore;
+    use pipelines::saga::simulate::{self, Intent, SimSpec, Simulation};
+    use pipelines::topics::saga::ORDERS_DLQ;
+    use processors::orders::Orders;
+    use schemas::orders::{OrderCommand, PlaceOrder};
+    use schemas::saga::topics::ORDER_EVENTS;
+
+    let rt = tokio::runtime::Handle::current();
+    let orders = 30;
+    // Stamped in the recent past, as a client stamps its commands (not in 2026-01).
+    let spec = SimSpec {
+        orders,
+        seed: 1_400,
+        run,
+        base_time: pipelines::wire::now_ms() - (orders as i64 + 5) * 1_000,
+        ..SimSpec::default()
+    };
+    let sim = simulate::generate(&spec);
+    let places: Vec<PlaceOrder> = sim
+        .orders
+        .iter()
+        .filter_map(|(c, _)| match c {
+            OrderCommand::PlaceOrder(p) => Some(p.clone()),
+            OrderCommand::CancelOrder(_) => None,
+        })
+        .collect();
+    let ids: Vec<String> = places.iter().map(|p| p.order_id.clone()).collect();
+    runner.start()?;
+    let started = Instant::now();
+    simulate::produce(cluster, &sim, None).await?;
+    crate::saga::wait_ended(views, &ids, Duration::from_secs(120)).await?;
+    eprintln!(
+        "{:>6.1?} {} orders ended; waiting out the retention of {retention:?}",
+        started.elapsed(),
+        ids.len()
+    );
+    // Forgotten: the store a restart restores holds none of them.
+    let (c, r, wanted) = (cluster.clone(), rt.clone(), ids.clone());
+    let held = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        let deadline = Instant::now() + retention + Duration::from_secs(60);
+        loop {
+            let stores = restore::<Orders>(&c, &r, None)?.0;
+            let held = stores
+                .values()
+                .flat_map(|s| s.keys())
+                .filter(|k| wanted.contains(k))
+                .count();
+            if held == 0 || Instant::now() > deadline {
+                return Ok(held);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await??;
+    ensure!(
+        held == 0,
+        "{held} of {} ended orders still in the orders store {:?} after a retention of {retention:?}",
+        ids.len(),
+        started.elapsed()
+    );
+    eprintln!(
+        "{:>6.1?} every ended order forgotten (tombstoned in orders.changelog)",
+        started.elapsed()
+    );
+
+    let events_of = |id: &str| -> anyhow::Result<usize> {
+        Ok(crate::topic::read_all(cluster, ORDER_EVENTS)?
+            .iter()
+            .filter(|r| r.key == id.as_bytes())
+            .count())
+    };
+    // A duplicate of a forgotten order's PlaceOrder, then a new order: the first is refused
+    // with the horizon's reason, the second goes through.
+    let resend = |place: &PlaceOrder, fresh: Option<&str>| -> Simulation {
+        let mut place = place.clone();
+        if let Some(id) = fresh {
+            place.order_id = id.to_owned();
+            place.metadata =
+                schemas::Metadata::command(&format!("{id}-place"), id, pipelines::wire::now_ms());
+        }
+        Simulation {
+            stock: Vec::new(),
+            orders: vec![(place.into(), Intent::Confirm)],
+        }
+    };
+    let refused = |id: String| {
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let dead = crate::topic::read_all(&c, ORDERS_DLQ)?
+                    .into_iter()
+                    .find(|r| r.key == id.as_bytes())
+                    .map(|r| r.header(dlq_headers::REASON).unwrap_or_default().to_owned());
+                if let Some(reason) = dead {
+                    return Ok(reason);
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the duplicate PlaceOrder of forgotten order {id} was not dead-lettered within 90 s"
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    for (round, place) in places.iter().take(2).enumerate() {
+        if round == 1 {
+            // The horizon survives a restart.
+            runner.stop()?;
+            runner.start()?;
+            eprintln!("{:>6.1?} restarted", started.elapsed());
+        }
+        let id = &place.order_id;
+        let before = events_of(id)?;
+        let fresh = format!("O-after-horizon-{run}-{round}");
+        simulate::produce(cluster, &resend(place, None), None).await?;
+        simulate::produce(cluster, &resend(place, Some(&fresh)), None).await?;
+        let reason = refused(id.clone()).await??;
+        ensure!(
+            reason.contains("forgot") && reason.contains("duplicate"),
+            "the dead letter of {id}'s duplicate gives another reason: {reason}"
+        );
+        crate::saga::wait_ended(
+            views,
+            std::slice::from_ref(&fresh),
+            Duration::from_secs(120),
+        )
+        .await
+        .with_context(|| format!("a new order ({fresh}) after the horizon did not end"))?;
+        let after = events_of(id)?;
+        ensure!(
+            after == before,
+            "the duplicate of forgotten order {id} emitted {} events",
+            after - before
+        );
+        eprintln!(
+            "{:>6.1?} round {round}: {id}'s duplicate dead-lettered ({reason}); {fresh} ended",
+            started.elapsed()
+        );
+    }
+    runner.stop()?;
+    let c = cluster.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        pipelines::replay::replay_store(&c, &rt, "orders", true, false, None)
+    })
+    .await??;
+    let differing = r.differing.unwrap_or_default();
+    ensure!(
+        differing.is_empty(),
+        "replay orders --check: {} states differ, e.g. {:?}",
+        differing.len(),
+        &differing[..differing.len().min(5)]
+    );
+    ensure!(
+        r.forgotten >= ids.len(),
+        "replay orders --check counted {} forgotten sagas, {} were",
+        r.forgotten,
+        ids.len()
+    );
+    eprintln!(
+        "replay orders --check: the store equals the fold of {} events, {} forgotten sagas apart",
+        r.events, r.forgotten
+    );
+    Ok(())
+}

@@ -360,3 +360,22 @@ async fn hostile_input_while_the_services_run() -> anyhow::Result<()> {
     )
     .await
 }
+
+/// Issue 14: ended sagas leave the stores after their retention (4 s here), and a forgotten
+/// saga's duplicate input is dead-lettered (on real Kafka too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sagas_are_forgotten_after_their_retention() -> anyhow::Result<()> {
+    let (_broker, cluster, views) = saga_stack().await?;
+    let mut runner = InProcessSaga::new(&cluster, views.path(), tokio::runtime::Handle::current());
+    runner.saga.step_timeout = NO_TIMEOUT_EXPECTED;
+    let retention = std::time::Duration::from_secs(4);
+    runner.saga.saga_retention = Some(retention);
+    integration::hostile::ended_sagas_are_forgotten_after_their_retention(
+        &cluster,
+        views.path(),
+        &mut runner,
+        retention,
+        0,
+    )
+    .await
+}

@@ -210,6 +210,12 @@ pub(crate) struct SagaArgs {
     /// Deadline of each saga step (and each compensation round), in milliseconds.
     #[arg(long, default_value_t = 30_000, value_parser = millis(1..=WEEK_MS))]
     pub(crate) step_timeout_ms: u64,
+    /// How long an ended saga (e.g. a confirmed or cancelled order) is kept after its last
+    /// change, in milliseconds, before it is forgotten from memory and the changelog (its
+    /// event log and views keep it); an input older than what was forgotten is then
+    /// dead-lettered as a possible duplicate. 0: keep every saga forever.
+    #[arg(long, default_value_t = 86_400_000, value_parser = millis(0..=100 * WEEK_MS))]
+    pub(crate) saga_retention_ms: u64,
     /// Do not run the views in this process (`run saga`: sagas/saga_steps; `run inventory`:
     /// stock_levels): for instances scaled out to share the processing.
     #[arg(long)]
@@ -269,6 +275,7 @@ impl SimArgs {
             ship_failures: self.ship_failures,
             cancellations: self.cancellations,
             stock_per_position: self.stock_per_position,
+            base_time: pipelines::wire::now_ms(),
         }
     }
 }

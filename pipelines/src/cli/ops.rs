@@ -200,7 +200,14 @@ pub(crate) fn replay(
                     ),
                     None => "the changelog".to_owned(),
                 };
-                println!("{view}: {source} equals the fold of {}", r.events_topic);
+                let forgotten = match r.forgotten {
+                    0 => String::new(),
+                    n => format!(" ({n} ended sagas forgotten after their retention)"),
+                };
+                println!(
+                    "{view}: {source} equals the fold of {}{forgotten}",
+                    r.events_topic
+                );
                 Ok(())
             }
             Some(d) => anyhow::bail!(

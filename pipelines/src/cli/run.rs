@@ -176,6 +176,8 @@ pub(crate) fn saga_options(
     opts.batch_size = run.batch_size;
     opts.step_timeout = Duration::from_millis(saga.step_timeout_ms);
     opts.duplicate_outputs = saga.chaos_duplicate_outputs;
+    opts.saga_retention =
+        (saga.saga_retention_ms > 0).then(|| Duration::from_millis(saga.saga_retention_ms));
     opts.window_lateness = Duration::from_millis(saga.window_lateness_ms);
     opts.lead_time = Duration::from_millis(saga.lead_time_ms);
     opts.reorder_quantity = saga.reorder_quantity;

@@ -277,7 +277,11 @@ fn rebuild_partition(
     let mut reservations: HashMap<String, Vec<ReservationState>> = HashMap::new();
     // The latest record per slot (log order), as compaction keeps it.
     let mut keys: HashMap<String, HashMap<i64, RememberedKey>> = HashMap::new();
-    read(&mut |record| {
+    read(&mut |read| {
+        // Inventory keeps no meta records.
+        let runtime::Read::Record { record, .. } = read else {
+            return Ok(());
+        };
         match record {
             InventoryChangelog::InventorySnapshot(s) => {
                 latest.insert(s.sku.clone(), s);
@@ -409,8 +413,8 @@ mod tests {
         orphan.version = entry.aggregate.version() + 1;
         log.push(orphan.into());
         let rebuilt = rebuild_partition(&mut |f| {
-            for r in log.clone() {
-                f(r)?;
+            for record in log.clone() {
+                f(runtime::Read::Record { record, at: 0 })?;
             }
             Ok(())
         })

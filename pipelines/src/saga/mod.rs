@@ -22,6 +22,10 @@ use crate::{Cluster, Stop};
 pub use crate::runtime::Stats;
 pub use participant::Wiring;
 
+/// How long an ended saga is kept by default: a day, well past any saga's steps and
+/// compensations, and Kafka's default `delete.retention.ms`.
+pub const DEFAULT_SAGA_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Options of the saga participants and views.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -54,6 +58,9 @@ pub struct Options {
     pub snapshot_every: Duration,
     /// Fault injection for tests: how long each transaction stays open before it commits.
     pub hold_transactions: Duration,
+    /// How long a participant keeps an ended saga after its last change before it forgets
+    /// it (see [`participant::Sagas`]); `None`: forever.
+    pub saga_retention: Option<Duration>,
 }
 
 impl Options {
@@ -73,6 +80,7 @@ impl Options {
             state_dir: None,
             snapshot_every: Duration::from_secs(10),
             hold_transactions: Duration::ZERO,
+            saga_retention: Some(DEFAULT_SAGA_RETENTION),
         }
     }
 }

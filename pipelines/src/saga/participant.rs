@@ -19,7 +19,7 @@ use tracing::{debug, debug_span, info};
 use super::Options;
 use crate::Stop;
 use crate::error::{BadInput, Internal};
-use crate::runtime::{self, Batch, Handled, ReadChangelog, Rebuilt, Spec, Stats};
+use crate::runtime::{self, Batch, Handled, Read, ReadChangelog, Rebuilt, Spec, Stats};
 use crate::topics::saga_headers;
 
 /// How a participant is wired to Kafka: its name, its topics, its store.
@@ -66,7 +66,68 @@ pub trait Wiring:
     fn output_metadata(output: &Self::Output) -> &Metadata {
         output.metadata()
     }
+    /// Whether a saga in `state` has ended for good: no input may change it any more, so
+    /// after the retention it may be forgotten ([`Sagas`]). `false` by default (kept
+    /// forever): a participant says when its sagas end.
+    fn ended(_state: &Self::State) -> bool {
+        false
+    }
 }
+
+/// The sagas of one partition a participant keeps in memory, and what it forgot.
+///
+/// **Eviction of ended sagas.** A saga that [`Wiring::ended`] and that nothing touched for
+/// the retention (`--saga-retention-ms`, 24 h by default) is dropped from memory and from
+/// the changelog (a tombstone); its event log and the views keep it. So memory holds the
+/// sagas in flight and those that ended within the retention, not the whole history.
+///
+/// **The horizon.** A duplicate of an old input for a forgotten saga (e.g. a client
+/// resending a `PlaceOrder`, or input offsets reset for a replay) must not start it again.
+/// `forgotten_until` is the latest time a forgotten saga was touched; an input for a saga
+/// this partition does not hold, stamped (`occurred_at`) at or before it, is refused as an
+/// invalid command that may be a duplicate, and dead-lettered: a saga's inputs are older
+/// than its last touch. A new saga's inputs are stamped now, a retention past the horizon.
+/// The horizon is kept in the changelog as a meta record ([`FORGOTTEN_UNTIL`]) and read
+/// back on restore; when a lost store is rebuilt from the event log, every saga is back
+/// (none forgotten) and the horizon starts again from zero.
+///
+/// When each saga was last touched survives restores too: it is its changelog record's
+/// timestamp, which the changelog cache and its snapshots keep with the record.
+#[derive(Debug)]
+pub struct Sagas<S> {
+    states: HashMap<String, Kept<S>>,
+    forgotten_until: i64,
+}
+
+impl<S> Default for Sagas<S> {
+    fn default() -> Self {
+        Sagas {
+            states: HashMap::new(),
+            forgotten_until: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Kept<S> {
+    state: S,
+    /// When it last changed (ms since the epoch).
+    touched: i64,
+}
+
+impl<S> Sagas<S> {
+    fn get(&self, saga: &str) -> Option<&S> {
+        self.states.get(saga).map(|k| &k.state)
+    }
+}
+
+/// The meta record ([`runtime::Read::Meta`]) of a partition's horizon of forgotten sagas:
+/// its payload is the horizon, an i64 (ms since the epoch), little-endian.
+pub const FORGOTTEN_UNTIL: &str = "forgotten-until";
+
+/// What a batch marks changed ([`Batch::changed`]) when the horizon moved: no saga id
+/// starts with NUL (the runtime's meta prefix, refused in saga ids).
+const HORIZON_CHANGED: &str = "\0forgotten-until";
 
 /// A participant `W` as a [`runtime::Processor`]: its encoders and how it publishes.
 struct Participant<W: Wiring> {
@@ -76,6 +137,8 @@ struct Participant<W: Wiring> {
     changelog: Encoder<W::Changelog>,
     /// Fault injection for tests: publish every output twice.
     duplicate_outputs: bool,
+    /// How long an ended saga is kept after its last change (ms); `None`: forever.
+    retention_ms: Option<i64>,
 }
 
 /// Runs participant `w` until `stop`. Blocking: call from a dedicated thread.
@@ -103,6 +166,9 @@ pub fn run<W: Wiring>(w: W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow:
         outputs,
         changelog: rt.block_on(Encoder::register(&registry, W::CHANGELOG))?,
         duplicate_outputs: opts.duplicate_outputs,
+        retention_ms: opts
+            .saga_retention
+            .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX)),
     };
     let settings = runtime::Settings {
         cluster: opts.cluster.clone(),
@@ -118,7 +184,7 @@ pub fn run<W: Wiring>(w: W, opts: &Options, rt: &Handle, stop: &Stop) -> anyhow:
 impl<W: Wiring> runtime::Processor for Participant<W> {
     type Input = W::Input;
     type Changelog = W::Changelog;
-    type Partition = HashMap<String, W::State>;
+    type Partition = Sagas<W::State>;
 
     fn spec(&self) -> &Spec {
         &self.spec
@@ -140,7 +206,16 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
             });
         }
         let meta = W::input_metadata(input);
-        Ok(meta.saga_id.as_deref().unwrap_or(&meta.aggregate_id))
+        let saga = meta.saga_id.as_deref().unwrap_or(&meta.aggregate_id);
+        if saga.starts_with('\0') {
+            return Err(BadInput {
+                kind: "invalid-key",
+                reason: format!(
+                    "saga id {saga:?} starts with NUL, which changelog meta records use"
+                ),
+            });
+        }
+        Ok(saga)
     }
 
     fn handle(
@@ -155,11 +230,25 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         use rdkafka::Message;
         let step = debug_span!("step", saga_id = %saga, record = input.record_name(), offset = message.offset());
         let _step = step.enter();
+        let occurred_at = W::input_metadata(input).occurred_at;
+        if states.forgotten_until > 0
+            && occurred_at <= states.forgotten_until
+            && states.get(saga).is_none()
+        {
+            return Ok(Handled::Invalid(format!(
+                "{} for saga {saga:?} occurred at {occurred_at}, at or before the horizon of \
+                 the sagas this partition forgot ({}, their retention past): it may be a \
+                 duplicate of an input of a saga that ended and was forgotten, so it is not \
+                 acted on",
+                input.record_name(),
+                states.forgotten_until
+            )));
+        }
         match self.w.handle(states.get(saga), input, now) {
             Err(invalid) => Ok(Handled::Invalid(invalid.to_string())),
             Ok(reaction) => {
                 let emitted = reaction.emit.len();
-                self.apply(out, states, saga, reaction)?;
+                self.apply(out, states, saga, reaction, now)?;
                 debug!("Handled.");
                 Ok(Handled::Applied { emitted })
             }
@@ -171,8 +260,8 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
     }
 
     fn due(&self, states: &Self::Partition, now: i64, due: &mut Vec<String>) {
-        for (key, s) in states {
-            if self.w.deadline(s).is_some_and(|d| d <= now) {
+        for (key, kept) in &states.states {
+            if self.w.deadline(&kept.state).is_some_and(|d| d <= now) || self.evictable(kept, now) {
                 due.push(key.clone());
             }
         }
@@ -185,16 +274,27 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         saga: &str,
         now: i64,
     ) -> anyhow::Result<Option<usize>> {
-        let Some(state) = states.get(saga) else {
+        let Some(kept) = states.states.get(saga) else {
             return Ok(None);
         };
-        let reaction = self.w.expire(state, now);
+        if self.evictable(kept, now) {
+            let touched = kept.touched;
+            states.states.remove(saga);
+            out.forget(saga.as_bytes())?;
+            if touched > states.forgotten_until {
+                states.forgotten_until = touched;
+                out.changed(HORIZON_CHANGED);
+            }
+            debug!(saga_id = %saga, touched, "Forgot an ended saga past its retention.");
+            return Ok(None);
+        }
+        let reaction = self.w.expire(&kept.state, now);
         let expired = reaction.state.is_some();
         if expired {
             info!(saga_id = %saga, "Step deadline passed.");
         }
         let emitted = reaction.emit.len();
-        self.apply(out, states, saga, reaction)?;
+        self.apply(out, states, saga, reaction, now)?;
         Ok(expired.then_some(emitted))
     }
 
@@ -204,7 +304,14 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         states: &Self::Partition,
         saga: &str,
     ) -> anyhow::Result<()> {
-        out.encode(&self.changelog, &W::to_changelog(&states[saga]))?;
+        if saga == HORIZON_CHANGED {
+            return out.meta(FORGOTTEN_UNTIL, &states.forgotten_until.to_le_bytes());
+        }
+        // Changed, then forgotten in the same batch: its tombstone is written already.
+        let Some(kept) = states.states.get(saga) else {
+            return Ok(());
+        };
+        out.encode(&self.changelog, &W::to_changelog(&kept.state))?;
         out.changelog(saga.as_bytes())
     }
 
@@ -213,28 +320,62 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         _p: i32,
         read: ReadChangelog<'_, W::Changelog>,
     ) -> anyhow::Result<Rebuilt<Self::Partition>> {
-        let mut states = HashMap::new();
-        read(&mut |record| {
-            let state = W::from_changelog(record);
-            states.insert(W::state_key(&state).to_owned(), state);
+        let mut sagas = Sagas::default();
+        read(&mut |read| {
+            match read {
+                Read::Record { record, at } => {
+                    let state = W::from_changelog(record);
+                    let key = W::state_key(&state).to_owned();
+                    sagas.states.insert(key, Kept { state, touched: at });
+                }
+                Read::Deleted { key } => {
+                    sagas.states.remove(&*String::from_utf8_lossy(key));
+                }
+                Read::Meta { key, payload } if key == FORGOTTEN_UNTIL.as_bytes() => {
+                    match <[u8; 8]>::try_from(payload) {
+                        Ok(b) => sagas.forgotten_until = i64::from_le_bytes(b),
+                        // Kept conservative: the latest time anything was touched stands in
+                        // (set below), so no forgotten saga's duplicate gets through.
+                        Err(_) => {
+                            tracing::warn!(
+                                changelog = W::CHANGELOG,
+                                len = payload.len(),
+                                "Unreadable horizon of forgotten sagas; taking the latest change instead."
+                            );
+                            sagas.forgotten_until = i64::MAX;
+                        }
+                    }
+                }
+                Read::Meta { .. } => {}
+            }
             Ok(())
         })?;
+        if sagas.forgotten_until == i64::MAX {
+            sagas.forgotten_until = sagas.states.values().map(|k| k.touched).max().unwrap_or(0);
+        }
         Ok(Rebuilt {
-            keys: states.len(),
-            state: states,
+            keys: sagas.states.len(),
+            state: sagas,
             orphans: 0,
         })
     }
 }
 
 impl<W: Wiring> Participant<W> {
-    /// Publishes a reaction's messages and keeps its new state.
+    /// Whether `kept` is an ended saga past its retention at `now`.
+    fn evictable(&self, kept: &Kept<W::State>, now: i64) -> bool {
+        self.retention_ms
+            .is_some_and(|r| kept.touched.saturating_add(r) <= now && W::ended(&kept.state))
+    }
+
+    /// Publishes a reaction's messages and keeps its new state, touched at `now`.
     fn apply(
         &self,
         out: &mut Batch<'_>,
-        states: &mut HashMap<String, W::State>,
+        states: &mut Sagas<W::State>,
         saga: &str,
         reaction: Reaction<W::State, W::Output>,
+        now: i64,
     ) -> anyhow::Result<()> {
         for output in &reaction.emit {
             let topic = expected_topic(output.record_name())
@@ -279,7 +420,13 @@ impl<W: Wiring> Participant<W> {
         }
         if let Some(state) = reaction.state {
             debug_assert_eq!(W::state_key(&state), saga);
-            states.insert(saga.to_owned(), state);
+            states.states.insert(
+                saga.to_owned(),
+                Kept {
+                    state,
+                    touched: now,
+                },
+            );
             out.changed(saga);
         }
         Ok(())

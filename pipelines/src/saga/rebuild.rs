@@ -18,6 +18,7 @@ use tokio::runtime::Handle;
 
 use super::participant::Wiring;
 use crate::kafka::{self, Output};
+use crate::runtime::Read;
 use crate::{Cluster, Stop, wire};
 
 /// A participant whose state is the fold of its own output log.
@@ -157,9 +158,18 @@ pub fn restore<W: EventSourced>(
             p,
             W::CHANGELOG,
             |payload| wire::decode(rt, &mut decoder, payload, &stop),
-            &mut |record| {
-                let state = W::from_changelog(record);
-                states.insert(W::state_key(&state).to_owned(), state);
+            &mut |read| {
+                match read {
+                    Read::Record { record, .. } => {
+                        let state = W::from_changelog(record);
+                        states.insert(W::state_key(&state).to_owned(), state);
+                    }
+                    // A saga forgotten after its retention (see `Sagas`).
+                    Read::Deleted { key } => {
+                        states.remove(&*String::from_utf8_lossy(key));
+                    }
+                    Read::Meta { .. } => {}
+                }
                 Ok(())
             },
         )?;
@@ -169,6 +179,27 @@ pub fn restore<W: EventSourced>(
         total.from_topic += restored.from_topic;
     }
     Ok((stores, total))
+}
+
+/// Removes from `folded` the sagas `restored` lacks because the participant forgot them: they
+/// ended ([`Wiring::ended`]), and a participant forgets ended sagas after its retention
+/// (see [`super::participant::Sagas`]). Returns how many. A saga the store lacks that had
+/// not ended stays, and [`differences`] reports it.
+pub fn drop_forgotten<W: EventSourced>(
+    folded: &mut Stores<W::State>,
+    restored: &Stores<W::State>,
+) -> usize {
+    let empty = HashMap::new();
+    let mut dropped = 0;
+    for (p, states) in folded.iter_mut() {
+        let kept = restored.get(p).unwrap_or(&empty);
+        states.retain(|k, s| {
+            let forgotten = !kept.contains_key(k) && W::ended(s);
+            dropped += usize::from(forgotten);
+            !forgotten
+        });
+    }
+    dropped
 }
 
 /// Keys whose state differs between two stores (missing on either side included), sorted.

@@ -38,7 +38,15 @@ pub struct SimSpec {
     /// [`STOCK_PER_POSITION`], is more than ordinary orders take; a little makes the run
     /// a purchasing one (low-stock alerts, purchase orders, receipts).
     pub stock_per_position: i64,
+    /// When the first order is stamped (`occurred_at`, ms since the epoch); each next one a
+    /// second later. [`SIM_BASE_TIME`] by default (deterministic runs); `supplystream
+    /// simulate` stamps from now, as real clients do (a participant refuses a saga's input
+    /// stamped before what it forgot: see `participant::Sagas`).
+    pub base_time: i64,
 }
+
+/// The default [`SimSpec::base_time`]: 2026-01-01T00:00:00Z.
+pub const SIM_BASE_TIME: i64 = 1_767_225_600_000;
 
 impl Default for SimSpec {
     fn default() -> Self {
@@ -52,6 +60,7 @@ impl Default for SimSpec {
             ship_failures: 0.05,
             cancellations: 0.05,
             stock_per_position: STOCK_PER_POSITION,
+            base_time: SIM_BASE_TIME,
         }
     }
 }
@@ -96,7 +105,7 @@ fn sku(label: &str, i: u64) -> String {
 pub fn generate(spec: &SimSpec) -> Simulation {
     let mut rng = Rng(spec.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let label = label(spec);
-    let base_time = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+    let base_time = spec.base_time;
     let mut stock = Vec::new();
     for s in 0..spec.skus as u64 {
         for w in &WAREHOUSES[..WAREHOUSE_COUNT] {

@@ -42,6 +42,13 @@ impl Wiring for Orders {
     fn state_key(state: &OrderState) -> &str {
         &state.order_id
     }
+    /// A confirmed or cancelled order: every later input is ignored or refused (a late
+    /// reply, a cancellation), so forgetting it changes no decision but a late reply's
+    /// count.
+    fn ended(state: &OrderState) -> bool {
+        use processors::orders::status::{CANCELLED, CONFIRMED};
+        matches!(state.status.as_str(), CONFIRMED | CANCELLED) && state.deadline_at == 0
+    }
     fn reply_to(output: &OrderEvent) -> Option<&'static str> {
         match output {
             OrderEvent::OrderPlaced(_) => Some(INVENTORY_REPLIES),
