@@ -5,9 +5,9 @@
 //!
 //! `carrier_performance` is derived from it (see [`crate::derived`]).
 //!
-//! Each row keeps the event ids of the scans it folded (`scan_ids`): carriers retry, and a
-//! retried scan counts once, so the rows with their ids are the view's whole fold state and
-//! the view resumes from its table ([`from_batches`]).
+//! Each row keeps the event ids of the latest 64 scans it folded (`scan_ids`, oldest first):
+//! carriers retry, and a retried scan counts once, so the rows with their ids are the view's
+//! whole fold state and the view resumes from its table ([`from_batches`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -129,7 +129,10 @@ pub fn from_batches(batches: &[RecordBatch]) -> Result<Vec<ShipmentRow>> {
                     view: VIEW.into(),
                     reason: "column scan_ids".into(),
                 })?;
-            if ids.len() as i64 != scans.value(i) {
+            let remembered = scans
+                .value(i)
+                .min(processors::shipping::shipments::MAX_SCAN_IDS as i64);
+            if ids.len() as i64 != remembered {
                 return Err(Error::Layout {
                     view: VIEW.into(),
                     reason: format!(
@@ -210,5 +213,16 @@ mod tests {
         odd.scans = 4;
         let e = from_batches(&[to_batch([&odd]).unwrap()]).unwrap_err();
         assert!(e.to_string().contains("4 scans but 3 scan ids"), "{e}");
+        // Past the ids a row remembers (64), the count goes on alone.
+        let max = processors::shipping::shipments::MAX_SCAN_IDS;
+        let mut busy = rows[1].clone();
+        busy.scans = 1_000;
+        busy.scan_ids = (0..max).map(|i| format!("s{i}")).collect();
+        let busy = vec![busy];
+        assert_eq!(from_batches(&[to_batch(&busy).unwrap()]).unwrap(), busy);
+        let mut odd = busy[0].clone();
+        odd.scan_ids.pop_back();
+        let e = from_batches(&[to_batch([&odd]).unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("1000 scans but 63 scan ids"), "{e}");
     }
 }

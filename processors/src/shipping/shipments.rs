@@ -4,11 +4,12 @@
 //!
 //! Carriers retry and scan out of order, so the fold is idempotent and order-tolerant: a scan
 //! counts once per event id; delivered is final; otherwise the latest scan (by its own time,
-//! not arrival) says where the parcel is. Each row keeps the event ids of its scans, so the
-//! rows are the whole state and the view resumes from its table.
+//! not arrival) says where the parcel is. Each row keeps the event ids of its latest
+//! [`MAX_SCAN_IDS`] scans, so the rows are the whole state and the view resumes from its
+//! table.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 
 use schemas::shipping::TrackingEvent;
 
@@ -41,9 +42,17 @@ pub struct ShipmentRow {
     pub last_scan_at: i64,
     /// Distinct scans (by event id) folded.
     pub scans: i64,
-    /// Their event ids (a carrier's retry of a scan is the same scan).
-    pub scan_ids: BTreeSet<String>,
+    /// The event ids of the latest [`MAX_SCAN_IDS`] scans, oldest first (a carrier's retry
+    /// of a scan is the same scan).
+    pub scan_ids: VecDeque<String>,
 }
+
+/// Scan ids a shipment remembers to recognise a carrier's retry: a parcel has a handful of
+/// scans and a retry follows its original closely, while carriers are unauthenticated
+/// (until issue 17) and one that sent endless distinct ids for a shipment grew its row, and
+/// the `shipments` file, without bound. A retry of a scan older than the last 64 of its
+/// shipment counts again (`scans`, `failed_attempts`).
+pub const MAX_SCAN_IDS: usize = 64;
 
 /// Every shipment a carrier reported on.
 #[derive(Debug, Default)]
@@ -68,9 +77,13 @@ impl Projection for Shipments {
     fn apply(&mut self, _at: Source<'_>, e: &TrackingEvent) {
         let meta = e.metadata();
         let t = self.rows.entry(e.shipment_id().to_owned()).or_default();
-        if !t.row.scan_ids.insert(meta.event_id.clone()) {
+        if t.row.scan_ids.contains(&meta.event_id) {
             return;
         }
+        if t.row.scan_ids.len() == MAX_SCAN_IDS {
+            t.row.scan_ids.pop_front();
+        }
+        t.row.scan_ids.push_back(meta.event_id.clone());
         let at = meta.occurred_at;
         let row = &mut t.row;
         if row.scans == 0 {
@@ -259,5 +272,10 @@ mod tests {
         let row = fold(&[picked("a", 40), failed("b", 20)]);
         assert_eq!(row.status, status::IN_TRANSIT);
         assert_eq!(row.failed_attempts, 1);
+        // Endless distinct scans of one shipment: it remembers the latest 64 ids, counts all.
+        let flood: Vec<TrackingEvent> = (0..1_000).map(|i| failed(&format!("f{i}"), i)).collect();
+        let row = fold(&flood);
+        assert_eq!((row.scans, row.scan_ids.len()), (1_000, MAX_SCAN_IDS));
+        assert_eq!(row.scan_ids.front().map(String::as_str), Some("f936"));
     }
 }
