@@ -1046,6 +1046,51 @@ pub async fn ended_sagas_are_forgotten_after_their_retention(
         "{:>6.1?} every ended order forgotten (tombstoned in orders.changelog)",
         started.elapsed()
     );
+    // The other event-sourced participants forgot what ended there too (declined or refunded
+    // payments, failed or cancelled shipments, credited bills), and kept the rest.
+    fn ended_left<W: pipelines::saga::rebuild::EventSourced>(
+        cluster: &Cluster,
+        rt: &tokio::runtime::Handle,
+        ids: &[String],
+    ) -> anyhow::Result<(usize, usize)> {
+        let stores = restore::<W>(cluster, rt, None)?.0;
+        let ours: Vec<&W::State> = stores
+            .values()
+            .flat_map(|s| s.iter())
+            .filter(|(k, _)| ids.contains(k))
+            .map(|(_, s)| s)
+            .collect();
+        Ok((ours.iter().filter(|s| W::ended(s)).count(), ours.len()))
+    }
+    let (c, r, wanted) = (cluster.clone(), rt.clone(), ids.clone());
+    let left = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(&str, usize, usize)>> {
+        use processors::{billing::Billing, payments::Payments, shipping::Shipping};
+        // Their last touches came before the orders' (an order's end follows its replies),
+        // but each participant scans on its own 200 ms beat: a little patience.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left: Vec<(&str, usize, usize)> = vec![
+                ("payments", ended_left::<Payments>(&c, &r, &wanted)?),
+                ("shipping", ended_left::<Shipping>(&c, &r, &wanted)?),
+                ("billing", ended_left::<Billing>(&c, &r, &wanted)?),
+            ]
+            .into_iter()
+            .map(|(n, (ended, kept))| (n, ended, kept))
+            .collect();
+            if left.iter().all(|(_, ended, _)| *ended == 0) || Instant::now() > deadline {
+                return Ok(left);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await??;
+    for (service, ended, kept) in &left {
+        ensure!(
+            *ended == 0,
+            "{service}: {ended} ended sagas of this run still held after the retention"
+        );
+        eprintln!("{service}: every ended saga forgotten, {kept} open ones kept");
+    }
 
     let events_of = |id: &str| -> anyhow::Result<usize> {
         Ok(crate::topic::read_all(cluster, ORDER_EVENTS)?
@@ -1123,27 +1168,29 @@ pub async fn ended_sagas_are_forgotten_after_their_retention(
         );
     }
     runner.stop()?;
-    let c = cluster.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        pipelines::replay::replay_store(&c, &rt, "orders", true, false, None)
-    })
-    .await??;
-    let differing = r.differing.unwrap_or_default();
-    ensure!(
-        differing.is_empty(),
-        "replay orders --check: {} states differ, e.g. {:?}",
-        differing.len(),
-        &differing[..differing.len().min(5)]
-    );
-    ensure!(
-        r.forgotten >= ids.len(),
-        "replay orders --check counted {} forgotten sagas, {} were",
-        r.forgotten,
-        ids.len()
-    );
-    eprintln!(
-        "replay orders --check: the store equals the fold of {} events, {} forgotten sagas apart",
-        r.events, r.forgotten
-    );
+    for service in ["orders", "payments", "shipping", "billing"] {
+        let (c, rt) = (cluster.clone(), rt.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            pipelines::replay::replay_store(&c, &rt, service, true, false, None)
+        })
+        .await??;
+        let differing = r.differing.unwrap_or_default();
+        ensure!(
+            differing.is_empty(),
+            "replay {service} --check: {} states differ, e.g. {:?}",
+            differing.len(),
+            &differing[..differing.len().min(5)]
+        );
+        ensure!(
+            service != "orders" || r.forgotten >= ids.len(),
+            "replay orders --check counted {} forgotten sagas, {} were",
+            r.forgotten,
+            ids.len()
+        );
+        eprintln!(
+            "replay {service} --check: the store equals the fold of {} events, {} forgotten sagas apart",
+            r.events, r.forgotten
+        );
+    }
     Ok(())
 }

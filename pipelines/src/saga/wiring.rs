@@ -77,6 +77,16 @@ impl Wiring for InventorySaga {
     fn state_key(state: &OrderReservation) -> &str {
         &state.order_id
     }
+    /// Dispatched, failed, released or compensated: no line is pending, so replies and
+    /// order events do nothing, and a late refund's release answers what an unknown order's
+    /// would (nothing released).
+    fn ended(state: &OrderReservation) -> bool {
+        use processors::inventory::saga::status::{COMPENSATED, DISPATCHED, FAILED, RELEASED};
+        matches!(
+            state.status.as_str(),
+            DISPATCHED | FAILED | RELEASED | COMPENSATED
+        )
+    }
     fn reply_to(output: &InventorySagaOut) -> Option<&'static str> {
         match output {
             InventorySagaOut::ReserveStock(_) | InventorySagaOut::ReleaseReservation(_) => {
@@ -108,6 +118,14 @@ impl Wiring for Payments {
     fn state_key(state: &PaymentState) -> &str {
         &state.order_id
     }
+    /// Declined, or refunded in full: nothing is left to charge or refund. A captured payment
+    /// never ends (a return may be refunded any time), nor a compensated one (a charge
+    /// request still on its way must meet it, not an unknown order).
+    fn ended(state: &PaymentState) -> bool {
+        use processors::payments::status::{DECLINED, REFUNDED};
+        state.status == DECLINED
+            || (state.status == REFUNDED && state.refunded_cents >= state.captured_cents)
+    }
     fn reply_to(output: &PaymentReply) -> Option<&'static str> {
         match output {
             PaymentReply::PaymentCaptured(_) => Some(SHIPPING_REPLIES),
@@ -131,6 +149,12 @@ impl Wiring for Shipping {
     }
     fn state_key(state: &ShipmentState) -> &str {
         &state.order_id
+    }
+    /// Cancelled or failed. A created shipment does not end (a cancellation may still come
+    /// for it), nor a compensated one (a capture on its way must not ship it).
+    fn ended(state: &ShipmentState) -> bool {
+        use processors::shipping::status::{CANCELLED, FAILED};
+        matches!(state.status.as_str(), CANCELLED | FAILED)
     }
     fn reply_to(output: &ShipmentReply) -> Option<&'static str> {
         match output {
@@ -158,6 +182,10 @@ impl Wiring for Notifications {
     fn state_key(state: &NotificationState) -> &str {
         &state.order_id
     }
+    /// Sent: an order has one outcome, notified once.
+    fn ended(state: &NotificationState) -> bool {
+        !state.sent.is_empty()
+    }
 }
 
 impl Wiring for Billing {
@@ -175,6 +203,11 @@ impl Wiring for Billing {
     }
     fn state_key(state: &BillingState) -> &str {
         &state.order_id
+    }
+    /// Everything received credited back: no refund can follow. A paid order keeps its
+    /// state (a return may be credited any time).
+    fn ended(state: &BillingState) -> bool {
+        state.received_cents > 0 && state.credited_cents >= state.received_cents
     }
 }
 
