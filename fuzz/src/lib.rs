@@ -275,3 +275,52 @@ pub fn command_json(data: &[u8]) {
         }
     }
 }
+
+/// A local snapshot file (`formats::snapshot`, what a restore reads from the state
+/// directory). The first byte picks how the rest is read: odd, it is a body that gets its
+/// right checksum appended (a crafted file, which the checksum does not stop); even, it is the
+/// whole file. Whatever reads writes back to itself.
+pub fn snapshot(data: &[u8]) {
+    use formats::snapshot::{Snapshot, seal};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut bytes = rest.to_vec();
+    if mode & 1 == 1 {
+        seal(&mut bytes);
+    }
+    if let Ok(s) = Snapshot::from_bytes(&bytes, "fuzzed") {
+        let again =
+            Snapshot::from_bytes(&s.to_bytes(), "written").expect("a written snapshot reads back");
+        assert_eq!(again, s, "a snapshot read, written and read again changed");
+    }
+}
+
+/// Pipeline definitions (`--definitions DIR`, `formats::definitions`): the input is the text of
+/// one or more definition files separated by lines `---`. A set that parses and checks out
+/// renders, and its files (`to_toml`) parse back to the same services.
+pub fn definitions(data: &[u8]) {
+    use formats::definitions::{OwnershipMap, ServiceDef};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let sources = text
+        .split("\n---\n")
+        .enumerate()
+        .map(|(i, t)| (format!("file{i}.toml"), t.to_owned()));
+    let Ok(map) = OwnershipMap::parse(sources) else {
+        return;
+    };
+    let _ = map.render_text(std::path::Path::new("/state"));
+    let _ = map.render_dot();
+    let back = OwnershipMap::parse(map.to_toml()).expect("a valid map's own files parse");
+    let unsourced = |s: &ServiceDef| ServiceDef {
+        source: String::new(),
+        ..s.clone()
+    };
+    assert_eq!(
+        back.services().iter().map(unsourced).collect::<Vec<_>>(),
+        map.services().iter().map(unsourced).collect::<Vec<_>>(),
+        "a map's files read back as another map"
+    );
+}

@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
             .expect("one long-running command per process")
     };
     // Database per service: the definitions must hold, and declare whatever is about to run.
+    use pipelines::ownership::Registered;
     let ownership = || pipelines::ownership::OwnershipMap::load(cli.definitions.as_deref());
     match &cli.command {
         Command::Run {

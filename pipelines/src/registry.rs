@@ -559,6 +559,7 @@ mod tests {
 
     #[test]
     fn the_registry_is_a_valid_ownership_map() {
+        use crate::ownership::Registered;
         let map = crate::ownership::OwnershipMap::from_registry();
         let problems = map.problems();
         assert!(problems.is_empty(), "{problems:#?}");

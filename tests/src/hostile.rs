@@ -817,7 +817,7 @@ async fn hostile_http(cluster: &Cluster, views: &Path, sku: &str) -> anyhow::Res
         pipelines::http::Api::new(
             cluster.clone(),
             views.to_path_buf(),
-            pipelines::ownership::OwnershipMap::load(None)?,
+            <pipelines::ownership::OwnershipMap as pipelines::ownership::Registered>::load(None)?,
         )
         .await
     };

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, ensure};
 use pipelines::Cluster;
-use pipelines::ownership::OwnershipMap;
+use pipelines::ownership::{OwnershipMap, Registered};
 use serde_json::{Value, json};
 
 use crate::scenario::Runner;
