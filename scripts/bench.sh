@@ -3,6 +3,8 @@
 #   scripts/bench.sh                 # inventory (1,000,000 commands), then the saga (20,000 orders)
 #   BENCH_COMMANDS=200000 BENCH_ORDERS=5000 scripts/bench.sh
 #   scripts/bench.sh inventory       # one of them
+#   scripts/bench.sh soak            # 10M commands over 100K skus: state and RSS stay bounded
+#   BENCH_SOAK_COMMANDS=2000000 scripts/bench.sh soak
 #   BENCH_KAFKA="fetch.queue.backoff.ms=1000" scripts/bench.sh inventory   # librdkafka properties on every client
 # Built without the DataFusion query feature: the pipelines do not need it and the release
 # build is much shorter. Each bench gets a fresh stack (the saga's inventory service must not
