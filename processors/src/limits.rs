@@ -115,6 +115,16 @@ impl Check {
         self.optional_id(field, v)
     }
 
+    /// A sku: an id without `/`, which joins a sku and a reservation id in inventory's
+    /// changelog keys (`<sku>/<reservation>`): a sku `A/B` would meet reservation `B` of sku
+    /// `A` there, one record deleting or superseding the other's.
+    pub fn sku(self, field: impl Display + Copy, v: &str) -> Result<(), InvalidCommand> {
+        self.id(field, v)?;
+        self.require(!v.contains('/'), || {
+            format!("field {field} contains '/', which skus may not: {v:?}")
+        })
+    }
+
     /// An id that may be empty, of at most [`MAX_ID_BYTES`], without control characters
     /// (changelog keys join ids with one).
     pub fn optional_id(self, field: impl Display + Copy, v: &str) -> Result<(), InvalidCommand> {
@@ -209,6 +219,9 @@ mod tests {
         assert!(c.quantity("quantity", MAX_QUANTITY).is_ok());
         let e = c.id("sku", &"x".repeat(MAX_ID_BYTES + 1)).unwrap_err();
         assert!(e.reason.contains("257 bytes"), "{e}");
+        let e = c.sku("sku", "A/B").unwrap_err();
+        assert!(e.reason.contains("contains '/'"), "{e}");
+        assert!(c.sku("sku", "SKU-00001").is_ok());
         assert!(c.time("at", -1).is_err() && c.time("at", i64::MAX).is_err());
         assert!(c.time("at", 0).is_ok());
     }

@@ -307,8 +307,8 @@ async fn inventory_scaled_out_under_churn_on_the_embedded_broker() -> anyhow::Re
     Ok(())
 }
 
-/// Views dead-letter what they cannot decode (issue 14); not on the real tier, whose
-/// scenarios share the event logs this writes garbage to.
+/// Views dead-letter what they cannot decode (issue 14); the real tier runs it last, since
+/// its scenarios share the event logs this writes garbage to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_dead_letter_what_they_cannot_decode() -> anyhow::Result<()> {
     let (_broker, cluster, views) = saga_stack().await?;

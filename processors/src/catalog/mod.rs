@@ -22,7 +22,7 @@ pub struct Catalog;
 fn validate(c: &CatalogCommand) -> Result<(), InvalidCommand> {
     let check = Check::new(c.record_name());
     check.metadata(c.metadata())?;
-    check.id("sku", c.sku())?;
+    check.sku("sku", c.sku())?;
     let price = |v: i64| {
         check.require(v > 0, || {
             format!("field price_cents must be positive, got {v}")

@@ -432,7 +432,7 @@ impl Outcome<'_> {
 fn validate(command: &InventoryCommand, sku: &str) -> Result<(), InvalidCommand> {
     let check = Check::new(command.record_name());
     let m = command.metadata();
-    check.id("sku", command.sku())?;
+    check.sku("sku", command.sku())?;
     check.require(command.sku() == sku, || {
         format!(
             "field sku is {:?} but the command was routed to aggregate {sku:?}",

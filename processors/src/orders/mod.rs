@@ -73,7 +73,7 @@ fn validate(c: &PlaceOrder) -> Result<(), InvalidCommand> {
         )
     })?;
     for (i, l) in c.lines.iter().enumerate() {
-        check.id(format_args!("lines[{i}].sku"), &l.sku)?;
+        check.sku(format_args!("lines[{i}].sku"), &l.sku)?;
         check.id(format_args!("lines[{i}].warehouse"), &l.warehouse)?;
         check.quantity(format_args!("lines[{i}].quantity"), l.quantity)?;
         check.in_range(
