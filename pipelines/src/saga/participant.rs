@@ -125,9 +125,10 @@ impl<S> Sagas<S> {
 /// its payload is the horizon, an i64 (ms since the epoch), little-endian.
 pub const FORGOTTEN_UNTIL: &str = "forgotten-until";
 
-/// What a batch marks changed ([`Batch::changed`]) when the horizon moved: no saga id
-/// starts with NUL (the runtime's meta prefix, refused in saga ids).
-const HORIZON_CHANGED: &str = "\0forgotten-until";
+/// Ended sagas one deadline scan (every 200 ms) forgets at most per partition: a first start
+/// on a long history (or after an outage past the retention) finds every ended saga due at
+/// once, and forgetting millions in one transaction would outlast its timeout.
+const MAX_EVICTIONS_PER_SCAN: usize = 1_000;
 
 /// A participant `W` as a [`runtime::Processor`]: its encoders and how it publishes.
 struct Participant<W: Wiring> {
@@ -260,8 +261,12 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
     }
 
     fn due(&self, states: &Self::Partition, now: i64, due: &mut Vec<String>) {
+        let mut evictions = 0;
         for (key, kept) in &states.states {
-            if self.w.deadline(&kept.state).is_some_and(|d| d <= now) || self.evictable(kept, now) {
+            if self.w.deadline(&kept.state).is_some_and(|d| d <= now) {
+                due.push(key.clone());
+            } else if evictions < MAX_EVICTIONS_PER_SCAN && self.evictable(kept, now) {
+                evictions += 1;
                 due.push(key.clone());
             }
         }
@@ -279,12 +284,16 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         };
         if self.evictable(kept, now) {
             let touched = kept.touched;
+            // The horizon before the tombstone, in the same unit of work: under at-least-once
+            // what was sent stays sent when a unit fails, and a tombstone without its horizon
+            // would let a duplicate start the saga again; a horizon without its tombstone
+            // only refuses what the saga held anyway.
+            if touched > states.forgotten_until {
+                out.meta(FORGOTTEN_UNTIL, &touched.to_le_bytes())?;
+                states.forgotten_until = touched;
+            }
             states.states.remove(saga);
             out.forget(saga.as_bytes())?;
-            if touched > states.forgotten_until {
-                states.forgotten_until = touched;
-                out.changed(HORIZON_CHANGED);
-            }
             debug!(saga_id = %saga, touched, "Forgot an ended saga past its retention.");
             return Ok(None);
         }
@@ -304,9 +313,6 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         states: &Self::Partition,
         saga: &str,
     ) -> anyhow::Result<()> {
-        if saga == HORIZON_CHANGED {
-            return out.meta(FORGOTTEN_UNTIL, &states.forgotten_until.to_le_bytes());
-        }
         // Changed, then forgotten in the same batch: its tombstone is written already.
         let Some(kept) = states.states.get(saga) else {
             return Ok(());
