@@ -119,15 +119,19 @@ impl OwnershipMap {
             def.source = source;
             services.push(def);
         }
-        let map = OwnershipMap { services };
-        let problems = map.problems();
+        OwnershipMap { services }.checked("the pipeline definitions")
+    }
+
+    /// The map, if it holds as a whole; else an error naming `what` and every problem.
+    pub fn checked(self, what: &str) -> anyhow::Result<Self> {
+        let problems = self.problems();
         if !problems.is_empty() {
             bail!(
-                "the pipeline definitions break database-per-service:\n  {}",
+                "database-per-service is broken by {what}:\n  {}",
                 problems.join("\n  ")
             );
         }
-        Ok(map)
+        Ok(self)
     }
 
     /// Everything wrong with the definitions as a whole.

@@ -15,11 +15,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use pipelines::Cluster;
 use pipelines::inventory::{self, Options, ProgressProbe};
 use pipelines::kafka;
 use pipelines::load::{self, LoadSpec};
 use pipelines::topics::inventory::COMMANDS;
-use pipelines::{Cluster, Guarantee};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -118,13 +118,7 @@ fn decode_in_memory(
 }
 
 fn main() -> anyhow::Result<()> {
-    let (Ok(brokers), Ok(registry)) = (
-        std::env::var("SUPPLYSTREAM_BROKERS"),
-        std::env::var("SUPPLYSTREAM_REGISTRY"),
-    ) else {
-        println!(
-            "inventory bench not run: use scripts/bench.sh (needs SUPPLYSTREAM_BROKERS and SUPPLYSTREAM_REGISTRY)"
-        );
+    let Some(cluster) = common::cluster("inventory bench", "scripts/bench.sh")? else {
         return Ok(());
     };
     let rt0 = tokio::runtime::Runtime::new()?;
@@ -136,16 +130,7 @@ fn main() -> anyhow::Result<()> {
         value_path.as_secs_f64() / serde_path.as_secs_f64()
     );
     drop(rt0);
-    let n: usize = std::env::var("BENCH_COMMANDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let cluster = Cluster {
-        brokers,
-        registry,
-        guarantee: Guarantee::ExactlyOnce,
-        kafka: common::kafka_properties()?,
-    };
+    let n = common::count("BENCH_COMMANDS", 1_000_000);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
 

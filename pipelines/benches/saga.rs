@@ -20,31 +20,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use pipelines::saga::{self, simulate};
-use pipelines::{Cluster, Guarantee, inventory, kafka};
+use pipelines::{inventory, kafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 fn main() -> anyhow::Result<()> {
-    let (Ok(brokers), Ok(registry)) = (
-        std::env::var("SUPPLYSTREAM_BROKERS"),
-        std::env::var("SUPPLYSTREAM_REGISTRY"),
-    ) else {
-        println!(
-            "saga bench not run: use scripts/bench.sh (needs SUPPLYSTREAM_BROKERS and SUPPLYSTREAM_REGISTRY)"
-        );
+    let Some(cluster) = common::cluster("saga bench", "scripts/bench.sh")? else {
         return Ok(());
     };
-    let orders: usize = std::env::var("BENCH_ORDERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let cluster = Cluster {
-        brokers,
-        registry,
-        guarantee: Guarantee::ExactlyOnce,
-        kafka: common::kafka_properties()?,
-    };
+    let orders = common::count("BENCH_ORDERS", 20_000);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
     rt.block_on(kafka::ensure_topics(&cluster, &saga::topics(3)))?;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use pipelines::inventory::{self, Options, ProgressProbe};
 use pipelines::load::{self, Load, LoadSpec};
 use pipelines::topics::inventory::{CHANGELOG, COMMANDS};
-use pipelines::{Cluster, Guarantee, kafka};
+use pipelines::{Cluster, kafka};
 
 /// The process's resident set size in bytes (Linux: `VmRSS` of /proc/self/status).
 fn rss() -> u64 {
@@ -34,36 +34,17 @@ fn rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
-    let (Ok(brokers), Ok(registry)) = (
-        std::env::var("SUPPLYSTREAM_BROKERS"),
-        std::env::var("SUPPLYSTREAM_REGISTRY"),
-    ) else {
-        println!(
-            "soak not run: use scripts/bench.sh soak (needs SUPPLYSTREAM_BROKERS and SUPPLYSTREAM_REGISTRY)"
-        );
+    let Some(cluster) = common::cluster("soak", "scripts/bench.sh soak")? else {
         return Ok(());
     };
-    let total = env("BENCH_SOAK_COMMANDS", 10_000_000);
-    let skus = env("BENCH_SOAK_SKUS", 100_000);
+    let total = common::count("BENCH_SOAK_COMMANDS", 10_000_000);
+    let skus = common::count("BENCH_SOAK_SKUS", 100_000);
     let spacing_ms = 100;
-    let cluster = Cluster {
-        brokers,
-        registry,
-        guarantee: Guarantee::ExactlyOnce,
-        kafka: common::kafka_properties()?,
-    };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(kafka::ensure_topics(&cluster, &inventory::topics(3)))?;
     let spec = LoadSpec {

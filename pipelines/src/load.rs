@@ -212,24 +212,10 @@ pub async fn produce_commands(
     cluster: &Cluster,
     commands: &[InventoryCommand],
 ) -> anyhow::Result<()> {
-    let registry = Registry::new(&cluster.registry);
-    let encoder = Encoder::<InventoryCommand>::register(&registry, COMMANDS).await?;
-    let plain = Cluster {
-        guarantee: Guarantee::AtLeastOnce,
-        ..cluster.clone()
-    };
-    let commands = commands.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let output = Output::new(&plain, "producer", "load")?;
-        let mut buf = Vec::with_capacity(256);
-        for c in &commands {
-            encoder.encode_into(c, &mut buf)?;
-            output.send(COMMANDS, None, c.sku().as_bytes(), &buf, None)?;
-        }
-        output.flush()
-    })
-    .await
-    .context("producer thread")?
+    // Owned: the producer runs on a blocking thread of its own.
+    let owned: Vec<InventoryCommand> = commands.to_vec();
+    produce_stream(cluster, owned.into_iter()).await?;
+    Ok(())
 }
 
 /// Produces what `commands` yields to `inventory.commands`, keyed by sku, encoding each as it

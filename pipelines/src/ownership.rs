@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use anyhow::bail;
-
 pub use formats::definitions::*;
 
 /// The ownership map as the code knows it.
@@ -57,17 +55,7 @@ impl Registered for OwnershipMap {
     fn load(dir: Option<&Path>) -> anyhow::Result<Self> {
         match dir {
             Some(d) => OwnershipMap::load_dir(d),
-            None => {
-                let map = Self::from_registry();
-                let problems = map.problems();
-                if !problems.is_empty() {
-                    bail!(
-                        "the service registry breaks database-per-service:\n  {}",
-                        problems.join("\n  ")
-                    );
-                }
-                Ok(map)
-            }
+            None => Self::from_registry().checked("the service registry"),
         }
     }
 

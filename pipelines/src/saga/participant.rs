@@ -327,6 +327,8 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
         read: ReadChangelog<'_, W::Changelog>,
     ) -> anyhow::Result<Rebuilt<Self::Partition>> {
         let mut sagas = Sagas::default();
+        // The horizon's latest record could not be read (set below: conservative).
+        let mut unreadable_horizon = false;
         read(&mut |read| {
             match read {
                 Read::Record { record, at } => {
@@ -339,7 +341,10 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
                 }
                 Read::Meta { key, payload } if key == FORGOTTEN_UNTIL.as_bytes() => {
                     match <[u8; 8]>::try_from(payload) {
-                        Ok(b) => sagas.forgotten_until = i64::from_le_bytes(b),
+                        Ok(b) => {
+                            sagas.forgotten_until = i64::from_le_bytes(b);
+                            unreadable_horizon = false;
+                        }
                         // Kept conservative: the latest time anything was touched stands in
                         // (set below), so no forgotten saga's duplicate gets through.
                         Err(_) => {
@@ -348,7 +353,7 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
                                 len = payload.len(),
                                 "Unreadable horizon of forgotten sagas; taking the latest change instead."
                             );
-                            sagas.forgotten_until = i64::MAX;
+                            unreadable_horizon = true;
                         }
                     }
                 }
@@ -356,7 +361,7 @@ impl<W: Wiring> runtime::Processor for Participant<W> {
             }
             Ok(())
         })?;
-        if sagas.forgotten_until == i64::MAX {
+        if unreadable_horizon {
             sagas.forgotten_until = sagas.states.values().map(|k| k.touched).max().unwrap_or(0);
         }
         Ok(Rebuilt {
