@@ -330,7 +330,7 @@ pub const SERVICES: &[Service] = &[
             Pipeline::event_sourced::<Orders>(),
             Pipeline::view::<crate::saga::views::SagaViews>(Host::Saga)
                 .run_by(crate::saga::views::run),
-            Pipeline::topic_view::<crate::saga::topic_views::WindowsView>(Host::Saga)
+            Pipeline::view::<crate::saga::topic_views::Windows>(Host::Saga)
                 .run_by(crate::saga::topic_views::run_windows),
         ],
     },

@@ -385,13 +385,13 @@ pub trait Column {
 }
 
 /// Column kinds: text, 64-bit and 32-bit integers, booleans and UTC millisecond timestamps,
-/// each also nullable (`Opt…`, for `Option` fields).
+/// each also nullable (`Opt…`, for `Option` fields), and lists of text.
 pub mod col {
     use std::sync::Arc;
 
     use arrow::array::{
-        Array, ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray,
-        TimestampMillisecondArray,
+        Array, ArrayRef, BooleanArray, Int32Array, Int64Array, ListArray, ListBuilder, StringArray,
+        StringBuilder, TimestampMillisecondArray,
     };
     use arrow::datatypes::{DataType, Field, TimeUnit};
 
@@ -446,6 +446,25 @@ pub mod col {
         TimestampMillisecondArray,
         |vs| TimestampMillisecondArray::from_iter_values(vs.copied()).with_timezone("UTC"),
         |a, i| a.value(i));
+    fn text_item() -> Arc<Field> {
+        Arc::new(Field::new_list_field(DataType::Utf8, false))
+    }
+
+    kind!(/** A list of `Utf8`, not null (e.g. the event ids a row has counted). */ TextList,
+    Vec<String>, DataType::List(text_item()), false, ListArray,
+    |vs| {
+        let mut list = ListBuilder::new(StringBuilder::new()).with_field(text_item());
+        for v in vs {
+            v.iter().for_each(|s| list.values().append_value(s));
+            list.append(true);
+        }
+        list.finish()
+    },
+    |a, i| {
+        let items = a.value(i);
+        let items = of::<StringArray>(items.as_ref());
+        items.iter().map(|s| s.unwrap_or_default().to_owned()).collect()
+    });
     kind!(/** UTC millisecond timestamp, nullable. */ OptTime, Option<i64>, time(), true,
         TimestampMillisecondArray,
         |vs| vs.copied().collect::<TimestampMillisecondArray>().with_timezone("UTC"),

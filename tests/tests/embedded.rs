@@ -98,7 +98,8 @@ async fn saga_scenario(seed: u64, duplicate_outputs: bool) -> anyhow::Result<()>
     );
     tokio::task::spawn_blocking(move || {
         integration::saga::ledger_resumes_from_its_table(&c, &rt, &v)?;
-        integration::saga::saga_views_resume_from_their_tables(&c, &rt, &v)
+        integration::saga::saga_views_resume_from_their_tables(&c, &rt, &v)?;
+        integration::saga::windows_resume_from_their_tables(&c, &rt, &v)
     })
     .await??;
     let (c, v) = (cluster.clone(), views.path().to_path_buf());

@@ -716,6 +716,13 @@ fn sagas_killed_and_duplicated(stack: &Stack, rt: &tokio::runtime::Runtime) -> a
             views.path(),
         )
     })?;
+    phase("windows resume", || {
+        integration::saga::windows_resume_from_their_tables(
+            &stack.cluster,
+            rt.handle(),
+            views.path(),
+        )
+    })?;
     let check = phase("replay orders --check", || {
         cli(stack, &["replay", "orders", "--check"])
     })?;

@@ -8,12 +8,18 @@
 //!   outside producers write the topic, through `POST /events/…`); resumes; an undecodable
 //!   record there is dead-lettered to `shipping.dlq`.
 //! - `orders_per_minute` (orders): 1-minute tumbling windows of event time over
-//!   `orders.events`, late events accepted up to `saga::Options::window_lateness`; rebuilt
-//!   from the beginning of the topic when it starts.
+//!   `orders.events`, late events accepted up to `saga::Options::window_lateness`; with
+//!   `orders_per_minute_sources` (each partition's progress and the watermark) it resumes
+//!   ([`Windows`]).
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use arrow::record_batch::RecordBatch;
 use processors::orders::windows::OrdersPerMinute;
+use rdkafka::message::BorrowedMessage;
+use schemas::codec::DecodeError;
 use schemas::saga::topics::{
     BILLING_EVENTS, CATALOG_EVENTS, ORDER_EVENTS, SHIPPING_TRACKING, SUPPLIER_EVENTS,
 };
@@ -23,7 +29,9 @@ use tracing::info;
 use super::Options;
 use crate::Stop;
 use crate::topics::saga::{BILLING_DLQ, CATALOG_DLQ, ORDERS_DLQ, SHIPPING_DLQ, SUPPLIERS_DLQ};
-use crate::view::TopicView;
+use crate::view::{OneTopic, Positions, TopicView, View};
+use sinks::windows::ORDERS_PER_MINUTE;
+use sinks::windows::sources::ORDERS_PER_MINUTE_SOURCES;
 
 /// `ledger`.
 pub struct LedgerView;
@@ -73,7 +81,8 @@ impl TopicView for ShipmentsView {
     const DLQ: Option<(&'static str, &'static str)> = Some((SHIPPING_DLQ, "shipping"));
 }
 
-/// `orders_per_minute`.
+/// `orders_per_minute`'s topic and projection, on the loop's one-topic fold; [`Windows`]
+/// adds the second table and the resume.
 pub struct WindowsView;
 
 impl TopicView for WindowsView {
@@ -99,14 +108,74 @@ pub fn run<V: TopicView<Projection: Default>>(
     super::run_topic_view::<V>(Default::default, opts, rt, stop)
 }
 
+/// The `orders_per_minute` view: its windows, then `orders_per_minute_sources` (written
+/// first, so the windows' checkpoint says both are complete). The windows' rows carry the
+/// open windows' event ids, the sources each partition's progress and the watermark: the
+/// two are the fold's whole state, so the view resumes from them (before, it read
+/// `orders.events` from its beginning on every start).
+pub(crate) struct Windows {
+    inner: OneTopic<WindowsView>,
+    width_ms: i64,
+    lateness_ms: i64,
+}
+
+impl View for Windows {
+    const PIPELINE: &'static str = WindowsView::GROUP;
+    const TOPICS: &'static [&'static str] = WindowsView::TOPICS;
+    const TABLES: &'static [&'static str] = &[ORDERS_PER_MINUTE_SOURCES, ORDERS_PER_MINUTE];
+    const DLQ: Option<(&'static str, &'static str)> = WindowsView::DLQ;
+    const RESUMES: bool = true;
+    const WANTS_ENDS: bool = WindowsView::WANTS_ENDS;
+
+    fn assigned(&mut self, partitions: &BTreeMap<&'static str, Vec<i32>>) {
+        self.inner.assigned(partitions);
+    }
+
+    fn fold(
+        &mut self,
+        rt: &Handle,
+        stop: &Stop,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<(), DecodeError> {
+        self.inner.fold(rt, stop, m)
+    }
+
+    fn before_flush(&mut self, positions: &Positions, ends: &Positions) {
+        self.inner.before_flush(positions, ends);
+    }
+
+    fn batches(&self) -> anyhow::Result<Vec<RecordBatch>> {
+        let sources = self.inner.projection.sources();
+        let mut batches = vec![sinks::windows::sources::to_batch(&sources)?];
+        batches.extend(self.inner.batches()?);
+        Ok(batches)
+    }
+
+    fn resume(&mut self, tables: &[Vec<RecordBatch>]) -> anyhow::Result<()> {
+        let sources = sinks::windows::sources::from_batches(&tables[0])?;
+        let rows = sinks::windows::from_batches(&tables[1])?;
+        self.inner.projection =
+            OrdersPerMinute::restore(self.width_ms, self.lateness_ms, rows, sources)
+                .map_err(|e| anyhow::anyhow!("{ORDERS_PER_MINUTE}: {e}"))?;
+        Ok(())
+    }
+}
+
 /// Runs `orders_per_minute` with the configured lateness until `stop`. Blocking.
 pub fn run_windows(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<()> {
     info!(lateness = ?opts.window_lateness, "Windowed view: lateness.");
-    let projection = || {
-        OrdersPerMinute::new(
-            WIDTH.as_millis() as i64,
-            opts.window_lateness.as_millis() as i64,
-        )
+    let (width_ms, lateness_ms) = (
+        WIDTH.as_millis() as i64,
+        opts.window_lateness.as_millis() as i64,
+    );
+    let registry = schemas::Registry::new(&opts.cluster.registry);
+    let view = || Windows {
+        inner: OneTopic::new(
+            OrdersPerMinute::new(width_ms, lateness_ms),
+            registry.clone(),
+        ),
+        width_ms,
+        lateness_ms,
     };
-    super::run_topic_view::<WindowsView>(projection, opts, rt, stop)
+    crate::view::run(view, &opts.view_settings(), rt, stop)
 }
