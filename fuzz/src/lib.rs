@@ -257,18 +257,33 @@ static JSON: LazyLock<Vec<Box<dyn Json>>> = LazyLock::new(|| {
     ]
 });
 
-/// `<RecordName>\n<JSON body>`: the record a `POST /commands/<service>/<RecordName>` names,
-/// and its body (with `metadata`, as the API fills it in before parsing).
+/// `<RecordName>[ <Idempotency-Key>]\n<JSON body>`: the record a
+/// `POST /commands/<service>/<RecordName>` names, its key header, and its body as a caller
+/// sends it, with or without `metadata`: `formats::request::command_metadata` fills it in as
+/// the API does before parsing (the clock and a new id fixed).
 pub fn command_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Some((name, body)) = text.split_once('\n') else {
+    let Some((head, body)) = text.split_once('\n') else {
         return;
+    };
+    let (name, key) = match head.split_once(' ') {
+        Some((name, key)) => (name, Some(key)),
+        None => (head, None),
     };
     let Ok(body) = serde_json::from_str::<serde_json::Value>(body) else {
         return;
     };
+    let Ok((body, id)) =
+        formats::request::command_metadata(body, "sku", key, 0, || "fuzz-id".into())
+    else {
+        return;
+    };
+    assert!(body.get("metadata").is_some(), "a body accepted has metadata");
+    if let Some(key) = key {
+        assert_eq!(id, key, "the Idempotency-Key is the command's id");
+    }
     for union in JSON.iter() {
         if union.run(name, body.clone()).is_some() {
             return;

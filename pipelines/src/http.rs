@@ -42,7 +42,6 @@ use std::collections::BTreeMap;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use schemas::Metadata;
 use schemas::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -235,6 +234,15 @@ impl ApiError {
     }
 }
 
+impl From<formats::request::Refused> for ApiError {
+    fn from(r: formats::request::Refused) -> Self {
+        match r.field {
+            Some(field) => ApiError::bad_field(field, r.reason),
+            None => ApiError::new(StatusCode::BAD_REQUEST, r.reason),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
@@ -310,86 +318,16 @@ fn idempotency_key(headers: &header::HeaderMap) -> Result<Option<String>, ApiErr
 }
 
 /// Fills in `metadata` when the caller did not send it; the command id is `key` when the
-/// request has one.
+/// request has one (`formats::request::command_metadata`, with the clock and a new UUID).
 fn with_metadata(
-    mut body: Value,
+    body: Value,
     key_field: &str,
     key: Option<&str>,
 ) -> Result<(Value, String), ApiError> {
-    let Some(object) = body.as_object_mut() else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "the body must be a JSON object of the command's fields",
-        ));
-    };
-    let expected =
-        match object.remove("expected_version") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_i64().ok_or_else(|| {
-                ApiError::bad_field("expected_version".into(), "must be an integer")
-            })?),
-        };
-    if let Some(m) = object.get_mut("metadata") {
-        // `expected_version` beside the caller's own metadata used to be dropped silently:
-        // it is the metadata's `aggregate_version`, unless that says otherwise.
-        if let (Some(expected), Some(m)) = (expected, m.as_object_mut()) {
-            match m.get("aggregate_version").and_then(Value::as_i64) {
-                Some(v) if v >= 0 && v != expected => {
-                    return Err(ApiError::bad_field(
-                        "expected_version".into(),
-                        format!("is {expected} but metadata.aggregate_version is {v}"),
-                    ));
-                }
-                _ => {
-                    m.insert("aggregate_version".into(), json!(expected));
-                }
-            }
-        }
-        let id = m
-            .get("event_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        if let Some(key) = key
-            && id != key
-        {
-            return Err(ApiError::bad_field(
-                "metadata.event_id".into(),
-                format!(
-                    "is {id:?} but the request's Idempotency-Key is {key:?}: the key is the command's id"
-                ),
-            ));
-        }
-        return Ok((body, id));
-    }
-    let expected = expected.unwrap_or(-1);
-    let id = key.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    insert_metadata(object, key_field, &id, crate::wire::now_ms(), expected)?;
-    Ok((body, id))
-}
-
-/// Inserts the metadata of a new message `id` about the aggregate named by `key_field`.
-fn insert_metadata(
-    object: &mut serde_json::Map<String, Value>,
-    key_field: &str,
-    id: &str,
-    occurred_at: i64,
-    aggregate_version: i64,
-) -> Result<(), ApiError> {
-    let aggregate = object
-        .get(key_field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let metadata = Metadata {
-        aggregate_version,
-        ..Metadata::command(id, &aggregate, occurred_at)
-    };
-    object.insert(
-        "metadata".into(),
-        serde_json::to_value(metadata).map_err(ApiError::internal)?,
-    );
-    Ok(())
+    formats::request::command_metadata(body, key_field, key, crate::wire::now_ms(), || {
+        uuid::Uuid::new_v4().to_string()
+    })
+    .map_err(ApiError::from)
 }
 
 async fn command(
@@ -519,7 +457,7 @@ fn event_metadata(mut body: Value, key_field: &str) -> Result<(Value, String, St
     let id = event_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let at = occurred_at.unwrap_or_else(crate::wire::now_ms);
     // Events of the world outside carry no version of ours.
-    insert_metadata(object, key_field, &id, at, -1)?;
+    formats::request::insert_metadata(object, key_field, &id, at, -1);
     Ok((body, record, id))
 }
 
@@ -786,6 +724,7 @@ pub async fn serve_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::Metadata;
     use schemas::inventory::InventoryCommand;
     use schemas::orders::OrderCommand;
     use schemas::shipping::TrackingEvent;
