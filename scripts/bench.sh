@@ -2,7 +2,7 @@
 # Runs the benchmarks against a real Kafka + Apicurio started for the occasion, then stops them.
 #   scripts/bench.sh                 # inventory (1,000,000 commands), then the saga (20,000 orders)
 #   BENCH_COMMANDS=200000 BENCH_ORDERS=5000 scripts/bench.sh
-#   scripts/bench.sh inventory       # one of them
+#   scripts/bench.sh inventory       # one of them (with the Kafka Streams peer, bench/kafka-streams)
 #   scripts/bench.sh soak            # 10M commands over 100K skus: state and RSS stay bounded
 #   BENCH_SOAK_COMMANDS=2000000 scripts/bench.sh soak
 #   BENCH_KAFKA="fetch.queue.backoff.ms=1000" scripts/bench.sh inventory   # librdkafka properties on every client
@@ -16,6 +16,10 @@ benches=("${@:-inventory saga}")
 read -r -a benches <<<"${benches[*]}"
 for bench in "${benches[@]}"; do
   cargo bench -p pipelines --no-default-features --bench "$bench" --no-run
+  if [ "$bench" = inventory ]; then
+    # The Kafka Streams peer (bench/kafka-streams), from Maven Central with the machine's Java.
+    mvn -q -B -f bench/kafka-streams/pom.xml clean package dependency:copy-dependencies
+  fi
 done
 for bench in "${benches[@]}"; do
   dir="$(mktemp -d -t supplystream-bench-XXXXXX)"

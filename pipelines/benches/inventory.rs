@@ -7,6 +7,9 @@
 //! - Pipeline: the inventory service end to end (decode, fold, encode, produce events and
 //!   changelog snapshots, commit in Kafka transactions) plus the `stock_levels` view until
 //!   both have caught up with the topic.
+//! - The Kafka Streams peer (`bench/kafka-streams`): the same fold on the same topic as a
+//!   Kafka Streams program (exactly_once_v2, RocksDB stores with changelogs), with 1 and 3
+//!   stream threads, right after the pipeline.
 //!
 //! Run with `scripts/bench.sh` (starts Kafka + Apicurio, runs this, stops them). Needs
 //! `SUPPLYSTREAM_BROKERS` and `SUPPLYSTREAM_REGISTRY`; `BENCH_COMMANDS` (default 1,000,000).
@@ -157,10 +160,15 @@ fn main() -> anyhow::Result<()> {
     }
 
     // B0 varies from run to run (page cache, broker warm-up): the median of three.
-    let mut b0s = [0; 3].map(|_| consume_all(&cluster, total, &rt, false));
-    b0s.sort_by_key(|r| r.as_ref().map(|d| *d).unwrap_or(Duration::MAX));
-    let b0 = std::mem::replace(&mut b0s[1], Ok(Duration::ZERO))?;
+    let mut b0s = [0; 3].map(|_| {
+        let cpu = common::cpu_time();
+        consume_all(&cluster, total, &rt, false).map(|d| (d, common::cpu_time() - cpu))
+    });
+    b0s.sort_by_key(|r| r.as_ref().map(|d| d.0).unwrap_or(Duration::MAX));
+    let (b0, b0_cpu) = std::mem::replace(&mut b0s[1], Ok(Default::default()))?;
+    let cpu = common::cpu_time();
     let b1 = consume_all(&cluster, total, &rt, true)?;
+    let b1_cpu = common::cpu_time() - cpu;
 
     let views = tempfile::tempdir()?;
     let state = tempfile::tempdir()?;
@@ -175,6 +183,7 @@ fn main() -> anyhow::Result<()> {
         if with_state { "on" } else { "off" }
     );
     let progress = ProgressProbe::new(&opts)?;
+    let cpu = common::cpu_time();
     let started = Instant::now();
     let running = inventory::spawn(&opts, rt.handle());
     loop {
@@ -186,23 +195,63 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pipeline = started.elapsed();
+    let pipeline_cpu = common::cpu_time() - cpu;
     let stats = running.stop()?;
 
+    // The Kafka Streams peer on the same topic, right after: 1 and 3 stream threads.
+    let mut peers = Vec::new();
+    for threads in [1, 3] {
+        if let Some(peer) = common::kafka_streams_peer(&cluster, COMMANDS, threads)? {
+            anyhow::ensure!(
+                peer.records == total as u64,
+                "the peer read {} of {total} commands",
+                peer.records
+            );
+            peers.push(peer);
+        }
+    }
+
     let rate = |d: Duration| total as f64 / d.as_secs_f64();
+    let per_cpu = |cpu: Duration| total as f64 / cpu.as_secs_f64().max(1e-3);
     println!(
-        "| measure ({total} commands, 3 partitions, real Kafka) | time | records/s | ratio to B0 |"
+        "| measure ({total} commands, 3 partitions, real Kafka) | time | records/s | ratio to B0 | commands per CPU-second |"
     );
-    println!("|---|---|---|---|");
-    for (name, d) in [
-        ("B0 bare BaseConsumer", b0),
-        ("B1 consume + Avro decode", b1),
-        ("inventory pipeline end to end", pipeline),
-    ] {
+    println!("|---|---|---|---|---|");
+    let mut rows = vec![
+        ("B0 bare BaseConsumer".to_owned(), b0, b0_cpu),
+        ("B1 consume + Avro decode".to_owned(), b1, b1_cpu),
+        (
+            "inventory pipeline end to end".to_owned(),
+            pipeline,
+            pipeline_cpu,
+        ),
+    ];
+    for peer in &peers {
+        rows.push((
+            format!(
+                "Kafka Streams peer, {} stream thread{}",
+                peer.threads,
+                if peer.threads == 1 { "" } else { "s" }
+            ),
+            peer.elapsed,
+            peer.cpu,
+        ));
+    }
+    for (name, d, cpu) in &rows {
         println!(
-            "| {name} | {:.2} s | {:.0} | {:.3} |",
+            "| {name} | {:.2} s | {:.0} | {:.3} | {:.0} |",
             d.as_secs_f64(),
-            rate(d),
-            b0.as_secs_f64() / d.as_secs_f64()
+            rate(*d),
+            b0.as_secs_f64() / d.as_secs_f64(),
+            per_cpu(*cpu)
+        );
+    }
+    if let Some(best) = peers.iter().min_by_key(|p| p.elapsed) {
+        println!(
+            "pipeline / best Kafka Streams peer ({} thread{}): {:.2}x its speed (goal: 2x)",
+            best.threads,
+            if best.threads == 1 { "" } else { "s" },
+            best.elapsed.as_secs_f64() / pipeline.as_secs_f64()
         );
     }
     // State: restore every partition from the changelog (what a restart does) against
