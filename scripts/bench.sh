@@ -6,6 +6,7 @@
 #   scripts/bench.sh soak            # 10M commands over 100K skus: state and RSS stay bounded
 #   BENCH_SOAK_COMMANDS=2000000 scripts/bench.sh soak
 #   BENCH_KAFKA="fetch.queue.backoff.ms=1000" scripts/bench.sh inventory   # librdkafka properties on every client
+#   BENCH_BATCH_SIZE=10000 scripts/bench.sh inventory   # commands per transaction (--batch-size)
 # Built without the DataFusion query feature: the pipelines do not need it and the release
 # build is much shorter. Each bench gets a fresh stack (the saga's inventory service must not
 # inherit the inventory bench's million commands).

@@ -174,6 +174,9 @@ fn main() -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
     let mut opts = Options::new(cluster.clone(), views.path().to_path_buf());
     opts.group = format!("bench-inventory-{}", std::process::id());
+    // BENCH_BATCH_SIZE: commands per transaction (the service's `--batch-size`).
+    opts.batch_size = common::count("BENCH_BATCH_SIZE", opts.batch_size);
+    println!("batch size: {} commands per transaction", opts.batch_size);
     // Local snapshots as `run` keeps them (the default 10 s), written once more on stop;
     // BENCH_NO_STATE_DIR=1 runs the pipeline without (what local state costs).
     let with_state = std::env::var("BENCH_NO_STATE_DIR").is_err();

@@ -9,7 +9,9 @@
 //! - **Resuming**: a view whose fold state is its rows ([`View::RESUMES`]) starts from its
 //!   tables when they can be read, carry the same checkpoint, and every position lies within
 //!   its partition; otherwise (and for the other views, on every start) it rebuilds from the
-//!   beginning of its topics.
+//!   beginning of its topics. A resumed view that is told the topics' ends
+//!   ([`View::WANTS_ENDS`]) is told them before its first record, not only at its first
+//!   flush.
 //! - **Bad input**: an undecodable record is left out of the view; on a topic this view
 //!   dead-letters ([`View::DLQ`]) it goes there with the reason in its headers, once:
 //!   records below the stored checkpoint were handled by an earlier run, and the dead
@@ -860,6 +862,17 @@ fn drive<V: View>(
     }
     consumer.assign(&tpl)?;
     view.assigned(&partitions);
+    // A view resumed from its tables is told the topics' ends before its first record: what
+    // they stored of them (e.g. a partition read to its end, which then did not hold an
+    // event-time watermark back) is from their write, not now. Before, a partition idle at
+    // the write and with a backlog since let another partition's backlog, read first, carry
+    // the watermark past its own events, which then counted as late.
+    if V::WANTS_ENDS
+        && bounds.is_none()
+        && let Some(resumed) = &from
+    {
+        view.before_flush(resumed, &ends_of(&probe, V::TOPICS, scope)?);
+    }
     // What an earlier run has already dead-lettered: everything below its checkpoint.
     let (dead_letters, handled) = match bounds {
         None => {

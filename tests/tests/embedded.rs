@@ -380,3 +380,13 @@ async fn ended_sagas_are_forgotten_after_their_retention() -> anyhow::Result<()>
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_per_minute_resumed_behind_a_backlog_counts_it() -> anyhow::Result<()> {
+    let (_embedded, cluster, views) = saga_stack().await?;
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        integration::saga::windows_resume_behind_a_backlog(&cluster, &rt, views.path())
+    })
+    .await?
+}

@@ -632,7 +632,9 @@ mod tests {
             let (rows, sources) = table(&first);
             let mut resumed = OrdersPerMinute::restore(MIN, 5_000, rows, sources).unwrap();
             resumed.assigned(&[0, 1, 2]);
-            run(&mut resumed, &steps[at + 1..]);
+            // The view loop tells a resumed view the ends before its first record (here, the
+            // same as at the write: step `at` again).
+            run(&mut resumed, &steps[at..]);
             assert_eq!(table(&resumed), want, "resumed after step {at}");
         }
     }
