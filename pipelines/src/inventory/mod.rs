@@ -56,7 +56,7 @@ impl Options {
             instance: "0".to_owned(),
             views_dir,
             partitions: 3,
-            batch_size: 2_000,
+            batch_size: 10_000,
             view_flush: Duration::from_millis(500),
             low_stock_threshold: 10,
             state_dir: None,
