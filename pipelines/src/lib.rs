@@ -15,6 +15,7 @@
 //! Domain rules live in `processors`; Arrow/Parquet in `sinks`; schemas in `schemas`.
 
 pub mod compliance;
+pub mod dead_letters;
 pub mod embedded;
 pub mod error;
 pub mod freshness;

@@ -166,6 +166,11 @@ fn main() -> anyhow::Result<()> {
             out,
             state_dir,
         ),
+        Command::DeadLetters {
+            cluster,
+            service,
+            last,
+        } => cli::ops::dead_letters(&cluster, service.as_deref(), last),
         Command::Offsets {
             command: OffsetsCommand::Show { cluster, group },
         } => cli::ops::offsets_show(&cluster, group),

@@ -506,5 +506,36 @@ fn check_dead_letters(cluster: &Cluster, bad: &[Bad]) -> anyhow::Result<()> {
         );
         eprintln!("dead letter {kind}: {reason}");
     }
+    // `supplystream dead-letters` (`pipelines::dead_letters`) sees the same: each counted,
+    // with its kind, reason and source.
+    let summary = pipelines::dead_letters::summary(cluster, Some("inventory"), dead.len())?;
+    let listed = summary
+        .iter()
+        .find(|s| s.topic == DLQ)
+        .context("inventory.dlq is not in the dead-letters summary")?;
+    ensure!(
+        listed.count == dead.len() as u64 && listed.latest.len() == dead.len(),
+        "dead-letters counts {} and lists {}, the topic holds {}",
+        listed.count,
+        listed.latest.len(),
+        dead.len()
+    );
+    for (d, r) in listed.latest.iter().zip(&dead) {
+        let header = |name| r.header(name).unwrap_or_default();
+        let source = format!(
+            "{}/{}@{}",
+            header(dlq_headers::SOURCE_TOPIC),
+            header(dlq_headers::SOURCE_PARTITION),
+            header(dlq_headers::SOURCE_OFFSET)
+        );
+        ensure!(
+            d.offset == r.offset
+                && d.kind == header(dlq_headers::KIND)
+                && d.reason == header(dlq_headers::REASON)
+                && d.source == source,
+            "dead-letters lists {d:?} for the record at offset {}",
+            r.offset
+        );
+    }
     Ok(())
 }

@@ -1033,7 +1033,25 @@ fn hostile_input_while_the_services_run(
         &mut services,
         &spec,
         &format!("real-{}", std::process::id()),
-    ))
+    ))?;
+    // What an operator sees of it: `supplystream dead-letters` counts what each DLQ holds
+    // (committed records: what a read_committed reader finds) and shows the latest.
+    let listed = cli(stack, &["dead-letters", "--last", "2"])?;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    anyhow::ensure!(
+        listed.status.success(),
+        "dead-letters failed: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    for (topic, service) in [("inventory.dlq", "inventory"), ("orders.dlq", "orders")] {
+        let n = integration::topic::read_all(&stack.cluster, topic)?.len();
+        let line = format!("{topic} ({service}): {n} dead letters");
+        anyhow::ensure!(
+            n > 0 && text.contains(&line),
+            "dead-letters does not say {line:?}:\n{text}"
+        );
+    }
+    Ok(())
 }
 
 /// Ended sagas forgotten after a retention of 4 s by the real binary's processes, a

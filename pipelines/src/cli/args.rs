@@ -472,6 +472,18 @@ pub(crate) enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Dead letters per service: how many records its DLQ holds, and the latest with their
+    /// reasons and where the bad input was read (reads each DLQ to its end).
+    DeadLetters {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Only this service's DLQ.
+        #[arg(long)]
+        service: Option<String>,
+        /// How many of the latest dead letters to show per DLQ.
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+    },
     /// Inspect or move consumer-group offsets.
     Offsets {
         #[command(subcommand)]

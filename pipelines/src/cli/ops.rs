@@ -285,6 +285,30 @@ pub(crate) fn offsets_show(cluster: &ClusterArgs, group: Option<String>) -> anyh
     Ok(())
 }
 
+/// `dead-letters`: each service's DLQ, its count and latest dead letters with their reasons.
+pub(crate) fn dead_letters(
+    cluster: &ClusterArgs,
+    service: Option<&str>,
+    last: usize,
+) -> anyhow::Result<()> {
+    for s in pipelines::dead_letters::summary(&cluster.cluster(), service, last)? {
+        println!("{} ({}): {} dead letters", s.topic, s.service, s.count);
+        for d in &s.latest {
+            let at = d
+                .timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map_or("-".to_owned(), |t| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                });
+            println!(
+                "  {}@{} {at} {} {} by {}: {}",
+                d.partition, d.offset, d.kind, d.source, d.by, d.reason
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `offsets reset`: moves a stopped group's offsets on a topic.
 pub(crate) fn offsets_reset(
     cluster: &ClusterArgs,
