@@ -224,7 +224,28 @@ fn a_stop_sent_while_a_service_starts_is_honoured(
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        std::thread::sleep(Duration::from_millis(100));
+        // Once the binary catches the signal: before that (the shell not yet exec'd, or the
+        // binary's first milliseconds) the signal is ignored as inherited and lost, which no
+        // program can help. A fixed 100 ms wait lost it once on a loaded machine. The start
+        // itself (clients, restore, group join) takes seconds after.
+        let bit: u64 = 1 << (if signal == "INT" { 2 } else { 15 } - 1);
+        let caught = |pid: u32| -> bool {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+                    u64::from_str_radix(mask.trim(), 16).ok()
+                })
+                .is_some_and(|mask| mask & bit != 0)
+        };
+        let waiting = Instant::now();
+        while !caught(child.id()) {
+            anyhow::ensure!(
+                waiting.elapsed() < Duration::from_secs(20),
+                "run inventory did not catch SIG{signal} within 20 s of its start"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::process::Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
             .status()?;
