@@ -51,6 +51,17 @@ pub fn summary(
     service: Option<&str>,
     last: usize,
 ) -> anyhow::Result<Vec<Summary>> {
+    if let Some(name) = service {
+        anyhow::ensure!(
+            registry::SERVICES.iter().any(|s| s.name == name),
+            "no service {name:?} (services: {})",
+            registry::SERVICES
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let probe = kafka::Probe::new(cluster)?;
     let client: BaseConsumer = kafka::client_config(cluster).create()?;
     let existing: BTreeSet<String> = client
@@ -61,12 +72,10 @@ pub fn summary(
         .map(|t| t.name().to_owned())
         .collect();
     let mut out = Vec::new();
-    let mut known = false;
     for s in registry::SERVICES {
         if service.is_some_and(|name| name != s.name) {
             continue;
         }
-        known = true;
         for t in s.topics.iter().filter(|t| t.kind == Kind::Dlq) {
             let (mut count, mut latest) = (0u64, VecDeque::new());
             // Not created yet (its service has not started): nothing dead-lettered.
@@ -125,15 +134,28 @@ pub fn summary(
             });
         }
     }
-    anyhow::ensure!(
-        known,
-        "no service {:?} (services: {})",
-        service.unwrap_or_default(),
-        registry::SERVICES
-            .iter()
-            .map(|s| s.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_service_is_refused_naming_the_services() {
+        // Refused before any client is made: no cluster needed.
+        let cluster = Cluster {
+            brokers: "127.0.0.1:1".into(),
+            registry: "http://127.0.0.1:1".into(),
+            guarantee: crate::Guarantee::ExactlyOnce,
+            kafka: Vec::new(),
+        };
+        let e = summary(&cluster, Some("warehouse"), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no service \"warehouse\"") && e.contains("inventory"),
+            "{e}"
+        );
+    }
 }

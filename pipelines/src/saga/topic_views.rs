@@ -115,8 +115,6 @@ pub fn run<V: TopicView<Projection: Default>>(
 /// `orders.events` from its beginning on every start).
 pub(crate) struct Windows {
     inner: OneTopic<WindowsView>,
-    width_ms: i64,
-    lateness_ms: i64,
 }
 
 impl View for Windows {
@@ -154,9 +152,10 @@ impl View for Windows {
     fn resume(&mut self, tables: &[Vec<RecordBatch>]) -> anyhow::Result<()> {
         let sources = sinks::windows::sources::from_batches(&tables[0])?;
         let rows = sinks::windows::from_batches(&tables[1])?;
-        self.inner.projection =
-            OrdersPerMinute::restore(self.width_ms, self.lateness_ms, rows, sources)
-                .map_err(|e| anyhow::anyhow!("{ORDERS_PER_MINUTE}: {e}"))?;
+        // Under the settings it runs with now (a lateness changed since is allowed).
+        let (width_ms, lateness_ms) = self.inner.projection.settings();
+        self.inner.projection = OrdersPerMinute::restore(width_ms, lateness_ms, rows, sources)
+            .map_err(|e| anyhow::anyhow!("{ORDERS_PER_MINUTE}: {e}"))?;
         Ok(())
     }
 }
@@ -174,8 +173,6 @@ pub fn run_windows(opts: &Options, rt: &Handle, stop: &Stop) -> anyhow::Result<(
             OrdersPerMinute::new(width_ms, lateness_ms),
             registry.clone(),
         ),
-        width_ms,
-        lateness_ms,
     };
     crate::view::run(view, &opts.view_settings(), rt, stop)
 }

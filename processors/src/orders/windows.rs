@@ -260,6 +260,11 @@ impl OrdersPerMinute {
         }
     }
 
+    /// Its windows' width and allowed lateness, in ms (what [`Self::restore`] takes).
+    pub fn settings(&self) -> (i64, i64) {
+        (self.windows.width_ms, self.windows.lateness_ms)
+    }
+
     /// What the watermark knows of each partition (the `orders_per_minute_sources` rows).
     pub fn sources(&self) -> Vec<SourceRow> {
         self.windows.sources().collect()
